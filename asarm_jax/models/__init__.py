@@ -1,0 +1,33 @@
+"""Model construction from an ml_collections config."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+
+from asarm_jax.models.two_stream import TwoStreamTransformer, example_inputs
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer:
+  """Builds the two-stream transformer of ``config`` (the ``config.model`` block).
+
+  Keys: vocab_size, num_layers, d_model, num_heads, d_ff, and optionally rope_base,
+  tie_embeddings, num_special_tokens, causal_prompt, dtype ("bfloat16" for bf16 compute) and
+  param_dtype. Initialise with ``model.init(rng, *models.example_inputs(B, L, K))``.
+  """
+  if config.d_model % config.num_heads or (config.d_model // config.num_heads) % 2:
+    raise ValueError(f"model.num_heads={config.num_heads} must divide model.d_model="
+                     f"{config.d_model} into an even head size (RoPE rotates pairs).")
+  return TwoStreamTransformer(
+      vocab_size=config.vocab_size, num_layers=config.num_layers, d_model=config.d_model,
+      num_heads=config.num_heads, d_ff=config.d_ff,
+      rope_base=config.get("rope_base", 10_000.0),
+      tie_embeddings=config.get("tie_embeddings", True),
+      num_special_tokens=config.get("num_special_tokens", 4),
+      causal_prompt=config.get("causal_prompt", False),
+      dtype=_DTYPES[config.get("dtype", "float32")],
+      param_dtype=_DTYPES[config.get("param_dtype", "float32")])
+
+
+__all__ = ["TwoStreamTransformer", "build", "example_inputs"]

@@ -1,0 +1,169 @@
+"""XLNet-style two-stream transformer, in flax.linen.
+
+The content stream (``L`` rows) carries token embeddings; the query stream (``K`` rows) starts
+from one learned ``<mask>`` vector and never sees its own token. Both streams share every
+weight, so each layer runs them as one sequence of ``L + K`` rows that attend to keys and
+values computed from the content rows only. What each row may see is decided entirely by the
+masks of :mod:`asarm_jax.masks`; the module itself is order-agnostic.
+
+Positions are the true sequence positions and enter only through rotary embeddings (RoPE).
+RoPE makes a key depend on its own position alone, never on the order it was generated in or
+on the rows that query it, so a content key computed once stays valid for every later call:
+that is what lets decoding keep an append-only KV cache indexed by rank. (Learned absolute
+embeddings added to the input would do too, but relative RoPE scores also keep attention
+translation-invariant across prompts of different offsets.)
+
+Every layer also has a learned attention *sink*: a key/value slot every row may attend to.
+It is the "nothing yet" context of the first target of a causal LM (no visible prompt), and it
+keeps the softmax of rows with no visible key finite.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jnp.ndarray
+
+
+def rotary(x_BxTxNxH: Array, positions_BxT: Array, base: float) -> Array:
+  """Applies rotary position embeddings (rotate-half form) at the given true positions."""
+  half = x_BxTxNxH.shape[-1] // 2
+  inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # B x T x H/2
+  sin = jnp.sin(angles)[:, :, None, :]
+  cos = jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxH.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head attention of all rows onto the content rows' keys, plus a learned sink."""
+  num_heads: int
+  rope_base: float
+  dtype: Any
+  param_dtype: Any
+  out_init_std: float
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array, positions_BxT: Array, num_content: int,
+               mask_BxTxS: Array) -> Array:
+    batch, _, width = x_BxTxD.shape
+    head_dim = width // self.num_heads
+    dense = lambda name, std: nn.DenseGeneral(
+        (self.num_heads, head_dim), use_bias=False, dtype=self.dtype,
+        param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(std), name=name)
+    q_BxTxNxH = rotary(dense("query", 0.02)(x_BxTxD), positions_BxT, self.rope_base)
+    content_BxSxD = x_BxTxD[:, :num_content]
+    k_BxSxNxH = rotary(dense("key", 0.02)(content_BxSxD), positions_BxT[:, :num_content],
+                       self.rope_base)
+    v_BxSxNxH = dense("value", 0.02)(content_BxSxD)
+
+    sink_init = nn.initializers.normal(0.02)
+    sink_k = self.param("sink_key", sink_init, (self.num_heads, head_dim), self.param_dtype)
+    sink_v = self.param("sink_value", sink_init, (self.num_heads, head_dim), self.param_dtype)
+    k_BxSxNxH = jnp.concatenate(
+        [jnp.broadcast_to(sink_k.astype(self.dtype), (batch, 1) + sink_k.shape), k_BxSxNxH], 1)
+    v_BxSxNxH = jnp.concatenate(
+        [jnp.broadcast_to(sink_v.astype(self.dtype), (batch, 1) + sink_v.shape), v_BxSxNxH], 1)
+    mask_BxTxS = jnp.pad(mask_BxTxS, ((0, 0), (0, 0), (1, 0)), constant_values=True)
+
+    out_BxTxNxH = jax.nn.dot_product_attention(
+        q_BxTxNxH, k_BxSxNxH.astype(q_BxTxNxH.dtype), v_BxSxNxH.astype(q_BxTxNxH.dtype),
+        mask=mask_BxTxS[:, None])
+    return nn.DenseGeneral(width, axis=(-2, -1), use_bias=False, dtype=self.dtype,
+                           param_dtype=self.param_dtype,
+                           kernel_init=nn.initializers.normal(self.out_init_std),
+                           name="out")(out_BxTxNxH)
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block applied to the concatenated ``[content; query]`` rows."""
+  num_heads: int
+  d_ff: int
+  rope_base: float
+  dtype: Any
+  param_dtype: Any
+  out_init_std: float
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array, positions_BxT: Array, num_content: int,
+               mask_BxTxS: Array) -> Array:
+    norm = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    x_BxTxD = x_BxTxD + Attention(self.num_heads, self.rope_base, self.dtype, self.param_dtype,
+                                  self.out_init_std, name="attention")(
+        norm("ln_attention")(x_BxTxD), positions_BxT, num_content, mask_BxTxS)
+    h = norm("ln_mlp")(x_BxTxD)
+    h = nn.Dense(self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype,
+                 kernel_init=nn.initializers.normal(0.02), name="mlp_in")(h)
+    h = nn.gelu(h)
+    h = nn.Dense(x_BxTxD.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
+                 kernel_init=nn.initializers.normal(self.out_init_std), name="mlp_out")(h)
+    return x_BxTxD + h
+
+
+class TwoStreamTransformer(nn.Module):
+  """Two-stream any-subset transformer.
+
+  Call with rows in any order (rank space by convention; see :mod:`asarm_jax.ordering`):
+
+  * ``tokens_BxL``, ``positions_BxL``: content rows and their true positions;
+  * ``content_mask_BxLxL``: from :func:`asarm_jax.masks.content_mask`;
+  * ``target_positions_BxK``: true positions of the ``K`` query (target) rows;
+  * ``query_mask_BxKxL``: from :func:`asarm_jax.masks.query_mask`.
+
+  Returns float32 ``logits_BxKxV`` for the K target rows. Initialise with
+  ``model.init(rng, *example_inputs(batch, length, num_targets))``.
+  """
+  vocab_size: int
+  num_layers: int
+  d_model: int
+  num_heads: int
+  d_ff: int
+  rope_base: float = 10_000.0
+  tie_embeddings: bool = True
+  num_special_tokens: int = 4  # ids [0, num_special_tokens) are never sampled.
+  causal_prompt: bool = False  # read by the callers' mask builder, not by the module.
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens_BxL: Array, positions_BxL: Array, content_mask_BxLxL: Array,
+               target_positions_BxK: Array, query_mask_BxKxL: Array) -> Array:
+    batch, length = tokens_BxL.shape
+    num_targets = target_positions_BxK.shape[1]
+    embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=nn.initializers.normal(0.02),
+                     dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
+    mask_embedding = self.param("mask_embedding", nn.initializers.normal(0.02),
+                                (self.d_model,), self.param_dtype)
+    g_BxKxD = jnp.broadcast_to(mask_embedding.astype(self.dtype),
+                               (batch, num_targets, self.d_model))
+    x_BxTxD = jnp.concatenate([embed(tokens_BxL), g_BxKxD], axis=1)
+    positions_BxT = jnp.concatenate([positions_BxL, target_positions_BxK], axis=1)
+    mask_BxTxL = jnp.concatenate([content_mask_BxLxL, query_mask_BxKxL], axis=1)
+
+    out_init_std = 0.02 / (2 * self.num_layers) ** 0.5
+    for i in range(self.num_layers):
+      x_BxTxD = Block(self.num_heads, self.d_ff, self.rope_base, self.dtype, self.param_dtype,
+                      out_init_std, name=f"block_{i}")(x_BxTxD, positions_BxT, length, mask_BxTxL)
+
+    g_BxKxD = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
+                           name="ln_final")(x_BxTxD[:, length:])
+    if self.tie_embeddings:
+      logits = embed.attend(g_BxKxD)
+    else:
+      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(0.02),
+                        name="head")(g_BxKxD)
+    return logits.astype(jnp.float32)
+
+
+def example_inputs(batch: int, length: int, num_targets: int) -> tuple[Array, ...]:
+  """Dummy inputs of the right shapes and dtypes for ``model.init``."""
+  tokens = jnp.zeros((batch, length), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  return (tokens, positions, jnp.ones((batch, length, length), bool),
+          positions[:, :num_targets], jnp.ones((batch, num_targets, length), bool))
