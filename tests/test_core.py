@@ -1,0 +1,246 @@
+"""Core: the mask builder, leakage (via gradients), the chain rule and the causal special case."""
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from asarm_jax import density, forward, masks, models, objectives, ordering
+
+VOCAB, LENGTH = 40, 8
+
+
+def tiny_model(tie_embeddings=True, causal_prompt=False, layers=2):
+  return models.build(ml_collections.ConfigDict(dict(
+      vocab_size=VOCAB, num_layers=layers, d_model=32, num_heads=4, d_ff=64,
+      tie_embeddings=tie_embeddings, causal_prompt=causal_prompt)))
+
+
+def init(model, batch=2, length=LENGTH, seed=0):
+  return {"params": model.init(jax.random.PRNGKey(seed),
+                               *models.example_inputs(batch, length, length))["params"]}
+
+
+def random_problem(seed, batch=3, length=LENGTH, random_order=True):
+  """Distinct tokens per row, a random visible set per row (sizes differ) and random orders."""
+  rng = np.random.default_rng(seed)
+  tokens = np.stack([rng.permutation(np.arange(4, VOCAB))[:length] for _ in range(batch)])
+  visible = np.zeros((batch, length), bool)
+  for b in range(batch):
+    visible[b, rng.choice(length, size=b % (length - 1), replace=False)] = True
+  order = rng.random((batch, length)) if random_order else None
+  return jnp.asarray(tokens, jnp.int32), jnp.asarray(visible), order
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks against a brute-force reference in position space.
+
+def brute_force_masks(rank, m, num_decoded, causal_prompt):
+  length = len(rank)
+  content = np.zeros((length, length), bool)
+  query = np.zeros((length, length), bool)
+  for i in range(length):
+    for j in range(length):
+      if causal_prompt:
+        content[i, j] = rank[j] <= rank[i]
+      elif rank[i] < m:                      # prompt row: the whole prompt
+        content[i, j] = rank[j] < m
+      else:                                  # generated row: prompt, sigma-earlier, itself
+        content[i, j] = rank[j] < m or rank[j] <= rank[i]
+      # query row of target i: sigma-earlier decoded content only, never its own token
+      query[i, j] = rank[j] < rank[i] and rank[j] < num_decoded and rank[i] >= m
+  return content, query
+
+
+@pytest.mark.parametrize("causal_prompt", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_masks_match_brute_force(seed, causal_prompt):
+  tokens, visible, order = random_problem(seed, batch=4)
+  sigma = ordering.make_ordering(visible, order)
+  rng = np.random.default_rng(seed)
+  num_decoded = sigma.num_visible_B + jnp.asarray(rng.integers(0, 3, size=4), jnp.int32)
+  for decoded in (None, num_decoded):
+    content = masks.content_mask(sigma.rank_BxL, sigma.rank_BxL, sigma.num_visible_B,
+                                 causal_prompt)
+    query = masks.query_mask(sigma.rank_BxL, sigma.rank_BxL >= sigma.num_visible_B[:, None],
+                             sigma.rank_BxL, decoded)
+    for b in range(4):
+      n = LENGTH if decoded is None else int(decoded[b])
+      ref_c, ref_q = brute_force_masks(np.asarray(sigma.rank_BxL[b]),
+                                       int(sigma.num_visible_B[b]), n, causal_prompt)
+      np.testing.assert_array_equal(np.asarray(content[b]), ref_c)
+      np.testing.assert_array_equal(np.asarray(query[b]), ref_q)
+
+
+def test_ordering_puts_prompt_first_and_follows_order():
+  visible = jnp.array([[False, True, False, False, True]])
+  sigma = ordering.make_ordering(visible, jnp.array([[0.5, 9.0, 0.9, 0.1, 9.0]]))
+  np.testing.assert_array_equal(sigma.perm_BxL[0], [1, 4, 3, 0, 2])
+  np.testing.assert_array_equal(ordering.make_ordering(visible).perm_BxL[0], [1, 4, 0, 2, 3])
+  x = jnp.arange(5)[None] * 10
+  np.testing.assert_array_equal(
+      ordering.to_position_space(ordering.to_rank_space(x, sigma.perm_BxL), sigma.perm_BxL), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Leakage, nanodo-style: gradients of each target's log-prob with respect to every input token.
+
+def input_gradients(model, params, tokens_1xL, visible_1xL, order):
+  """|d logp_j / d embedding(x_i)|, an L x L matrix (rows: target j; cols: input i).
+
+  Tokens in a row are distinct and the head is untied, so the gradient with respect to the
+  embedding row of token x_i is the gradient with respect to position i's content input.
+  """
+  def logp_j(table, j):
+    p = jax.tree_util.tree_map(lambda x: x, params)
+    p["params"]["embed"]["embedding"] = table
+    return density.log_prob(model, p, tokens_1xL, visible_1xL, order)[0, j]
+  table = params["params"]["embed"]["embedding"]
+  grads = jax.vmap(jax.grad(logp_j), in_axes=(None, 0))(table, jnp.arange(LENGTH))
+  return np.asarray(jnp.abs(grads[:, tokens_1xL[0]]).sum(-1))  # L x L
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_no_leakage_from_own_or_later_tokens(seed):
+  model = tiny_model(tie_embeddings=False)
+  params = init(model, seed=seed)
+  tokens, visible, order = random_problem(seed + 10, batch=3)
+  for b in range(3):
+    sigma = ordering.make_ordering(visible[b:b + 1], None if order is None else order[b:b + 1])
+    rank = np.asarray(sigma.rank_BxL[0])
+    m = int(sigma.num_visible_B[0])
+    grads = input_gradients(model, params, tokens[b:b + 1], visible[b:b + 1],
+                            None if order is None else order[b:b + 1])
+    for j in range(LENGTH):
+      for i in range(LENGTH):
+        if rank[j] < m:                    # visible: no target, log-prob is the constant 0
+          assert grads[j, i] == 0.0
+        elif rank[i] >= rank[j]:           # own token or sigma-later: exactly zero
+          assert grads[j, i] == 0.0, (b, j, i)
+        else:                              # sigma-earlier: it must actually be used
+          assert grads[j, i] > 0.0, (b, j, i)
+
+
+def test_draft_targets_see_only_decoded_tokens():
+  model = tiny_model(tie_embeddings=False)
+  params = init(model)
+  tokens, visible, order = random_problem(3, batch=1)
+  sigma = ordering.make_ordering(visible, order)
+  tokens_rank = ordering.to_rank_space(tokens, sigma.perm_BxL)
+  n = sigma.num_visible_B + 2
+  target = n[:, None] + jnp.arange(3)[None]
+
+  def draft_logits(tokens_rank):
+    return forward.call(model, params, tokens_rank, sigma.perm_BxL, sigma.num_visible_B,
+                        target, jnp.ones_like(target, bool), n)
+  base = draft_logits(tokens_rank)
+  changed = tokens_rank.at[:, int(n[0]):].set(5)    # rewrite every undecoded rank
+  np.testing.assert_array_equal(np.asarray(draft_logits(changed)), np.asarray(base))
+  changed = tokens_rank.at[:, int(n[0]) - 1].set(5)  # a decoded rank does matter
+  assert not np.allclose(np.asarray(draft_logits(changed)), np.asarray(base))
+
+
+# ---------------------------------------------------------------------------------------------
+# Chain rule and the causal special case.
+
+@pytest.mark.parametrize("random_order", [False, True])
+def test_log_prob_equals_one_token_at_a_time(random_order):
+  model = tiny_model()
+  params = init(model)
+  tokens, visible, order = random_problem(7, batch=4, random_order=random_order)
+  joint = density.log_prob(model, params, tokens, visible, order)
+  sigma = ordering.make_ordering(visible, order)
+  tokens_rank = ordering.to_rank_space(tokens, sigma.perm_BxL)
+  total = np.zeros(4)
+  for t in range(LENGTH):
+    # One target row at rank t; every sigma-later token replaced, to show it is not used.
+    later = jnp.arange(LENGTH)[None] > t
+    scrambled = jnp.where(later, 4 + (tokens_rank * 7) % (VOCAB - 4), tokens_rank)
+    target = jnp.full((4, 1), t, jnp.int32)
+    logits = forward.call(model, params, scrambled, sigma.perm_BxL, sigma.num_visible_B,
+                          target, target >= sigma.num_visible_B[:, None])
+    logp = jax.nn.log_softmax(jnp.where(jnp.arange(VOCAB) < 4, -jnp.inf, logits), -1)
+    step = jnp.take_along_axis(logp[:, 0], tokens_rank[:, t:t + 1], -1)[:, 0]
+    total += np.where(t >= np.asarray(sigma.num_visible_B), np.asarray(step), 0.0)
+  np.testing.assert_allclose(np.asarray(joint.sum(-1)), total, rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(joint)[np.asarray(visible)] == 0.0)
+
+
+def test_no_visible_identity_order_is_a_causal_lm():
+  model = tiny_model()
+  params = init(model)
+  tokens, _, _ = random_problem(11, batch=2, random_order=False)
+  none_visible = jnp.zeros_like(tokens, bool)
+  base = np.asarray(density.log_prob(model, params, tokens, none_visible))
+  for cut in range(1, LENGTH):
+    future = tokens.at[:, cut:].set(4 + (tokens[:, cut:] + 3) % (VOCAB - 4))
+    changed = np.asarray(density.log_prob(model, params, future, none_visible))
+    np.testing.assert_array_equal(changed[:, :cut], base[:, :cut])
+  # ... and the joint objective with nothing visible is the causal LM cross-entropy.
+  loss, metrics = objectives.joint_loss(model, params, tokens, jax.random.PRNGKey(0),
+                                        fraction_range=(0.0, 0.0))
+  assert float(metrics["visible_fraction"]) == 0.0
+  np.testing.assert_allclose(float(loss), -base.mean(), rtol=1e-6)
+
+
+def test_special_tokens_get_no_probability():
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, VOCAB))
+  from asarm_jax import distribution
+  logp = distribution.log_probs(logits, 4, temperature=0.7)
+  assert np.all(np.isneginf(np.asarray(logp[..., :4])))
+  np.testing.assert_allclose(np.asarray(jnp.exp(logp).sum(-1)), 1.0, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Objectives.
+
+def test_visible_fraction_is_stratified_and_specials_visible():
+  tokens = jnp.full((16, 200), 7, jnp.int32).at[:, 50].set(2)   # an <eos> at position 50
+  visible = objectives.sample_visible(jax.random.PRNGKey(0), tokens, (0.1, 0.5), 4)
+  fractions = np.sort(np.asarray(visible.sum(-1) - 1) / 200)  # minus the forced <eos>
+  strata = 0.1 + 0.4 * np.arange(17) / 16
+  assert np.all(fractions >= strata[:-1] - 1 / 200) and np.all(fractions <= strata[1:])
+  assert bool(visible[:, 50].all())
+
+
+def test_parallel_loss_conditions_on_the_prompt_only():
+  model = tiny_model(tie_embeddings=False)
+  params = init(model)
+  tokens, visible, _ = random_problem(5, batch=3, random_order=False)
+  indep = np.asarray(density.log_prob(model, params, tokens, visible, independent=True))
+  joint = np.asarray(density.log_prob(model, params, tokens, visible))
+  for b in range(3):
+    i = int(np.flatnonzero(~np.asarray(visible[b]))[0])     # the first hidden position
+    changed = tokens.at[b, i].set(4 + (int(tokens[b, i]) + 1) % (VOCAB - 4))
+    indep2 = np.asarray(density.log_prob(model, params, changed, visible, independent=True))
+    joint2 = np.asarray(density.log_prob(model, params, changed, visible))
+    others = np.arange(LENGTH) != i
+    # Independent marginals of the other hidden tokens ignore x_i; sigma-later joints use it.
+    np.testing.assert_array_equal(indep2[b, others], indep[b, others])
+    assert not np.allclose(joint2[b, i + 1:], joint[b, i + 1:])
+  loss, _ = objectives.joint_loss(model, params, tokens, jax.random.PRNGKey(0), parallel=True)
+  assert np.isfinite(float(loss))
+
+
+# ---------------------------------------------------------------------------------------------
+# One trace across different masks.
+
+def test_forward_and_loss_compile_once():
+  model = tiny_model()
+  params = init(model)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def log_prob(tokens, visible, order):
+    return density.log_prob(model, params, tokens, visible, order)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def loss(tokens, rng):
+    return objectives.joint_loss(model, params, tokens, rng, random_order=True)[0]
+
+  for seed in range(3):
+    tokens, visible, order = random_problem(seed, batch=3)
+    log_prob(tokens, visible, jnp.asarray(order))
+    loss(tokens, jax.random.PRNGKey(seed))
