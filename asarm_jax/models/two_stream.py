@@ -6,12 +6,14 @@ weight, so each layer runs them as one sequence of ``L + K`` rows that attend to
 values computed from the content rows only. What each row may see is decided entirely by the
 masks of :mod:`asarm_jax.masks`; the module itself is order-agnostic.
 
-Positions are the true sequence positions and enter only through rotary embeddings (RoPE).
-RoPE makes a key depend on its own position alone, never on the order it was generated in or
-on the rows that query it, so a content key computed once stays valid for every later call:
-that is what lets decoding keep an append-only KV cache indexed by rank. (Learned absolute
-embeddings added to the input would do too, but relative RoPE scores also keep attention
-translation-invariant across prompts of different offsets.)
+Positions are the true sequence positions, never ranks. They enter twice: a learned absolute
+embedding added to both streams' inputs (so the query stream's input is the ``<mask>`` vector
+plus its position, as in XLNet, and a content-independent "attend to position p - 1" is easy to
+learn), and rotary embeddings (RoPE) on queries and keys. Both make a key depend on its own
+position and on the content it has seen, never on the order it was generated in or on the rows
+that query it, so a content key computed once stays valid for every later call: that is what
+lets decoding keep an append-only KV cache indexed by rank. (A rank-dependent position, or
+relative-position terms recomputed per query set, would invalidate cached keys.)
 
 Every layer also has a learned attention *sink*: a key/value slot every row may attend to.
 It is the "nothing yet" context of the first target of a causal LM (no visible prompt), and it
@@ -19,13 +21,20 @@ keeps the softmax of rows with no visible key finite.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
+
+
+class LayerCache(NamedTuple):
+  """One layer's content keys (already rotated: RoPE depends on the key's own position only)
+  and values, ``B x S x N x H``, indexed by rank."""
+  key: Array
+  value: Array
 
 
 def rotary(x_BxTxNxH: Array, positions_BxT: Array, base: float) -> Array:
@@ -50,7 +59,14 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, num_content: int,
-               mask_BxTxS: Array) -> Array:
+               mask_BxTxS: Array, cache: LayerCache | None = None,
+               cache_slots_BxR: Array | None = None) -> tuple[Array, LayerCache | None]:
+    """Rows ``T = R + K``: the first ``R = num_content`` are content rows.
+
+    Without a cache the keys are the R content rows (``S = R``). With one, the content rows'
+    keys and values are first written at ``cache_slots_BxR`` (slots out of range are dropped)
+    and every row attends over the whole cache (``S`` = cache length).
+    """
     batch, _, width = x_BxTxD.shape
     head_dim = width // self.num_heads
     dense = lambda name, std: nn.DenseGeneral(
@@ -61,6 +77,13 @@ class Attention(nn.Module):
     k_BxSxNxH = rotary(dense("key", 0.02)(content_BxSxD), positions_BxT[:, :num_content],
                        self.rope_base)
     v_BxSxNxH = dense("value", 0.02)(content_BxSxD)
+    if cache is not None:
+      rows = jnp.arange(batch)[:, None]
+      k_BxSxNxH = cache.key.at[rows, cache_slots_BxR].set(k_BxSxNxH.astype(cache.key.dtype),
+                                                           mode="drop")
+      v_BxSxNxH = cache.value.at[rows, cache_slots_BxR].set(v_BxSxNxH.astype(cache.value.dtype),
+                                                             mode="drop")
+      cache = LayerCache(k_BxSxNxH, v_BxSxNxH)
 
     sink_init = nn.initializers.normal(0.02)
     sink_k = self.param("sink_key", sink_init, (self.num_heads, head_dim), self.param_dtype)
@@ -74,10 +97,11 @@ class Attention(nn.Module):
     out_BxTxNxH = jax.nn.dot_product_attention(
         q_BxTxNxH, k_BxSxNxH.astype(q_BxTxNxH.dtype), v_BxSxNxH.astype(q_BxTxNxH.dtype),
         mask=mask_BxTxS[:, None])
-    return nn.DenseGeneral(width, axis=(-2, -1), use_bias=False, dtype=self.dtype,
-                           param_dtype=self.param_dtype,
-                           kernel_init=nn.initializers.normal(self.out_init_std),
-                           name="out")(out_BxTxNxH)
+    out_BxTxD = nn.DenseGeneral(width, axis=(-2, -1), use_bias=False, dtype=self.dtype,
+                                param_dtype=self.param_dtype,
+                                kernel_init=nn.initializers.normal(self.out_init_std),
+                                name="out")(out_BxTxNxH)
+    return out_BxTxD, cache
 
 
 class Block(nn.Module):
@@ -91,18 +115,21 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, num_content: int,
-               mask_BxTxS: Array) -> Array:
+               mask_BxTxS: Array, cache: LayerCache | None = None,
+               cache_slots_BxR: Array | None = None) -> tuple[Array, LayerCache | None]:
     norm = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    x_BxTxD = x_BxTxD + Attention(self.num_heads, self.rope_base, self.dtype, self.param_dtype,
-                                  self.out_init_std, name="attention")(
-        norm("ln_attention")(x_BxTxD), positions_BxT, num_content, mask_BxTxS)
+    attended, cache = Attention(self.num_heads, self.rope_base, self.dtype, self.param_dtype,
+                                self.out_init_std, name="attention")(
+        norm("ln_attention")(x_BxTxD), positions_BxT, num_content, mask_BxTxS, cache,
+        cache_slots_BxR)
+    x_BxTxD = x_BxTxD + attended
     h = norm("ln_mlp")(x_BxTxD)
     h = nn.Dense(self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype,
                  kernel_init=nn.initializers.normal(0.02), name="mlp_in")(h)
     h = nn.gelu(h)
     h = nn.Dense(x_BxTxD.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
                  kernel_init=nn.initializers.normal(self.out_init_std), name="mlp_out")(h)
-    return x_BxTxD + h
+    return x_BxTxD + h, cache
 
 
 class TwoStreamTransformer(nn.Module):
@@ -115,7 +142,10 @@ class TwoStreamTransformer(nn.Module):
   * ``target_positions_BxK``: true positions of the ``K`` query (target) rows;
   * ``query_mask_BxKxL``: from :func:`asarm_jax.masks.query_mask`.
 
-  Returns float32 ``logits_BxKxV`` for the K target rows. Initialise with
+  Returns float32 ``logits_BxKxV`` for the K target rows. With ``cache`` (from
+  :meth:`init_cache`) the ``L`` content rows may be just the new ones: their keys/values are
+  written at ``cache_slots_BxL``, the masks are ``... x S`` over the cache's slots, and the
+  call returns ``(logits, new_cache)``. Initialise with
   ``model.init(rng, *example_inputs(batch, length, num_targets))``.
   """
   vocab_size: int
@@ -124,6 +154,7 @@ class TwoStreamTransformer(nn.Module):
   num_heads: int
   d_ff: int
   rope_base: float = 10_000.0
+  max_len: int = 2048  # positions must be < max_len
   tie_embeddings: bool = True
   num_special_tokens: int = 4  # ids [0, num_special_tokens) are never sampled.
   causal_prompt: bool = False  # read by the callers' mask builder, not by the module.
@@ -132,7 +163,8 @@ class TwoStreamTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxL: Array, positions_BxL: Array, content_mask_BxLxL: Array,
-               target_positions_BxK: Array, query_mask_BxKxL: Array) -> Array:
+               target_positions_BxK: Array, query_mask_BxKxL: Array,
+               cache: tuple[LayerCache, ...] | None = None, cache_slots_BxL: Array | None = None):
     batch, length = tokens_BxL.shape
     num_targets = target_positions_BxK.shape[1]
     embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=nn.initializers.normal(0.02),
@@ -141,14 +173,20 @@ class TwoStreamTransformer(nn.Module):
                                 (self.d_model,), self.param_dtype)
     g_BxKxD = jnp.broadcast_to(mask_embedding.astype(self.dtype),
                                (batch, num_targets, self.d_model))
-    x_BxTxD = jnp.concatenate([embed(tokens_BxL), g_BxKxD], axis=1)
     positions_BxT = jnp.concatenate([positions_BxL, target_positions_BxK], axis=1)
+    pos_embed = nn.Embed(self.max_len, self.d_model, embedding_init=nn.initializers.normal(0.02),
+                         dtype=self.dtype, param_dtype=self.param_dtype, name="position_embed")
+    x_BxTxD = jnp.concatenate([embed(tokens_BxL), g_BxKxD], axis=1) + pos_embed(positions_BxT)
     mask_BxTxL = jnp.concatenate([content_mask_BxLxL, query_mask_BxKxL], axis=1)
 
     out_init_std = 0.02 / (2 * self.num_layers) ** 0.5
+    new_cache = []
     for i in range(self.num_layers):
-      x_BxTxD = Block(self.num_heads, self.d_ff, self.rope_base, self.dtype, self.param_dtype,
-                      out_init_std, name=f"block_{i}")(x_BxTxD, positions_BxT, length, mask_BxTxL)
+      x_BxTxD, layer_cache = Block(
+          self.num_heads, self.d_ff, self.rope_base, self.dtype, self.param_dtype, out_init_std,
+          name=f"block_{i}")(x_BxTxD, positions_BxT, length, mask_BxTxL,
+                             None if cache is None else cache[i], cache_slots_BxL)
+      new_cache.append(layer_cache)
 
     g_BxKxD = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
                            name="ln_final")(x_BxTxD[:, length:])
@@ -158,7 +196,14 @@ class TwoStreamTransformer(nn.Module):
       logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
                         param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(0.02),
                         name="head")(g_BxKxD)
-    return logits.astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    return logits if cache is None else (logits, tuple(new_cache))
+
+  def init_cache(self, batch: int, length: int) -> tuple[LayerCache, ...]:
+    """An empty rank-indexed KV cache: per layer, keys and values ``B x L x N x H``."""
+    shape = (batch, length, self.num_heads, self.d_model // self.num_heads)
+    return tuple(LayerCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
+                 for _ in range(self.num_layers))
 
 
 def example_inputs(batch: int, length: int, num_targets: int) -> tuple[Array, ...]:

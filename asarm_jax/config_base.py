@@ -1,0 +1,45 @@
+"""The complete default config; every file in configs/ starts from it and changes a few keys.
+
+Configs are locked by ``main.py`` (``config_flags``), so a misspelt ``--config.x=...`` override
+is an error rather than a silently ignored key.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from asarm_jax.data import default_data_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = default_data_config()
+  c.data.data_dir = ""  # "" -> WORKDIR/data
+
+  c.model = ml_collections.ConfigDict(dict(
+      vocab_size=c.data.get_ref("vocab_size"), max_len=c.data.get_ref("seq_len"),
+      num_layers=4, d_model=256, num_heads=4, d_ff=1024, rope_base=10_000.0, tie_embeddings=True, num_special_tokens=4,
+      causal_prompt=False, dtype="float32", param_dtype="float32"))
+
+  # Visible fraction range of the joint loss: [0.01, 0.10] for generation models,
+  # e.g. [0.15, 0.6] for infilling models. random_order / parallel are ablations.
+  c.objective = ml_collections.ConfigDict(dict(
+      fraction_range=(0.01, 0.10), random_order=False, parallel=False))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=100, schedule="cosine", final_lr_fraction=0.1,
+      weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0, accumulation_steps=1,
+      max_consecutive_nonfinite=5))
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=32, num_steps=1000, log_every=50, eval_every=500, eval_batches=4,
+      eval_fractions=(0.0, 0.05, 0.25, 0.5), checkpoint_every=500, keep_checkpoints=3))
+
+  # Mesh axis sizes; one may be -1 (the remaining devices).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  c.sample = ml_collections.ConfigDict(dict(
+      method="assd", k=5, temperature=1.0, prompt="", prompt_file="", num_examples=3,
+      example_mask_fraction=0.25))
+  return c

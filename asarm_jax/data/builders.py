@@ -1,0 +1,169 @@
+"""TFDS builders over local folders: written as array_record, read with ``as_data_source``.
+
+Nothing is downloaded and TensorFlow is never imported. Every file becomes one example
+``{"text": str, "path": str}`` (``path`` relative to its source dir) and goes to ``train`` or
+``heldout`` by a hash of that path, so a file's split never depends on the rest of the tree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import json
+import os
+import sysconfig
+from collections.abc import Iterator, Sequence
+
+import tensorflow_datasets as tfds
+
+MAX_FILE_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(eq=False)
+class FolderConfig(tfds.core.BuilderConfig):
+  """Options of a folder builder; ``name`` hashes them (see :meth:`FolderBuilder.make_config`).
+
+  Attributes:
+    source_dirs: absolute folders to walk; a relative path seen in an earlier dir wins.
+    exclude_patterns: ``fnmatch`` globs over the relative posix path (``*`` also matches ``/``).
+    extensions: file suffixes to keep, ``""`` for files without one.
+    max_files: keep at most this many files (a path-hash sample), 0 = all.
+    heldout_fraction: expected fraction of files in ``heldout``.
+  """
+  source_dirs: tuple[str, ...] = ()
+  exclude_patterns: tuple[str, ...] = ()
+  extensions: tuple[str, ...] = ()
+  max_files: int = 0
+  heldout_fraction: float = 0.05
+
+
+def path_unit_hash(path: str) -> float:
+  """Deterministic uniform ``[0, 1)`` value of a relative path (first 64 bits of its sha1)."""
+  return int(hashlib.sha1(path.encode("utf-8")).hexdigest()[:16], 16) / 2.0**64
+
+
+def _read_text(path: str) -> str | None:
+  """The file's text, or None if it is not UTF-8 or only whitespace."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError:
+    return None
+  return text if text.strip() else None
+
+
+class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """One example per text file of a local folder tree, split by path hash."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  DEFAULT_EXTENSIONS: tuple[str, ...] = ()
+  SKIP_DIRS: frozenset[str] = frozenset({"__pycache__"})
+
+  @classmethod
+  def default_source_dirs(cls) -> tuple[str, ...]:
+    raise ValueError(f"{cls.name} needs source_dirs")
+
+  @classmethod
+  def make_config(cls, source_dirs: Sequence[str] = (), exclude_patterns: Sequence[str] = (),
+                  extensions: Sequence[str] = (), max_files: int = 0,
+                  heldout_fraction: float = 0.05) -> FolderConfig:
+    """Resolves defaults and names the config ``opts_<hash of the resolved options>``."""
+    options = dict(
+        source_dirs=tuple(os.path.realpath(d) for d in source_dirs or cls.default_source_dirs()),
+        exclude_patterns=tuple(exclude_patterns),
+        extensions=tuple(extensions or cls.DEFAULT_EXTENSIONS),
+        max_files=int(max_files),
+        heldout_fraction=float(heldout_fraction))
+    for d in options["source_dirs"]:
+      if not os.path.isdir(d):
+        raise FileNotFoundError(f"{cls.name}: source dir {d} does not exist")
+    if not 0.0 < options["heldout_fraction"] < 1.0:
+      raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    description = json.dumps({"builder": cls.name, **options}, sort_keys=True)
+    digest = hashlib.sha1(description.encode("utf-8")).hexdigest()[:12]
+    return FolderConfig(name=f"opts_{digest}", description=description, **options)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.__doc__,
+        features=tfds.features.FeaturesDict({"text": tfds.features.Text(),
+                                             "path": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager  # Local files only.
+    fraction = self.builder_config.heldout_fraction
+    files = self._list_files()
+    splits = {"train": [f for f in files if path_unit_hash(f[0]) >= fraction],
+              "heldout": [f for f in files if path_unit_hash(f[0]) < fraction]}
+    for split, split_files in splits.items():
+      if not split_files:  # tfds cannot write an empty split.
+        raise ValueError(f"{self.name}: no {split} files among {len(files)} in "
+                         f"{self.builder_config.source_dirs} (heldout_fraction={fraction})")
+    return {split: self._generate_examples(split_files) for split, split_files in splits.items()}
+
+  def _generate_examples(self, files: list[tuple[str, str]]) -> Iterator[tuple[str, dict]]:
+    for rel, full in files:
+      text = _read_text(full)
+      if text is not None:
+        yield rel, {"text": text, "path": rel}
+
+  def _list_files(self) -> list[tuple[str, str]]:
+    """``(relative posix path, absolute path)`` of the kept files, sorted by relative path.
+
+    Kept: wanted suffix, outside skipped and hidden dirs, not excluded, at most
+    ``MAX_FILE_BYTES``, UTF-8 and not blank.
+    """
+    cfg = self.builder_config
+    found: dict[str, str] = {}
+    for root in cfg.source_dirs:
+      for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames
+                             if d not in self.SKIP_DIRS and not d.startswith("."))
+        for filename in sorted(filenames):
+          full = os.path.join(dirpath, filename)
+          rel = os.path.relpath(full, root).replace(os.sep, "/")
+          if (rel in found or os.path.splitext(filename)[1] not in cfg.extensions
+              or any(fnmatch.fnmatchcase(rel, p) for p in cfg.exclude_patterns)
+              or not os.path.isfile(full) or os.path.getsize(full) > MAX_FILE_BYTES):
+            continue
+          found[rel] = full
+    kept = []
+    for rel in sorted(found, key=path_unit_hash):  # max_files takes a path-hash sample.
+      if cfg.max_files and len(kept) == cfg.max_files:
+        break
+      if _read_text(found[rel]) is not None:
+        kept.append(rel)
+    return [(rel, found[rel]) for rel in sorted(kept)]
+
+
+class PythonCode(FolderBuilder):
+  """Python source files; by default the running interpreter's standard library without tests."""
+
+  DEFAULT_EXTENSIONS = (".py",)
+  SKIP_DIRS = frozenset({"__pycache__", "test", "tests", "idle_test", "site-packages"})
+
+  @classmethod
+  def default_source_dirs(cls) -> tuple[str, ...]:
+    return (sysconfig.get_paths()["stdlib"],)
+
+
+class TextFiles(FolderBuilder):
+  """Prose files (``.txt``, ``.md``, ``.rst`` by default) of caller-given folders."""
+
+  DEFAULT_EXTENSIONS = (".txt", ".md", ".rst")
+
+
+BUILDERS: dict[str, type[FolderBuilder]] = {"python_code": PythonCode, "text_files": TextFiles}
+
+
+def build(name: str, data_dir: str, **options) -> FolderBuilder:
+  """Prepares builder ``name`` with ``options`` (see :meth:`FolderBuilder.make_config`) in
+  ``data_dir`` unless already there, and returns it; read splits with ``as_data_source()``."""
+  if name not in BUILDERS:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
+  cls = BUILDERS[name]
+  builder = cls(config=cls.make_config(**options), data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare()
+  return builder

@@ -1,0 +1,231 @@
+"""Evaluation: the sandbox, HumanEval infilling tasks and scoring, text infilling, statistics."""
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import scipy.stats
+
+from asarm_jax.evaluation import humaneval_infill, metrics, sandbox, text_infill
+
+MECHANISMS = sorted({"guard", sandbox.network_isolation()})
+
+
+# --- sandbox -------------------------------------------------------------------------------
+
+def test_sandbox_passing_raising_and_early_exit():
+  results = sandbox.run_many(
+      ["x = sum(range(10))\nassert x == 45\nprint(x)", "raise ValueError('boom')",
+       "import sys\nsys.exit(0)\nassert False", "def f(:\n  pass", "import os\nos._exit(0)"],
+      workers=2, timeout_s=10)
+  assert [r.status for r in results] == ["passed", "failed", "failed", "failed", "failed"]
+  assert [r.passed for r in results] == [True, False, False, False, False]
+  assert "ValueError: boom" in results[1].detail
+  assert "SyntaxError" in results[3].detail
+
+
+def test_sandbox_kills_infinite_loop():
+  start = time.monotonic()
+  result = sandbox.run_program("while True:\n  pass", timeout_s=1.5)
+  assert time.monotonic() - start < 10
+  assert (result.passed, result.status) == (False, "timeout")
+
+
+@pytest.mark.parametrize("bomb", ["x = bytearray(10**11)", "x = bytearray(4 * 2**30)",
+                                  "x = []\nwhile True:\n  x.append(' ' * 10**6)"])
+def test_sandbox_stops_memory_bomb(bomb):
+  start = time.monotonic()
+  result = sandbox.run_program(bomb, timeout_s=20, memory_mb=512)
+  assert time.monotonic() - start < 15
+  assert (result.passed, result.status) == (False, "memory")
+
+
+def test_sandbox_guard_disables_destructive_calls(tmp_path):
+  victim = tmp_path / "victim.txt"
+  victim.write_text("keep me")
+  result = sandbox.run_program(f"import os\nos.remove({str(victim)!r})")
+  assert not result.passed
+  assert victim.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_sandbox_blocks_network(mechanism):
+  with socket.create_server(("127.0.0.1", 0)) as server:
+    port = server.getsockname()[1]
+    program = (f"import socket\ntry:\n  socket.create_connection(('127.0.0.1', {port}), "
+               f"timeout=2).close()\nexcept OSError:\n  pass\nelse:\n"
+               f"  raise AssertionError('network reachable')\n")
+    unsandboxed = subprocess.run([sys.executable, "-I", "-c", program], capture_output=True)
+    assert unsandboxed.returncode != 0 and b"network reachable" in unsandboxed.stderr
+    result = sandbox.run_program(program, timeout_s=10, isolation=mechanism)
+    assert result.status == "passed", result.detail
+
+
+# --- HumanEval infilling ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def problems():
+  return humaneval_infill.load_problems()
+
+
+@pytest.fixture(scope="module")
+def single(problems):
+  return humaneval_infill.single_line_tasks(problems)
+
+
+@pytest.fixture(scope="module")
+def multi(problems):
+  return humaneval_infill.multi_line_tasks(problems)
+
+
+def test_task_counts_and_layout(problems, single, multi):
+  assert len(problems) == 164
+  assert (len(single), len(multi)) == (1033, 5815)
+  assert len({t.task_id for t in single}) == 1033 and len({t.task_id for t in multi}) == 5815
+  by_id = {p["task_id"]: p for p in problems}
+  for task in single + multi:
+    problem = by_id[task.task_id.split("/", 1)[1].rsplit("/", 1)[0]]
+    whole = problem["prompt"] + problem["canonical_solution"]
+    assert task.prefix + task.middle + task.suffix == whole
+    assert task.middle.strip() and task.middle.endswith("\n")
+  assert all(t.middle.count("\n") == 1 for t in single)
+  assert single[0].task_id == "SingleLineInfilling/HumanEval/0/L0"
+  assert single[0].middle == "    for idx, elem in enumerate(numbers):\n"
+  assert multi[1].task_id == "MultiLineInfilling/HumanEval/0/L0_L1"
+
+
+def test_canonical_middle_passes_and_empty_middle_fails(single, multi):
+  chosen = ["SingleLineInfilling/HumanEval/0/L4", "SingleLineInfilling/HumanEval/2/L0",
+            "MultiLineInfilling/HumanEval/12/L3_L6"]
+  tasks = {t.task_id: t for t in single + multi}
+  programs = [humaneval_infill.program_for(tasks[i], middle)
+              for i in chosen for middle in (tasks[i].middle, "")]
+  results = sandbox.run_many(programs, workers=2)
+  assert [r.passed for r in results] == [True, False] * len(chosen)
+
+
+def test_score_is_resumable(single, tmp_path, monkeypatch, capsys):
+  tasks = [t for t in single if t.task_id in ("SingleLineInfilling/HumanEval/2/L0",
+                                               "SingleLineInfilling/HumanEval/0/L4",
+                                               "SingleLineInfilling/HumanEval/0/L5")]
+  completions = {t.task_id: [t.middle, ""] for t in tasks}
+  calls = []
+  run_many = sandbox.run_many
+
+  def counting_run_many(programs, **kwargs):
+    calls.append(len(programs))
+    return run_many(programs, **kwargs)
+
+  monkeypatch.setattr(sandbox, "run_many", counting_run_many)
+  path = str(tmp_path / "results.jsonl")
+
+  first = humaneval_infill.score(tasks[:2], {t.task_id: completions[t.task_id] for t in tasks[:2]},
+                                 k_values=(1, 2, 10), results_path=path, progress_every=1)
+  assert "4/4 new samples scored" in capsys.readouterr().out
+  with open(path, "a") as f:  # an interrupted write
+    f.write('{"task_id": "SingleLineInfilling/HumanEval/0/L5", "sam')
+  full = humaneval_infill.score(tasks, completions, k_values=(1, 2, 10), results_path=path)
+  again = humaneval_infill.score(tasks, completions, k_values=(1, 2, 10), results_path=path)
+  assert calls == [4, 2, 0]
+  assert first["pass@1"] == 0.5 and first["pass@2"] == 1.0 and "pass@10" not in first
+  assert full == again and full["pass@1"] == 0.5 and full["num_samples"] == 6
+  assert all(v["n"] == 2 and v["c"] == 1 for v in full["per_task"].values())
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip().endswith("}")]
+  assert len(records) == 6
+  with pytest.raises(ValueError, match="different completion"):
+    humaneval_infill.score(tasks, {t.task_id: ["pass\n", ""] for t in tasks}, results_path=path)
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+def test_pass_at_k_known_values():
+  assert metrics.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+  assert metrics.pass_at_k(4, 2, 2) == pytest.approx(5 / 6)
+  assert metrics.pass_at_k(5, 0, 2) == 0.0
+  assert metrics.pass_at_k(10, 9, 2) == 1.0
+  n, c, k = 200, 13, 10  # Chen et al.'s numerically stable product form
+  assert metrics.pass_at_k(n, c, k) == pytest.approx(
+      1 - math.prod(1 - k / i for i in range(n - c + 1, n + 1)), rel=1e-12)
+  with pytest.raises(ValueError):
+    metrics.pass_at_k(3, 4, 1)
+
+
+def test_unigram_entropy():
+  assert metrics.unigram_entropy([7, 7, 7]) == 0.0
+  assert metrics.unigram_entropy([1, 2, 3, 4]) == pytest.approx(math.log(4))
+  assert metrics.unigram_entropy([1, 1, 2, 5]) == pytest.approx(
+      -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+
+
+@pytest.mark.parametrize("a, b", [
+    ([0.1, 0.4, 0.35, 0.2, 0.5], [0.3, 0.6, 0.55, 0.7]),
+    ([1.0, 2.0, 3.0], [10.0, 11.5, 9.0, 12.0, 30.0, 8.0]),
+    ([5.0, 5.1], [4.0, 7.0, 1.0, 9.0, 3.0, 3.0, 2.0]),
+    ([0.0, 1e-3, 2e-3, 1.5e-3], [1.0, 1.001, 1.002]),
+    ([2.0, 2.5, 3.0, 3.5, 4.0, 4.5], [2.1, 2.4, 3.2, 3.3, 4.1, 4.4]),
+])
+def test_welch_t_test_matches_scipy(a, b):
+  reference = scipy.stats.ttest_ind(a, b, equal_var=False)
+  t, p = metrics.welch_t_test(a, b)
+  assert t == pytest.approx(reference.statistic, rel=1e-9)
+  assert p == pytest.approx(reference.pvalue, rel=1e-9, abs=1e-300)
+
+
+def test_welch_t_test_degenerate_samples():
+  assert metrics.welch_t_test([1.0, 1.0], [2.0, 2.0, 2.0]) == (-math.inf, 0.0)
+  assert all(math.isnan(v) for v in metrics.welch_t_test([3.0, 3.0], [3.0, 3.0]))
+  with pytest.raises(ValueError):
+    metrics.welch_t_test([1.0], [1.0, 2.0])
+
+
+# --- text infilling -------------------------------------------------------------------------
+
+def test_rouge_known_pairs():
+  assert text_infill.rouge(["He went home."], ["He went home."]) == {
+      "rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0}
+  assert text_infill.rouge(["alpha beta"], ["gamma delta"]) == {
+      "rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+  partial = text_infill.rouge(["the cat sat"], ["the cat ran"])  # 2/3 unigrams, 1/2 bigrams
+  assert partial == pytest.approx({"rouge1": 200 / 3, "rouge2": 50.0, "rougeL": 200 / 3})
+  stemmed = text_infill.rouge(["The cats were running."], ["the cat was running"])
+  assert stemmed["rouge1"] == pytest.approx(75.0)  # cats -> cat only with stemming
+  mean = text_infill.rouge(["a b c", "x"], ["a b c", "y"])
+  assert mean["rouge1"] == pytest.approx(50.0)
+
+
+def test_windows_and_tasks():
+  text = ("Mr. Smith went to Washington on Monday. He met Dr. J. K. Rowling there!\n\n"
+          "A heading\n\nTom bought a new car yesterday. He drove it to work the next day. "
+          "His boss was very impressed. She asked him where he got it. Tom told her about "
+          "the dealership. Then he went home happy.")
+  assert text_infill.split_sentences(text)[:3] == [
+      "Mr. Smith went to Washington on Monday.", "He met Dr. J. K. Rowling there!", "A heading"]
+  stories = text_infill.windows_from_documents([text, text], max_stories=2)
+  assert [s.story_id for s in stories] == ["doc0/s3", "doc1/s3"]
+  assert stories[0].sentences[0] == "Tom bought a new car yesterday."
+  assert text_infill.windows_from_documents([text], max_stories=0) == []
+  story = stories[0]
+  one, three = (text_infill.make_tasks([story], s)[0] for s in ("1/5", "3/5"))
+  assert one.middle == "His boss was very impressed."
+  assert one.prefix == "Tom bought a new car yesterday. He drove it to work the next day. "
+  assert three.middle == " ".join(story.sentences[1:4])
+  assert three.suffix == " Tom told her about the dealership."
+  for task in (one, three):
+    assert task.prefix + task.middle + task.suffix == " ".join(story.sentences)
+
+
+def test_read_rocstories_csv(tmp_path):
+  path = tmp_path / "roc.csv"
+  path.write_text("storyid,storytitle,sentence1,sentence2,sentence3,sentence4,sentence5\n"
+                  'id1,Title,One.,"Two, too.",Three.,Four.,Five.\n', encoding="utf-8")
+  (story,) = text_infill.read_rocstories_csv(str(path))
+  assert story == text_infill.Story(
+      "id1", "Title", ("One.", "Two, too.", "Three.", "Four.", "Five."))
+  bad = tmp_path / "bad.csv"
+  bad.write_text("storyid,sentence1\nx,y\n", encoding="utf-8")
+  with pytest.raises(ValueError, match="lacks ROCStories columns"):
+    text_infill.read_rocstories_csv(str(bad))
