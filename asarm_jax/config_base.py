@@ -19,8 +19,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       vocab_size=c.data.get_ref("vocab_size"), max_len=c.data.get_ref("seq_len"),
-      num_layers=4, d_model=256, num_heads=4, d_ff=1024, rope_base=10_000.0, tie_embeddings=True, num_special_tokens=4,
-      causal_prompt=False, dtype="float32", param_dtype="float32"))
+      num_layers=4, d_model=256, num_heads=4, d_ff=1024, rope_base=10_000.0, alibi=True,
+      tie_embeddings=True, num_special_tokens=4, causal_prompt=False, dtype="float32",
+      param_dtype="float32"))
 
   # Visible fraction range of the joint loss: [0.01, 0.10] for generation models,
   # e.g. [0.15, 0.6] for infilling models. random_order / parallel are ablations.
@@ -40,6 +41,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   c.sample = ml_collections.ConfigDict(dict(
-      method="assd", k=5, temperature=1.0, prompt="", prompt_file="", num_examples=3,
+      method="assd_fused", k=5, temperature=1.0, prompt="", prompt_file="", num_examples=3,
       example_mask_fraction=0.25))
   return c

@@ -7,12 +7,13 @@ import logging as pylogging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from asarm_jax import train
+from asarm_jax import inference, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for data, checkpoints and logs.")
-flags.DEFINE_enum("mode", "train", ["train"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "sample"],
+                  "train (then show a few infills), or sample: fill <mask:N> spans of a prompt.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,6 +26,10 @@ def main(argv):
       lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
   if FLAGS.mode == "train":
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.config.sample.num_examples:
+      inference.show_infills(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == "sample":
+    inference.sample_prompts(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -36,15 +36,17 @@ def content_mask(row_rank_BxR: Array, key_rank_BxS: Array, num_visible_B: Array,
 
 
 def query_mask(target_rank_BxK: Array, target_valid_BxK: Array, key_rank_BxS: Array,
-               num_decoded_B: Array | None = None) -> Array:
+               num_decoded: Array | None = None) -> Array:
   """Query-stream mask, bool ``B x K x S``.
 
   The row for a target of rank ``t`` sees the content of ranks ``< min(t, num_decoded)`` and
-  never its own token. Invalid rows (``target_valid`` False: padding of the fixed K) see
-  nothing; the model's attention sink keeps their softmax finite.
+  never its own token. ``num_decoded`` is per row (``B``) or per target (``B x K``: the fused
+  ASSD call drafts for several hypothetical prefixes at once). Invalid rows (``target_valid``
+  False: padding of the fixed K) see nothing; the model's attention sink keeps their softmax
+  finite.
   """
   limit = target_rank_BxK
-  if num_decoded_B is not None:
-    limit = jnp.minimum(limit, num_decoded_B[:, None])
+  if num_decoded is not None:
+    limit = jnp.minimum(limit, num_decoded if num_decoded.ndim == 2 else num_decoded[:, None])
   visible = key_rank_BxS[:, None, :] < limit[:, :, None]
   return visible & target_valid_BxK[:, :, None]

@@ -12,7 +12,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer:
   """Builds the two-stream transformer of ``config`` (the ``config.model`` block).
 
-  Keys: vocab_size, num_layers, d_model, num_heads, d_ff, and optionally max_len, rope_base,
+  Keys: vocab_size, num_layers, d_model, num_heads, d_ff, and optionally max_len, rope_base, alibi,
   tie_embeddings, num_special_tokens, causal_prompt, dtype ("bfloat16" for bf16 compute) and
   param_dtype. Initialise with ``model.init(rng, *models.example_inputs(B, L, K))``.
   """
@@ -22,7 +22,7 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer:
   return TwoStreamTransformer(
       vocab_size=config.vocab_size, num_layers=config.num_layers, d_model=config.d_model,
       num_heads=config.num_heads, d_ff=config.d_ff,
-      rope_base=config.get("rope_base", 10_000.0), max_len=config.get("max_len", 2048),
+      rope_base=config.get("rope_base", 10_000.0), alibi=config.get("alibi", True), max_len=config.get("max_len", 2048),
       tie_embeddings=config.get("tie_embeddings", True),
       num_special_tokens=config.get("num_special_tokens", 4),
       causal_prompt=config.get("causal_prompt", False),

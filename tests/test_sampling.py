@@ -1,0 +1,432 @@
+"""Tests of asarm_jax.sampling: exactness by exhaustive enumeration, call counts, traces, prompts.
+
+The exactness tests compare N samples of every completion of a small prompt with the joint that
+``density.log_prob`` assigns to all V^h completions (chi-square goodness of fit, cells with
+expected count < 5 pooled, level fixed in advance at ``ALPHA``). The model is trained for a few
+steps on a Markov chain so that its joint is far from a product of marginals: ``parallel``
+(which samples that product) must be rejected by the very same test.
+"""
+from __future__ import annotations
+
+import itertools
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+import scipy.stats
+
+from asarm_jax import density, forward, models, objectives, sampling
+from asarm_jax.sampling import core
+
+NUM_SPECIAL, VOCAB, LENGTH = 4, 6, 6  # 6 samplable ids [4, 10).
+ALPHA = 1e-3
+ROWS_PER_GROUP = 10_000
+
+
+def _markov_batch(rs: np.random.Generator, batch: int) -> jnp.ndarray:
+  """x_{i+1} = x_i + 1 (mod VOCAB) with probability 0.8, else uniform."""
+  x_BxL = np.zeros((batch, LENGTH), np.int32)
+  x_BxL[:, 0] = rs.integers(0, VOCAB, batch)
+  for i in range(1, LENGTH):
+    step = (x_BxL[:, i - 1] + 1) % VOCAB
+    x_BxL[:, i] = np.where(rs.random(batch) < 0.8, step, rs.integers(0, VOCAB, batch))
+  return jnp.asarray(x_BxL + NUM_SPECIAL)
+
+
+@pytest.fixture(scope="module")
+def trained():
+  config = ml_collections.ConfigDict(dict(vocab_size=VOCAB + NUM_SPECIAL, num_layers=2,
+                                          d_model=32, num_heads=2, d_ff=64,
+                                          num_special_tokens=NUM_SPECIAL))
+  model = models.build(config)
+  params = model.init(jax.random.key(0), *models.example_inputs(1, LENGTH, 2))
+  optimizer = optax.adam(5e-3)
+
+  @jax.jit
+  def update(params, opt_state, tokens_BxL, rng):
+    loss_fn = lambda p: objectives.joint_loss(model, p, tokens_BxL, rng,
+                                              fraction_range=(0.0, 0.5), random_order=True)[0]
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  rs, opt_state = np.random.default_rng(0), optimizer.init(params)
+  for i in range(100):
+    params, opt_state = update(params, opt_state, _markov_batch(rs, 64), jax.random.key(i))
+  return model, params
+
+
+# Prompt groups sharing one batch: (visible tokens by position, order seed or None, length).
+GROUPS = {
+    "left_to_right": ({0: 4, 1: 5}, None, LENGTH),
+    "infill": ({0: 7, 3: 4}, None, LENGTH),
+    "random_order_a": ({1: 9, 4: 6, 5: 7}, 11, LENGTH),
+    "random_order_b": ({2: 5, 5: 8}, 12, LENGTH),
+    "padded": ({0: 6}, None, 5),  # position 5 is padding.
+}
+PAD_TOKEN = 9
+
+
+def _group_arrays(visible_tokens, order_seed, length):
+  """One row of a group: tokens, visible, order (``1 x LENGTH``)."""
+  tokens = np.full((1, LENGTH), NUM_SPECIAL, np.int32)
+  tokens[0, length:] = PAD_TOKEN
+  visible = np.zeros((1, LENGTH), bool)
+  for pos, tok in visible_tokens.items():
+    tokens[0, pos], visible[0, pos] = tok, True
+  order = (np.zeros((1, LENGTH), np.float32) if order_seed is None else
+           np.asarray(sampling.random_order(jax.random.key(order_seed), (1, LENGTH))))
+  return tokens, visible, order
+
+
+def _hidden(visible_tokens, length):
+  return [i for i in range(length) if i not in visible_tokens]
+
+
+def _exact_joint(model, params, group, temperature):
+  """Probabilities of all VOCAB^h completions (lexicographic over hidden positions)."""
+  visible_tokens, order_seed, length = group
+  tokens, visible, order = _group_arrays(*group)
+  hidden = _hidden(visible_tokens, length)
+  fills = np.array(list(itertools.product(range(VOCAB), repeat=len(hidden)))) + NUM_SPECIAL
+  tokens_CxL = np.repeat(tokens, len(fills), 0)
+  tokens_CxL[:, hidden] = fills
+  logp_CxL = density.log_prob(model, params, jnp.asarray(tokens_CxL[:, :length]),
+                              jnp.asarray(np.repeat(visible[:, :length], len(fills), 0)),
+                              jnp.asarray(np.repeat(order[:, :length], len(fills), 0)),
+                              temperature=temperature)
+  probs = np.exp(np.asarray(logp_CxL, np.float64).sum(-1))
+  assert abs(probs.sum() - 1) < 1e-4  # density.log_prob is a normalised joint.
+  return probs / probs.sum()
+
+
+def _cells(tokens_NxL, visible_tokens, length):
+  """Cell index of each sample: its hidden tokens read as a base-VOCAB number."""
+  digits = tokens_NxL[:, _hidden(visible_tokens, length)] - NUM_SPECIAL
+  assert digits.min() >= 0 and digits.max() < VOCAB
+  return digits @ (VOCAB ** np.arange(digits.shape[1])[::-1])
+
+
+def chi_square(cells_N: np.ndarray, probs_C: np.ndarray) -> tuple[float, int, float]:
+  """Pearson goodness of fit; cells with expected count < 5 are pooled (smallest first)."""
+  observed = np.bincount(cells_N, minlength=len(probs_C))
+  expected = len(cells_N) * probs_C
+  order = np.argsort(expected)
+  observed, expected = observed[order], expected[order]
+  cut = int((expected < 5).sum())
+  while 0 < cut < len(expected) and expected[:cut].sum() < 5:
+    cut += 1
+  if cut:
+    observed = np.r_[observed[:cut].sum(), observed[cut:]]
+    expected = np.r_[expected[:cut].sum(), expected[cut:]]
+  stat = float(((observed - expected) ** 2 / expected).sum())
+  dof = len(expected) - 1
+  return stat, dof, float(scipy.stats.chi2.sf(stat, dof))
+
+
+def _batch():
+  """All groups stacked, ``ROWS_PER_GROUP`` rows each."""
+  parts = [_group_arrays(*group) for group in GROUPS.values()]
+  tokens, visible, order = (np.repeat(np.concatenate(p), ROWS_PER_GROUP, 0) for p in zip(*parts))
+  lengths = np.repeat([group[2] for group in GROUPS.values()], ROWS_PER_GROUP).astype(np.int32)
+  return tokens, visible, order, lengths
+
+
+RUNS = {  # name: (method, k, temperature, cache)
+    "sequential": ("sequential", 1, 1.0, True),
+    "sequential_nocache": ("sequential", 1, 1.0, False),
+    "assd_k2": ("assd", 2, 1.0, True),
+    "assd_k3": ("assd", 3, 1.0, True),
+    "assd_k3_nocache": ("assd", 3, 1.0, False),
+    "assd_k3_t0.7": ("assd", 3, 0.7, True),
+    "assd_fused_k2": ("assd_fused", 2, 1.0, True),
+    "assd_fused_k3": ("assd_fused", 3, 1.0, True),
+    "assd_fused_k3_nocache": ("assd_fused", 3, 1.0, False),
+    "assd_fused_k3_t0.7": ("assd_fused", 3, 0.7, True),
+    "parallel_k3": ("parallel", 3, 1.0, True),
+}
+
+
+@pytest.fixture(scope="module")
+def samples(trained):
+  """One ``generate`` call per run over every group; also the exact joints."""
+  model, params = trained
+  tokens, visible, order, lengths = _batch()
+  out = {}
+  for i, (name, (method, k, temperature, cache)) in enumerate(RUNS.items()):
+    gen = sampling.generate(model, params, tokens, visible, jax.random.key(100 + i),
+                            method=method, k=k, temperature=temperature, order_BxL=order,
+                            length_B=lengths, cache=cache)
+    out[name] = jax.tree.map(np.asarray, gen)
+  joints = {(name, t): _exact_joint(model, params, group, t)
+            for name, group in GROUPS.items() for t in {r[2] for r in RUNS.values()}}
+  return tokens, visible, out, joints
+
+
+def _group_rows(name):
+  g = list(GROUPS).index(name)
+  return slice(g * ROWS_PER_GROUP, (g + 1) * ROWS_PER_GROUP)
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+@pytest.mark.parametrize("run", [r for r in RUNS if not r.startswith("parallel")])
+def test_exact_methods_match_the_joint(samples, run, group):
+  _, _, out, joints = samples
+  visible_tokens, _, length = GROUPS[group]
+  cells = _cells(out[run].tokens_BxL[_group_rows(group)], visible_tokens, length)
+  stat, dof, p = chi_square(cells, joints[group, RUNS[run][2]])
+  print(f"\n{run:>13} {group:>15}: chi2={stat:8.1f} dof={dof:4d} p={p:.3g}")
+  assert p > ALPHA
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_parallel_is_rejected(samples, group):
+  _, _, out, joints = samples
+  visible_tokens, _, length = GROUPS[group]
+  cells = _cells(out["parallel_k3"].tokens_BxL[_group_rows(group)], visible_tokens, length)
+  stat, dof, p = chi_square(cells, joints[group, 1.0])
+  print(f"\n  parallel_k3 {group:>15}: chi2={stat:8.1f} dof={dof:4d} p={p:.3g}")
+  assert p < ALPHA
+
+
+def test_prompt_and_padding_are_untouched_and_calls_bounded(samples):
+  tokens, visible, out, _ = samples
+  lengths = np.repeat([group[2] for group in GROUPS.values()], ROWS_PER_GROUP)
+  kept = visible | (np.arange(LENGTH) >= lengths[:, None])
+  hidden_count = LENGTH - kept.sum(-1)
+  for name, gen in out.items():
+    np.testing.assert_array_equal(gen.tokens_BxL[kept], tokens[kept])
+    assert (gen.tokens_BxL[~kept] >= NUM_SPECIAL).all()
+    np.testing.assert_array_equal(gen.num_generated_B, hidden_count)
+    assert (gen.num_calls_B <= gen.num_generated_B).all(), name
+    assert (gen.num_calls_B >= 1).all()
+    print(f"\n{name:>13}: tokens/call={hidden_count.sum() / gen.num_calls_B.sum():.3f}")
+  np.testing.assert_array_equal(out["sequential"].num_calls_B, hidden_count)
+  np.testing.assert_array_equal(out["sequential_nocache"].num_calls_B, hidden_count)
+  k3 = out["parallel_k3"].num_calls_B
+  np.testing.assert_array_equal(k3, -(-hidden_count // 3))  # ceil(h / k): one call per round.
+
+
+_draft_log_probs = jax.jit(core.draft_log_probs, static_argnums=(0, 3, 4))
+_density = jax.jit(density.log_prob, static_argnums=0,
+                   static_argnames=("temperature", "independent"))
+
+
+def test_first_draft_marginal_is_the_density_conditional(trained):
+  model, params = trained
+  rng_tokens, rng_order = jax.random.split(jax.random.key(3))
+  tokens = jax.random.randint(rng_tokens, (4, LENGTH), NUM_SPECIAL, NUM_SPECIAL + VOCAB)
+  visible = jnp.asarray([[1, 0, 0, 0, 0, 0], [0, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 1],
+                         [1, 1, 0, 0, 1, 0]], bool)
+  order = sampling.random_order(rng_order, tokens.shape)
+  length = jnp.full((4,), LENGTH, jnp.int32)
+  expected = _density(model, params, tokens, visible, order, temperature=0.8)
+  independent = _density(model, params, tokens, visible, order, temperature=0.8,
+                         independent=True)
+  state = core.init_state(tokens, visible, order, length, jax.random.key(0))
+  gather = lambda x_BxR, index_BxK: jnp.take_along_axis(x_BxR, index_BxK, 1)
+  for n in range(1, LENGTH):  # Row 0 of the draft call at pointer n is the conditional of rank n.
+    state_n = state.replace(num_decoded_B=jnp.maximum(state.num_visible_B, n))
+    rank_Bx1 = state_n.num_decoded_B[:, None]
+    logq_BxV = _draft_log_probs(model, params, state_n, LENGTH, 0.8)[:, 0]
+    draft_Bx1 = gather(logq_BxV, gather(state.tokens_rank_BxL, rank_Bx1))
+    np.testing.assert_allclose(draft_Bx1, gather(expected, gather(state.perm_BxL, rank_Bx1)),
+                               atol=1e-5)
+  # At n = m every draft row is the prompt-only marginal of its rank.
+  logq_BxKxV = _draft_log_probs(model, params, state, LENGTH, 0.8)
+  rank_BxK = state.num_visible_B[:, None] + jnp.arange(LENGTH)
+  valid_BxK = rank_BxK < LENGTH
+  rank_BxK = jnp.minimum(rank_BxK, LENGTH - 1)
+  draft_BxK = jnp.take_along_axis(logq_BxKxV, gather(state.tokens_rank_BxL, rank_BxK)[..., None],
+                                  -1)[..., 0]
+  marginal_BxK = gather(independent, gather(state.perm_BxL, rank_BxK))
+  np.testing.assert_allclose(np.where(valid_BxK, draft_BxK, 0),
+                             np.where(valid_BxK, marginal_BxK, 0), atol=1e-5)
+
+
+@pytest.mark.parametrize("causal_prompt", [False, True])
+def test_cached_and_uncached_logits_agree(trained, causal_prompt):
+  """A prefill over every rank (garbage past the prompt), then one content row per call, gives
+  the logits of full recomputation, for draft rows at every pointer."""
+  model, params = trained
+  model = model.clone(causal_prompt=causal_prompt)
+  rs = np.random.default_rng(0)
+  batch, m = 3, 2
+  tokens_rank = jnp.asarray(rs.integers(NUM_SPECIAL, NUM_SPECIAL + VOCAB, (batch, LENGTH)),
+                            jnp.int32)
+  perm = jnp.asarray(np.stack([rs.permutation(LENGTH) for _ in range(batch)]), jnp.int32)
+  num_visible = jnp.full((batch,), m, jnp.int32)
+  garbage = tokens_rank.at[:, m:].set(NUM_SPECIAL)
+  rank = lambda first, num: jnp.full((batch, 1), first, jnp.int32) + jnp.arange(num)
+  _, cache = forward.call(model, params, garbage, perm, num_visible, rank(m, 2),
+                          jnp.ones((batch, 2), bool), jnp.full((batch,), m), cache=model.init_cache(
+                              batch, LENGTH), content_rank_BxR=rank(0, LENGTH))
+  for n in range(m, LENGTH):
+    if n > m:  # cache the content of rank n - 1, committed last
+      _, cache = forward.call(model, params, tokens_rank, perm, num_visible, rank(n, 1),
+                              jnp.ones((batch, 1), bool), jnp.full((batch,), n), cache=cache,
+                              content_rank_BxR=rank(n - 1, 1))
+    targets = rank(n, LENGTH - n)
+    valid = jnp.ones_like(targets, bool)
+    full = forward.call(model, params, tokens_rank, perm, num_visible, targets, valid,
+                        jnp.full((batch,), n))
+    cached, _ = forward.call(model, params, tokens_rank, perm, num_visible, targets, valid,
+                             jnp.full((batch,), n), cache=cache, content_rank_BxR=rank(n, 0))
+    np.testing.assert_allclose(np.asarray(cached), np.asarray(full), atol=1e-5, rtol=1e-5)
+
+
+def test_one_trace_per_shape_and_same_rng_same_output(trained, monkeypatch):
+  model, params = trained
+  traces = []
+  loop = core._loop
+  monkeypatch.setattr(core, "_loop", lambda *args: traces.append(1) or loop(*args))
+  core._compiled.cache_clear()
+  tokens = np.asarray([[4, 5, 6, 7, 8, 9], [9, 8, 7, 6, 5, 4], [6, 6, 6, 6, 6, 6]], np.int32)
+  reverse = np.tile(np.arange(LENGTH)[::-1], (3, 1)).astype(np.float32)
+  prompts = [  # (tokens, visible, order, length): prompts, visible counts, orders, lengths differ.
+      (tokens, tokens < 6, None, None),
+      (tokens[::-1], tokens > 7, sampling.random_order(jax.random.key(1), (3, LENGTH)),
+       np.asarray([6, 4, 5], np.int32)),
+      (np.roll(tokens, 1, 1), np.eye(3, LENGTH, dtype=bool), reverse,
+       np.asarray([2, 6, 3], np.int32)),
+  ]
+  run = lambda prompt, seed: sampling.generate(
+      model, params, prompt[0], prompt[1], jax.random.key(seed), method="assd", k=2,
+      order_BxL=prompt[2], length_B=prompt[3])
+  results = [run(prompt, 4) for prompt in prompts]
+  assert len(traces) == 1
+  again, other_rng = run(prompts[2], 4), run(prompts[2], 5)
+  np.testing.assert_array_equal(again.tokens_BxL, results[2].tokens_BxL)
+  np.testing.assert_array_equal(again.num_calls_B, results[2].num_calls_B)
+  assert (np.asarray(other_rng.tokens_BxL) != np.asarray(results[2].tokens_BxL)).any()
+  assert len(traces) == 1
+
+
+def test_padding_values_do_not_change_real_logits(trained):
+  model, params = trained
+  tokens = jnp.asarray([[5, 6, 7, 8, 1, 2]] * 3)
+  tokens_other_pad = tokens.at[:, 4:].set(jnp.asarray([9, 4]))
+  visible = jnp.asarray([[1, 0, 0, 0, 1, 1], [0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 1, 0]], bool)
+  order = sampling.random_order(jax.random.key(5), tokens.shape)
+  length = jnp.asarray([4, 4, 4])  # padding marked visible in rows 0 and 2: still padding.
+  states = [core.init_state(t, visible, order, length, jax.random.key(0))
+            for t in (tokens, tokens_other_pad)]
+  np.testing.assert_array_equal(states[0].num_target_B, [4, 4, 4])
+  for n in (1, 2, 3):
+    logq = [_draft_log_probs(model, params, s.replace(num_decoded_B=jnp.full((3,), n)), 3, 1.0)
+            for s in states]
+    np.testing.assert_allclose(logq[0], logq[1], atol=1e-6)
+  outs = [sampling.generate(model, params, t, visible, jax.random.key(1), method="assd", k=2,
+                            order_BxL=order, length_B=length) for t in (tokens, tokens_other_pad)]
+  np.testing.assert_array_equal(outs[0].tokens_BxL[:, :4], outs[1].tokens_BxL[:, :4])
+  np.testing.assert_array_equal(outs[1].tokens_BxL[:, 4:], tokens_other_pad[:, 4:])
+  np.testing.assert_array_equal(outs[0].num_generated_B, [3, 3, 3])
+
+
+def test_sequential_is_assd_with_k1(trained):
+  """True by construction: at k = 1 every method runs the same round (commit the first draft,
+  whose draft mask is the density rule), so outputs are identical under the same rng."""
+  model, params = trained
+  tokens, visible, order, lengths = (x[::ROWS_PER_GROUP // 2] for x in _batch())
+  outs = [sampling.generate(model, params, tokens, visible, jax.random.key(9), method=m, k=k,
+                            order_BxL=order, length_B=lengths)
+          for m, k in (("sequential", 4), ("assd", 1), ("parallel", 1))]
+  np.testing.assert_array_equal(outs[0].num_calls_B, outs[0].num_generated_B)
+  for other in outs[1:]:
+    np.testing.assert_array_equal(outs[0].tokens_BxL, other.tokens_BxL)
+    np.testing.assert_array_equal(outs[0].num_calls_B, other.num_calls_B)
+
+
+def test_invalid_arguments_raise(trained):
+  model, params = trained
+  tokens, visible = np.full((2, 4), 5, np.int32), np.zeros((2, 4), bool)
+  bad = [
+      dict(method="beam"), dict(k=0), dict(k=2.0), dict(temperature=0.0),
+      dict(tokens_BxL=tokens.astype(np.float32)), dict(visible_BxL=visible.astype(np.int32)),
+      dict(visible_BxL=visible[:, :3]), dict(tokens_BxL=tokens[0]),
+      dict(order_BxL=np.zeros((2, 3))), dict(length_B=np.zeros((2, 1), np.int32)),
+      dict(length_B=np.zeros((2,), np.float32)),
+  ]
+  for change in bad:
+    kwargs = dict(tokens_BxL=tokens, visible_BxL=visible, rng=jax.random.key(0)) | change
+    with pytest.raises(ValueError, match=next(iter(change))):
+      sampling.generate(model, params, **kwargs)
+
+
+class CharTokenizer:
+  """Char-level fake tokenizer: code points are ids; ``mask_id`` is 0."""
+  mask_id = 0
+
+  def encode(self, text):
+    return [ord(c) for c in text]
+
+  def decode(self, ids):
+    return "".join(chr(i) for i in ids)
+
+
+def test_prompt_round_trip():
+  tok = CharTokenizer()
+  text = "ab<mask:2>cde<mask:3>f"
+  tokens, visible = sampling.parse(text, tok)
+  assert tokens.dtype == np.int32 and visible.dtype == np.bool_
+  np.testing.assert_array_equal(visible, [1, 1, 0, 0, 1, 1, 1, 0, 0, 0, 1])
+  assert tok.decode(tokens[visible].tolist()) == "abcdef"
+  assert (tokens[~visible] == tok.mask_id).all()
+  assert sampling.render(tokens, visible, tok) == text
+
+
+@pytest.mark.parametrize("text", ["<mask:x>", "a<mask:0>", "<mask:-1>", "<mask:3", "<mask:>",
+                                  "<mask:1.5>b", "<mask: 2>", "<mask:2><mask:"])
+def test_malformed_prompts_raise(text):
+  with pytest.raises(sampling.PromptError) as err:
+    sampling.parse(text, CharTokenizer())
+  assert "\n" not in str(err.value)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.lists(st.sampled_from(["<mask:", ">", "3", "0", "-", "x", "<", "mask",
+                                            ":", "\n", "é", "<mask:2>"]) | st.text(max_size=3),
+                           max_size=8).map("".join))
+def test_fuzz_prompts_parse_or_raise_prompt_error(text):
+  tok = CharTokenizer()
+  try:
+    tokens, visible = sampling.parse(text, tok)
+  except sampling.PromptError as err:
+    assert "\n" not in str(err)
+    return
+  again = sampling.parse(sampling.render(tokens, visible, tok), tok)
+  np.testing.assert_array_equal(again[1], visible)
+  np.testing.assert_array_equal(again[0][visible], tokens[visible])
+
+
+class ToyTokenizer:
+  """Letters a-f are the model's samplable ids 4-9."""
+  mask_id, pad_id = 3, 0
+
+  def encode(self, text):
+    return [ord(c) - ord("a") + NUM_SPECIAL for c in text]
+
+  def decode(self, ids):
+    return "".join(chr(i - NUM_SPECIAL + ord("a")) for i in ids)
+
+
+def test_sample_text(trained):
+  model, params = trained
+  texts = ["ab<mask:3>", "<mask:2>cd<mask:1>f", "<mask:1>"]
+  out = sampling.sample_text(model, params, ToyTokenizer(), texts, jax.random.key(0),
+                             method="assd", k=2, temperature=1.0, length=LENGTH)
+  for text, result in zip(texts, out):
+    prompt = text.split("<")[0]
+    assert result["text"].startswith(prompt) and set(result["text"]) <= set("abcdef")
+    assert len(result["text"]) == len(sampling.parse(text, ToyTokenizer())[0])
+  assert [r["num_generated"] for r in out] == [3, 3, 1]
+  assert all(1 <= r["num_calls"] <= r["num_generated"] for r in out)
+  assert out[0]["tokens_per_call"] == 3 / out[0]["num_calls"]
+  with pytest.raises(sampling.PromptError):
+    sampling.sample_text(model, params, ToyTokenizer(), ["abcdefg"], jax.random.key(0),
+                         length=LENGTH)
