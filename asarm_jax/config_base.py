@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from asarm_jax.data import default_data_config
+from asarm_jax.evaluation.config import default_eval_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -35,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32, num_steps=1000, log_every=50, eval_every=500, eval_batches=4,
-      eval_fractions=(0.0, 0.05, 0.25, 0.5), checkpoint_every=500, keep_checkpoints=3))
+      eval_fractions=(0.0, 0.05, 0.25, 0.5), checkpoint_every=500, keep_checkpoints=3,
+      debug_nan_steps=()))  # test hook: steps whose loss is made NaN (docs/reliability.md)
 
   # Mesh axis sizes; one may be -1 (the remaining devices).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -43,4 +45,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict(dict(
       method="assd_fused", k=5, temperature=1.0, prompt="", prompt_file="", num_examples=3,
       example_mask_fraction=0.25))
+  c.eval = default_eval_config()
   return c

@@ -3,17 +3,20 @@
 Overrides go as ``--config.a.b=value``; the config is locked, so unknown keys are errors.
 """
 import logging as pylogging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from asarm_jax import inference, train
+from asarm_jax.evaluation import runner
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for data, checkpoints and logs.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"],
-                  "train (then show a few infills), or sample: fill <mask:N> spans of a prompt.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
+                  "train (then show a few infills); sample: fill the <mask:N> spans of "
+                  "config.sample.prompt(_file); eval: the benchmarks of config.eval.tasks.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,12 +28,25 @@ def main(argv):
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
   if FLAGS.mode == "train":
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    if FLAGS.config.sample.num_examples:
+    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if result["completed"] and FLAGS.config.sample.num_examples:
       inference.show_infills(FLAGS.config, FLAGS.workdir)
   elif FLAGS.mode == "sample":
     inference.sample_prompts(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == "eval":
+    runner.run(FLAGS.config, FLAGS.workdir)
+
+
+def parse_flags(argv):
+  """absl parsing, but a bad ``--config.*`` override is a one-line error, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # what a locked ConfigDict raises for a new key
+    sys.exit(f"error: unknown config key {e} (configs are locked: see configs/ and "
+             "asarm_jax/config_base.py for the keys)")
+  except (flags.Error, TypeError, ValueError) as e:
+    sys.exit(f"error: {type(e).__name__}: {e}".splitlines()[0])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

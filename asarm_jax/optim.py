@@ -1,8 +1,14 @@
 """Optimizer: AdamW with warmup + cosine (or constant) schedule, clipping, NaN/Inf guard."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+SCHEDULES = ("cosine", "constant")
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
@@ -16,13 +22,46 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) ->
     return optax.join_schedules(
         [optax.linear_schedule(0.0, config.learning_rate, warmup),
          optax.constant_schedule(config.learning_rate)], [warmup])
-  raise ValueError(f"optim.schedule={config.schedule!r}: expected 'cosine' or 'constant'.")
+  raise ValueError(f"optim.schedule={config.schedule!r}: expected one of {SCHEDULES}.")
+
+
+class GuardState(NamedTuple):
+  """State of :func:`skip_nonfinite`; the counters are int32 scalars."""
+  inner_state: optax.OptState
+  in_a_row: jax.Array  # non-finite updates since the last finite one
+  skipped: jax.Array  # non-finite updates skipped so far
+  tripped: jax.Array  # bool: ``in_a_row`` reached the limit; every later update is skipped too
+
+
+def skip_nonfinite(inner: optax.GradientTransformation,
+                   max_consecutive: int) -> optax.GradientTransformation:
+  """Wraps ``inner`` so that an update with a NaN/Inf gradient is skipped (zero update, inner
+  state unchanged) and counted. Unlike ``optax.apply_if_finite`` it never gives in: once
+  ``max_consecutive`` updates in a row were non-finite, ``tripped`` latches and every later update
+  is skipped, so the parameters stay finite until the caller reads ``tripped`` and stops."""
+
+  def init(params):
+    zero = jnp.zeros((), jnp.int32)
+    return GuardState(inner.init(params), zero, zero, jnp.zeros((), jnp.bool_))
+
+  def update(updates, state, params=None):
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)]))
+    in_a_row = jnp.where(finite, 0, state.in_a_row + 1)
+    tripped = state.tripped | (in_a_row >= max_consecutive)
+    updates, inner_state = jax.lax.cond(
+        finite & ~tripped,
+        lambda: inner.update(updates, state.inner_state, params),
+        lambda: (optax.tree.zeros_like(updates), state.inner_state))
+    return updates, GuardState(inner_state, in_a_row, state.skipped + (~finite).astype(jnp.int32),
+                               tripped)
+
+  return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-  """Clipped AdamW; a non-finite gradient skips the update (counted in the optimizer state)."""
+  """Clipped AdamW behind :func:`skip_nonfinite` (``config.max_consecutive_nonfinite``)."""
   tx = optax.chain(
       optax.clip_by_global_norm(config.grad_clip),
       optax.adamw(learning_rate_schedule(config, num_steps), b1=config.b1, b2=config.b2,
                   weight_decay=config.weight_decay))
-  return optax.apply_if_finite(tx, max_consecutive_errors=config.max_consecutive_nonfinite)
+  return skip_nonfinite(tx, config.max_consecutive_nonfinite)

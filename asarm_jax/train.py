@@ -1,6 +1,7 @@
 """Training: one sharded ``jax.jit`` step, Orbax checkpoints, exact resume, held-out evaluation."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -17,7 +18,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from asarm_jax import checkpoint, data, flops, models, objectives, optim, sharding
+from asarm_jax import (checkpoint, data, flops, models, objectives, optim, sharding,
+                       validation)
 from asarm_jax.metric_writer import MetricWriter
 
 
@@ -48,17 +50,25 @@ def loss_fn(model: nn.Module, objective: ml_collections.ConfigDict) -> Callable:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict) -> Callable:
-  """``(state, tokens_BxL, base_rng) -> (state, metrics)``; gradient accumulation via scan."""
+  """``(state, tokens_BxL, base_rng) -> (state, metrics)``; gradient accumulation via scan.
+
+  ``config.train.debug_nan_steps`` (a test hook, default none) makes the loss of those steps
+  (counted from 1, as logged) NaN, to exercise the non-finite guard of :mod:`asarm_jax.optim`.
+  """
   compute_loss = loss_fn(model, config.objective)
   accumulation = config.optim.accumulation_steps
   schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
+  nan_steps = jnp.asarray(tuple(config.train.get("debug_nan_steps", ())), jnp.int32)
 
   def train_step(state: TrainState, tokens_BxL: jax.Array, base_rng: jax.Array):
     rng = jax.random.fold_in(base_rng, state.step)
+    poison = jnp.where(jnp.isin(state.step + 1, nan_steps), jnp.nan, 1.0)
     micro_AxMxL = tokens_BxL.reshape((accumulation, -1) + tokens_BxL.shape[1:])
     def grads_and_metrics(micro_MxL, micro_rng):
-      (_, metrics), grads = jax.value_and_grad(compute_loss, has_aux=True)(
-          state.params, micro_MxL, micro_rng)
+      def poisoned_loss(params):
+        loss, metrics = compute_loss(params, micro_MxL, micro_rng)
+        return loss * poison, dict(metrics, loss=loss * poison)
+      (_, metrics), grads = jax.value_and_grad(poisoned_loss, has_aux=True)(state.params)
       return grads, metrics
 
     def accumulate(total, inputs):
@@ -70,10 +80,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                                    jax.eval_shape(grads_and_metrics, micro_AxMxL[0], rng))
     (grads, metrics), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accumulation), micro_AxMxL))
     grads, metrics = jax.tree_util.tree_map(lambda x: x / accumulation, (grads, metrics))
+    # A non-finite loss skips the update even where its gradients happen to be finite.
+    grads = jax.tree_util.tree_map(lambda g: jnp.where(jnp.isfinite(metrics["loss"]), g, jnp.nan),
+                                   grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step),
-                   nonfinite_skipped=opt_state.total_notfinite)
+                   nonfinite_skipped=opt_state.skipped, nonfinite_in_a_row=opt_state.in_a_row)
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
@@ -107,6 +120,43 @@ class _StopRequest:
       signal.signal(s, handler)
 
 
+class _Trace:
+  """``WORKDIR/metrics.jsonl``: one line ``{"step": s, <train metrics>}`` per logged step, floats
+  in full precision (process 0 only; NaN is written ``NaN``).
+
+  Opening it keeps only the lines of steps ``<= start_step`` (the restored checkpoint's), and
+  drops a line torn by a kill, so the file is always the trace of the run that survived.
+  """
+
+  def __init__(self, path: str, start_step: int):
+    self.file = None
+    if jax.process_index() != 0:
+      return
+    kept = []
+    if os.path.exists(path):
+      with open(path) as f:
+        for line in f:
+          try:
+            record = json.loads(line)
+          except json.JSONDecodeError:
+            continue
+          if record["step"] <= start_step:
+            kept.append(json.dumps(record) + "\n")
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
+    self.file = open(path, "a")
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if self.file is not None:
+      self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+      self.file.flush()
+
+  def close(self) -> None:
+    if self.file is not None:
+      self.file.close()
+
+
 def check_compatible(meta: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume a checkpoint written with a different model or data config."""
   saved = meta["config"]
@@ -120,7 +170,25 @@ def check_compatible(meta: dict, config: ml_collections.ConfigDict, workdir: str
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains ``config`` in ``workdir``, resuming from its newest checkpoint. Returns last metrics."""
+  """Trains ``config`` in ``workdir``, resuming from its newest readable checkpoint.
+
+  The config, and the compatibility of a checkpoint already in ``workdir``, are checked before
+  anything is written. SIGTERM/SIGINT save a checkpoint at the next step boundary and return.
+  Returns the last logged metrics.
+  """
+  validation.validate_config(config)
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(checkpoint_dir):
+    existing = checkpoint.Checkpointer(checkpoint_dir, max_to_keep=None)
+    meta = existing.read_meta()
+    existing.close()
+    if meta is not None:
+      check_compatible(meta, config, workdir)
+  return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """:func:`train_and_evaluate` once its checks have passed."""
   os.makedirs(workdir, exist_ok=True)
   logging.info("seed %d, PRNG implementation %s", config.seed, jax.config.jax_default_prng_impl)
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
@@ -135,10 +203,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = optim.make_optimizer(config.optim, num_steps)
   seq_len = config.data.seq_len
   global_batch = config.train.batch_size
-  if global_batch % (jax.process_count() * config.optim.accumulation_steps):
-    raise ValueError(f"train.batch_size={global_batch} must divide evenly over "
-                     f"{jax.process_count()} hosts and {config.optim.accumulation_steps} "
-                     "accumulation steps.")
 
   init = functools.partial(create_state, model, tx, seq_len=seq_len)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
@@ -150,18 +214,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  batch_size=global_batch // jax.process_count(),
                                  seed=config.seed, shard_index=jax.process_index(),
                                  shard_count=jax.process_count())
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 config.train.keep_checkpoints)
-  meta = checkpoint.meta_for(config, tokenizer.serialized())
-  restored = ckpt.restore_latest(abstract)
-  if restored is None:
-    state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
-  else:
-    check_compatible(restored.meta, config, workdir)
-    state = restored.state
-    iterator.set_state(restored.data_state)
-    logging.info("Resumed from step %d.", restored.step)
-
   replicated = sharding.replicated(mesh)
   train_step = jax.jit(make_train_step(model, tx, config),
                        in_shardings=(state_sharding, sharding.batch_sharding(mesh), replicated),
@@ -172,22 +224,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   heldout = [sharding.global_batch(mesh, b) for b in data.heldout_batches(
       config.data, tokenizer, data_dir, batch_size=global_batch // jax.process_count(),
       num_batches=config.train.eval_batches)]
-
-  writer = MetricWriter(workdir)
+  meta = checkpoint.meta_for(config, tokenizer.serialized())
   flops_per_step = flops.train_flops_per_token(config.model, seq_len) * global_batch * seq_len
   peak = flops.peak_flops_per_device()
   base_rng = jax.random.PRNGKey(config.seed + 1)
-  stop = _StopRequest()
-  step = int(state.step)
-  last = {}
-  tick, tick_step = time.perf_counter(), step
-  try:
-    while step < num_steps:
+
+  with contextlib.ExitStack() as cleanup:
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   config.train.keep_checkpoints)
+    cleanup.callback(ckpt.close)
+    cleanup.callback(ckpt.wait)  # runs before close: pending saves complete
+    restored = ckpt.resume(abstract, os.path.join(workdir, "checkpoints_corrupt"))
+    if restored is None:
+      state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
+    else:
+      state = restored.state
+      iterator.set_state(restored.data_state)
+      logging.info("Resumed from step %d.", restored.step)
+    writer = cleanup.enter_context(contextlib.closing(MetricWriter(workdir)))
+    trace = cleanup.enter_context(contextlib.closing(
+        _Trace(os.path.join(workdir, "metrics.jsonl"), int(state.step))))
+    stop = _StopRequest()  # before this point there is nothing to save: signals act as usual
+    cleanup.callback(stop.restore)
+
+    step = saved_step = int(state.step)
+    last, skipped = {}, int(state.opt_state.skipped)
+    tick, tick_step = time.perf_counter(), step
+    while step < num_steps and not stop.requested:
       batch = sharding.global_batch(mesh, next(iterator))
       state, metrics = train_step(state, batch, base_rng)
       step += 1
-      if step % config.train.log_every == 0 or step == num_steps:
+      logged = step % config.train.log_every == 0 or step == num_steps
+      saving = step % config.train.checkpoint_every == 0 or step == num_steps
+      if logged:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        trace.write(step, metrics)
+        if metrics["nonfinite_skipped"] > skipped:
+          logging.warning("Skipped %d update(s) with a non-finite loss or gradient by step %d "
+                          "(%d in total).", metrics["nonfinite_skipped"] - skipped, step,
+                          metrics["nonfinite_skipped"])
+          skipped = metrics["nonfinite_skipped"]
         elapsed = time.perf_counter() - tick
         metrics["tokens_per_s"] = (step - tick_step) * global_batch * seq_len / elapsed
         if peak:
@@ -195,19 +271,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write(step, metrics)
         last.update(metrics)
         tick, tick_step = time.perf_counter(), step
-      if heldout and (step % config.train.eval_every == 0 or step == num_steps):
+      if logged or saving:
+        _check_guard(state, step, config, ckpt)
+      if heldout and not stop.requested and (step % config.train.eval_every == 0
+                                             or step == num_steps):
         totals = [jax.device_get(eval_step(state.params, b)) for b in heldout]
         evals = {k: float(np.mean([t[k] for t in totals])) for k in totals[0]}
         writer.write(step, evals, prefix="heldout")
         last.update({f"heldout/{k}": v for k, v in evals.items()})
-      if step % config.train.checkpoint_every == 0 or step == num_steps or stop.requested:
+      if saving:
         ckpt.save(step, state, iterator.get_state(), meta, force=True)
-      if stop.requested:
-        logging.warning("Stopped at step %d after a signal; rerun the command to resume.", step)
-        break
-  finally:
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-    stop.restore()
-  return last
+        saved_step = step
+    if stop.requested:
+      if step != saved_step:
+        _check_guard(state, step, config, ckpt)
+        ckpt.save(step, state, iterator.get_state(), meta, force=True)
+      logging.warning("Stopped at step %d after a signal; rerun the command to resume.", step)
+  return dict(last, step=step, completed=step >= num_steps)
+
+
+def _check_guard(state: TrainState, step: int, config: ml_collections.ConfigDict,
+                 ckpt: checkpoint.Checkpointer) -> None:
+  """Raises ``FloatingPointError`` once the optimizer's non-finite guard has tripped; called
+  before every save, so no checkpoint ever holds the state of a run that diverged."""
+  if not bool(jax.device_get(state.opt_state.tripped)):
+    return
+  ckpt.wait()
+  raise FloatingPointError(
+      f"{config.optim.max_consecutive_nonfinite} updates in a row had a non-finite loss or "
+      f"gradient (optim.max_consecutive_nonfinite) by step {step}; stopped without saving. The "
+      f"last checkpoint (step {ckpt.latest_step()}) is intact: lower optim.learning_rate or "
+      "check the data, then rerun to resume from it.")

@@ -1,0 +1,119 @@
+"""Batched, resumable filling of many prompt rows, cached in a JSONL file.
+
+Every row has a key. A finished row is appended at once to the cache as ``{"key", "hidden",
+"num_calls", "num_generated"}`` (``hidden``: the generated tokens at the row's hidden positions,
+in position order), and a later call with the same file generates only the rows not yet there,
+so an interrupted evaluation resumes. The cache is only valid for one model, sampler and set of
+prompts: callers put those in its file name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+import tqdm
+
+from asarm_jax import sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One prompt: ``tokens`` (int32[L]) and ``visible`` (bool[L]); positions ``>= length`` pad."""
+  key: str
+  tokens: np.ndarray
+  visible: np.ndarray
+  length: int
+
+  def num_hidden(self) -> int:
+    return int((~self.visible[:self.length]).sum())
+
+  def filled(self, hidden: Sequence[int]) -> np.ndarray:
+    """``tokens`` (int32[L]) with ``hidden`` written at the hidden positions."""
+    out = self.tokens.copy()
+    out[np.flatnonzero(~self.visible[:self.length])] = hidden
+    return out
+
+
+def load_records(path: str) -> dict[str, dict]:
+  """Records of a cache file by key; a line cut short by an interrupted run is dropped (and the
+  file rewritten without it, so that appending continues on a clean line)."""
+  if not os.path.exists(path):
+    return {}
+  records, broken = {}, False
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        broken = True
+        continue
+      records[record["key"]] = record
+  if broken:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records.values())
+    os.replace(tmp, path)
+  return records
+
+
+def _batch_arrays(rows: Sequence[Row], batch_size: int) -> tuple[np.ndarray, ...]:
+  """``tokens, visible, length`` of ``rows`` padded to ``batch_size`` with all-visible rows
+  (finished before the first round), so every batch has one shape."""
+  width = rows[0].tokens.shape[0]
+  tokens = np.zeros((batch_size, width), np.int32)
+  visible = np.ones((batch_size, width), bool)
+  length = np.full((batch_size,), width, np.int32)
+  for b, row in enumerate(rows):
+    tokens[b], visible[b], length[b] = row.tokens, row.visible, row.length
+  return tokens, visible, length
+
+
+def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str, *, method: str,
+                  k: int, temperature: float, batch_size: int, seed: int,
+                  desc: str) -> dict[str, dict]:
+  """Fills every row (all of one width ``L``), ``batch_size`` rows per ``sampling.generate``
+  call, skipping rows already in the cache at ``path``. Returns the record of every row."""
+  if len({row.key for row in rows}) != len(rows):
+    raise ValueError(f"{desc}: row keys are not unique")
+  records = load_records(path)
+  for row in rows:
+    if row.key in records and len(records[row.key]["hidden"]) != row.num_hidden():
+      raise ValueError(f"{path} holds a record for {row.key!r} with another number of hidden "
+                       "tokens; it was written for other prompts: remove it")
+  todo = [row for row in rows if row.key not in records]
+  print(f"{desc}: {len(rows) - len(todo)} rows cached, {len(todo)} to generate", flush=True)
+  if not todo:
+    return {row.key: records[row.key] for row in rows}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  base_rng = jax.random.key(seed)
+  with open(path, "a", encoding="utf-8") as f, tqdm.tqdm(total=len(todo), desc=desc,
+                                                          unit="row") as bar:
+    for start in range(0, len(todo), batch_size):
+      batch = todo[start:start + batch_size]
+      tokens, visible, length = _batch_arrays(batch, batch_size)
+      out = sampling.generate(model, params, tokens, visible,
+                              jax.random.fold_in(base_rng, start // batch_size), method=method,
+                              k=k, temperature=temperature, length_B=length)
+      filled, calls, generated = jax.device_get((out.tokens_BxL, out.num_calls_B,
+                                                 out.num_generated_B))
+      for b, row in enumerate(batch):
+        hidden = filled[b][np.flatnonzero(~row.visible[:row.length])]
+        record = {"key": row.key, "hidden": [int(t) for t in hidden],
+                  "num_calls": int(calls[b]), "num_generated": int(generated[b])}
+        records[row.key] = record
+        f.write(json.dumps(record) + "\n")
+      f.flush()
+      bar.update(len(batch))
+  return {row.key: records[row.key] for row in rows}
+
+
+def tokens_per_call(records: Sequence[dict]) -> float:
+  """Generated tokens per network call, pooled over ``records`` (NaN without calls)."""
+  calls = sum(r["num_calls"] for r in records)
+  return sum(r["num_generated"] for r in records) / calls if calls else math.nan

@@ -1,0 +1,79 @@
+"""The infilling benchmarks end to end: HumanEval (pass@k) and ROCStories-protocol text (ROUGE).
+
+Each function lays the tasks out (:mod:`~asarm_jax.evaluation.infill_model`), generates their
+middles through a resumable cache and scores them; file names under ``out_dir`` carry ``tag``
+(checkpoint step and sampler), so a changed model or sampler never reuses stale completions.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Sequence
+
+import flax.linen as nn
+import ml_collections
+
+from asarm_jax.evaluation import humaneval_infill, infill_model, text_infill
+
+HUMANEVAL_KINDS = {"humaneval_single_line": humaneval_infill.single_line_tasks,
+                   "humaneval_multi_line": humaneval_infill.multi_line_tasks}
+
+
+def humaneval_tasks(kind: str, max_tasks: int, seed: int) -> list[humaneval_infill.InfillTask]:
+  """The tasks of ``kind``, or a deterministic subsample of ``max_tasks`` (0: all) in task order."""
+  tasks = HUMANEVAL_KINDS[kind]()
+  if 0 < max_tasks < len(tasks):
+    chosen = sorted(random.Random(seed).sample(range(len(tasks)), max_tasks))
+    tasks = [tasks[i] for i in chosen]
+  return tasks
+
+
+def humaneval(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collections.ConfigDict,
+              kind: str, out_dir: str, tag: str) -> dict:
+  """pass@k of ``eval.num_samples`` middles per task; tasks whose middle does not fit
+  ``model.max_len`` count as failed."""
+  tasks = humaneval_tasks(kind, ecfg.humaneval_max_tasks, ecfg.seed)
+  done = infill_model.complete(
+      model, params, tokenizer, tasks, os.path.join(out_dir, f"{kind}_{tag}_completions.jsonl"),
+      num_samples=ecfg.num_samples, method=ecfg.method, k=ecfg.k, temperature=ecfg.temperature,
+      batch_size=ecfg.batch_size, seed=ecfg.seed, desc=kind)
+  report = {"num_tasks": len(tasks), "num_too_long": len(done.too_long),
+            "num_truncated": done.num_truncated, "num_samples": ecfg.num_samples,
+            "tokens_per_call": done.tokens_per_call}
+  scored = [t for t in tasks if t.task_id in done.by_task]
+  ks = [k for k in ecfg.pass_at if k <= ecfg.num_samples]
+  if not scored:
+    return {**report, **{f"pass@{k}": 0.0 for k in ks}, "status_counts": {}}
+  scores = humaneval_infill.score(
+      scored, done.by_task, k_values=ks, workers=ecfg.sandbox_workers,
+      timeout_s=ecfg.sandbox_timeout_s,
+      results_path=os.path.join(out_dir, f"{kind}_{tag}_scores.jsonl"))
+  # pass@k is a mean over tasks: the unscored (too long) ones contribute 0.
+  fitted = len(scored) / len(tasks)
+  return {**report, **{f"pass@{k}": scores[f"pass@{k}"] * fitted for k in ks},
+          "status_counts": scores["status_counts"]}
+
+
+def text(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collections.ConfigDict,
+         stories: Sequence[text_infill.Story], out_dir: str, tag: str) -> dict:
+  """ROUGE-1/2/L of one middle per story, for every setting of ``eval.text_settings``.
+
+  A story whose hidden span does not fit ``model.max_len`` scores an empty prediction.
+  """
+  if not stories:
+    raise ValueError("text_infill: no stories (set eval.rocstories_csv, or use a text corpus "
+                     "whose held-out split has 5-sentence windows)")
+  report = {}
+  for setting in ecfg.text_settings:
+    tasks = text_infill.make_tasks(stories, setting)
+    name = setting.replace("/", "of")
+    done = infill_model.complete(
+        model, params, tokenizer, tasks, os.path.join(out_dir, f"text_{name}_{tag}.jsonl"),
+        num_samples=1, method=ecfg.method, k=ecfg.k, temperature=ecfg.temperature,
+        batch_size=ecfg.batch_size, seed=ecfg.seed, desc=f"text_infill {setting}")
+    predictions = [done.by_task.get(t.task_id, [""])[0] for t in tasks]
+    report[setting] = {"num_tasks": len(tasks), "num_too_long": len(done.too_long),
+                       "num_truncated": done.num_truncated,
+                       "tokens_per_call": done.tokens_per_call,
+                       **text_infill.rouge(predictions, [t.middle for t in tasks])}
+  return report

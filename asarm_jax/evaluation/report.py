@@ -1,0 +1,69 @@
+"""Markdown tables of the results dict of :func:`asarm_jax.evaluation.runner.run`."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+
+def _cell(value: Any) -> str:
+  if value is None:
+    return "-"
+  if isinstance(value, float):
+    return "-" if math.isnan(value) else f"{value:.4g}"
+  return str(value)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A markdown table; floats with 4 significant digits, ``None``/NaN as ``-``."""
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def _humaneval(results: dict) -> str:
+  ks = sorted({key for r in results.values() for key in r if key.startswith("pass@")},
+              key=lambda key: int(key[5:]))
+  header = ["task", "tasks", "samples/task", "too long", "truncated", *ks, "tokens/call"]
+  return table(header, [[name, r["num_tasks"], r["num_samples"], r["num_too_long"],
+                         r["num_truncated"], *(r.get(k) for k in ks), r["tokens_per_call"]]
+                        for name, r in results.items()])
+
+
+def _text(result: dict) -> str:
+  return table(["setting", "stories", "too long", "ROUGE-1", "ROUGE-2", "ROUGE-L", "tokens/call"],
+               [[setting, r["num_tasks"], r["num_too_long"], r["rouge1"], r["rouge2"],
+                 r["rougeL"], r["tokens_per_call"]] for setting, r in result.items()])
+
+
+def _gen_quality(result: dict) -> str:
+  header = ["method", "samples", "judge PPL", "PPL sd", "entropy", "t (PPL)", "p (PPL)",
+            "t (entropy)", "p (entropy)", "tokens/call"]
+  rows = [[name, r["num_samples"], r["judge_ppl"], r["judge_ppl_std"], r["entropy"], r["t_ppl"],
+           r["p_ppl"], r["t_entropy"], r["p_entropy"], r["tokens_per_call"]]
+          for name, r in result["methods"].items()]
+  return (f"Baseline of the t-tests: {result['baseline']}; {result['num_prompts']} prompts with "
+          f"{result['visible_fraction']:g} of positions visible.\n\n" + table(header, rows))
+
+
+def _density(result: dict) -> str:
+  bits = result["bits_per_token"]
+  orders = list(bits)
+  fractions = list(bits[orders[0]])
+  return table(["visible fraction", *(f"{o} bits/token" for o in orders)],
+               [[f, *(bits[o][f] for o in orders)] for f in fractions])
+
+
+def markdown(results: dict) -> str:
+  """Sections for every task present in ``results["tasks"]``."""
+  tasks = results["tasks"]
+  parts = [f"# Evaluation of {results['workdir']} (step {results['step']})"]
+  humaneval = {name: r for name, r in tasks.items() if name.startswith("humaneval")}
+  if humaneval:
+    parts.append("## HumanEval infilling\n\n" + _humaneval(humaneval))
+  if "text_infill" in tasks:
+    parts.append("## Text infilling (ROCStories protocol)\n\n" + _text(tasks["text_infill"]))
+  if "gen_quality" in tasks:
+    parts.append("## Generation quality\n\n" + _gen_quality(tasks["gen_quality"]))
+  if "density" in tasks:
+    parts.append("## Held-out density\n\n" + _density(tasks["density"]))
+  return "\n\n".join(parts) + "\n"

@@ -1,0 +1,148 @@
+"""``--mode=eval``: runs the benchmarks of ``config.eval.tasks`` on the checkpoint of a workdir.
+
+Everything is written under ``WORKDIR/eval``: ``results.json`` and ``results.md`` (rewritten
+after every task, so finished tasks survive an interruption), the generation caches and
+HumanEval score files (JSONL, resumed by a rerun), and ``gen_quality.png``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Callable, NamedTuple
+
+import ml_collections
+
+from asarm_jax import data, inference, sampling
+from asarm_jax.evaluation import density_eval, gen_quality, infill_eval, report, text_infill
+
+
+class Context(NamedTuple):
+  """What every task needs: the loaded model, the run's config and its directories."""
+  loaded: inference.Loaded
+  config: ml_collections.ConfigDict
+  data_dir: str
+  out_dir: str
+
+
+def _density(ctx: Context) -> dict:
+  ecfg = ctx.config.eval
+  batches = data.heldout_batches(ctx.config.data, ctx.loaded.tokenizer, ctx.data_dir,
+                                 batch_size=ecfg.batch_size, num_batches=ecfg.density_batches)
+  return density_eval.evaluate(ctx.loaded.model, ctx.loaded.params, batches,
+                               ecfg.density_fractions, ecfg.seed)
+
+
+def _sampler_tag(ctx: Context) -> str:
+  """What generated completions depend on besides the task: checkpoint step and sampler."""
+  e = ctx.config.eval
+  return f"step{ctx.loaded.step}_{e.method}_k{e.k}_t{e.temperature:g}_seed{e.seed}"
+
+
+def _humaneval(kind: str) -> Callable[[Context], dict]:
+  def task(ctx: Context) -> dict:
+    return infill_eval.humaneval(ctx.loaded.model, ctx.loaded.params, ctx.loaded.tokenizer,
+                                 ctx.config.eval, kind, ctx.out_dir, _sampler_tag(ctx))
+  return task
+
+
+def stories(ctx: Context) -> list[text_infill.Story]:
+  """The official ROCStories CSV if ``eval.rocstories_csv`` is set, else 5-sentence windows of
+  the held-out split."""
+  ecfg = ctx.config.eval
+  if ecfg.rocstories_csv:
+    return text_infill.read_rocstories_csv(ecfg.rocstories_csv, ecfg.text_max_stories)
+  texts = [doc["text"] for doc in data.heldout_documents(ctx.config.data, ctx.data_dir)]
+  return text_infill.windows_from_documents(texts, ecfg.text_max_stories)
+
+
+def _text_infill(ctx: Context) -> dict:
+  return infill_eval.text(ctx.loaded.model, ctx.loaded.params, ctx.loaded.tokenizer,
+                          ctx.config.eval, stories(ctx), ctx.out_dir, _sampler_tag(ctx))
+
+
+def _gen_quality(ctx: Context) -> dict:
+  ecfg = ctx.config.eval
+  judge = inference.load(ecfg.judge_workdir)
+  if judge.tokenizer.serialized() != ctx.loaded.tokenizer.serialized():
+    raise ValueError(f"the judge in {ecfg.judge_workdir} has another tokenizer; train it with "
+                     "--config.data.data_dir set to the evaluated model's data dir")
+  (heldout,) = data.heldout_batches(ctx.config.data, ctx.loaded.tokenizer, ctx.data_dir,
+                                    batch_size=ecfg.gen_num_prompts, num_batches=1)
+  tag = (f"step{ctx.loaded.step}_t{ecfg.temperature:g}_f{ecfg.gen_visible_fraction:g}"
+         f"_seed{ecfg.seed}")
+  result = gen_quality.evaluate(ctx.loaded.model, ctx.loaded.params, judge.model, judge.params,
+                                heldout, ecfg, ctx.out_dir, tag)
+  gen_quality.plot(result, os.path.join(ctx.out_dir, "gen_quality.png"))
+  return {**result, "judge_workdir": ecfg.judge_workdir, "judge_step": judge.step,
+          "plot": "gen_quality.png"}
+
+
+TASKS: dict[str, Callable[[Context], dict]] = {
+    "density": _density,
+    **{kind: _humaneval(kind) for kind in infill_eval.HUMANEVAL_KINDS},
+    "text_infill": _text_infill,
+    "gen_quality": _gen_quality,
+}
+
+
+def validate(ecfg: ml_collections.ConfigDict) -> None:
+  """Fails fast on a config that some task would reject only hours into the run."""
+  unknown = [t for t in ecfg.tasks if t not in TASKS]
+  if unknown or not ecfg.tasks:
+    raise ValueError(f"eval.tasks has unknown {unknown}; expected names of {sorted(TASKS)}")
+  methods = [ecfg.method] + (list(ecfg.gen_methods) if "gen_quality" in ecfg.tasks else [])
+  bad = [m for m in methods if m not in sampling.METHODS]
+  if bad:
+    raise ValueError(f"unknown sampling methods {bad}; expected one of {sampling.METHODS}")
+  if "gen_quality" in ecfg.tasks:
+    if not ecfg.judge_workdir:
+      raise ValueError("gen_quality needs eval.judge_workdir (train one with configs/judge_*.py)")
+    if ecfg.gen_num_prompts < 2 or not ecfg.gen_methods:
+      raise ValueError("gen_quality needs eval.gen_num_prompts >= 2 and some eval.gen_methods")
+
+
+def _json_safe(value: Any) -> Any:
+  """``value`` with NaN and infinities as ``None`` (strict JSON)."""
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def _write(results: dict, out_dir: str) -> str:
+  """Writes results.json and results.md atomically; returns the markdown."""
+  text = report.markdown(results)
+  for name, content in (("results.json", json.dumps(_json_safe(results), indent=2) + "\n"),
+                        ("results.md", text)):
+    path = os.path.join(out_dir, name)
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+      f.write(content)
+    os.replace(f"{path}.tmp", path)
+  return text
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates the newest checkpoint of ``workdir`` on ``config.eval.tasks``; writes
+  ``WORKDIR/eval/results.{json,md}``, prints the markdown and returns the results dict
+  ``{"workdir", "step", "eval", "tasks": {name: result}}``."""
+  ecfg = config.eval
+  validate(ecfg)
+  loaded = inference.load(workdir)
+  saved, current = (json.loads(c.model.to_json_best_effort()) for c in (loaded.config, config))
+  if saved != current:
+    raise ValueError(f"config.model differs from the checkpoint's in {workdir} "
+                     f"({sorted(k for k in current if saved.get(k) != current[k])})")
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  ctx = Context(loaded, config, config.data.data_dir or os.path.join(workdir, "data"), out_dir)
+  results = {"workdir": workdir, "step": loaded.step, "eval": ecfg.to_dict(), "tasks": {}}
+  for name in ecfg.tasks:
+    print(f"=== eval task {name} (step {loaded.step})", flush=True)
+    results["tasks"][name] = TASKS[name](ctx)
+    text = _write(results, out_dir)
+  print(text, flush=True)
+  return results

@@ -1,0 +1,87 @@
+"""Training throughput and MFU of the sharded train step (not a test).
+
+  python benchmarks/train_throughput.py --configs=code_small,xlnet_base --out=DIR
+
+Random tokens (throughput does not depend on them), the real jitted step with donation and
+the configured mesh; MFU counts the two-stream FLOPs (asarm_jax/flops.py). Prints a markdown
+table and writes DIR/train_throughput.json.
+"""
+import importlib.util
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from asarm_jax import flops, models, optim, sharding, train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("configs", ["code_small", "xlnet_base"], "configs/ names to measure.")
+flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")
+flags.DEFINE_integer("batch_size", 0, "Override train.batch_size (0: the config's).")
+flags.DEFINE_string("out", ".", "Output directory.")
+
+
+def load_config(name):
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def measure(name):
+  config = load_config(name)
+  if FLAGS.batch_size:
+    config.train.batch_size = FLAGS.batch_size
+  mesh = sharding.make_mesh(config.mesh)
+  model = models.build(config.model)
+  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  seq_len, batch = config.data.seq_len, config.train.batch_size
+  state = jax.jit(lambda r: train.create_state(model, tx, r, seq_len))(jax.random.PRNGKey(0))
+  shardings = sharding.state_shardings(mesh, state)
+  state = jax.device_put(state, shardings)
+  step = jax.jit(train.make_train_step(model, tx, config),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+                 donate_argnums=0)
+  tokens = np.random.default_rng(0).integers(4, config.model.vocab_size, (batch, seq_len),
+                                             dtype=np.int32)
+  tokens = sharding.global_batch(mesh, tokens)
+  rng = jax.random.PRNGKey(1)
+  for _ in range(3):
+    state, metrics = step(state, tokens, rng)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(FLAGS.steps):
+    state, metrics = step(state, tokens, rng)
+  jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - start) / FLAGS.steps
+  num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  tokens_per_s = batch * seq_len / seconds
+  flops_per_s = flops.train_flops_per_token(config.model, seq_len) * tokens_per_s
+  peak = flops.peak_flops_per_device()
+  return {"config": name, "params_M": num_params / 1e6, "batch": batch, "seq_len": seq_len,
+          "dtype": config.model.dtype, "step_ms": 1e3 * seconds, "tokens_per_s": tokens_per_s,
+          "model_tflops_per_s": flops_per_s / 1e12,
+          "mfu": flops_per_s / (peak * jax.device_count()) if peak else None,
+          "device": jax.devices()[0].device_kind, "num_devices": jax.device_count()}
+
+
+def main(_):
+  rows = [measure(name) for name in FLAGS.configs]
+  os.makedirs(FLAGS.out, exist_ok=True)
+  with open(os.path.join(FLAGS.out, "train_throughput.json"), "w") as f:
+    json.dump(rows, f, indent=1)
+  print("| config | params | batch x len | step | tokens/s | model TFLOP/s | MFU | device |")
+  print("|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
+    print(f"| {r['config']} | {r['params_M']:.1f}M | {r['batch']}x{r['seq_len']} | "
+          f"{r['step_ms']:.1f} ms | {r['tokens_per_s']:,.0f} | {r['model_tflops_per_s']:.1f} | "
+          f"{mfu} | {r['device']} x{r['num_devices']} |")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,38 @@
+"""The left-to-right judge for `configs/text_small.py` samples (generation quality, eval mode).
+
+The same two-stream transformer trained by this codebase on the same text corpus, with nothing
+visible: `objective.fraction_range = (0, 0)` in left-to-right order is plain causal LM training
+(special tokens such as the `<eos>` separators stay visible, as in every objective here). The
+judge must share the evaluated model's tokenizer, so point `data.data_dir` at that model's data
+directory (its prepared dataset and tokenizer are then reused, not rebuilt).
+
+Command (after training text_small in runs/text_small):
+  python -m asarm_jax.main --config=configs/judge_text.py --workdir=runs/judge_text \
+      --config.data.source_dirs="('/usr/share/doc/python3-doc/html/_sources',)" \
+      --config.data.data_dir=runs/text_small/data
+then
+  python -m asarm_jax.main --config=configs/text_small.py --workdir=runs/text_small --mode=eval \
+      --config.eval.tasks="('gen_quality', 'text_infill', 'density')" \
+      --config.eval.judge_workdir=runs/judge_text
+
+Expected: held-out bits_per_token@0 (the causal LM loss it reports) at or somewhat below the
+AS-ARM's own bits_per_token@0 after the same number of steps (not measured at this scale here);
+then in eval mode the sequential and ASSD samples get judge perplexities that a Welch t-test
+cannot tell apart, and parallel(k) samples get higher perplexities as k grows.
+"""
+from asarm_jax.config_base import base_config
+
+
+def get_config():
+  c = base_config()
+  # The data block of configs/text_small.py: the same dataset and tokenizer.
+  c.data.name = "text_files"
+  c.data.vocab_size = 8192
+  c.data.seq_len = 512
+  c.model.update(num_layers=6, d_model=512, num_heads=8, d_ff=2048, dtype="bfloat16")
+  c.objective.update(fraction_range=(0.0, 0.0), random_order=False, parallel=False)
+  c.optim.update(learning_rate=1e-3, warmup_steps=500)
+  c.train.update(batch_size=64, num_steps=20_000, log_every=100, eval_every=1000,
+                 checkpoint_every=1000, eval_fractions=(0.0,))
+  c.sample.num_examples = 0  # no infill examples: the judge is not an infilling model
+  return c

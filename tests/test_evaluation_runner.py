@@ -1,0 +1,261 @@
+"""The ``--mode=eval`` runner and its task modules, on a tiny random model and corpus."""
+import json
+import math
+import os
+import sysconfig
+
+import jax
+import numpy as np
+import pytest
+
+from asarm_jax import checkpoint, data, density, models, optim, sampling, train
+from asarm_jax.config_base import base_config
+from asarm_jax.data import builders
+from asarm_jax.evaluation import (config as eval_config, gen_quality, humaneval_infill,
+                                  infill_eval, infill_model, runner)
+
+STDLIB = sysconfig.get_paths()["stdlib"]
+SEQ_LEN = 96
+SENTENCES = ["The old lighthouse keeper climbed the stairs every evening.",
+             "He carried a lamp and a small book of poems.",
+             "Storms often rolled in from the western sea.",
+             "Ships trusted the light to guide them home.",
+             "One night the lamp flickered and nearly died.",
+             "The keeper sang loudly until the wind calmed down."]
+
+
+def _config(root: str):
+  c = base_config()
+  if "eval" not in c:
+    c.eval = eval_config.default_eval_config()
+  c.data.update(source_dirs=(root,), heldout_fraction=0.3, vocab_size=400, seq_len=SEQ_LEN,
+                tokenizer_max_chars=300_000)
+  c.model.update(num_layers=1, d_model=32, num_heads=2, d_ff=64)
+  c.eval.update(
+      tasks=("humaneval_single_line", "humaneval_multi_line", "text_infill", "gen_quality",
+             "density"),
+      batch_size=4, method="assd", k=2, humaneval_max_tasks=2, num_samples=2, pass_at=(1, 2, 10),
+      text_max_stories=2, gen_num_prompts=2, gen_methods=("sequential", "assd", "parallel"),
+      gen_parallel_ks=(2,), density_fractions=(0.0, 0.5), density_batches=1)
+  return c
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A workdir with a prepared corpus (stdlib slices with prose docstrings) and a checkpoint of
+  random parameters, written as ``train.py`` writes it."""
+  root = str(tmp_path_factory.mktemp("corpus"))
+  modules = sorted(n for n in os.listdir(STDLIB) if n.endswith(".py"))[:14]
+  for i, name in enumerate(modules):
+    with open(os.path.join(STDLIB, name), encoding="utf-8") as f:
+      code = "".join(f.readlines()[:80])
+    prose = " ".join(SENTENCES[i % 6:] + SENTENCES[:i % 6])
+    with open(os.path.join(root, name), "w", encoding="utf-8") as f:
+      f.write(f'"""{prose}\n\n{prose}\n"""\n{code}')
+  assert sum(builders.path_unit_hash(n) < 0.3 for n in modules) >= 2
+  work = str(tmp_path_factory.mktemp("work"))
+  config = _config(root)
+  tokenizer = data.prepare(config.data, os.path.join(work, "data"))
+  model = models.build(config.model)
+  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  state = train.create_state(model, tx, jax.random.PRNGKey(0), SEQ_LEN)
+  ckpt = checkpoint.Checkpointer(os.path.join(work, "checkpoints"), max_to_keep=1)
+  ckpt.save(7, state, {"doc_index": 0, "token_offset": 0},
+            checkpoint.meta_for(config, tokenizer.serialized()), force=True)
+  ckpt.wait()
+  ckpt.close()
+  return work, config, tokenizer, model, state.params
+
+
+@pytest.fixture(scope="module")
+def tasks():
+  single = {t.task_id: t for t in humaneval_infill.single_line_tasks()}
+  multi = {t.task_id: t for t in humaneval_infill.multi_line_tasks()}
+  return [single["SingleLineInfilling/HumanEval/0/L4"],
+          single["SingleLineInfilling/HumanEval/2/L0"],
+          multi["MultiLineInfilling/HumanEval/12/L3_L6"]]
+
+
+def test_layout_hides_reference_length_and_keeps_context(workdir, tasks):
+  _, _, tokenizer, _, _ = workdir
+  for task in tasks:
+    prefix, middle, suffix = (tokenizer.encode(x) for x in (task.prefix, task.middle, task.suffix))
+    full = infill_model.lay_out(tokenizer, task, 1024)
+    n = len(prefix) + len(middle) + len(suffix)
+    assert (full.length, full.start, full.num_hidden) == (n, len(prefix), len(middle))
+    assert full.tokens[:n].tolist() == prefix + [tokenizer.mask_id] * len(middle) + suffix
+    assert full.visible[:n].tolist() == ([True] * len(prefix) + [False] * len(middle)
+                                         + [True] * len(suffix))
+    assert not full.visible[n:].any() and (full.tokens[n:] == tokenizer.pad_id).all()
+
+    short = infill_model.lay_out(tokenizer, task, len(middle) + 20)
+    kept_p, kept_s = short.start, short.length - short.start - len(middle)
+    assert short.length == len(middle) + 20 and short.num_hidden == len(middle)
+    assert short.tokens[:kept_p].tolist() == prefix[len(prefix) - kept_p:]  # loses its start
+    assert short.tokens[kept_p + len(middle):short.length].tolist() == suffix[:kept_s]  # its end
+    assert (short.prefix_dropped, short.suffix_dropped) == (len(prefix) - kept_p,
+                                                            len(suffix) - kept_s)
+    # Each side keeps half of the room, or all it has if that is less.
+    assert (kept_p, kept_s) == ((10, 10) if len(suffix) >= 10 else (20 - len(suffix), len(suffix)))
+    assert (~short.visible[:short.length]).sum() == len(middle)
+    assert infill_model.lay_out(tokenizer, task, len(middle) - 1) is None
+
+
+def _oracle(references):
+  """A stand-in for ``sampling.generate`` that writes each row's reference middle (looked up by
+  the row's tokens) into its hidden positions."""
+  def generate(model, params, tokens_BxL, visible_BxL, rng, *, method, k, temperature,
+               length_B):
+    out, visible = np.array(tokens_BxL), np.asarray(visible_BxL)
+    for b in range(len(out)):
+      if out[b].tobytes() in references:
+        out[b][np.flatnonzero(~visible[b][:length_B[b]])] = references[out[b].tobytes()]
+    hidden = (~visible).sum(1)
+    return sampling.Generation(out, np.maximum(hidden, 1), hidden)
+  return generate
+
+
+def test_reference_middles_pass_through_layout_and_decoding(workdir, tasks, tmp_path,
+                                                            monkeypatch):
+  _, _, tokenizer, model, params = workdir
+  references = {}
+  for task in tasks:
+    layout = infill_model.lay_out(tokenizer, task, model.max_len)
+    references[layout.tokens.tobytes()] = tokenizer.encode(task.middle)
+  monkeypatch.setattr(sampling, "generate", _oracle(references))
+  done = infill_model.complete(model, params, tokenizer, tasks, str(tmp_path / "c.jsonl"),
+                               num_samples=2, method="assd", k=2, temperature=1.0,
+                               batch_size=4, seed=0, desc="oracle")
+  assert done.by_task == {t.task_id: [t.middle, t.middle] for t in tasks}
+  assert done.too_long == [] and done.num_truncated == len(tasks)  # prompts exceed 96 tokens
+  scores = humaneval_infill.score(tasks, done.by_task, k_values=(1,), progress_every=0)
+  assert scores["pass@1"] == 1.0
+
+
+def test_humaneval_subsample_is_deterministic():
+  a = infill_eval.humaneval_tasks("humaneval_multi_line", 5, seed=3)
+  b = infill_eval.humaneval_tasks("humaneval_multi_line", 5, seed=3)
+  c = infill_eval.humaneval_tasks("humaneval_multi_line", 5, seed=4)
+  assert [t.task_id for t in a] == [t.task_id for t in b] != [t.task_id for t in c]
+  assert len(a) == 5 and len(infill_eval.humaneval_tasks("humaneval_single_line", 0, 0)) == 1033
+
+
+def test_prompt_visible_fraction_and_specials():
+  tokens = np.full((3, 40), 9, np.int32)
+  tokens[1, 7] = 2  # an <eos>
+  visible = gen_quality.prompt_visible(tokens, 0.1, seed=5, num_special_tokens=4)
+  assert visible.sum(1).tolist() in ([4, 5, 4], [4, 4, 4])
+  assert visible[1, 7]
+  assert (visible == gen_quality.prompt_visible(tokens, 0.1, 5, 4)).all()
+  assert not (visible[0] == visible[2]).all()
+
+
+def test_validate_rejects_bad_configs():
+  ecfg = eval_config.default_eval_config()
+  runner.validate(ecfg)
+  for key, value, match in [("tasks", ("density", "nope"), "unknown"),
+                            ("method", "beam", "sampling methods"),
+                            ("tasks", ("gen_quality",), "judge_workdir")]:
+    bad = eval_config.default_eval_config()
+    bad[key] = value
+    with pytest.raises(ValueError, match=match):
+      runner.validate(bad)
+
+
+def test_stories_from_csv(tmp_path):
+  path = tmp_path / "roc.csv"
+  path.write_text("storyid,storytitle,sentence1,sentence2,sentence3,sentence4,sentence5\n"
+                  + "".join(f"id{i},T,A {i}.,B.,C.,D.,E.\n" for i in range(3)), encoding="utf-8")
+  config = _config("/nonexistent")
+  config.eval.update(rocstories_csv=str(path), text_max_stories=2)
+  got = runner.stories(runner.Context(None, config, "", ""))
+  assert [s.story_id for s in got] == ["id0", "id1"] and got[1].sentences[0] == "A 1."
+
+
+def _counting(monkeypatch):
+  calls = []
+  real = sampling.generate
+
+  def generate(*args, **kwargs):
+    calls.append(kwargs["method"])
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(sampling, "generate", generate)
+  return calls
+
+
+def test_runner_end_to_end_and_resume(workdir, monkeypatch, capsys):
+  work, config, tokenizer, model, params = workdir
+  config.eval.judge_workdir = work
+  calls = _counting(monkeypatch)
+  results = runner.run(config, work)
+  out = capsys.readouterr().out
+  assert "## Generation quality" in out and "## Held-out density" in out
+  tasks = results["tasks"]
+  # One sampler call per batch of 4 rows that fit; at SEQ_LEN = 96 some middles do not.
+  infill_batches = sum(math.ceil((2 - tasks[kind]["num_too_long"]) * 2 / 4)
+                       for kind in ("humaneval_single_line", "humaneval_multi_line"))
+  infill_batches += sum(math.ceil((2 - r["num_too_long"]) / 4)
+                        for r in tasks["text_infill"].values())
+  assert sorted(calls) == sorted(["assd"] * (infill_batches + 1) + ["sequential", "parallel"])
+
+  eval_dir = os.path.join(work, "eval")
+  with open(os.path.join(eval_dir, "results.json")) as f:
+    saved = json.load(f)
+  assert saved["step"] == results["step"] == 7
+  assert list(saved["tasks"]) == list(config.eval.tasks)
+  for kind in ("humaneval_single_line", "humaneval_multi_line"):
+    r = tasks[kind]
+    assert r["num_tasks"] == 2 and r["num_samples"] == 2
+    assert 0.0 <= r["pass@1"] <= r["pass@2"] <= 1.0 and "pass@10" not in r
+    assert sum(r["status_counts"].values()) + 2 * r["num_too_long"] == 4
+    assert r["num_too_long"] == 2 or r["tokens_per_call"] >= 1.0
+  assert set(tasks["text_infill"]) == {"1/5", "3/5"}
+  for r in tasks["text_infill"].values():
+    assert r["num_tasks"] == 2 and all(0.0 <= r[key] <= 100.0
+                                       for key in ("rouge1", "rouge2", "rougeL"))
+  assert tasks["text_infill"]["1/5"]["num_too_long"] == 0  # one sentence always fits
+
+  gen = tasks["gen_quality"]
+  assert gen["baseline"] == "sequential"
+  assert list(gen["methods"]) == ["sequential", "assd(k=2)", "parallel(k=2)", "data"]
+  rows = gen["methods"]
+  assert rows["sequential"]["tokens_per_call"] == 1.0
+  assert 1.0 <= rows["assd(k=2)"]["tokens_per_call"] <= 2.0
+  assert rows["parallel(k=2)"]["tokens_per_call"] > 1.9
+  for row in rows.values():
+    assert row["num_samples"] == 2 and row["judge_ppl"] > 1.0 and row["entropy"] > 0.0
+    assert {"t_ppl", "p_ppl", "t_entropy", "p_entropy"} <= set(row)
+  assert rows["sequential"]["t_ppl"] == 0.0 and rows["sequential"]["p_ppl"] == 1.0
+  assert os.path.getsize(os.path.join(eval_dir, "gen_quality.png")) > 1000
+  with open(os.path.join(eval_dir, "results.md")) as f:
+    md = f.read()
+  for column in ("judge PPL", "t (PPL)", "p (PPL)", "t (entropy)", "p (entropy)", "tokens/call",
+                 "pass@1", "pass@2", "ROUGE-L", "left_to_right bits/token",
+                 "any_subset bits/token"):
+    assert column in md
+
+  # Density at fraction 0, left to right, is the causal LM loss from density.log_prob itself.
+  (batch,) = data.heldout_batches(config.data, tokenizer, os.path.join(work, "data"),
+                                  batch_size=4, num_batches=1)
+  logp = density.log_prob(model, params, batch, batch < 4)
+  causal_bits = -float(logp.sum()) / int((batch >= 4).sum()) / math.log(2.0)
+  bits = tasks["density"]["bits_per_token"]
+  assert bits["left_to_right"]["0"] == pytest.approx(causal_bits, rel=1e-5)
+  assert bits["any_subset"]["0"] != pytest.approx(causal_bits, rel=1e-5)
+
+  # A rerun generates nothing and reports the same; a cut-short cache line is regenerated.
+  calls.clear()
+  again = runner.run(config, work)
+  assert calls == [] and again == results
+  path = os.path.join(eval_dir, "gen_assd_k2_step7_t1_f0.05_seed0.jsonl")
+  with open(path) as f:
+    lines = f.readlines()
+  with open(path, "w") as f:
+    f.writelines(lines[:-1] + [lines[-1][:20]])
+  config.eval.tasks = ("gen_quality",)
+  third = runner.run(config, work)
+  assert calls == ["assd"]
+  assert third["tasks"]["gen_quality"]["methods"]["sequential"] == rows["sequential"]
+  with open(path) as f:
+    assert [json.loads(line)["key"] for line in f] == ["0", "1"]
