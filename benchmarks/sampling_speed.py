@@ -136,5 +136,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("out")
   app.run(main)
