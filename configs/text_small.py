@@ -1,8 +1,9 @@
 """~30M-parameter text AS-ARM on a folder of .txt/.md/.rst files (generation regime).
 
-Command (offline text: Debian's python3-doc .rst sources, or any folder you point at):
+Command (offline text: the .rst sources of Debian's python3-doc, `apt-get install python3-doc`;
+the folder is python3.X for your Python: see docs/data.md; or any folder you point at):
   python -m asarm_jax.main --config=configs/text_small.py --workdir=runs/text_small \
-      --config.data.source_dirs="('/usr/share/doc/python3-doc/html/_sources',)"
+      --config.data.source_dirs="('/usr/share/doc/python3.11/html/_sources',)"
 
 Expected: held-out bits/token at 5% visible falling steadily; visible fractions are drawn from
 [0.01, 0.10] as in the paper's generation models.

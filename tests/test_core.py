@@ -122,6 +122,37 @@ def test_no_leakage_from_own_or_later_tokens(seed):
           assert grads[j, i] > 0.0, (b, j, i)
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_content_stream_never_sees_sigma_later_tokens(seed):
+  """Direct check of the content stream: each rank's cached last-layer key has zero gradient
+  with respect to every token of a rank > max(r, m - 1), and a nonzero one otherwise."""
+  model = tiny_model(tie_embeddings=False)
+  params = init(model, seed=seed)
+  tokens, visible, order = random_problem(seed + 20, batch=3)
+  for b in range(1, 3):  # rows with a prompt (m > 0)
+    sigma = ordering.make_ordering(visible[b:b + 1], order[b:b + 1])
+    tokens_rank = ordering.to_rank_space(tokens[b:b + 1], sigma.perm_BxL)
+    m = int(sigma.num_visible_B[0])
+    rank = jnp.arange(LENGTH)[None]
+
+    def key_norm(table, r):
+      p = jax.tree_util.tree_map(lambda x: x, params)
+      p["params"]["embed"]["embedding"] = table
+      _, cache = forward.call(model, p, tokens_rank, sigma.perm_BxL, sigma.num_visible_B,
+                              rank[:, :1], jnp.zeros((1, 1), bool),
+                              cache=model.init_cache(1, LENGTH), content_rank_BxR=rank)
+      return jnp.sum(cache.layers[-1].key[0, r] ** 2)
+    table = params["params"]["embed"]["embedding"]
+    grads = jax.vmap(jax.grad(key_norm), in_axes=(None, 0))(table, jnp.arange(LENGTH))
+    grads = np.asarray(jnp.abs(grads[:, tokens_rank[0]]).sum(-1))  # rows: key rank; cols: rank
+    for r in range(LENGTH):
+      for s in range(LENGTH):
+        if s <= max(r, m - 1):
+          assert grads[r, s] > 0.0, (b, r, s)
+        else:
+          assert grads[r, s] == 0.0, (b, r, s)
+
+
 def test_draft_targets_see_only_decoded_tokens():
   model = tiny_model(tie_embeddings=False)
   params = init(model)
