@@ -39,8 +39,11 @@ def base_config() -> ml_collections.ConfigDict:
       eval_fractions=(0.0, 0.05, 0.25, 0.5), checkpoint_every=500, keep_checkpoints=3,
       debug_nan_steps=()))  # test hook: steps whose loss is made NaN (docs/reliability.md)
 
-  # Mesh axis sizes; one may be -1 (the remaining devices).
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Mesh axis sizes; one may be -1 (the remaining devices). rules map the parameters' logical
+  # axes (models.two_stream.PARAM_AXES) to mesh axes; None keeps an axis whole (docs/scaling.md).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules=(
+      ("vocab", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
+      ("kv", None), ("position", None), ("norm", None))))
 
   c.sample = ml_collections.ConfigDict(dict(
       method="assd_fused", k=5, temperature=1.0, prompt="", prompt_file="", num_examples=3,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from asarm_jax import checkpoint, data, models, optim, sampling, train
+from asarm_jax import checkpoint, data, models, optim, sampling, sharding, train
 
 
 class Loaded(NamedTuple):
@@ -33,8 +33,13 @@ def load(workdir: str) -> Loaded:
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   abstract = jax.eval_shape(functools.partial(train.create_state, model, tx,
                                               seq_len=config.data.seq_len), jax.random.PRNGKey(0))
-  restored = ckpt.restore_latest(abstract)
+  # Restore onto this process's first device, whatever mesh the checkpoint was written from.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  restored = ckpt.restore_latest(sharding.with_shardings(
+      abstract, jax.tree_util.tree_map(lambda _: device, abstract)))
   ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"no readable checkpoint under {workdir}/checkpoints.")
   tokenizer = data.Tokenizer.from_serialized(checkpoint.tokenizer_bytes(restored.meta))
   return Loaded(model, restored.state.params, tokenizer, config, restored.step)
 

@@ -3,13 +3,14 @@
 Overrides go as ``--config.a.b=value``; the config is locked, so unknown keys are errors.
 """
 import logging as pylogging
+import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from asarm_jax import inference, train
-from asarm_jax.evaluation import runner
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -17,12 +18,17 @@ flags.DEFINE_string("workdir", None, "Directory for data, checkpoints and logs."
 flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
                   "train (then show a few infills); sample: fill the <mask:N> spans of "
                   "config.sample.prompt(_file); eval: the benchmarks of config.eval.tasks.")
+flags.DEFINE_bool("multihost", os.environ.get("ASARM_MULTIHOST") == "1",
+                  "Call jax.distributed.initialize() first: one process per host (TPU) or per "
+                  "GPU (SLURM); default from ASARM_MULTIHOST=1. See docs/scaling.md.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.multihost:
+    jax.distributed.initialize()  # before anything touches devices: discovers the cluster
   logging.set_verbosity(logging.INFO)
   # Orbax logs every save step at INFO; keep its warnings, drop the chatter.
   logging.get_absl_handler().addFilter(
@@ -34,7 +40,8 @@ def main(argv):
   elif FLAGS.mode == "sample":
     inference.sample_prompts(FLAGS.config, FLAGS.workdir)
   elif FLAGS.mode == "eval":
-    runner.run(FLAGS.config, FLAGS.workdir)
+    from asarm_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+    runner.run(FLAGS.config, FLAGS.workdir)  # (its scoring packages load only when asked for)
 
 
 def parse_flags(argv):

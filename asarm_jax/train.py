@@ -206,9 +206,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   init = functools.partial(create_state, model, tx, seq_len=seq_len)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-  state_sharding = sharding.state_shardings(mesh, abstract)
-  abstract = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+  state_sharding = sharding.state_shardings(mesh, abstract, config.mesh.rules)
+  abstract = sharding.with_shardings(abstract, state_sharding)  # restores onto this mesh
 
   iterator = data.train_iterator(config.data, tokenizer, data_dir,
                                  batch_size=global_batch // jax.process_count(),

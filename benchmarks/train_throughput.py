@@ -41,7 +41,7 @@ def measure(name):
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   seq_len, batch = config.data.seq_len, config.train.batch_size
   state = jax.jit(lambda r: train.create_state(model, tx, r, seq_len))(jax.random.PRNGKey(0))
-  shardings = sharding.state_shardings(mesh, state)
+  shardings = sharding.state_shardings(mesh, state, config.mesh.rules)
   state = jax.device_put(state, shardings)
   step = jax.jit(train.make_train_step(model, tx, config),
                  in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),

@@ -25,6 +25,9 @@ steps to leave it). The bias depends on true positions only, so it too survives 
 Every layer also has a learned attention *sink*: a key/value slot every row may attend to.
 It is the "nothing yet" context of the first target of a causal LM (no visible prompt), and it
 keeps the softmax of rows with no visible key finite.
+
+:data:`PARAM_AXES` names the logical axes of every parameter; ``config.mesh.rules`` maps them
+onto mesh axes (:mod:`asarm_jax.sharding`). ``model.init`` returns plain arrays.
 """
 from __future__ import annotations
 
@@ -35,6 +38,24 @@ import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
+
+# Logical axes of every parameter: (regex over the end of its path "a/b/c", axis names).
+# Each parameter must match exactly one pattern (asarm_jax.sharding raises otherwise), so a new
+# parameter cannot silently stay unsharded.
+PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (r"embed/embedding", ("vocab", "embed")),
+    (r"position_embed/embedding", ("position", "embed")),
+    (r"mask_embedding", ("embed",)),
+    (r"head/kernel", ("embed", "vocab")),
+    (r"attention/(query|key|value)/kernel", ("embed", "heads", "kv")),
+    (r"attention/out/kernel", ("heads", "kv", "embed")),
+    (r"attention/sink_(key|value)", ("heads", "kv")),
+    (r"mlp_in/kernel", ("embed", "mlp")),
+    (r"mlp_in/bias", ("mlp",)),
+    (r"mlp_out/kernel", ("mlp", "embed")),
+    (r"mlp_out/bias", ("embed",)),
+    (r"ln_(attention|mlp|final)/(scale|bias)", ("norm",)),
+)
 
 
 class LayerCache(NamedTuple):

@@ -329,10 +329,10 @@ def _compiled(model: nn.Module, k: int, method: str, temperature: float, use_cac
 
 
 def _signature(tree: Any) -> Any:
-  """Hashable tree structure, shapes and dtypes: what decides a compilation."""
+  """Hashable tree structure, shapes, dtypes and shardings: what decides a compilation."""
   leaves, treedef = jax.tree.flatten(tree)
-  return treedef, tuple((jnp.shape(x), jnp.result_type(x), getattr(x, "weak_type", False))
-                        for x in leaves)
+  return treedef, tuple((jnp.shape(x), jnp.result_type(x), getattr(x, "weak_type", False),
+                         getattr(x, "sharding", None)) for x in leaves)
 
 
 def _check(name: str, x: Any, shape: tuple[int, ...], kinds: str, what: str) -> Array:
