@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from asarm_jax import data, models, optim, sharding, train
+from asarm_jax import data, inference, models, optim, sharding, train
 from asarm_jax.config_base import base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -298,7 +298,10 @@ def test_two_processes_read_their_own_shards_then_resume_on_one_device(tmp_path)
       state, np.concatenate(rows), jax.random.PRNGKey(config.seed + 1))
   np.testing.assert_allclose(float(metrics["loss"]), trace[0]["loss"], rtol=1e-5)
 
-  # Topology change: the checkpoint of 2 processes x 4 devices goes on here, on one device.
+  # Topology change: the checkpoint of 2 processes x 4 devices loads here, on one device, for
+  # sampling, and training goes on from it.
+  loaded = inference.load(f"{tmp}/work")
+  assert loaded.step == 2 and len(loaded.params["params"]["embed"]["embedding"].devices()) == 1
   result = train.train_and_evaluate(
       demo_config(dict(overrides, **{"train.num_steps": 4, "mesh.data": -1, "mesh.fsdp": 1,
                                      "mesh.tensor": 1})), f"{tmp}/work")
