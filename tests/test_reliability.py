@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import importlib.util
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ import pytest
 
 from asarm_jax import checkpoint, data, models, optim, sampling, train, validation
 from asarm_jax.sampling import core, prompt
+from tests.helpers import demo_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 40  # of the subprocess runs
@@ -45,18 +45,6 @@ def tiny_overrides(tmp: str) -> dict:
           "data.data_dir": f"{tmp}/data", "train.batch_size": 4, "train.num_steps": NUM_STEPS,
           "train.checkpoint_every": 3, "train.log_every": 1, "train.eval_batches": 0,
           "sample.num_examples": 0}
-
-
-def demo_config(overrides: dict) -> ml_collections.ConfigDict:
-  """configs/demo.py with ``overrides`` applied, as ``--config.KEY=VALUE`` would."""
-  spec = importlib.util.spec_from_file_location("demo_config", f"{ROOT}/configs/demo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    *path, name = key.split(".")
-    functools.reduce(lambda c, k: c[k], path, config)[name] = value
-  return config
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ Multi-device checks run in subprocesses on 8 fake CPU devices (several checks pe
 pay the start-up once). See docs/scaling.md.
 """
 import glob
-import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import pytest
 
 from asarm_jax import data, inference, models, optim, sharding, train
 from asarm_jax.config_base import base_config
+from tests.helpers import demo_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUTS = {"fsdp": (2, 4, 1), "tensor": (2, 1, 4), "mixed": (2, 2, 2)}  # (data, fsdp, tensor)
@@ -232,18 +232,6 @@ def two_process_overrides(tmp: str, num_steps: int) -> dict:
           "data.data_dir": f"{tmp}/data", "train.batch_size": 8, "train.num_steps": num_steps,
           "train.checkpoint_every": 2, "train.log_every": 1, "train.eval_batches": 0,
           "sample.num_examples": 0, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
-
-
-def demo_config(overrides: dict) -> ml_collections.ConfigDict:
-  """configs/demo.py with ``overrides`` applied, as ``--config.KEY=VALUE`` would."""
-  spec = importlib.util.spec_from_file_location("demo_config", f"{ROOT}/configs/demo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    block, name = key.split(".")
-    config[block][name] = value
-  return config
 
 
 def test_two_processes_read_their_own_shards_then_resume_on_one_device(tmp_path):

@@ -5,8 +5,6 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from asarm_jax import checkpoint, models, optim, train
