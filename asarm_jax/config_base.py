@@ -5,6 +5,9 @@ is an error rather than a silently ignored key.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 from asarm_jax.data import default_data_config
@@ -50,3 +53,12 @@ def base_config() -> ml_collections.ConfigDict:
       example_mask_fraction=0.25))
   c.eval = default_eval_config()
   return c
+
+
+def from_file(path: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file given by path (configs/ is not a package)."""
+  name = "config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

@@ -6,7 +6,6 @@ Random tokens (throughput does not depend on them), the real jitted step with do
 the configured mesh; MFU counts the two-stream FLOPs (asarm_jax/flops.py). Prints a markdown
 table and writes DIR/train_throughput.json.
 """
-import importlib.util
 import json
 import os
 import time
@@ -16,6 +15,7 @@ import numpy as np
 from absl import app, flags
 
 from asarm_jax import flops, models, optim, sharding, train
+from asarm_jax.config_base import from_file
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["code_small", "xlnet_base"], "configs/ names to measure.")
@@ -24,16 +24,8 @@ flags.DEFINE_integer("batch_size", 0, "Override train.batch_size (0: the config'
 flags.DEFINE_string("out", ".", "Output directory.")
 
 
-def load_config(name):
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def measure(name):
-  config = load_config(name)
+  config = from_file(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
   if FLAGS.batch_size:
     config.train.batch_size = FLAGS.batch_size
   mesh = sharding.make_mesh(config.mesh)

@@ -20,20 +20,16 @@ order (not measured at this scale here); then in eval mode the sequential and AS
 judge perplexities that a Welch t-test cannot tell apart, and parallel(k) samples get higher
 perplexities as k grows.
 """
-from asarm_jax.config_base import base_config
+import os
+
+from asarm_jax.config_base import from_file
 
 
 def get_config():
-  c = base_config()
-  # The data block of configs/code_small.py: the same dataset and tokenizer.
-  c.data.name = "python_code"
-  c.data.vocab_size = 16384
-  c.data.seq_len = 512
-  c.data.exclude_patterns = ["*human_eval*", "*humaneval*", "*HumanEval*"]
-  c.model.update(num_layers=6, d_model=512, num_heads=8, d_ff=2048, dtype="bfloat16")
+  # configs/code_small.py with every key kept (the same dataset, tokenizer and model size), but
+  # trained left to right with nothing visible.
+  c = from_file(os.path.join(os.path.dirname(__file__), "code_small.py"))
   c.objective.update(fraction_range=(0.0, 0.0), random_order=False, parallel=False)
-  c.optim.update(learning_rate=1e-3, warmup_steps=500)
-  c.train.update(batch_size=64, num_steps=20_000, log_every=100, eval_every=1000,
-                 checkpoint_every=1000, eval_fractions=(0.0,))
+  c.train.eval_fractions = (0.0,)
   c.sample.num_examples = 0  # no infill examples: the judge is not an infilling model
   return c

@@ -1,20 +1,29 @@
 """Helpers shared by the test modules."""
 import functools
-import importlib.util
 import os
 
 import ml_collections
+
+from asarm_jax.config_base import base_config, from_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def demo_config(overrides: dict) -> ml_collections.ConfigDict:
   """configs/demo.py with ``overrides`` applied, as ``--config.KEY=VALUE`` would."""
-  spec = importlib.util.spec_from_file_location("demo_config", f"{ROOT}/configs/demo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = from_file(f"{ROOT}/configs/demo.py")
   for key, value in overrides.items():
     *path, name = key.split(".")
     functools.reduce(lambda c, k: c[k], path, config)[name] = value
   return config
+
+
+def tiny_config(batch_size: int = 4) -> ml_collections.ConfigDict:
+  """4 heads, d_model 32, d_ff 64, vocab 40 (every sharded dimension divides by 4), 16 tokens."""
+  c = base_config()
+  c.data.vocab_size = 40
+  c.data.seq_len = 16
+  c.model.update(num_layers=2, d_model=32, num_heads=4, d_ff=64)
+  c.optim.update(warmup_steps=2, accumulation_steps=2)
+  c.train.update(batch_size=batch_size, num_steps=6)
+  return c

@@ -21,21 +21,10 @@ import pytest
 
 from asarm_jax import data, inference, models, optim, sharding, train
 from asarm_jax.config_base import base_config
-from tests.helpers import demo_config
+from tests.helpers import demo_config, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUTS = {"fsdp": (2, 4, 1), "tensor": (2, 1, 4), "mixed": (2, 2, 2)}  # (data, fsdp, tensor)
-
-
-def tiny_config() -> ml_collections.ConfigDict:
-  """4 heads, d_model 32, d_ff 64, vocab 40: every sharded dimension divides by 4."""
-  c = base_config()
-  c.data.vocab_size = 40
-  c.data.seq_len = 16
-  c.model.update(num_layers=2, d_model=32, num_heads=4, d_ff=64)
-  c.optim.update(warmup_steps=2, accumulation_steps=2)
-  c.train.update(batch_size=16, num_steps=6)
-  return c
 
 
 def run_script(script: str, *args: str, devices: int = 8) -> str:
@@ -52,7 +41,7 @@ def test_every_parameter_has_logical_axes_and_bad_rules_are_refused():
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
   rules = base_config().mesh.rules
   for tie in (True, False):
-    config = tiny_config()
+    config = tiny_config(batch_size=16)
     config.model.tie_embeddings = tie
     model = models.build(config.model)
     tx = optim.make_optimizer(config.optim, 10)
@@ -79,9 +68,10 @@ LAYOUT_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, PartitionSpec as P
     from asarm_jax import models, optim, sharding, train
-    from tests.test_sharding import LAYOUTS, tiny_config
+    from tests.helpers import tiny_config
+    from tests.test_sharding import LAYOUTS
     assert jax.device_count() == 8, jax.devices()
-    config = tiny_config()
+    config = tiny_config(batch_size=16)
     rules = config.mesh.rules
     rng = np.random.default_rng(0)
     batches = [rng.integers(4, 40, (16, 16), dtype=np.int32) for _ in range(2)]
@@ -169,8 +159,8 @@ RESTORE_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh
     from asarm_jax import checkpoint, models, optim, sampling, sharding, train
-    from tests.test_sharding import tiny_config
-    config = tiny_config()
+    from tests.helpers import tiny_config
+    config = tiny_config(batch_size=16)
     model = models.build(config.model)
     tx = optim.make_optimizer(config.optim, config.train.num_steps)
     init = functools.partial(train.create_state, model, tx, seq_len=16)

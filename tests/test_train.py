@@ -8,17 +8,7 @@ import jax
 import numpy as np
 
 from asarm_jax import checkpoint, models, optim, train
-from asarm_jax.config_base import base_config
-
-
-def tiny_config():
-  c = base_config()
-  c.data.vocab_size = 40
-  c.data.seq_len = 16
-  c.model.update(num_layers=2, d_model=32, num_heads=4, d_ff=64)
-  c.optim.update(warmup_steps=2, accumulation_steps=2)
-  c.train.update(batch_size=4, num_steps=6)
-  return c
+from tests.helpers import tiny_config
 
 
 def batches(n, config, seed=0):
@@ -97,7 +87,8 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import Mesh
     from asarm_jax import models, optim, sharding, train
-    from tests.test_train import batches, tiny_config
+    from tests.helpers import tiny_config
+    from tests.test_train import batches
     assert jax.device_count() == 8, jax.devices()
     config = tiny_config()
     config.train.batch_size = 8
