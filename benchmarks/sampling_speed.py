@@ -36,11 +36,15 @@ GRID = ([(64, "sequential", 1, True), (64, "assd_fused", 5, True), (64, "assd", 
 VISIBLE = (0.05, 0.5)
 
 
-def prompts(loaded, workdir, batch, fraction, seed=0):
+def heldout_rows(loaded, workdir):
+  """64 held-out rows of ``seq_len`` tokens (read once for the whole grid)."""
   config = loaded.config
-  rows = data.heldout_batches(config.data, loaded.tokenizer,
+  return data.heldout_batches(config.data, loaded.tokenizer,
                               config.data.data_dir or os.path.join(workdir, "data"),
                               batch_size=64, num_batches=1)[0]
+
+
+def prompts(rows, batch, fraction, seed=0):
   tokens = np.resize(rows, (batch, rows.shape[1]))
   rs = np.random.default_rng(seed)
   visible = np.zeros(tokens.shape, bool)
@@ -51,12 +55,13 @@ def prompts(loaded, workdir, batch, fraction, seed=0):
 
 def run_grid(loaded, workdir):
   results, start = [], time.perf_counter()
+  rows = heldout_rows(loaded, workdir)
   for batch, method, k, cache in GRID:
     for fraction in VISIBLE:
       if time.perf_counter() - start > FLAGS.budget_s:
         print(f"budget spent; skipping {batch} {method} k={k} cache={cache} vis={fraction}")
         continue
-      tokens, visible = prompts(loaded, workdir, batch, fraction)
+      tokens, visible = prompts(rows, batch, fraction)
       gen = lambda seed: sampling.generate(loaded.model, loaded.params, tokens, visible,
                                            jax.random.PRNGKey(seed), method=method, k=k,
                                            cache=cache)

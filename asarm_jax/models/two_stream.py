@@ -114,14 +114,14 @@ class Attention(nn.Module):
     # Fan-in scaled (1/sqrt(d)) so attention scores are O(1) at init: with a fixed small std
     # (0.02) the q.k products start near zero, attention is uniform and the query stream sits
     # on a long unigram plateau, since it can only reach context through attention.
-    dense = lambda name, _: nn.DenseGeneral(
+    dense = lambda name: nn.DenseGeneral(
         (self.num_heads, head_dim), use_bias=False, dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=nn.initializers.lecun_normal(), name=name)
-    q_BxTxNxH = rotary(dense("query", 0.02)(x_BxTxD), positions_BxT, self.rope_base)
+    q_BxTxNxH = rotary(dense("query")(x_BxTxD), positions_BxT, self.rope_base)
     content_BxSxD = x_BxTxD[:, :num_content]
-    k_BxSxNxH = rotary(dense("key", 0.02)(content_BxSxD), positions_BxT[:, :num_content],
+    k_BxSxNxH = rotary(dense("key")(content_BxSxD), positions_BxT[:, :num_content],
                        self.rope_base)
-    v_BxSxNxH = dense("value", 0.02)(content_BxSxD)
+    v_BxSxNxH = dense("value")(content_BxSxD)
     if cache is not None:
       rows = jnp.arange(batch)[:, None]
       k_BxSxNxH = cache.key.at[rows, cache_slots_BxR].set(k_BxSxNxH.astype(cache.key.dtype),
