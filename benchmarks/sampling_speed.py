@@ -29,9 +29,9 @@ flags.DEFINE_bool("reference", False, "Also time the HF XLNet reference call.")
 flags.DEFINE_string("plot_from", "", "Only plot tokens/call vs k from this JSON.")
 
 # (batch, method, k, cache), in priority order; each runs at every visible fraction.
-GRID = ([(64, "sequential", 1, True), (64, "assd_fused", 5, True), (64, "assd", 5, True),
-         (64, "parallel", 5, True), (1, "sequential", 1, True), (1, "sequential", 1, False),
-         (1, "assd", 5, False), (1, "assd", 5, True), (1, "assd_fused", 5, True)]
+GRID = ([(1, "sequential", 1, True), (1, "assd", 5, True), (1, "assd_fused", 5, True),
+         (64, "sequential", 1, True), (64, "assd_fused", 5, True), (64, "assd", 5, True),
+         (64, "parallel", 5, True), (1, "sequential", 1, False), (1, "assd", 5, False)]
         + [(64, m, k, True) for k in (2, 3, 8) for m in ("assd_fused", "assd", "parallel")])
 VISIBLE = (0.05, 0.5)
 

@@ -1,10 +1,14 @@
 """Training throughput and MFU of the sharded train step (not a test).
 
-  python benchmarks/train_throughput.py --configs=code_small,xlnet_base --out=DIR
+  python benchmarks/train_throughput.py --configs=code_small,xlnet_base \
+      --attention_impls=xla,cudnn --out=DIR
 
 Random tokens (throughput does not depend on them), the real jitted step with donation and
-the configured mesh; MFU counts the two-stream FLOPs (asarm_jax/flops.py). Prints a markdown
-table and writes DIR/train_throughput.json.
+the configured mesh; MFU counts the two-stream FLOPs (asarm_jax/flops.py). Every config is
+measured with each attention implementation side by side; for each one after the first, the
+loss and gradients of one batch are compared with the first's (same params, same batch), so a
+faster kernel that computes something else is caught. Prints a markdown table and writes
+DIR/train_throughput.json.
 """
 import json
 import os
@@ -21,11 +25,23 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["code_small", "xlnet_base"], "configs/ names to measure.")
 flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")
 flags.DEFINE_integer("batch_size", 0, "Override train.batch_size (0: the config's).")
+flags.DEFINE_list("attention_impls", ["xla"], "model.attention_impl values to compare.")
 flags.DEFINE_string("out", ".", "Output directory.")
 
 
-def measure(name):
+def loss_and_grads(config, model, tokens):
+  """Loss and flattened gradients of one batch at fixed init params, in float32."""
+  params = train.init_params(model, jax.random.PRNGKey(0), config.data.seq_len)
+  grad_fn = jax.jit(jax.value_and_grad(train.loss_fn(model, config.objective), has_aux=True))
+  (loss, _), grads = grad_fn(params, tokens, jax.random.PRNGKey(1))
+  flat = np.concatenate([np.asarray(g, np.float32).ravel()
+                         for g in jax.tree_util.tree_leaves(grads)])
+  return float(loss), flat
+
+
+def measure(name, attention_impl):
   config = from_file(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
+  config.model.attention_impl = attention_impl
   if FLAGS.batch_size:
     config.train.batch_size = FLAGS.batch_size
   mesh = sharding.make_mesh(config.mesh)
@@ -54,23 +70,55 @@ def measure(name):
   tokens_per_s = batch * seq_len / seconds
   flops_per_s = flops.train_flops_per_token(config.model, seq_len) * tokens_per_s
   peak = flops.peak_flops_per_device()
-  return {"config": name, "params_M": num_params / 1e6, "batch": batch, "seq_len": seq_len,
+  return {"config": name, "attention": attention_impl, "params_M": num_params / 1e6,
+          "batch": batch, "seq_len": seq_len,
           "dtype": config.model.dtype, "step_ms": 1e3 * seconds, "tokens_per_s": tokens_per_s,
           "model_tflops_per_s": flops_per_s / 1e12,
           "mfu": flops_per_s / (peak * jax.device_count()) if peak else None,
           "device": jax.devices()[0].device_kind, "num_devices": jax.device_count()}
 
 
+def agreement(name):
+  """Loss and relative gradient error of every implementation against float32 XLA attention
+  (same params, same batch): the bf16 XLA row is the noise floor a fused kernel should match."""
+  def run(impl, dtype):
+    config = from_file(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
+    config.model.update(attention_impl=impl, dtype=dtype)
+    tokens = np.random.default_rng(0).integers(4, config.model.vocab_size,
+                                               (8, config.data.seq_len), dtype=np.int32)
+    return loss_and_grads(config, models.build(config.model), tokens)
+
+  ref_loss, ref_grads = run("xla", "float32")
+  out = {}
+  for impl in FLAGS.attention_impls:
+    try:
+      loss, grads = run(impl, "bfloat16")
+    except Exception as e:  # pylint: disable=broad-except  (a kernel this device lacks)
+      print(f"{name}: {impl} failed: {type(e).__name__}: {e}".splitlines()[0], flush=True)
+      continue
+    out[impl] = {"loss": loss, "float32_loss": ref_loss,
+                 "grad_relative_error": float(np.linalg.norm(grads - ref_grads)
+                                              / np.linalg.norm(ref_grads))}
+    print(f"{name}: bf16 {impl}: loss {loss:.5f} (float32 xla {ref_loss:.5f}), relative "
+          f"gradient error {out[impl]['grad_relative_error']:.2e}", flush=True)
+  return out
+
+
 def main(_):
-  rows = [measure(name) for name in FLAGS.configs]
+  checks = {name: agreement(name) for name in FLAGS.configs}
+  rows = [measure(name, impl) for name in FLAGS.configs for impl in FLAGS.attention_impls
+          if impl in checks[name]]  # an implementation that failed to run is not timed
+  for row in rows:
+    row["agreement"] = checks[row["config"]][row["attention"]]
   os.makedirs(FLAGS.out, exist_ok=True)
   with open(os.path.join(FLAGS.out, "train_throughput.json"), "w") as f:
     json.dump(rows, f, indent=1)
-  print("| config | params | batch x len | step | tokens/s | model TFLOP/s | MFU | device |")
-  print("|---|---|---|---|---|---|---|---|")
+  print("| config | attention | params | batch x len | step | tokens/s | model TFLOP/s | MFU | "
+        "device |")
+  print("|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
-    print(f"| {r['config']} | {r['params_M']:.1f}M | {r['batch']}x{r['seq_len']} | "
+    print(f"| {r['config']} | {r['attention']} | {r['params_M']:.1f}M | {r['batch']}x{r['seq_len']} | "
           f"{r['step_ms']:.1f} ms | {r['tokens_per_s']:,.0f} | {r['model_tflops_per_s']:.1f} | "
           f"{mfu} | {r['device']} x{r['num_devices']} |")
 

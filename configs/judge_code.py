@@ -1,4 +1,8 @@
-"""The left-to-right judge for `configs/code_small.py` samples (generation quality, eval mode).
+"""The left-to-right judge of a code model's samples (generation quality, eval mode).
+
+`--config=configs/judge_code.py` judges `configs/code_small.py`; `configs/judge_code.py:NAME`
+judges `configs/NAME.py` (e.g. `:xlnet_base`). The judge keeps that config's data block and model
+size; override `--config.model.*` for a smaller, faster judge.
 
 The same two-stream transformer trained by this codebase on the same corpus, with nothing
 visible: `objective.fraction_range = (0, 0)` in left-to-right order is plain causal LM training
@@ -25,10 +29,10 @@ import os
 from asarm_jax.config_base import from_file
 
 
-def get_config():
-  # configs/code_small.py with every key kept (the same dataset, tokenizer and model size), but
+def get_config(judged: str = "code_small"):
+  # configs/{judged}.py with every key kept (the same dataset, tokenizer and model size), but
   # trained left to right with nothing visible.
-  c = from_file(os.path.join(os.path.dirname(__file__), "code_small.py"))
+  c = from_file(os.path.join(os.path.dirname(__file__), f"{judged}.py"))
   c.objective.update(fraction_range=(0.0, 0.0), random_order=False, parallel=False)
   c.train.eval_fractions = (0.0,)
   c.sample.num_examples = 0  # no infill examples: the judge is not an infilling model

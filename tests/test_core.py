@@ -275,3 +275,27 @@ def test_forward_and_loss_compile_once():
     tokens, visible, order = random_problem(seed, batch=3)
     log_prob(tokens, visible, jnp.asarray(order))
     loss(tokens, jax.random.PRNGKey(seed))
+
+
+def test_fused_attention_padding_changes_nothing(monkeypatch):
+  """The cuDNN path pads rows to even and key slots to a multiple of 8; run through the XLA
+  kernel on CPU, the padded call must equal the unpadded one (padded slots never attended)."""
+  from asarm_jax.models import two_stream
+  real = jax.nn.dot_product_attention
+  seen = []
+
+  def kernel(*args, implementation=None, **kwargs):
+    seen.append(args[0].shape[1:2] + args[1].shape[1:2])
+    return real(*args, implementation="xla", **kwargs)
+
+  rng = np.random.default_rng(0)
+  batch, rows, slots, heads, dim = 2, 7, 13, 3, 8
+  q, k, v = (jnp.asarray(rng.normal(size=(batch, n, heads, dim)), jnp.float32)
+             for n in (rows, slots, slots))
+  mask = jnp.asarray(rng.random((batch, rows, slots)) < 0.6).at[:, :, 0].set(True)
+  bias = jnp.asarray(rng.normal(size=(batch, heads, rows, slots)), jnp.float32)
+  expected = two_stream.attend(q, k, v, bias, mask, "xla")
+  monkeypatch.setattr(jax.nn, "dot_product_attention", kernel)
+  padded = two_stream.attend(q, k, v, bias, mask, "cudnn")
+  assert seen == [(8, 16)]
+  np.testing.assert_allclose(padded, expected, rtol=1e-5, atol=1e-6)

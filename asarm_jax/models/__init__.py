@@ -1,6 +1,7 @@
 """Model construction from an ml_collections config."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -13,8 +14,10 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer:
   """Builds the two-stream transformer of ``config`` (the ``config.model`` block).
 
   Keys: vocab_size, num_layers, d_model, num_heads, d_ff, and optionally max_len, rope_base, alibi,
-  tie_embeddings, num_special_tokens, causal_prompt, dtype ("bfloat16" for bf16 compute) and
-  param_dtype. Initialise with ``model.init(rng, *models.example_inputs(B, L, K))``.
+  tie_embeddings, num_special_tokens, causal_prompt, dtype ("bfloat16" for bf16 compute),
+  param_dtype and attention_impl. ``attention_impl="cudnn"`` (fused attention) applies only on a
+  GPU with 16-bit compute and falls back to "xla" elsewhere, so a checkpoint trained with it
+  loads and samples anywhere: the implementation never changes the parameters. Initialise with ``model.init(rng, *models.example_inputs(B, L, K))``.
   """
   if config.d_model % config.num_heads or (config.d_model // config.num_heads) % 2:
     raise ValueError(f"model.num_heads={config.num_heads} must divide model.d_model="
@@ -22,12 +25,22 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer:
   return TwoStreamTransformer(
       vocab_size=config.vocab_size, num_layers=config.num_layers, d_model=config.d_model,
       num_heads=config.num_heads, d_ff=config.d_ff,
-      rope_base=config.get("rope_base", 10_000.0), alibi=config.get("alibi", True), max_len=config.get("max_len", 2048),
+      rope_base=config.get("rope_base", 10_000.0), alibi=config.get("alibi", True),
+      max_len=config.get("max_len", 2048),
       tie_embeddings=config.get("tie_embeddings", True),
       num_special_tokens=config.get("num_special_tokens", 4),
       causal_prompt=config.get("causal_prompt", False),
       dtype=_DTYPES[config.get("dtype", "float32")],
-      param_dtype=_DTYPES[config.get("param_dtype", "float32")])
+      param_dtype=_DTYPES[config.get("param_dtype", "float32")],
+      attention_impl=_attention_impl(config))
+
+
+def _attention_impl(config: ml_collections.ConfigDict) -> str:
+  impl = config.get("attention_impl", "xla")
+  if impl not in ("xla", "cudnn"):
+    raise ValueError(f"model.attention_impl={impl!r}: expected 'xla' or 'cudnn'")
+  usable = jax.default_backend() == "gpu" and config.get("dtype") in ("bfloat16", "float16")
+  return impl if usable else "xla"
 
 
 __all__ = ["TwoStreamTransformer", "build", "example_inputs"]

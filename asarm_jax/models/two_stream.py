@@ -90,6 +90,33 @@ def rotary(x_BxTxNxH: Array, positions_BxT: Array, base: float) -> Array:
   return out.astype(x_BxTxNxH.dtype)
 
 
+def attend(q_BxTxNxH: Array, k_BxSxNxH: Array, v_BxSxNxH: Array, bias_BxNxTxS: Array | None,
+           mask_BxTxS: Array, implementation: str) -> Array:
+  """Masked softmax attention, ``B x T x N x H``, through ``jax.nn.dot_product_attention``.
+
+  ``implementation="cudnn"`` is cuDNN's fused (flash) kernel: it never materialises the
+  ``B x N x T x S`` scores in HBM, but with a bias it wants even ``T`` and ``S`` when trained, so
+  rows and key slots are padded (padded slots are masked out, padded rows dropped).
+  """
+  if implementation == "xla":
+    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, bias=bias_BxNxTxS,
+                                        mask=mask_BxTxS[:, None], implementation="xla")
+  if implementation != "cudnn":
+    raise ValueError(f"unknown attention implementation {implementation!r}")
+  num_rows, num_slots = q_BxTxNxH.shape[1], k_BxSxNxH.shape[1]
+  pad_t, pad_s = num_rows % 2, (-num_slots) % 8
+  pad = lambda x, axis, n: jnp.pad(x, [(0, n if a == axis else 0) for a in range(x.ndim)])
+  q_BxTxNxH = pad(q_BxTxNxH, 1, pad_t)
+  k_BxSxNxH, v_BxSxNxH = pad(k_BxSxNxH, 1, pad_s), pad(v_BxSxNxH, 1, pad_s)
+  mask_BxTxS = pad(pad(mask_BxTxS, 1, pad_t), 2, pad_s)  # padded slots: False
+  if bias_BxNxTxS is not None:
+    bias_BxNxTxS = pad(pad(bias_BxNxTxS, 2, pad_t), 3, pad_s)
+  out_BxTxNxH = jax.nn.dot_product_attention(
+      q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, bias=bias_BxNxTxS, mask=mask_BxTxS[:, None],
+      implementation="cudnn")
+  return out_BxTxNxH[:, :num_rows]
+
+
 class Attention(nn.Module):
   """Multi-head attention of all rows onto the content rows' keys, plus a learned sink."""
   num_heads: int
@@ -98,6 +125,7 @@ class Attention(nn.Module):
   dtype: Any
   param_dtype: Any
   out_init_std: float
+  attention_impl: str
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, key_positions_BxS: Array,
@@ -143,9 +171,9 @@ class Attention(nn.Module):
       bias = jnp.pad(alibi_bias(positions_BxT, key_positions_BxS, self.num_heads),
                      ((0, 0), (0, 0), (0, 0), (1, 0))).astype(q_BxTxNxH.dtype)
 
-    out_BxTxNxH = jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxSxNxH.astype(q_BxTxNxH.dtype), v_BxSxNxH.astype(q_BxTxNxH.dtype),
-        bias=bias, mask=mask_BxTxS[:, None])
+    out_BxTxNxH = attend(q_BxTxNxH, k_BxSxNxH.astype(q_BxTxNxH.dtype),
+                         v_BxSxNxH.astype(q_BxTxNxH.dtype), bias, mask_BxTxS,
+                         self.attention_impl)
     out_BxTxD = nn.DenseGeneral(width, axis=(-2, -1), use_bias=False, dtype=self.dtype,
                                 param_dtype=self.param_dtype,
                                 kernel_init=nn.initializers.normal(self.out_init_std),
@@ -162,6 +190,7 @@ class Block(nn.Module):
   dtype: Any
   param_dtype: Any
   out_init_std: float
+  attention_impl: str
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, key_positions_BxS: Array,
@@ -169,7 +198,8 @@ class Block(nn.Module):
                cache_slots_BxR: Array | None = None) -> tuple[Array, LayerCache | None]:
     norm = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     attended, cache = Attention(self.num_heads, self.rope_base, self.alibi, self.dtype,
-                                self.param_dtype, self.out_init_std, name="attention")(
+                                self.param_dtype, self.out_init_std, self.attention_impl,
+                                name="attention")(
         norm("ln_attention")(x_BxTxD), positions_BxT, key_positions_BxS, num_content,
         mask_BxTxS, cache, cache_slots_BxR)
     x_BxTxD = x_BxTxD + attended
@@ -211,6 +241,8 @@ class TwoStreamTransformer(nn.Module):
   causal_prompt: bool = False  # read by the callers' mask builder, not by the module.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  # "xla" or "cudnn" (fused flash attention on NVIDIA GPUs); the parameters are the same.
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, tokens_BxL: Array, positions_BxL: Array, content_mask_BxLxL: Array,
@@ -240,7 +272,7 @@ class TwoStreamTransformer(nn.Module):
     for i in range(self.num_layers):
       x_BxTxD, layer_cache = Block(
           self.num_heads, self.d_ff, self.rope_base, self.alibi, self.dtype, self.param_dtype,
-          out_init_std, name=f"block_{i}")(
+          out_init_std, self.attention_impl, name=f"block_{i}")(
               x_BxTxD, positions_BxT, key_positions_BxS, length, mask_BxTxL,
               None if cache is None else cache.layers[i], cache_slots_BxL)
       new_layers.append(layer_cache)
