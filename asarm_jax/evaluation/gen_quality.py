@@ -138,7 +138,8 @@ def evaluate(model: nn.Module, params: Any, judge_model: nn.Module, judge_params
 
 
 def plot(result: dict, path: str) -> None:
-  """Judge perplexity (mean, ±1 standard error) per sampler variant, the data as a line."""
+  """Judge perplexity (mean, ±1 standard error) per sampler variant, the data as a line; a log
+  axis, since exact samplers sit near each other and far below parallel decoding."""
   names = [n for n in result["methods"] if n != "data"]
   rows = [result["methods"][n] for n in names]
   figure = Figure(figsize=(1.2 * len(names) + 2.5, 3.5))
@@ -150,6 +151,7 @@ def plot(result: dict, path: str) -> None:
   ax.axhline(result["methods"]["data"]["judge_ppl"], color="gray", linestyle="--",
              label="held-out data")
   ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+  ax.set_yscale("log")
   ax.set_ylabel("judge perplexity")
   ax.set_title(f"{result['num_prompts']} prompts, "
                f"{result['visible_fraction']:g} of positions visible")
