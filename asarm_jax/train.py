@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from asarm_jax import (checkpoint, data, flops, models, objectives, optim, sharding,
                        validation)
@@ -118,6 +119,44 @@ class _StopRequest:
   def restore(self):
     for s, handler in self.previous.items():
       signal.signal(s, handler)
+
+
+# With several processes a stop signal (which may reach them at different steps) is acted on at
+# the next multiple of this many steps, when every process learns whether any of them got one.
+STOP_AGREEMENT_EVERY = 10
+
+
+def _stop_now(stop: _StopRequest, step: int) -> bool:
+  """Whether every process stops before ``step + 1``: at once with one process; with several,
+  only at multiples of :data:`STOP_AGREEMENT_EVERY`, where they agree (one host all-gather),
+  so that all of them save the same step and none is left waiting in a collective."""
+  if jax.process_count() == 1:
+    return stop.requested
+  if step % STOP_AGREEMENT_EVERY:
+    return False
+  return bool(np.asarray(multihost_utils.process_allgather(np.int32(stop.requested))).any())
+
+
+def gathered_data_state(iterator: Any) -> dict:
+  """Every process's data position, ``{"processes": [state of process 0, 1, ...]}`` (each
+  process reads its own shard, so each has its own position; states are dicts of ints)."""
+  state = iterator.get_state()
+  if jax.process_count() == 1:
+    return {"processes": [state]}
+  keys = sorted(state)
+  rows = multihost_utils.process_allgather(np.asarray([state[k] for k in keys], np.int32))
+  return {"processes": [dict(zip(keys, map(int, row))) for row in np.asarray(rows)]}
+
+
+def own_data_state(saved: dict) -> dict:
+  """This process's position from :func:`gathered_data_state`'s record. After a change of the
+  process count the shards differ, so the data order cannot continue exactly: process ``i``
+  takes record ``i`` modulo the saved count, with a warning."""
+  states = saved["processes"]
+  if len(states) != jax.process_count():
+    logging.warning("The checkpoint holds the data positions of %d process(es), this run has %d: "
+                    "the data order does not continue exactly.", len(states), jax.process_count())
+  return states[jax.process_index() % len(states)]
 
 
 class _Trace:
@@ -238,7 +277,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
     else:
       state = restored.state
-      iterator.set_state(restored.data_state)
+      iterator.set_state(own_data_state(restored.data_state))
       logging.info("Resumed from step %d.", restored.step)
     writer = cleanup.enter_context(contextlib.closing(MetricWriter(workdir)))
     trace = cleanup.enter_context(contextlib.closing(
@@ -249,7 +288,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     step = saved_step = int(state.step)
     last, skipped = {}, int(state.opt_state.skipped)
     tick, tick_step = time.perf_counter(), step
-    while step < num_steps and not stop.requested:
+    while step < num_steps and not _stop_now(stop, step):
       batch = sharding.global_batch(mesh, next(iterator))
       state, metrics = train_step(state, batch, base_rng)
       step += 1
@@ -272,19 +311,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         tick, tick_step = time.perf_counter(), step
       if logged or saving:
         _check_guard(state, step, config, ckpt)
-      if heldout and not stop.requested and (step % config.train.eval_every == 0
-                                             or step == num_steps):
+      if heldout and (step % config.train.eval_every == 0 or step == num_steps):
         totals = [jax.device_get(eval_step(state.params, b)) for b in heldout]
         evals = {k: float(np.mean([t[k] for t in totals])) for k in totals[0]}
         writer.write(step, evals, prefix="heldout")
         last.update({f"heldout/{k}": v for k, v in evals.items()})
       if saving:
-        ckpt.save(step, state, iterator.get_state(), meta, force=True)
+        ckpt.save(step, state, gathered_data_state(iterator), meta, force=True)
         saved_step = step
-    if stop.requested:
+    if step < num_steps:  # stopped by a signal
       if step != saved_step:
         _check_guard(state, step, config, ckpt)
-        ckpt.save(step, state, iterator.get_state(), meta, force=True)
+        ckpt.save(step, state, gathered_data_state(iterator), meta, force=True)
       logging.warning("Stopped at step %d after a signal; rerun the command to resume.", step)
   return dict(last, step=step, completed=step >= num_steps)
 

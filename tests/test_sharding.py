@@ -9,17 +9,20 @@ import json
 import os
 import shutil
 import socket
+import signal
 import subprocess
 import sys
 import sysconfig
 import textwrap
+import time
 
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from asarm_jax import data, inference, models, optim, sharding, train
+from asarm_jax import checkpoint, data, inference, models, optim, sharding, train
 from asarm_jax.config_base import base_config
 from tests.helpers import demo_config, tiny_config
 
@@ -224,20 +227,18 @@ def two_process_overrides(tmp: str, num_steps: int) -> dict:
           "sample.num_examples": 0, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
 
 
-def test_two_processes_read_their_own_shards_then_resume_on_one_device(tmp_path):
-  """``main --multihost`` / ``ASARM_MULTIHOST=1`` under a (faked) SLURM step of 2 tasks with 4
-  CPU devices each: the global batch is [process 0's rows; process 1's rows], only process 0
-  logs, and the checkpoint of the 8-device mesh resumes in this 1-device process."""
-  tmp = str(tmp_path)
+def stdlib_corpus(tmp: str) -> None:
+  """~30 small stdlib files in ``tmp/src``."""
   os.makedirs(f"{tmp}/src")
   files = [p for p in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
            if 1000 < os.path.getsize(p) < 20000]
   for path in files[:30]:
     shutil.copy(path, f"{tmp}/src")
-  overrides = two_process_overrides(tmp, num_steps=2)
-  config = demo_config(overrides)
-  tokenizer = data.prepare(config.data, config.data.data_dir)  # once, before the processes
 
+
+def launch_two_processes(overrides: dict, workdir: str) -> list[subprocess.Popen]:
+  """``main`` as a (faked) SLURM step of 2 tasks with 4 CPU devices each; process 0 takes
+  ``--multihost``, process 1 ``ASARM_MULTIHOST=1``. Output goes to ``WORKDIR.{0,1}.log``."""
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
@@ -250,18 +251,46 @@ def test_two_processes_read_their_own_shards_then_resume_on_one_device(tmp_path)
                SLURM_NTASKS="2", SLURM_STEP_NUM_NODES="1", SLURM_PROCID=str(i),
                SLURM_LOCALID=str(i), JAX_COORDINATOR_PORT=str(port))
     env.pop("ASARM_MULTIHOST", None)
-    flag = ["--multihost"] if i == 0 else []  # process 1 takes the environment variable
+    flag = ["--multihost"] if i == 0 else []
     if i == 1:
       env["ASARM_MULTIHOST"] = "1"
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "asarm_jax.main", "--config=configs/demo.py",
-         f"--workdir={tmp}/work", *flag, *args], env=env, cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-  logs = [p.communicate(timeout=300)[1] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    with open(f"{workdir}.{i}.log", "ab") as log:  # a file, not a pipe that could fill up
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "asarm_jax.main", "--config=configs/demo.py",
+           f"--workdir={workdir}", *flag, *args], env=env, cwd=ROOT, stdout=log, stderr=log))
+  return procs
+
+
+def wait_all(procs: list[subprocess.Popen], workdir: str) -> list[str]:
+  """Waits for ``procs``; returns their logs, asserting that both exited 0."""
+  codes = [p.wait(timeout=300) for p in procs]
+  logs = []
+  for i in range(len(procs)):
+    with open(f"{workdir}.{i}.log") as f:
+      logs.append(f.read())
+  assert codes == [0] * len(procs), logs[0][-3000:] + logs[-1][-3000:]
+  return logs
+
+
+def read_trace(workdir: str) -> list[dict]:
+  if not os.path.exists(f"{workdir}/metrics.jsonl"):
+    return []
+  with open(f"{workdir}/metrics.jsonl") as f:
+    return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+def test_two_processes_read_their_own_shards_then_resume_on_one_device(tmp_path):
+  """``main --multihost`` / ``ASARM_MULTIHOST=1`` under a (faked) SLURM step of 2 tasks with 4
+  CPU devices each: the global batch is [process 0's rows; process 1's rows], only process 0
+  logs, and the checkpoint of the 8-device mesh resumes in this 1-device process."""
+  tmp = str(tmp_path)
+  stdlib_corpus(tmp)
+  overrides = two_process_overrides(tmp, num_steps=2)
+  config = demo_config(overrides)
+  tokenizer = data.prepare(config.data, config.data.data_dir)  # once, before the processes
+  logs = wait_all(launch_two_processes(overrides, f"{tmp}/work"), f"{tmp}/work")
   assert "[train] step 2" in logs[0] and "[train] step" not in logs[1]  # process 0 logs
-  with open(f"{tmp}/work/metrics.jsonl") as f:
-    trace = [json.loads(line) for line in f]
+  trace = read_trace(f"{tmp}/work")
   assert [r["step"] for r in trace] == [1, 2]  # written once, by process 0
 
   # Step 1 on one device with the batch made of each process's first local batch, in order.
@@ -284,7 +313,43 @@ def test_two_processes_read_their_own_shards_then_resume_on_one_device(tmp_path)
       demo_config(dict(overrides, **{"train.num_steps": 4, "mesh.data": -1, "mesh.fsdp": 1,
                                      "mesh.tensor": 1})), f"{tmp}/work")
   assert result["completed"] and result["step"] == 4
-  with open(f"{tmp}/work/metrics.jsonl") as f:
-    resumed = [json.loads(line) for line in f]
+  resumed = read_trace(f"{tmp}/work")
   assert [r["step"] for r in resumed] == [1, 2, 3, 4]
   assert resumed[:2] == trace  # kept: it resumed from step 2 (a fresh start rewrites step 1)
+
+
+def test_two_processes_stop_together_on_one_signal_and_resume_exactly(tmp_path):
+  """SIGTERM reaches only process 1 of 2: both stop at the same step (the next multiple of
+  train.STOP_AGREEMENT_EVERY), save it and exit 0; the same command resumes every process at its
+  own data position, so the loss of every step equals an uninterrupted 2-process run's."""
+  tmp = str(tmp_path)
+  stdlib_corpus(tmp)
+  num_steps = 200
+  overrides = dict(two_process_overrides(tmp, num_steps), **{"train.checkpoint_every": 1000})
+  data.prepare(demo_config(overrides).data, f"{tmp}/data")
+  straight, stopped = f"{tmp}/straight", f"{tmp}/stopped"
+  wait_all(launch_two_processes(overrides, straight), straight)
+  expected = read_trace(straight)
+  assert [r["step"] for r in expected] == list(range(1, num_steps + 1))
+
+  procs = launch_two_processes(overrides, stopped)
+  deadline = time.time() + 300
+  while len(read_trace(stopped)) < 40 and time.time() < deadline:  # past a few documents
+    assert procs[1].poll() is None, "process 1 exited before step 40"
+    time.sleep(0.005)
+  procs[1].send_signal(signal.SIGTERM)
+  logs = wait_all(procs, stopped)
+  step = read_trace(stopped)[-1]["step"]
+  assert step < num_steps and step % train.STOP_AGREEMENT_EVERY == 0
+  for log in logs:
+    assert f"Stopped at step {step} after a signal" in log
+  ckpt = checkpoint.Checkpointer(f"{stopped}/checkpoints", 1)
+  try:
+    saved = ckpt.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
+  finally:
+    ckpt.close()
+  positions = saved["processes"]
+  assert len(positions) == 2 and positions[0] != positions[1]  # resuming needs both
+  logs = wait_all(launch_two_processes(overrides, stopped), stopped)
+  assert f"Resumed from step {step}." in logs[0]
+  assert read_trace(stopped) == expected  # bit for bit, past the resume
