@@ -5,10 +5,10 @@
 
 Random tokens (throughput does not depend on them), the real jitted step with donation and
 the configured mesh; MFU counts the two-stream FLOPs (asarm_jax/flops.py). Every config is
-measured with each attention implementation side by side; for each one after the first, the
-loss and gradients of one batch are compared with the first's (same params, same batch), so a
-faster kernel that computes something else is caught. Prints a markdown table and writes
-DIR/train_throughput.json.
+measured with each attention implementation side by side, after the loss and gradients of one
+batch under each (bf16) are compared with float32 XLA attention (same params, same batch), so a
+faster kernel that computes something else is caught; one that fails to run is reported and not
+timed. Prints a markdown table and writes DIR/train_throughput.json.
 """
 import json
 import os
@@ -30,7 +30,7 @@ flags.DEFINE_string("out", ".", "Output directory.")
 
 
 def loss_and_grads(config, model, tokens):
-  """Loss and flattened gradients of one batch at fixed init params, in float32."""
+  """Loss and flattened gradients (float32 numpy) of one batch at fixed init params."""
   params = train.init_params(model, jax.random.PRNGKey(0), config.data.seq_len)
   grad_fn = jax.jit(jax.value_and_grad(train.loss_fn(model, config.objective), has_aux=True))
   (loss, _), grads = grad_fn(params, tokens, jax.random.PRNGKey(1))

@@ -17,7 +17,8 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer:
   tie_embeddings, num_special_tokens, causal_prompt, dtype ("bfloat16" for bf16 compute),
   param_dtype and attention_impl. ``attention_impl="cudnn"`` (fused attention) applies only on a
   GPU with 16-bit compute and falls back to "xla" elsewhere, so a checkpoint trained with it
-  loads and samples anywhere: the implementation never changes the parameters. Initialise with ``model.init(rng, *models.example_inputs(B, L, K))``.
+  loads and samples anywhere: the implementation never changes the parameters. Initialise with
+  ``model.init(rng, *models.example_inputs(B, L, K))``.
   """
   if config.d_model % config.num_heads or (config.d_model // config.num_heads) % 2:
     raise ValueError(f"model.num_heads={config.num_heads} must divide model.d_model="
