@@ -22,13 +22,19 @@ class Loaded(NamedTuple):
   step: int
 
 
-def load(workdir: str) -> Loaded:
-  """The newest readable checkpoint of ``workdir``, with the config and tokenizer it carries."""
+def load(workdir: str, attention_impl: str | None = None) -> Loaded:
+  """The newest readable checkpoint of ``workdir``, with the config and tokenizer it carries.
+
+  ``attention_impl`` ("xla" or "cudnn") replaces the checkpoint's ``model.attention_impl``: the
+  kernel is not part of the parameters, and the fastest one for sampling depends on the batch.
+  """
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
   meta = ckpt.read_meta()
   if meta is None:
     raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first.")
   config = ml_collections.ConfigDict(meta["config"])
+  if attention_impl is not None:
+    config.model.attention_impl = attention_impl
   model = models.build(config.model)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   abstract = jax.eval_shape(functools.partial(train.create_state, model, tx,

@@ -27,6 +27,8 @@ flags.DEFINE_string("out", ".", "Output directory.")
 flags.DEFINE_float("budget_s", 420.0, "Stop starting new configurations after this long.")
 flags.DEFINE_bool("reference", False, "Also time the HF XLNet reference call.")
 flags.DEFINE_string("plot_from", "", "Only plot tokens/call vs k from this JSON.")
+flags.DEFINE_string("attention_impl", "", "Attention kernel (xla or cudnn); default: the "
+                    "checkpoint's model.attention_impl.")
 
 # (batch, method, k, cache), in priority order; each runs at every visible fraction.
 GRID = ([(1, "sequential", 1, True), (1, "assd", 5, True), (1, "assd_fused", 5, True),
@@ -129,8 +131,9 @@ def main(_):
     with open(FLAGS.plot_from) as f:
       plot(json.load(f)["results"], FLAGS.out)
     return
-  loaded = inference.load(FLAGS.workdir)
+  loaded = inference.load(FLAGS.workdir, FLAGS.attention_impl or None)
   report = {"device": jax.devices()[0].device_kind, "step": loaded.step,
+            "attention": loaded.model.attention_impl,
             "params_M": sum(x.size for x in jax.tree_util.tree_leaves(loaded.params)) / 1e6}
   if FLAGS.reference:
     report["reference_call_ms"] = reference_call_ms()

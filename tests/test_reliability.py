@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import pytest
 
-from asarm_jax import checkpoint, data, models, optim, sampling, train, validation
+from asarm_jax import checkpoint, data, inference, models, optim, sampling, train, validation
 from asarm_jax.sampling import core, prompt
 from tests.helpers import demo_config
 
@@ -497,3 +497,16 @@ def test_sample_cli_round_trips_a_prompt_with_two_mask_spans(tiny, trained, tmp_
   assert text.startswith(pieces[0]) and pieces[1] in text and text.endswith(pieces[2])
   assert text.index(pieces[1]) > len(pieces[0])  # something was infilled between them
   assert "7 tokens in" in report and "assd_fused (k=2)" in report
+
+
+def test_load_swaps_the_attention_kernel_not_the_params(trained):
+  """``inference.load(workdir, attention_impl=...)`` overrides the checkpoint's kernel choice
+  (off GPU "cudnn" runs as XLA); the restored parameters are the same, a bad name is refused."""
+  _, workdir, _ = trained
+  plain = inference.load(workdir)
+  swapped = inference.load(workdir, attention_impl="cudnn")
+  assert plain.config.model.attention_impl == "xla"
+  assert swapped.config.model.attention_impl == "cudnn" and swapped.step == plain.step
+  assert_trees_equal(swapped.params, plain.params)
+  with pytest.raises(ValueError, match="attention_impl"):
+    inference.load(workdir, attention_impl="flash")
