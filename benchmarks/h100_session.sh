@@ -81,7 +81,7 @@ case "$1" in
     ;;
   judge)
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.28 timeout -s TERM "$JUDGE_S" \
-      python3 -m asarm_jax.main --config=configs/judge_code.py:xlnet_base \
+      python3 -m asarm_jax.main --config=configs/judge.py:xlnet_base \
       --workdir="$RUNS/judge" "${DATA[@]}" --config.model.attention_impl="$(impl)" \
       --config.model.num_layers=6 --config.model.d_model=512 --config.model.num_heads=8 \
       --config.model.d_ff=2048 \

@@ -262,7 +262,7 @@ def test_runner_end_to_end_and_resume(workdir, monkeypatch, capsys):
 
 
 def test_judge_config_judges_the_named_config():
-  """`configs/judge_code.py:NAME` keeps NAME's data block (so it can share the judged model's
+  """`configs/judge.py:NAME` keeps NAME's data block (so it can share the judged model's
   tokenizer) and trains left to right with nothing visible; every shipped config validates."""
   from absl import flags
   from ml_collections import config_flags
@@ -270,7 +270,7 @@ def test_judge_config_judges_the_named_config():
   root = os.path.join(os.path.dirname(__file__), "..", "configs")
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=values)
-  values(["prog", f"--config={root}/judge_code.py:xlnet_base"])
+  values(["prog", f"--config={root}/judge.py:xlnet_base"])
   judge = values.config
   judged = from_file(os.path.join(root, "xlnet_base.py"))
   assert judge.data.to_dict() == judged.data.to_dict()
