@@ -29,6 +29,13 @@ flags.DEFINE_list("attention_impls", ["xla"], "model.attention_impl values to co
 flags.DEFINE_string("out", ".", "Output directory.")
 
 
+def config_of(name, **model):
+  """configs/NAME.py with ``model`` keys replaced."""
+  config = from_file(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
+  config.model.update(model)
+  return config
+
+
 def loss_and_grads(config, model, tokens):
   """Loss and flattened gradients (float32 numpy) of one batch at fixed init params."""
   params = train.init_params(model, jax.random.PRNGKey(0), config.data.seq_len)
@@ -40,8 +47,7 @@ def loss_and_grads(config, model, tokens):
 
 
 def measure(name, attention_impl):
-  config = from_file(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
-  config.model.attention_impl = attention_impl
+  config = config_of(name, attention_impl=attention_impl)
   if FLAGS.batch_size:
     config.train.batch_size = FLAGS.batch_size
   mesh = sharding.make_mesh(config.mesh)
@@ -82,8 +88,7 @@ def agreement(name):
   """Loss and relative gradient error of every implementation against float32 XLA attention
   (same params, same batch): the bf16 XLA row is the noise floor a fused kernel should match."""
   def run(impl, dtype):
-    config = from_file(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
-    config.model.update(attention_impl=impl, dtype=dtype)
+    config = config_of(name, attention_impl=impl, dtype=dtype)
     tokens = np.random.default_rng(0).integers(4, config.model.vocab_size,
                                                (8, config.data.seq_len), dtype=np.int32)
     return loss_and_grads(config, models.build(config.model), tokens)

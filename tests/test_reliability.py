@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import json
 import logging
 import os
 import random
@@ -16,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 
 import hypothesis
@@ -30,7 +28,7 @@ import pytest
 
 from asarm_jax import checkpoint, data, inference, models, optim, sampling, train, validation
 from asarm_jax.sampling import core, prompt
-from tests.helpers import demo_config
+from tests.helpers import copy_stdlib_files, demo_config, read_trace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 40  # of the subprocess runs
@@ -52,14 +50,7 @@ def tiny(tmp_path_factory):
   """``(overrides, tmp)``: ~30 ASCII stdlib files under ``tmp/src``, dataset and tokenizer
   prepared under ``tmp/data`` (shared by every run, so runs only differ by their workdir)."""
   tmp = str(tmp_path_factory.mktemp("reliability"))
-  os.makedirs(f"{tmp}/src")
-  copied = 0
-  for path in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py"))):
-    with open(path, "rb") as f:
-      text = f.read()
-    if 1000 < len(text) < 20000 and text.isascii() and copied < 30:
-      shutil.copy(path, f"{tmp}/src")
-      copied += 1
+  copy_stdlib_files(f"{tmp}/src")
   overrides = tiny_overrides(tmp)
   config = demo_config(overrides)
   data.prepare(config.data, config.data.data_dir)
@@ -74,16 +65,6 @@ def trained(tiny):
   config = demo_config(dict(overrides, **{"train.num_steps": 9}))
   train.train_and_evaluate(config, f"{tmp}/trained")
   return config, f"{tmp}/trained", read_trace(f"{tmp}/trained")
-
-
-def read_trace(workdir: str) -> list[dict]:
-  """The complete lines of ``workdir/metrics.jsonl`` (a torn last line is skipped)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    lines = f.read().split("\n")[:-1]
-  return [json.loads(line) for line in lines]
 
 
 def restore(workdir: str, config: ml_collections.ConfigDict, step: int | None = None):

@@ -4,15 +4,11 @@ sampler on sharded parameters, and a real two-process run resumed on one device.
 Multi-device checks run in subprocesses on 8 fake CPU devices (several checks per script, to
 pay the start-up once). See docs/scaling.md.
 """
-import glob
-import json
 import os
-import shutil
 import socket
 import signal
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import time
 
@@ -24,7 +20,7 @@ import pytest
 
 from asarm_jax import checkpoint, data, inference, models, optim, sharding, train
 from asarm_jax.config_base import base_config
-from tests.helpers import demo_config, tiny_config
+from tests.helpers import copy_stdlib_files, demo_config, read_trace, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUTS = {"fsdp": (2, 4, 1), "tensor": (2, 1, 4), "mixed": (2, 2, 2)}  # (data, fsdp, tensor)
@@ -227,15 +223,6 @@ def two_process_overrides(tmp: str, num_steps: int) -> dict:
           "sample.num_examples": 0, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
 
 
-def stdlib_corpus(tmp: str) -> None:
-  """~30 small stdlib files in ``tmp/src``."""
-  os.makedirs(f"{tmp}/src")
-  files = [p for p in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
-           if 1000 < os.path.getsize(p) < 20000]
-  for path in files[:30]:
-    shutil.copy(path, f"{tmp}/src")
-
-
 def launch_two_processes(overrides: dict, workdir: str) -> list[subprocess.Popen]:
   """``main`` as a (faked) SLURM step of 2 tasks with 4 CPU devices each; process 0 takes
   ``--multihost``, process 1 ``ASARM_MULTIHOST=1``. Output goes to ``WORKDIR.{0,1}.log``."""
@@ -272,19 +259,12 @@ def wait_all(procs: list[subprocess.Popen], workdir: str) -> list[str]:
   return logs
 
 
-def read_trace(workdir: str) -> list[dict]:
-  if not os.path.exists(f"{workdir}/metrics.jsonl"):
-    return []
-  with open(f"{workdir}/metrics.jsonl") as f:
-    return [json.loads(line) for line in f if line.endswith("\n")]
-
-
 def test_two_processes_read_their_own_shards_then_resume_on_one_device(tmp_path):
   """``main --multihost`` / ``ASARM_MULTIHOST=1`` under a (faked) SLURM step of 2 tasks with 4
   CPU devices each: the global batch is [process 0's rows; process 1's rows], only process 0
   logs, and the checkpoint of the 8-device mesh resumes in this 1-device process."""
   tmp = str(tmp_path)
-  stdlib_corpus(tmp)
+  copy_stdlib_files(f"{tmp}/src")
   overrides = two_process_overrides(tmp, num_steps=2)
   config = demo_config(overrides)
   tokenizer = data.prepare(config.data, config.data.data_dir)  # once, before the processes
@@ -323,7 +303,7 @@ def test_two_processes_stop_together_on_one_signal_and_resume_exactly(tmp_path):
   train.STOP_AGREEMENT_EVERY), save it and exit 0; the same command resumes every process at its
   own data position, so the loss of every step equals an uninterrupted 2-process run's."""
   tmp = str(tmp_path)
-  stdlib_corpus(tmp)
+  copy_stdlib_files(f"{tmp}/src")
   num_steps = 200
   overrides = dict(two_process_overrides(tmp, num_steps), **{"train.checkpoint_every": 1000})
   data.prepare(demo_config(overrides).data, f"{tmp}/data")

@@ -98,22 +98,20 @@ def attend(q_BxTxNxH: Array, k_BxSxNxH: Array, v_BxSxNxH: Array, bias_BxNxTxS: A
   ``B x N x T x S`` scores in HBM, but with a bias it wants even ``T`` and ``S`` when trained, so
   rows and key slots are padded (padded slots are masked out, padded rows dropped).
   """
-  if implementation == "xla":
-    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, bias=bias_BxNxTxS,
-                                        mask=mask_BxTxS[:, None], implementation="xla")
-  if implementation != "cudnn":
+  if implementation not in ("xla", "cudnn"):
     raise ValueError(f"unknown attention implementation {implementation!r}")
-  num_rows, num_slots = q_BxTxNxH.shape[1], k_BxSxNxH.shape[1]
-  pad_t, pad_s = num_rows % 2, (-num_slots) % 8
-  pad = lambda x, axis, n: jnp.pad(x, [(0, n if a == axis else 0) for a in range(x.ndim)])
-  q_BxTxNxH = pad(q_BxTxNxH, 1, pad_t)
-  k_BxSxNxH, v_BxSxNxH = pad(k_BxSxNxH, 1, pad_s), pad(v_BxSxNxH, 1, pad_s)
-  mask_BxTxS = pad(pad(mask_BxTxS, 1, pad_t), 2, pad_s)  # padded slots: False
-  if bias_BxNxTxS is not None:
-    bias_BxNxTxS = pad(pad(bias_BxNxTxS, 2, pad_t), 3, pad_s)
+  num_rows = q_BxTxNxH.shape[1]
+  if implementation == "cudnn":
+    pad_t, pad_s = num_rows % 2, (-k_BxSxNxH.shape[1]) % 8
+    pad = lambda x, axis, n: jnp.pad(x, [(0, n if a == axis else 0) for a in range(x.ndim)])
+    q_BxTxNxH = pad(q_BxTxNxH, 1, pad_t)
+    k_BxSxNxH, v_BxSxNxH = pad(k_BxSxNxH, 1, pad_s), pad(v_BxSxNxH, 1, pad_s)
+    mask_BxTxS = pad(pad(mask_BxTxS, 1, pad_t), 2, pad_s)  # padded slots: False
+    if bias_BxNxTxS is not None:
+      bias_BxNxTxS = pad(pad(bias_BxNxTxS, 2, pad_t), 3, pad_s)
   out_BxTxNxH = jax.nn.dot_product_attention(
       q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, bias=bias_BxNxTxS, mask=mask_BxTxS[:, None],
-      implementation="cudnn")
+      implementation=implementation)
   return out_BxTxNxH[:, :num_rows]
 
 
