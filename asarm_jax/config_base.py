@@ -48,9 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
       ("vocab", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
       ("kv", None), ("position", None), ("norm", None))))
 
+  # method: a name of sampling.METHODS. k: drafts per round (assd, assd_fused, parallel) or the
+  # node budget N of the tree (tree). tree_depth: the tree's depth D; ngram: length of the
+  # prompt-lookup match that adds a candidate chain to the tree (0: off). temperature 0 = greedy.
   c.sample = ml_collections.ConfigDict(dict(
-      method="assd_fused", k=5, temperature=1.0, prompt="", prompt_file="", num_examples=3,
-      example_mask_fraction=0.25))
+      method="assd_fused", k=5, temperature=1.0, tree_depth=6, ngram=2, prompt="",
+      prompt_file="", num_examples=3, example_mask_fraction=0.25))
   c.eval = default_eval_config()
   return c
 
