@@ -5,7 +5,7 @@ is trained with are exactly those it is evaluated and sampled with.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -16,10 +16,25 @@ from asarm_jax.models.two_stream import Cache
 Array = jnp.ndarray
 
 
+class TreeRows(NamedTuple):
+  """A tree of ``N`` candidate tokens evaluated in one cached call (tree decoding).
+
+  Node ``u`` holds ``tokens_BxN[u]`` at rank ``rank_BxN[u]`` (siblings share a rank); its
+  content row sees the committed ranks ``< num_decoded`` and ``ancestors_BxNxN[u]`` (its
+  ancestors and itself). Its key and value go to cache slot ``L + u`` (the cache has ``L + N``
+  slots). ``target_node_BxK`` gives the node each query row conditions on (``-1``: only the
+  committed prefix); such a row sees what that node's content row sees.
+  """
+  tokens_BxN: Array
+  rank_BxN: Array
+  ancestors_BxNxN: Array
+  target_node_BxK: Array
+
+
 def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
          num_visible_B: Array, target_rank_BxK: Array, target_valid_BxK: Array,
          num_decoded: Array | None = None, *, cache: Cache | None = None,
-         content_rank_BxR: Array | None = None):
+         content_rank_BxR: Array | None = None, tree: TreeRows | None = None):
   """Logits ``B x K x V`` for target ranks, with rows already gathered into rank space.
 
   Args:
@@ -29,23 +44,45 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
     target_rank_BxK, target_valid_BxK: the K query rows (fixed K; invalid rows are padding).
     num_decoded: ``None`` for sigma-causal densities; the number of decoded ranks (``B``, or
       ``B x K`` per target row) for draft marginals p(x_j | decoded).
-    cache: optional rank-indexed KV cache (``model.init_cache(B, L)``). Then only the content
-      rows of ranks ``content_rank_BxR`` are computed (written into the cache; ranks ``>= L``
-      are dropped), every row attends over the cache, and ``(logits, new_cache)`` is returned.
-      Cached slots must hold the content of the ranks the masks let rows see.
+    cache: optional rank-indexed KV cache (``model.init_cache(B, S)``, ``S >= L``). Then only
+      the content rows of ranks ``content_rank_BxR`` are computed (written into the cache;
+      ranks ``>= L`` are dropped), every row attends over the cache, and ``(logits,
+      new_cache)`` is returned. Cached slots must hold the content of the ranks the masks let
+      rows see. Slots ``>= L`` have no rank: only ``tree`` rows may see them.
+    tree: optional :class:`TreeRows` (needs ``cache`` with ``S = L + N`` and ``num_decoded``
+      of shape ``B``): its N content rows are computed after the ``content_rank_BxR`` rows.
   """
   batch, length = tokens_rank_BxL.shape
-  rank_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
   if cache is None:
-    content_rank_BxR = rank_BxL
+    content_rank_BxR = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    num_slots = length
+  else:
+    num_slots = cache.positions_BxS.shape[1]
+  key_rank_BxS = jnp.broadcast_to(jnp.arange(num_slots, dtype=jnp.int32), (batch, num_slots))
   safe_rank_BxR = jnp.clip(content_rank_BxR, 0, length - 1)
-  content = masks.content_mask(content_rank_BxR, rank_BxL, num_visible_B, model.causal_prompt)
-  query = masks.query_mask(target_rank_BxK, target_valid_BxK, rank_BxL, num_decoded)
+  content = masks.content_mask(content_rank_BxR, key_rank_BxS, num_visible_B, model.causal_prompt)
+  query = masks.query_mask(target_rank_BxK, target_valid_BxK, key_rank_BxS, num_decoded)
   target_positions = jnp.take_along_axis(perm_BxL, jnp.clip(target_rank_BxK, 0, length - 1), 1)
   tokens_BxR = jnp.take_along_axis(tokens_rank_BxL, safe_rank_BxR, 1)
   positions_BxR = jnp.take_along_axis(perm_BxL, safe_rank_BxR, 1)
   if cache is None:
     return model.apply(params, tokens_BxR, positions_BxR, content, target_positions, query)
+  slots_BxR = jnp.where(content_rank_BxR < length, content_rank_BxR, num_slots)
+  if tree is not None:
+    num_nodes = tree.tokens_BxN.shape[1]
+    node_BxN = jnp.broadcast_to(jnp.arange(num_nodes, dtype=jnp.int32), (batch, num_nodes))
+    key_node_BxS = key_rank_BxS - length
+    # A node sees the committed ranks (< n: the content rule at row rank n - 1) and its path.
+    node_content = masks.content_mask(jnp.broadcast_to(num_decoded[:, None] - 1, node_BxN.shape),
+                                      key_rank_BxS, num_visible_B, model.causal_prompt)
+    node_content |= masks.tree_mask(node_BxN, tree.ancestors_BxNxN, key_node_BxS)
+    content = jnp.concatenate([content, node_content], 1)
+    query |= (masks.tree_mask(tree.target_node_BxK, tree.ancestors_BxNxN, key_node_BxS)
+              & target_valid_BxK[:, :, None])
+    tokens_BxR = jnp.concatenate([tokens_BxR, tree.tokens_BxN], 1)
+    positions_BxR = jnp.concatenate(
+        [positions_BxR, jnp.take_along_axis(perm_BxL, jnp.clip(tree.rank_BxN, 0, length - 1), 1)],
+        1)
+    slots_BxR = jnp.concatenate([slots_BxR, length + node_BxN], 1)
   return model.apply(params, tokens_BxR, positions_BxR, content, target_positions, query,
-                     cache=cache, cache_slots_BxL=jnp.where(content_rank_BxR < length,
-                                                           content_rank_BxR, length))
+                     cache=cache, cache_slots_BxL=slots_BxR)

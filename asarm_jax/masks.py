@@ -15,6 +15,11 @@ Rules (``r`` is a row's rank, ``s`` a key's rank):
   ``n`` = the number of decoded tokens it is the *draft* rule: every undecoded position is hidden
   from every target, which gives the conditionally independent marginals p(x_j | decoded).
 
+* tree rule, for a call that evaluates a *tree* of candidate continuations (tree decoding):
+  siblings share a rank, so tree nodes live in extra key slots, and a row that belongs to
+  node ``u`` may also see the slots of ``u``'s ancestors and of ``u`` itself
+  (:func:`tree_mask`, OR-ed with the rank rules above at the limit ``n``).
+
 In rank space (rows gathered into generation order, ``rank = arange(L)``) the content mask is a
 prefix-LM mask and the query mask is strictly causal. The functions also take arbitrary ranks,
 so the same code builds masks in position space (tests) and over a rank-indexed KV cache.
@@ -50,3 +55,20 @@ def query_mask(target_rank_BxK: Array, target_valid_BxK: Array, key_rank_BxS: Ar
     limit = jnp.minimum(limit, num_decoded if num_decoded.ndim == 2 else num_decoded[:, None])
   visible = key_rank_BxS[:, None, :] < limit[:, :, None]
   return visible & target_valid_BxK[:, :, None]
+
+
+def tree_mask(row_node_BxR: Array, ancestors_BxNxN: Array, key_node_BxS: Array) -> Array:
+  """Tree-attention mask, bool ``B x R x S``: may a row of node ``u`` see the key of node ``v``.
+
+  ``row_node_BxR`` is each row's node (``-1``: none, e.g. the root of the tree, which is the
+  committed prefix); ``key_node_BxS`` is each key slot's node (``-1``: a rank slot, governed by
+  the rank rules); ``ancestors_BxNxN[b, u, v]`` says that ``v`` is ``u`` or an ancestor of ``u``.
+  """
+  num_nodes = ancestors_BxNxN.shape[-1]
+  rows_BxRxN = jnp.take_along_axis(ancestors_BxNxN,
+                                   jnp.clip(row_node_BxR, 0, num_nodes - 1)[..., None], 1)
+  rows_BxRxN &= (row_node_BxR >= 0)[..., None]
+  keys_BxRxS = jnp.take_along_axis(
+      rows_BxRxN, jnp.broadcast_to(jnp.clip(key_node_BxS, 0, num_nodes - 1)[:, None, :],
+                                   rows_BxRxN.shape[:2] + key_node_BxS.shape[1:]), 2)
+  return keys_BxRxS & (key_node_BxS >= 0)[:, None, :]

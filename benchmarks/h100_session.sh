@@ -8,7 +8,10 @@
 #   benchmarks/h100_session.sh train        # xlnet_base for STEPS steps (default: what the measured
 #                                           # throughput allows in TRAIN_S), SIGTERM at TRAIN_S
 #   benchmarks/h100_session.sh judge        # the left-to-right judge, same data dir
-#   benchmarks/h100_session.sh sampling     # sampling speed of the trained model (SAMPLE_S)
+#   benchmarks/h100_session.sh sampling     # sampling speed of every method and tree size, side
+#                                           # by side (SAMPLE_S), and the table of method="auto"
+#   benchmarks/h100_session.sh humaneval    # HumanEval single-line at TEMP (0.2) for each METHODS
+#                                           # entry (method:k, default sequential:1,tree:8)
 #   benchmarks/h100_session.sh evaluate     # HumanEval single/multi-line, gen quality, density
 #
 #   benchmarks/h100_session.sh background STEP   # STEP detached (setsid), logging to runs/STEP.log
@@ -92,7 +95,27 @@ case "$1" in
     ;;
   sampling)
     python3 benchmarks/sampling_speed.py --workdir="$RUNS/xlnet_base" --out="$OUT" --reference \
-      --budget_s="${SAMPLE_S:-150}" 2>&1 | quiet | tee "$OUT/sampling.log"
+      --budget_s="${SAMPLE_S:-150}" --auto_table="$OUT/auto_table.json" 2>&1 | quiet \
+      | tee "$OUT/sampling.log"
+    ;;
+  humaneval)
+    python3 - "$RUNS" "${METHODS:-sequential:1,tree:8}" "${TEMP:-0.2}" "$OUT" <<'EOF' 2>&1 \
+      | quiet | grep -v "it/s\]$" | tee "$OUT/humaneval.log"
+import json, sys
+from asarm_jax import inference
+from asarm_jax.evaluation import runner
+from asarm_jax.evaluation.config import default_eval_config
+runs, methods, temperature, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+config = inference.load(f"{runs}/xlnet_base").config
+report = {}
+for spec in methods.split(","):
+  method, k = spec.split(":")
+  config.eval = default_eval_config()
+  config.eval.update(tasks=("humaneval_single_line",), method=method, k=int(k),
+                     temperature=temperature, batch_size=64, sandbox_workers=14)
+  report[spec] = runner.run(config, f"{runs}/xlnet_base")["tasks"]["humaneval_single_line"]
+  json.dump(report, open(f"{out}/humaneval_t{temperature:g}.json", "w"), indent=1)
+EOF
     ;;
   evaluate)
     python3 - "$RUNS" "${TASKS:-density,humaneval_single_line,humaneval_multi_line,gen_quality}" \

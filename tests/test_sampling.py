@@ -137,18 +137,23 @@ def _batch():
   return tokens, visible, order, lengths
 
 
-RUNS = {  # name: (method, k, temperature, cache)
-    "sequential": ("sequential", 1, 1.0, True),
-    "sequential_nocache": ("sequential", 1, 1.0, False),
-    "assd_k2": ("assd", 2, 1.0, True),
-    "assd_k3": ("assd", 3, 1.0, True),
-    "assd_k3_nocache": ("assd", 3, 1.0, False),
-    "assd_k3_t0.7": ("assd", 3, 0.7, True),
-    "assd_fused_k2": ("assd_fused", 2, 1.0, True),
-    "assd_fused_k3": ("assd_fused", 3, 1.0, True),
-    "assd_fused_k3_nocache": ("assd_fused", 3, 1.0, False),
-    "assd_fused_k3_t0.7": ("assd_fused", 3, 0.7, True),
-    "parallel_k3": ("parallel", 3, 1.0, True),
+RUNS = {  # name: (method, k, temperature, cache, extra generate() arguments)
+    "sequential": ("sequential", 1, 1.0, True, {}),
+    "sequential_nocache": ("sequential", 1, 1.0, False, {}),
+    "assd_k2": ("assd", 2, 1.0, True, {}),
+    "assd_k3": ("assd", 3, 1.0, True, {}),
+    "assd_k3_nocache": ("assd", 3, 1.0, False, {}),
+    "assd_k3_t0.7": ("assd", 3, 0.7, True, {}),
+    "assd_fused_k2": ("assd_fused", 2, 1.0, True, {}),
+    "assd_fused_k3": ("assd_fused", 3, 1.0, True, {}),
+    "assd_fused_k3_nocache": ("assd_fused", 3, 1.0, False, {}),
+    "assd_fused_k3_t0.7": ("assd_fused", 3, 0.7, True, {}),
+    # Tree decoding: node budgets 1, 3 and 7, prompt lookup on and off, cache on and off.
+    "tree_n1": ("tree", 1, 1.0, True, dict(depth=3, ngram=0)),
+    "tree_n3_t0.5": ("tree", 3, 0.5, True, dict(depth=3, ngram=0)),
+    "tree_n7_ngram": ("tree", 7, 1.0, True, dict(depth=3, ngram=1)),
+    "tree_n7_ngram_nocache": ("tree", 7, 1.0, False, dict(depth=3, ngram=1)),
+    "parallel_k3": ("parallel", 3, 1.0, True, {}),
 }
 
 
@@ -158,10 +163,10 @@ def samples(trained):
   model, params = trained
   tokens, visible, order, lengths = _batch()
   out = {}
-  for i, (name, (method, k, temperature, cache)) in enumerate(RUNS.items()):
+  for i, (name, (method, k, temperature, cache, extra)) in enumerate(RUNS.items()):
     gen = sampling.generate(model, params, tokens, visible, jax.random.key(100 + i),
                             method=method, k=k, temperature=temperature, order_BxL=order,
-                            length_B=lengths, cache=cache)
+                            length_B=lengths, cache=cache, **extra)
     out[name] = jax.tree.map(np.asarray, gen)
   joints = {(name, t): _exact_joint(model, params, group, t)
             for name, group in GROUPS.items() for t in {r[2] for r in RUNS.values()}}
@@ -346,7 +351,8 @@ def test_invalid_arguments_raise(trained):
   model, params = trained
   tokens, visible = np.full((2, 4), 5, np.int32), np.zeros((2, 4), bool)
   bad = [
-      dict(method="beam"), dict(k=0), dict(k=2.0), dict(temperature=0.0),
+      dict(method="beam"), dict(k=0), dict(k=2.0), dict(temperature=-0.5),
+      dict(temperature=float("nan")), dict(depth=0), dict(ngram=-1),
       dict(tokens_BxL=tokens.astype(np.float32)), dict(visible_BxL=visible.astype(np.int32)),
       dict(visible_BxL=visible[:, :3]), dict(tokens_BxL=tokens[0]),
       dict(order_BxL=np.zeros((2, 3))), dict(length_B=np.zeros((2, 1), np.int32)),
@@ -356,6 +362,100 @@ def test_invalid_arguments_raise(trained):
     kwargs = dict(tokens_BxL=tokens, visible_BxL=visible, rng=jax.random.key(0)) | change
     with pytest.raises(ValueError, match=next(iter(change))):
       sampling.generate(model, params, **kwargs)
+
+
+def _subsample(rows_per_group: int):
+  """``rows_per_group`` rows of every group of :func:`_batch` (group ``g`` first)."""
+  return tuple(x[::ROWS_PER_GROUP // rows_per_group] for x in _batch())
+
+
+def test_greedy_decoding_is_sequential_greedy(trained):
+  """temperature=0: every exact method returns sequential greedy decoding's tokens for any
+  rng, and each generated token is the arg-max of its conditional under the density."""
+  model, params = trained
+  tokens, visible, order, lengths = _subsample(20)
+  run = lambda method, k, seed, **kw: np.asarray(sampling.generate(
+      model, params, tokens, visible, jax.random.key(seed), method=method, k=k,
+      temperature=0.0, order_BxL=order, length_B=lengths, **kw).tokens_BxL)
+  greedy = run("sequential", 1, 0)
+  for method, k, kw in [("sequential", 1, {}), ("assd", 3, {}), ("assd_fused", 3, {}),
+                        ("tree", 7, dict(depth=3, ngram=1)),
+                        ("tree", 3, dict(depth=2, ngram=0, cache=False))]:
+    np.testing.assert_array_equal(run(method, k, 1, **kw), greedy, err_msg=method)
+  for g, (_, _, length) in enumerate(GROUPS.values()):
+    rows = slice(20 * g, 20 * (g + 1))
+    logp = _density(model, params, jnp.asarray(greedy[rows, :length]),
+                    jnp.asarray(visible[rows, :length]), jnp.asarray(order[rows, :length]),
+                    temperature=0.0)
+    np.testing.assert_array_equal(logp, 0.0)  # log 1: the arg-max everywhere
+
+
+def _path(tree, b, node):
+  """Tokens of ``node``'s path (root first) in row ``b`` of a tree (numpy arrays)."""
+  path = []
+  while node >= 0:
+    path.insert(0, int(tree.tokens_BxN[b, node]))
+    node = int(tree.parent_BxN[b, node])
+  return path
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_tree_call_rows_are_exact_conditionals_of_each_path(trained, cache):
+  """Tree attention: the row of node u for rank t equals a plain call on the sequence with
+  u's path written at its ranks (density rule for the exact row, draft rule beyond it)."""
+  model, params = trained
+  tokens, visible, order, lengths = _subsample(4)
+  batch, num_nodes, depth = tokens.shape[0], 5, 3
+  state = core.init_state(jnp.asarray(tokens), jnp.asarray(visible), jnp.asarray(order),
+                          jnp.asarray(lengths), jax.random.key(0), 1, 1,
+                          model.init_cache(batch, LENGTH + num_nodes) if cache else None)
+  state = core.tree_prefill(model, params, state, num_nodes, depth, 1, jnp.float32(1.0))
+  logits = np.asarray(core.tree_call(model, params, state, num_nodes, depth)[0])
+  tree = jax.tree.map(np.asarray, state.tree)
+  n, num_target = np.asarray(state.num_decoded_B), np.asarray(state.num_target_B)
+  checked = 0
+  for node in range(-1, num_nodes):
+    paths = [_path(tree, b, node) if node < 0 or tree.valid_BxN[b, node] else [] for b in
+             range(batch)]
+    tokens_rank = np.array(state.tokens_rank_BxL)
+    for b, path in enumerate(paths):
+      tokens_rank[b, n[b]:n[b] + len(path)] = path
+    first = n + np.asarray([len(p) for p in paths])
+    targets = first[:, None] + np.arange(depth + 1)
+    want = forward.call(model, params, jnp.asarray(tokens_rank), state.perm_BxL,
+                        state.num_visible_B, jnp.asarray(np.minimum(targets, LENGTH - 1)),
+                        jnp.ones(targets.shape, bool), jnp.asarray(first))
+    use = (targets < num_target[:, None]) & np.asarray(
+        [node < 0 or tree.valid_BxN[b, node] for b in range(batch)])[:, None]
+    np.testing.assert_allclose(logits[:, node + 1][use], np.asarray(want)[use], atol=1e-5)
+    checked += use.sum()
+  assert checked > 3 * batch
+
+
+def test_tree_cache_holds_exactly_the_committed_content(trained):
+  """After tree rounds, cached slots ``< num_cached`` equal a fresh computation of the
+  committed tokens: the walked path is adopted and no off-path node is left in them."""
+  model, params = trained
+  tokens, visible, order, lengths = _subsample(4)
+  batch, num_nodes, depth = tokens.shape[0], 7, 3
+  state = core.init_state(jnp.asarray(tokens), jnp.asarray(visible), jnp.asarray(order),
+                          jnp.asarray(lengths), jax.random.key(0), 1, 1,
+                          model.init_cache(batch, LENGTH + num_nodes))
+  temperature = jnp.float32(1.0)
+  state = core.tree_prefill(model, params, state, num_nodes, depth, 1, temperature)
+  for _ in range(2):
+    state = core.tree_round(model, params, state, num_nodes, depth, 1, temperature)
+  _, fresh = forward.call(model, params, state.tokens_rank_BxL, state.perm_BxL,
+                          state.num_visible_B, state.num_decoded_B[:, None],
+                          jnp.zeros((batch, 1), bool), state.num_decoded_B,
+                          cache=model.init_cache(batch, LENGTH),
+                          content_rank_BxR=jnp.broadcast_to(jnp.arange(LENGTH), (batch, LENGTH)))
+  cached = np.arange(LENGTH)[None] < np.asarray(state.num_cached_B)[:, None]
+  assert cached.sum() > np.asarray(state.num_visible_B).sum() + batch  # paths were adopted
+  for got, want in zip(state.cache.layers, fresh.layers):
+    for x, y in ((got.key, want.key), (got.value, want.value)):
+      np.testing.assert_allclose(np.asarray(x)[:, :LENGTH][cached], np.asarray(y)[cached],
+                                 atol=1e-5)
 
 
 class CharTokenizer:

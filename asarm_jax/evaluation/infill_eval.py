@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -33,13 +34,16 @@ def humaneval(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collection
   """pass@k of ``eval.num_samples`` middles per task; tasks whose middle does not fit
   ``model.max_len`` count as failed."""
   tasks = humaneval_tasks(kind, ecfg.humaneval_max_tasks, ecfg.seed)
+  start = time.perf_counter()
   done = infill_model.complete(
       model, params, tokenizer, tasks, os.path.join(out_dir, f"{kind}_{tag}_completions.jsonl"),
       num_samples=ecfg.num_samples, method=ecfg.method, k=ecfg.k, temperature=ecfg.temperature,
       batch_size=ecfg.batch_size, seed=ecfg.seed, desc=kind)
   report = {"num_tasks": len(tasks), "num_too_long": len(done.too_long),
             "num_truncated": done.num_truncated, "num_samples": ecfg.num_samples,
-            "tokens_per_call": done.tokens_per_call}
+            "tokens_per_call": done.tokens_per_call,
+            # compile included; completions already cached are not regenerated (nor timed)
+            "generation_s": time.perf_counter() - start}
   scored = [t for t in tasks if t.task_id in done.by_task]
   ks = [k for k in ecfg.pass_at if k <= ecfg.num_samples]
   if not scored:

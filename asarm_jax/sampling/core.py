@@ -53,10 +53,12 @@ import numpy as np
 
 from asarm_jax import distribution, forward, ordering
 from asarm_jax.models.two_stream import Cache
+from asarm_jax.sampling import auto
+from asarm_jax.sampling import tree as tree_lib
 
 Array = jnp.ndarray
 
-METHODS = ("sequential", "parallel", "assd", "assd_fused")
+METHODS = ("sequential", "parallel", "assd", "assd_fused", "tree", "auto")
 
 
 @flax.struct.dataclass
@@ -74,6 +76,7 @@ class State:
   exact_first_B: Array  # bool: the first pending draft was drawn from the exact conditional.
   num_cached_B: Array  # the cache holds the content of ranks < num_cached (cached mode).
   cache: Cache | None  # None: every call recomputes all content rows.
+  tree: tree_lib.Tree | None = None  # "tree": the pending candidate tree for ranks n, n+1, ..
 
 
 @flax.struct.dataclass
@@ -293,18 +296,148 @@ def sample_round(model: nn.Module, params: Any, state: State, k: int, method: st
   return _commit(state, tokens_BxK1, num_new_B, n_B + num_accepted_B)
 
 
-def _loop(model: nn.Module, k: int, method: str, temperature: float, use_cache: bool,
+def _tree_cache(model: nn.Module, state: State, num_nodes: int) -> Cache:
+  """The cache a tree call writes into: the carried one, or (uncached) a fresh one of
+  ``L + N`` slots, the last ``N`` for the tree's nodes."""
+  batch, length = state.tokens_rank_BxL.shape
+  return state.cache if state.cache is not None else model.init_cache(batch, length + num_nodes)
+
+
+def _propose(state: State, logq_BxDxV: Array, num_nodes: int, ngram: int) -> tree_lib.Tree:
+  """The next tree, for the ranks from ``num_decoded`` on: ``D`` proposal rows plus (if
+  ``ngram``) a prompt-lookup chain over the visible and committed tokens."""
+  n_B, perm_BxL = state.num_decoded_B, state.perm_BxL
+  chain = None
+  if ngram:
+    known_rank_BxL = jnp.arange(perm_BxL.shape[1]) < n_B[:, None]
+    chain = tree_lib.ngram_chain(
+        ordering.to_position_space(state.tokens_rank_BxL, perm_BxL),
+        ordering.to_position_space(known_rank_BxL, perm_BxL), perm_BxL, n_B,
+        state.num_target_B, logq_BxDxV.shape[1], ngram)
+  return tree_lib.build(logq_BxDxV, chain, num_nodes, n_B, state.num_target_B)
+
+
+def _proposal_temperature(temperature: Array) -> Array:
+  """Trees are shaped by the tempered proposals; the greedy limit uses ``T = 1`` for that."""
+  return jnp.where(temperature > 0, temperature, 1.0)
+
+
+def tree_prefill(model: nn.Module, params: Any, state: State, num_nodes: int, depth: int,
+                 ngram: int, temperature: Array) -> State:
+  """The first tree-decoding call: the prompt's content, the exact conditional of rank ``m``
+  (drawn and committed, so the call pays for itself) and ``D`` draft rows for the ranks after
+  it, which propose the first tree."""
+  rng, rng_draw = jax.random.split(state.rng)
+  batch, length = state.tokens_rank_BxL.shape
+  n_B = state.num_decoded_B
+  target_BxK, valid_BxK = _targets(n_B, state.num_target_B, depth + 1)
+  logits_BxKxV, cache = forward.call(
+      model, params, state.tokens_rank_BxL, state.perm_BxL, state.num_visible_B, target_BxK,
+      valid_BxK, n_B, cache=_tree_cache(model, state, num_nodes),
+      content_rank_BxR=jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length)))
+  token_B = _sample(rng_draw, distribution.log_probs(logits_BxKxV[:, 0],
+                                                     model.num_special_tokens, temperature))
+  live_B = n_B < state.num_target_B
+  state = state.replace(cache=None if state.cache is None else cache, rng=rng,
+                        num_calls_B=state.num_calls_B + live_B)
+  state = _commit(state, token_B[:, None], live_B.astype(jnp.int32), n_B)
+  logq_BxDxV = distribution.log_probs(logits_BxKxV[:, 1:], model.num_special_tokens,
+                                      _proposal_temperature(temperature))
+  return state.replace(tree=_propose(state, logq_BxDxV, num_nodes, ngram))
+
+
+def _adopt_path(cache: Cache, path_BxD: Array, n_B: Array, length: int) -> Cache:
+  """Copies the walked path's keys and values from their node slots ``L + u`` to their ranks
+  ``n, n+1, ..``: a node's content row saw exactly the committed prefix and its path, so it is
+  the content that rank would get when decoded one token at a time."""
+  rows_Bx1 = jnp.arange(path_BxD.shape[0])[:, None]
+  num_slots = cache.positions_BxS.shape[1]
+  dst_BxD = jnp.where(path_BxD >= 0, n_B[:, None] + jnp.arange(path_BxD.shape[1]), num_slots)
+  src_BxD = length + jnp.maximum(path_BxD, 0)
+  return jax.tree.map(lambda x: x.at[rows_Bx1, dst_BxD].set(x[rows_Bx1, src_BxD], mode="drop"),
+                      cache)
+
+
+def tree_call(model: nn.Module, params: Any, state: State, num_nodes: int,
+              depth: int) -> tuple[Array, Cache]:
+  """The network call of a tree round: logits ``B x (N+1) x (D+1) x V`` and the cache.
+
+  Content rows: the committed rank not cached yet (cached; every rank uncached) and the
+  pending tree's ``N`` nodes. Query rows, for the root (index 0) and each node ``u`` (index
+  ``1 + u``), all seeing the committed prefix plus that node's path: the exact conditional of
+  the next rank (row 0) and ``D`` draft rows for the ranks after it (rows ``1..D``).
+  """
+  tree = state.tree
+  batch, length = state.tokens_rank_BxL.shape
+  n_B, num_target_B = state.num_decoded_B, state.num_target_B
+  first_BxN1 = jnp.concatenate([n_B[:, None], n_B[:, None] + tree.depth_BxN + 1], 1)
+  target_BxN1xD1 = first_BxN1[:, :, None] + jnp.arange(depth + 1, dtype=jnp.int32)
+  valid_BxN1xD1 = (jnp.concatenate([jnp.ones((batch, 1), bool), tree.valid_BxN], 1)[:, :, None]
+                   & (target_BxN1xD1 < num_target_B[:, None, None]))
+  node_BxN1xD1 = jnp.broadcast_to(jnp.arange(-1, num_nodes, dtype=jnp.int32)[None, :, None],
+                                  target_BxN1xD1.shape)
+  rows = forward.TreeRows(tree.tokens_BxN, n_B[:, None] + tree.depth_BxN,
+                          tree_lib.ancestors(tree, depth), node_BxN1xD1.reshape(batch, -1))
+  content_rank_BxR = (state.num_cached_B[:, None] if state.cache is not None else
+                      jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length)))
+  logits, cache = forward.call(
+      model, params, state.tokens_rank_BxL, state.perm_BxL, state.num_visible_B,
+      target_BxN1xD1.reshape(batch, -1), valid_BxN1xD1.reshape(batch, -1), n_B,
+      cache=_tree_cache(model, state, num_nodes), content_rank_BxR=content_rank_BxR, tree=rows)
+  return logits.reshape(batch, num_nodes + 1, depth + 1, -1), cache
+
+
+def tree_round(model: nn.Module, params: Any, state: State, num_nodes: int, depth: int,
+               ngram: int, temperature: Array) -> State:
+  """One call of exact tree decoding for every row; finished rows are left unchanged.
+
+  Every exact row (:func:`tree_call`) gets a fresh draw; the walk commits the path it follows
+  and the first draw off the tree; the stop node's draft rows propose the next tree.
+  """
+  rng, rng_draw = jax.random.split(state.rng)
+  tree, n_B, num_target_B = state.tree, state.num_decoded_B, state.num_target_B
+  logits_BxN1xD1xV, cache = tree_call(model, params, state, num_nodes, depth)
+  draws_BxN1 = _sample(rng_draw, distribution.log_probs(
+      logits_BxN1xD1xV[:, :, 0], model.num_special_tokens, temperature))
+  path_BxD, num_path_B, stop_B, last_B = tree_lib.walk(tree, draws_BxN1, depth)
+  live_B = n_B < num_target_B
+  num_new_B = jnp.where(live_B, num_path_B + (n_B + num_path_B < num_target_B), 0)
+  path_tokens_BxD = jnp.take_along_axis(tree.tokens_BxN, jnp.maximum(path_BxD, 0), 1)
+  tokens_BxD1 = jnp.where(jnp.arange(depth + 1) == num_path_B[:, None], last_B[:, None],
+                          jnp.pad(path_tokens_BxD, ((0, 0), (0, 1))))
+  proposal_BxDxV = jnp.take_along_axis(logits_BxN1xD1xV, (stop_B + 1)[:, None, None, None],
+                                       1)[:, 0, 1:]
+  if state.cache is not None:
+    cache = _adopt_path(cache, path_BxD, n_B, state.tokens_rank_BxL.shape[1])
+  state = state.replace(cache=None if state.cache is None else cache, rng=rng,
+                        num_calls_B=state.num_calls_B + live_B)
+  state = _commit(state, tokens_BxD1, num_new_B, n_B + num_path_B)
+  logq_BxDxV = distribution.log_probs(proposal_BxDxV, model.num_special_tokens,
+                                      _proposal_temperature(temperature))
+  return state.replace(tree=_propose(state, logq_BxDxV, num_nodes, ngram))
+
+
+def _loop(model: nn.Module, method: str, k: int, depth: int, ngram: int, use_cache: bool,
           params: Any, tokens_BxL: Array, visible_BxL: Array, order_BxL: Array,
-          length_B: Array, rng: jax.Array) -> Generation:
-  """Prefill, then rounds until every row is finished (a ``lax.while_loop``; no host sync)."""
+          length_B: Array, rng: jax.Array, temperature: Array) -> Generation:
+  """Prefill, then rounds until every row is finished (a ``lax.while_loop``; no host sync).
+
+  ``k`` is the block size, or the tree's node budget ``N`` for ``method="tree"``.
+  """
   batch, length = tokens_BxL.shape
-  cache = model.init_cache(batch, length) if use_cache else None
-  state = init_state(tokens_BxL, visible_BxL, order_BxL, length_B, rng, k, model.vocab_size,
-                     cache)
-  state = prefill(model, params, state, k, temperature)
-  state = jax.lax.while_loop(
-      lambda s: jnp.any(s.num_decoded_B < s.num_target_B),
-      lambda s: sample_round(model, params, s, k, method, temperature), state)
+  if method == "tree":
+    cache = model.init_cache(batch, length + k) if use_cache else None
+    state = init_state(tokens_BxL, visible_BxL, order_BxL, length_B, rng, 1, 1, cache)
+    state = tree_prefill(model, params, state, k, depth, ngram, temperature)
+    round_fn = lambda s: tree_round(model, params, s, k, depth, ngram, temperature)
+  else:
+    cache = model.init_cache(batch, length) if use_cache else None
+    state = init_state(tokens_BxL, visible_BxL, order_BxL, length_B, rng, k, model.vocab_size,
+                       cache)
+    state = prefill(model, params, state, k, temperature)
+    round_fn = lambda s: sample_round(model, params, s, k, method, temperature)
+  state = jax.lax.while_loop(lambda s: jnp.any(s.num_decoded_B < s.num_target_B), round_fn,
+                             state)
   return Generation(tokens_BxL=ordering.to_position_space(state.tokens_rank_BxL, state.perm_BxL),
                     num_calls_B=state.num_calls_B,
                     num_generated_B=state.num_target_B - state.num_visible_B)
@@ -314,14 +447,15 @@ _serial = itertools.count()
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(model: nn.Module, k: int, method: str, temperature: float, use_cache: bool,
+def _compiled(model: nn.Module, method: str, k: int, depth: int, ngram: int, use_cache: bool,
               signature: Any) -> Callable[..., Generation]:
   """The jitted loop of one configuration; ``signature`` (shapes and dtypes of the arguments)
-  is in the key so that the loop is traced exactly once per entry, which chex asserts."""
+  is in the key so that the loop is traced exactly once per entry, which chex asserts. The
+  temperature is a traced argument: changing it never recompiles."""
 
-  def loop(params, tokens_BxL, visible_BxL, order_BxL, length_B, rng):
-    return _loop(model, k, method, temperature, use_cache, params, tokens_BxL, visible_BxL,
-                 order_BxL, length_B, rng)
+  def loop(params, tokens_BxL, visible_BxL, order_BxL, length_B, rng, temperature):
+    return _loop(model, method, k, depth, ngram, use_cache, params, tokens_BxL, visible_BxL,
+                 order_BxL, length_B, rng, temperature)
 
   # chex keys its trace counter on the function's name: give each entry its own counter.
   loop.__name__ = f"sample_{method}_k{k}_{next(_serial)}"
@@ -344,10 +478,15 @@ def _check(name: str, x: Any, shape: tuple[int, ...], kinds: str, what: str) -> 
   return x
 
 
+def _positive_int(name: str, value: Any, low: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+    raise ValueError(f"{name}={value!r}; expected an int >= {low}.")
+
+
 def generate(model: nn.Module, params: Any, tokens_BxL: Array, visible_BxL: Array,
              rng: jax.Array, *, method: str = "assd", k: int = 5, temperature: float = 1.0,
-             order_BxL: Array | None = None, length_B: Array | None = None,
-             cache: bool = True) -> Generation:
+             depth: int = 6, ngram: int = 2, order_BxL: Array | None = None,
+             length_B: Array | None = None, cache: bool = True) -> Generation:
   """Fills every hidden, non-padding position of ``tokens_BxL``.
 
   Args:
@@ -355,10 +494,17 @@ def generate(model: nn.Module, params: Any, tokens_BxL: Array, visible_BxL: Arra
     visible_BxL: bool, True on the prompt (kept unchanged).
     rng: a PRNG key (typed or raw ``uint32[2]``).
     method: ``"sequential"`` (1 token per call), ``"parallel"`` (k independent tokens per call,
-      not exact), ``"assd"`` (k drafts and a draft + a density call per round, exact) or
-      ``"assd_fused"`` (one call per round that verifies the block and drafts the next, exact).
-    k: drafts per round (ignored by ``sequential``).
-    temperature: divides the logits of every draw (drafts and targets alike).
+      not exact), ``"assd"`` (k drafts and a draft + a density call per round, exact),
+      ``"assd_fused"`` (one call per round that verifies the block and drafts the next, exact),
+      ``"tree"`` (one call per round walks a tree of ``k`` candidates with exact draws,
+      exact) or ``"auto"`` (the fastest exact method and size for this batch size, visible
+      fraction and temperature, from the table measured by ``benchmarks/sampling_speed.py``;
+      ``k``, ``depth`` and ``ngram`` are then taken from the table).
+    k: drafts per round (``parallel``, ``assd``, ``assd_fused``) or the tree's node budget N.
+    temperature: divides the logits of every draw (drafts and targets alike); ``0`` is greedy
+      decoding (every exact method then returns sequential greedy decoding's tokens).
+    depth: the tree's depth D: draft rows per node, and at most D + 1 tokens per call (tree).
+    ngram: the prompt-lookup match length that adds a candidate chain to the tree; 0 is off.
     order_BxL: optional generation keys of the hidden positions (smaller first, ties by
       position); default left to right.
     length_B: optional real lengths; positions ``>= length_B`` are padding: never generated,
@@ -370,10 +516,12 @@ def generate(model: nn.Module, params: Any, tokens_BxL: Array, visible_BxL: Arra
   """
   if method not in METHODS:
     raise ValueError(f"method={method!r}; expected one of {METHODS}.")
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"k={k!r}; expected an int >= 1.")
-  if not np.isfinite(temperature) or temperature <= 0:
-    raise ValueError(f"temperature={temperature!r}; expected a finite number > 0.")
+  _positive_int("k", k, 1)
+  _positive_int("depth", depth, 1)
+  _positive_int("ngram", ngram, 0)
+  if (isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number))
+      or not np.isfinite(temperature) or temperature < 0):
+    raise ValueError(f"temperature={temperature!r}; expected a finite number >= 0.")
   tokens_BxL = jnp.asarray(tokens_BxL)
   if tokens_BxL.ndim != 2:
     raise ValueError(f"tokens_BxL has shape {tokens_BxL.shape}; expected (batch, length).")
@@ -387,10 +535,16 @@ def generate(model: nn.Module, params: Any, tokens_BxL: Array, visible_BxL: Arra
   rng = jnp.asarray(rng)
   if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.wrap_key_data(rng)
+  if method == "auto":
+    real_BxL = np.arange(shape[1]) < np.asarray(length_B)[:, None]
+    fraction = float((np.asarray(visible_BxL) & real_BxL).sum() / max(real_BxL.sum(), 1))
+    method, k, depth, ngram = auto.choose(shape[0], fraction, float(temperature))
   if method == "sequential" or (k == 1 and method in ("assd", "parallel")):
     method, k = "sequential", 1  # the same round at k = 1: commit the exact first draft.
+  if method != "tree":
+    depth, ngram = 0, 0  # not used: one compiled entry whatever their values
   order_dtype = jnp.float32 if np.dtype(order_BxL.dtype).kind == "f" else jnp.int32
   args = (params, tokens_BxL.astype(jnp.int32), visible_BxL, order_BxL.astype(order_dtype),
-          length_B.astype(jnp.int32), rng)
-  return _compiled(model, int(k), method, float(temperature), bool(cache),
+          length_B.astype(jnp.int32), rng, jnp.float32(temperature))
+  return _compiled(model, method, int(k), int(depth), int(ngram), bool(cache),
                    _signature(args))(*args)
