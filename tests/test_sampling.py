@@ -21,7 +21,7 @@ import pytest
 import scipy.stats
 
 from asarm_jax import density, forward, models, objectives, sampling
-from asarm_jax.sampling import core
+from asarm_jax.sampling import auto, core
 
 NUM_SPECIAL, VOCAB, LENGTH = 4, 6, 6  # 6 samplable ids [4, 10).
 ALPHA = 1e-3
@@ -352,7 +352,7 @@ def test_invalid_arguments_raise(trained):
   tokens, visible = np.full((2, 4), 5, np.int32), np.zeros((2, 4), bool)
   bad = [
       dict(method="beam"), dict(k=0), dict(k=2.0), dict(temperature=-0.5),
-      dict(temperature=float("nan")), dict(depth=0), dict(ngram=-1),
+      dict(temperature=float("nan")), dict(depth=0, method="tree"), dict(ngram=-1),
       dict(tokens_BxL=tokens.astype(np.float32)), dict(visible_BxL=visible.astype(np.int32)),
       dict(visible_BxL=visible[:, :3]), dict(tokens_BxL=tokens[0]),
       dict(order_BxL=np.zeros((2, 3))), dict(length_B=np.zeros((2, 1), np.int32)),
@@ -388,6 +388,19 @@ def test_greedy_decoding_is_sequential_greedy(trained):
                     jnp.asarray(visible[rows, :length]), jnp.asarray(order[rows, :length]),
                     temperature=0.0)
     np.testing.assert_array_equal(logp, 0.0)  # log 1: the arg-max everywhere
+
+
+def test_auto_runs_the_configuration_it_chooses(trained):
+  """``method="auto"`` is the table's choice for this batch size, visible fraction and
+  temperature, run as that method (same rng, same tokens)."""
+  model, params = trained
+  tokens, visible, order, lengths = _subsample(4)
+  real = np.arange(LENGTH) < lengths[:, None]
+  choice = auto.choose(len(tokens), (visible & real).sum() / real.sum(), 0.2)
+  run = lambda **kw: np.asarray(sampling.generate(
+      model, params, tokens, visible, jax.random.key(3), temperature=0.2, order_BxL=order,
+      length_B=lengths, **kw).tokens_BxL)
+  np.testing.assert_array_equal(run(method="auto"), run(**choice._asdict()))
 
 
 def _path(tree, b, node):

@@ -517,7 +517,7 @@ def generate(model: nn.Module, params: Any, tokens_BxL: Array, visible_BxL: Arra
   if method not in METHODS:
     raise ValueError(f"method={method!r}; expected one of {METHODS}.")
   _positive_int("k", k, 1)
-  _positive_int("depth", depth, 1)
+  _positive_int("depth", depth, 1 if method == "tree" else 0)
   _positive_int("ngram", ngram, 0)
   if (isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number))
       or not np.isfinite(temperature) or temperature < 0):
