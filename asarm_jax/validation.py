@@ -1,27 +1,31 @@
-"""Config validation before anything runs or is written: :func:`validate_config`."""
+"""Config validation before anything runs or is written: :func:`validate_config` and
+:func:`check_overrides`. Every error is a one-line ``ValueError`` naming the key and what it
+expects."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import jax
 import ml_collections
 
-from asarm_jax import optim, sharding
+from asarm_jax import optim, sampling, sharding
 from asarm_jax.data import builders
-from asarm_jax.sampling import METHODS
 
+MODES = ("train", "sample", "eval")
 
-def _at_least(config: ml_collections.ConfigDict, key: str, low: int) -> None:
-  value = _get(config, key)
-  if isinstance(value, bool) or not isinstance(value, int) or value < low:
-    raise ValueError(f"{key}={value!r}: expected an int >= {low}.")
-
-
-def _in_unit_interval(key: str, value: Any, items: tuple) -> None:
-  if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 1
-         for x in items):
-    raise ValueError(f"{key}={value!r}: expected numbers in [0, 1].")
+_POSITIVE_INTS = (
+    "model.num_layers", "model.d_model", "model.num_heads", "model.d_ff", "model.vocab_size",
+    "model.max_len", "data.seq_len", "data.vocab_size", "data.tokenizer_max_chars",
+    "train.batch_size", "train.num_steps", "train.log_every", "train.eval_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "optim.accumulation_steps",
+    "optim.max_consecutive_nonfinite", "sample.k", "sample.tree_depth", "eval.k")
+_NON_NEGATIVE_INTS = ("seed", "data.max_files", "train.eval_batches", "optim.warmup_steps",
+                      "sample.num_examples", "sample.ngram")
+_POSITIVE_NUMBERS = ("optim.learning_rate", "optim.grad_clip")
+_TEMPERATURES = ("sample.temperature", "eval.temperature")  # 0 is greedy decoding
+_STRING_TUPLES = ("data.source_dirs", "data.exclude_patterns", "data.extensions")
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -30,19 +34,51 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
   return config
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ``ValueError`` with a one-line message naming the first key ``config`` cannot run
-  with (shapes that do not fit, values out of range, unknown names); returns None otherwise."""
-  for key in ("model.num_layers", "model.d_model", "model.num_heads", "model.d_ff",
-              "model.vocab_size", "model.max_len", "data.seq_len", "train.batch_size",
-              "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-              "train.keep_checkpoints", "optim.accumulation_steps",
-              "optim.max_consecutive_nonfinite", "sample.k"):
-    _at_least(config, key, 1)
-  for key in ("train.eval_batches", "optim.warmup_steps", "sample.num_examples"):
-    _at_least(config, key, 0)
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
-  model, data, train = config.model, config.data, config.train
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _at_least(config: ml_collections.ConfigDict, key: str, low: int) -> None:
+  value = _get(config, key)
+  if not _is_int(value) or value < low:
+    raise ValueError(f"{key}={value!r}: expected an int >= {low}.")
+
+
+def _finite(config: ml_collections.ConfigDict, key: str, allow_zero: bool) -> None:
+  value = _get(config, key)
+  if not _is_number(value) or not math.isfinite(value) or value < 0 or (
+      value == 0 and not allow_zero):
+    raise ValueError(f"{key}={value!r}: expected a finite number "
+                     f"{'>= 0' if allow_zero else '> 0'}.")
+
+
+def _in_unit_interval(key: str, value: Any, items: tuple) -> None:
+  if any(not _is_number(x) or not 0 <= x <= 1 for x in items):
+    raise ValueError(f"{key}={value!r}: expected numbers in [0, 1].")
+
+
+def _one_of(key: str, value: Any, allowed: tuple | list) -> None:
+  if value not in allowed:
+    raise ValueError(f"{key}={value!r}: expected one of {tuple(allowed)}.")
+
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
+  for key in _POSITIVE_INTS:
+    _at_least(config, key, 1)
+  for key in _NON_NEGATIVE_INTS:
+    _at_least(config, key, 0)
+  for key in _POSITIVE_NUMBERS:
+    _finite(config, key, allow_zero=False)
+  for key in _TEMPERATURES:
+    _finite(config, key, allow_zero=True)
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+  model, data = config.model, config.data
   if model.d_model % model.num_heads:
     raise ValueError(f"model.num_heads={model.num_heads} does not divide "
                      f"model.d_model={model.d_model}.")
@@ -58,41 +94,111 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not 0 <= model.num_special_tokens < model.vocab_size:
     raise ValueError(f"model.num_special_tokens={model.num_special_tokens}: expected "
                      f"0 <= it < model.vocab_size={model.vocab_size}.")
-  if data.name not in builders.BUILDERS:
-    raise ValueError(f"data.name={data.name!r}: expected one of {sorted(builders.BUILDERS)}.")
-  if not 0 < data.heldout_fraction < 1:
+
+
+def _check_data(data: ml_collections.ConfigDict) -> None:
+  _one_of("data.name", data.name, sorted(builders.BUILDERS))
+  if not _is_number(data.heldout_fraction) or not 0 < data.heldout_fraction < 1:
     raise ValueError(f"data.heldout_fraction={data.heldout_fraction!r}: expected a number in "
                      "(0, 1).")
+  for key in _STRING_TUPLES:
+    value = data[key.split(".")[1]]
+    if not isinstance(value, (tuple, list)) or not all(isinstance(x, str) for x in value):
+      raise ValueError(f"{key}={value!r}: expected a tuple of strings, e.g. ('/path/a',).")
 
+
+def _check_source_dirs(data: ml_collections.ConfigDict) -> None:
+  if not data.source_dirs and data.name != "python_code":
+    raise ValueError(f"data.source_dirs=(): data.name={data.name!r} needs at least one folder, "
+                     "e.g. --config.data.source_dirs=\"('/path/to/texts',)\".")
+  for folder in data.source_dirs:
+    if not os.path.isdir(folder):
+      raise ValueError(f"data.source_dirs: {folder!r} is not a folder; expected existing "
+                       "folders.")
+
+
+def _check_fractions(config: ml_collections.ConfigDict) -> None:
   fraction_range = tuple(config.objective.fraction_range)
   if len(fraction_range) != 2:
     raise ValueError(f"objective.fraction_range={fraction_range!r}: expected (lo, hi).")
   _in_unit_interval("objective.fraction_range", fraction_range, fraction_range)
   if fraction_range[0] > fraction_range[1]:
-    raise ValueError(f"objective.fraction_range={fraction_range!r}: lo > hi.")
-  eval_fractions = tuple(train.eval_fractions)
+    raise ValueError(f"objective.fraction_range={fraction_range!r}: lo > hi; expected "
+                     "lo <= hi.")
+  eval_fractions = tuple(config.train.eval_fractions)
   _in_unit_interval("train.eval_fractions", eval_fractions, eval_fractions)
   mask_fraction = config.sample.example_mask_fraction
   _in_unit_interval("sample.example_mask_fraction", mask_fraction, (mask_fraction,))
-  nan_steps = train.get("debug_nan_steps", ())
-  if any(isinstance(s, bool) or not isinstance(s, int) for s in nan_steps):
+  nan_steps = config.train.get("debug_nan_steps", ())
+  if any(not _is_int(s) for s in nan_steps):
     raise ValueError(f"train.debug_nan_steps={nan_steps!r}: expected a tuple of ints.")
 
-  if config.optim.schedule not in optim.SCHEDULES:
-    raise ValueError(f"optim.schedule={config.optim.schedule!r}: expected one of "
-                     f"{optim.SCHEDULES}.")
-  for key in ("optim.learning_rate", "optim.grad_clip", "sample.temperature"):
-    value = _get(config, key)
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-      raise ValueError(f"{key}={value!r}: expected a finite number > 0.")
-  if config.sample.method not in METHODS:
-    raise ValueError(f"sample.method={config.sample.method!r}: expected one of {METHODS}.")
 
+def _check_prompt_file(sample: ml_collections.ConfigDict) -> None:
+  if sample.prompt_file and not os.path.isfile(sample.prompt_file):
+    raise ValueError(f"sample.prompt_file={sample.prompt_file!r}: no such file; expected a "
+                     "file of prompts separated by lines of ---.")
+
+
+def _check_mesh(config: ml_collections.ConfigDict) -> None:
   mesh = sharding.make_mesh(config.mesh)
   data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
   divisor = config.optim.accumulation_steps * math.lcm(data_parallel, jax.process_count())
-  if train.batch_size % divisor:
-    raise ValueError(f"train.batch_size={train.batch_size} is not divisible by "
+  if config.train.batch_size % divisor:
+    raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by "
                      f"optim.accumulation_steps={config.optim.accumulation_steps} x "
                      f"{math.lcm(data_parallel, jax.process_count())} data-parallel devices "
                      f"(= {divisor}).")
+
+
+def validate_config(config: ml_collections.ConfigDict, mode: str = "train") -> None:
+  """Raises ``ValueError`` with a one-line message naming the first key ``config`` cannot run
+  with in ``mode`` (one of :data:`MODES`): shapes that do not fit, values out of range, unknown
+  names, no prompt (sample). Looks at the config only; :func:`check_inputs` looks at files."""
+  _one_of("--mode", mode, MODES)
+  _check_numbers(config)
+  _check_model(config)
+  _check_data(config.data)
+  _check_fractions(config)
+  _one_of("optim.schedule", config.optim.schedule, optim.SCHEDULES)
+  _one_of("sample.method", config.sample.method, sampling.METHODS)
+  if mode == "sample" and not (config.sample.prompt or config.sample.prompt_file):
+    raise ValueError("sample.prompt='': expected text with <mask:N> spans (or set "
+                     "sample.prompt_file=PATH).")
+  _check_mesh(config)
+
+
+def check_inputs(config: ml_collections.ConfigDict, mode: str = "train") -> None:
+  """Raises ``ValueError`` (one line, naming the key) if a file ``mode`` reads is missing: the
+  source folders (train, eval) or the prompt file (sample)."""
+  if mode == "sample":
+    _check_prompt_file(config.sample)
+  else:
+    _check_source_dirs(config.data)
+
+
+def _linked(config: ml_collections.ConfigDict, a: str, b: str) -> bool:
+  """Whether keys ``a`` and ``b`` hold one shared field (a ``FieldReference``)."""
+  def ref(key):
+    *path, name = key.split(".")
+    parent = config
+    for part in path:
+      parent = parent[part]
+    return parent.get_ref(name) if isinstance(parent, ml_collections.ConfigDict) else None
+  try:
+    return ref(a) is ref(b)
+  except (AttributeError, KeyError, TypeError):
+    return False
+
+
+def check_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
+  """Raises ``ValueError`` if two command-line overrides set one linked field to different
+  values (``model.max_len`` follows ``data.seq_len``, ``model.vocab_size`` follows
+  ``data.vocab_size``): the later one would silently rewrite the earlier one."""
+  for key, value in overrides.items():
+    if _get(config, key) == value:
+      continue
+    other = next((k for k in overrides if k != key and _linked(config, key, k)), None)
+    partner = f"--config.{other}={overrides[other]!r}" if other else "another override"
+    raise ValueError(f"--config.{key}={value!r} conflicts with {partner}: the two keys are one "
+                     "value by default; give one of them, or the same value to both.")
