@@ -6,8 +6,10 @@ notices truncated or missing files, but not overwritten bytes inside an array fi
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -16,6 +18,14 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint problem the user must act on; the message is one line."""
+
+
+class SaveError(CheckpointError):
+  """An (asynchronous) checkpoint save failed; raised by the next save or wait."""
 
 
 class Restored(NamedTuple):
@@ -55,19 +65,29 @@ def fingerprint(tree: Any) -> jax.Array:
 
 
 class Checkpointer:
-  """Keeps the ``max_to_keep`` newest checkpoints under ``directory``; saves asynchronously."""
+  """Keeps the ``max_to_keep`` newest checkpoints under ``directory``; saves asynchronously.
 
-  def __init__(self, directory: str, max_to_keep: int, async_save: bool = True):
+  A failed save raises :class:`SaveError` at the latest at the next :meth:`save` or
+  :meth:`wait`. ``read_only`` never creates ``directory``.
+  """
+
+  def __init__(self, directory: str, max_to_keep: int | None, async_save: bool = True,
+               read_only: bool = False):
     self.manager = ocp.CheckpointManager(
         os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                              enable_async_checkpointing=async_save))
+    self.pending: int | None = None  # the step of a save that may still be in progress
 
   def save(self, step: int, state: Any, data_state: dict, meta: dict, force: bool = False) -> None:
+    """Starts saving ``step``; raises :class:`SaveError` if this or the previous save failed."""
+    self.wait()
     meta = dict(meta, fingerprint=int(fingerprint(state)))
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)), force=force)
+    self.pending = step
+    with self._failure_of(step):
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+          meta=ocp.args.JsonSave(meta)), force=force)
 
   def _restore(self, step: int, abstract_state: Any) -> Restored:
     """Step ``step``; raises if it is unreadable or its arrays do not match their fingerprint."""
@@ -86,8 +106,7 @@ class Checkpointer:
       try:
         return self._restore(step, abstract_state), unreadable
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint at step %d is unreadable (%s: %s).", step, type(e).__name__,
-                        str(e).splitlines()[0] if str(e) else "")
+        logging.warning("Checkpoint at step %d is unreadable (%s); skipped.", step, cause(e))
         unreadable.append(step)
     return None, unreadable
 
@@ -109,9 +128,9 @@ class Checkpointer:
     """
     restored, unreadable = self._newest_readable(abstract_state)
     if restored is None and unreadable:
-      raise RuntimeError(f"none of the {len(unreadable)} checkpoints in {self.manager.directory} "
-                         "restores (see the warnings above); move them away or use another "
-                         "--workdir.")
+      raise CheckpointError(f"none of the {len(unreadable)} checkpoints in "
+                            f"{self.manager.directory} restores (see the warnings above); move "
+                            "them away or use another --workdir.")
     if unreadable:
       if jax.process_index() == 0:
         os.makedirs(corrupt_dir, exist_ok=True)
@@ -127,22 +146,57 @@ class Checkpointer:
 
   def read_meta(self) -> dict | None:
     """The meta item (config and tokenizer) of the newest checkpoint whose meta reads, without
-    the arrays; None if there is none."""
+    the arrays; None if there is none. Unreadable ones are logged at debug level only: the
+    restore that follows warns once per skipped step."""
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint meta at step %d is unreadable (%s).", step, type(e).__name__)
+        logging.debug("Checkpoint meta at step %d is unreadable (%s).", step, cause(e))
     return None
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def committed(self) -> bool:
+    """Whether the pending save's step dir is in place (Orbax renames it when complete), so that
+    :meth:`wait` returns at once."""
+    return self.pending is not None and os.path.isdir(
+        os.path.join(self.manager.directory, str(self.pending)))
+
+  def wait(self) -> int | None:
+    """Blocks until the pending save is complete and returns its step (None if there was none);
+    raises :class:`SaveError` if it failed."""
+    step, self.pending = self.pending, None
+    with self._failure_of(step):
+      self.manager.wait_until_finished()
+    return step
+
+  @contextlib.contextmanager
+  def _failure_of(self, step: int | None) -> Iterator[None]:
+    """Turns an exception of Orbax's save of ``step`` into a one-line :class:`SaveError`."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      self.pending = None
+      last = self.manager.latest_step()
+      kept = (f"the last good checkpoint is step {last} in {self.manager.directory}"
+              if last is not None else "there is no earlier checkpoint")
+      raise SaveError(f"saving the checkpoint of step {step} failed ({cause(e)}); {kept}. "
+                      "Fix the cause (e.g. free disk space) and rerun to resume.") from e
 
   def close(self) -> None:
     self.manager.close()
+
+
+def cause(error: BaseException, limit: int = 240) -> str:
+  """``Type: message`` of ``error`` on one short line (TensorStore appends long specs)."""
+  text = str(error).split("\n")[0].split(" [tensorstore_spec")[0]
+  text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _free_path(path: str) -> str:
