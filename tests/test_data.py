@@ -1,6 +1,7 @@
 """Data: local tfds builders (array_record), packing, resumable state and host sharding."""
 import glob
 import json
+import logging
 import os
 import sysconfig
 
@@ -207,3 +208,20 @@ def test_heldout(prepared):
   assert np.concatenate(batches).reshape(-1).tolist() == stream[:len(batches) * 2 * config.seq_len]
   tiny = data.heldout_batches(config, tokenizer, data_dir, batch_size=10**6, num_batches=1)
   assert len(tiny) == 1 and 1 <= tiny[0].shape[0] < 10**6
+
+
+def test_skipped_files_are_counted_and_named(corpus, tmp_path, caplog):
+  """Files that are not UTF-8, blank or too big are skipped with one warning that counts and
+  names them; a folder with nothing usable is refused with the reasons."""
+  root, expected = corpus
+  with caplog.at_level(logging.WARNING):
+    builders.build("python_code", str(tmp_path), source_dirs=[root], heldout_fraction=0.25)
+  assert (f"python_code: skipped 3 of {len(expected) + 3} files, kept {len(expected)}: "
+          "1 blank (empty.py), 1 not UTF-8 (bad.py), 1 over 1 MiB (big.py).") in caplog.text
+  bad = tmp_path / "bad"
+  for i in range(4):
+    _write(str(bad / f"latin{i}.py"), b"s = '\xe9'\n")
+  with pytest.raises(ValueError, match=r"python_code: no usable file with suffix \('.py',\) in "
+                                       r"\('.*/bad',\): 4 found, all skipped: 4 not UTF-8 "
+                                       r"\(latin[0-3].py, latin[0-3].py, latin[0-3].py, \.\.\.\)$"):
+    builders.build("python_code", str(tmp_path / "data"), source_dirs=[str(bad)])

@@ -15,6 +15,7 @@ import sysconfig
 from collections.abc import Iterator, Sequence
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 MAX_FILE_BYTES = 1 << 20
 
@@ -42,15 +43,24 @@ def path_unit_hash(path: str) -> float:
   return int(hashlib.sha1(path.encode("utf-8")).hexdigest()[:16], 16) / 2.0**64
 
 
-def _read_text(path: str) -> str | None:
-  """The file's text, or None if it is not UTF-8 or only whitespace."""
+def _read(path: str) -> tuple[str | None, str]:
+  """``(text, "")``, or ``(None, why it is skipped)``: not UTF-8, or blank."""
   with open(path, "rb") as f:
     data = f.read()
   try:
     text = data.decode("utf-8")
   except UnicodeDecodeError:
-    return None
-  return text if text.strip() else None
+    return None, "not UTF-8"
+  return (text, "") if text.strip() else (None, "blank")
+
+
+def describe_skipped(skipped: dict[str, list[str]], shown: int = 3) -> str:
+  """``2 not UTF-8 (a.py, b.py), 1 over 1 MiB (big.py)``: counts by reason, a few names each."""
+  parts = []
+  for why, paths in sorted(skipped.items()):
+    names = ", ".join(paths[:shown]) + (", ..." if len(paths) > shown else "")
+    parts.append(f"{len(paths)} {why} ({names})")
+  return ", ".join(parts)
 
 
 class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -91,6 +101,13 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         features=tfds.features.FeaturesDict({"text": tfds.features.Text(),
                                              "path": tfds.features.Text()}))
 
+  def _log_download_bytes(self) -> None:
+    """Replaces tfds's "Downloading and preparing" print: nothing is downloaded."""
+    logging.info("Preparing dataset %s from local files in %s", self.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("Dataset %s ready in %s", self.name, self.data_dir)
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Local files only.
     fraction = self.builder_config.heldout_fraction
@@ -99,13 +116,14 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
               "heldout": [f for f in files if path_unit_hash(f[0]) < fraction]}
     for split, split_files in splits.items():
       if not split_files:  # tfds cannot write an empty split.
-        raise ValueError(f"{self.name}: no {split} files among {len(files)} in "
-                         f"{self.builder_config.source_dirs} (heldout_fraction={fraction})")
+        raise ValueError(f"{self.name}: no {split} files among the {len(files)} usable files "
+                         f"in {self.builder_config.source_dirs} (heldout_fraction={fraction}); "
+                         "add files or change data.heldout_fraction.")
     return {split: self._generate_examples(split_files) for split, split_files in splits.items()}
 
   def _generate_examples(self, files: list[tuple[str, str]]) -> Iterator[tuple[str, dict]]:
     for rel, full in files:
-      text = _read_text(full)
+      text, _ = _read(full)
       if text is not None:
         yield rel, {"text": text, "path": rel}
 
@@ -113,10 +131,36 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """``(relative posix path, absolute path)`` of the kept files, sorted by relative path.
 
     Kept: wanted suffix, outside skipped and hidden dirs, not excluded, at most
-    ``MAX_FILE_BYTES``, UTF-8 and not blank.
+    ``MAX_FILE_BYTES``, UTF-8 and not blank. Skipped files are counted and named in a warning;
+    raises ``ValueError`` if no file is left.
     """
     cfg = self.builder_config
+    found, skipped = self._candidates()
+    kept = []
+    for rel in sorted(found, key=path_unit_hash):  # max_files takes a path-hash sample.
+      if cfg.max_files and len(kept) == cfg.max_files:
+        break
+      text, why = _read(found[rel])
+      if text is None:
+        skipped.setdefault(why, []).append(rel)
+      else:
+        kept.append(rel)
+    examined = len(kept) + sum(map(len, skipped.values()))
+    if not kept:
+      raise ValueError(f"{self.name}: no usable file with suffix {cfg.extensions} in "
+                       f"{cfg.source_dirs}: {examined} found"
+                       + (f", all skipped: {describe_skipped(skipped)}" if skipped else ""))
+    if skipped:
+      logging.warning("%s: skipped %d of %d files, kept %d: %s.", self.name,
+                      examined - len(kept), examined, len(kept), describe_skipped(skipped))
+    return [(rel, found[rel]) for rel in sorted(kept)]
+
+  def _candidates(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Files with a wanted suffix, outside skipped and hidden dirs and not excluded, as
+    ``{relative path: absolute path}``; and those over ``MAX_FILE_BYTES``, by reason."""
+    cfg = self.builder_config
     found: dict[str, str] = {}
+    too_big: list[str] = []
     for root in cfg.source_dirs:
       for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames
@@ -126,16 +170,13 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           rel = os.path.relpath(full, root).replace(os.sep, "/")
           if (rel in found or os.path.splitext(filename)[1] not in cfg.extensions
               or any(fnmatch.fnmatchcase(rel, p) for p in cfg.exclude_patterns)
-              or not os.path.isfile(full) or os.path.getsize(full) > MAX_FILE_BYTES):
+              or not os.path.isfile(full)):
             continue
-          found[rel] = full
-    kept = []
-    for rel in sorted(found, key=path_unit_hash):  # max_files takes a path-hash sample.
-      if cfg.max_files and len(kept) == cfg.max_files:
-        break
-      if _read_text(found[rel]) is not None:
-        kept.append(rel)
-    return [(rel, found[rel]) for rel in sorted(kept)]
+          if os.path.getsize(full) > MAX_FILE_BYTES:
+            too_big.append(rel)
+          else:
+            found[rel] = full
+    return found, ({f"over {MAX_FILE_BYTES >> 20} MiB": too_big} if too_big else {})
 
 
 class PythonCode(FolderBuilder):
