@@ -6,8 +6,9 @@ import functools
 import json
 import os
 import signal
+import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 import flax
 import flax.linen as nn
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -106,7 +108,7 @@ def make_eval_step(model: nn.Module, fractions: tuple[float, ...]) -> Callable:
 
 
 class _StopRequest:
-  """Turns SIGTERM/SIGINT into a flag read at step boundaries (save, then exit 0)."""
+  """Turns SIGTERM/SIGINT into a flag voted on in the next step (save, then exit 0)."""
 
   def __init__(self):
     self.requested = False
@@ -121,20 +123,20 @@ class _StopRequest:
       signal.signal(s, handler)
 
 
-# With several processes a stop signal (which may reach them at different steps) is acted on at
-# the next multiple of this many steps, when every process learns whether any of them got one.
-STOP_AGREEMENT_EVERY = 10
+# Processes agree on stopping at every step (each step reduces every process's stop vote, see
+# _with_stop_vote), so all of them save the same step; a signal stops the run at most two steps
+# after the one running when it arrives, whatever train.log_every.
+STOP_AGREEMENT_EVERY = 1
 
 
-def _stop_now(stop: _StopRequest, step: int) -> bool:
-  """Whether every process stops before ``step + 1``: at once with one process; with several,
-  only at multiples of :data:`STOP_AGREEMENT_EVERY`, where they agree (one host all-gather),
-  so that all of them save the same step and none is left waiting in a collective."""
-  if jax.process_count() == 1:
-    return stop.requested
-  if step % STOP_AGREEMENT_EVERY:
-    return False
-  return bool(np.asarray(multihost_utils.process_allgather(np.int32(stop.requested))).any())
+def _with_stop_vote(train_step: Callable) -> Callable:
+  """``(state, batch, rng, votes) -> (state, metrics, stop)``: ``train_step`` that also reduces
+  the processes' stop votes (a batch-sharded bool array, each process filling its own rows) to
+  one replicated bool, so every process reads the same answer without a host collective."""
+  def step(state, tokens_BxL, base_rng, votes_B):
+    state, metrics = train_step(state, tokens_BxL, base_rng)
+    return state, metrics, jnp.any(votes_B)
+  return step
 
 
 def gathered_data_state(iterator: Any) -> dict:
@@ -168,6 +170,7 @@ class _Trace:
   """
 
   def __init__(self, path: str, start_step: int):
+    self.path = path
     self.file = None
     if jax.process_index() != 0:
       return
@@ -216,6 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns the last logged metrics.
   """
   validation.validate_config(config)
+  validation.check_inputs(config)
   checkpoint_dir = os.path.join(workdir, "checkpoints")
   if os.path.isdir(checkpoint_dir):
     existing = checkpoint.Checkpointer(checkpoint_dir, max_to_keep=None)
@@ -242,25 +246,25 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   tx = optim.make_optimizer(config.optim, num_steps)
   seq_len = config.data.seq_len
   global_batch = config.train.batch_size
+  local_batch = global_batch // jax.process_count()
 
   init = functools.partial(create_state, model, tx, seq_len=seq_len)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
   state_sharding = sharding.state_shardings(mesh, abstract, config.mesh.rules)
   abstract = sharding.with_shardings(abstract, state_sharding)  # restores onto this mesh
 
-  iterator = data.train_iterator(config.data, tokenizer, data_dir,
-                                 batch_size=global_batch // jax.process_count(),
+  iterator = data.train_iterator(config.data, tokenizer, data_dir, batch_size=local_batch,
                                  seed=config.seed, shard_index=jax.process_index(),
                                  shard_count=jax.process_count())
   replicated = sharding.replicated(mesh)
-  train_step = jax.jit(make_train_step(model, tx, config),
-                       in_shardings=(state_sharding, sharding.batch_sharding(mesh), replicated),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+  batched = sharding.batch_sharding(mesh)
+  train_step = jax.jit(_with_stop_vote(make_train_step(model, tx, config)),
+                       in_shardings=(state_sharding, batched, replicated, batched),
+                       out_shardings=(state_sharding, replicated, replicated), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(model, tuple(config.train.eval_fractions)),
-                      in_shardings=(state_sharding.params, sharding.batch_sharding(mesh)),
-                      out_shardings=replicated)
+                      in_shardings=(state_sharding.params, batched), out_shardings=replicated)
   heldout = [sharding.global_batch(mesh, b) for b in data.heldout_batches(
-      config.data, tokenizer, data_dir, batch_size=global_batch // jax.process_count(),
+      config.data, tokenizer, data_dir, batch_size=local_batch,
       num_batches=config.train.eval_batches)]
   meta = checkpoint.meta_for(config, tokenizer.serialized())
   flops_per_step = flops.train_flops_per_token(config.model, seq_len) * global_batch * seq_len
@@ -279,52 +283,149 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       state = restored.state
       iterator.set_state(own_data_state(restored.data_state))
       logging.info("Resumed from step %d.", restored.step)
-    writer = cleanup.enter_context(contextlib.closing(MetricWriter(workdir)))
+    start = int(state.step)
+    # purge_step: TensorBoard hides the events of steps after the restored one (a killed run's).
+    writer = cleanup.enter_context(contextlib.closing(
+        MetricWriter(workdir, purge_step=start + 1 if start else None)))
     trace = cleanup.enter_context(contextlib.closing(
-        _Trace(os.path.join(workdir, "metrics.jsonl"), int(state.step))))
+        _Trace(os.path.join(workdir, "metrics.jsonl"), start)))
+    progress = cleanup.enter_context(contextlib.closing(_Progress(start, num_steps)))
     stop = _StopRequest()  # before this point there is nothing to save: signals act as usual
     cleanup.callback(stop.restore)
 
-    step = saved_step = int(state.step)
+    step = saved_step = start
     last, skipped = {}, int(state.opt_state.skipped)
     tick, tick_step = time.perf_counter(), step
-    while step < num_steps and not _stop_now(stop, step):
+    agreed_stop = None  # the previous step's vote: read one step late, so dispatch runs ahead
+    while step < num_steps:
       batch = sharding.global_batch(mesh, next(iterator))
-      state, metrics = train_step(state, batch, base_rng)
+      votes = sharding.global_batch(mesh, np.full(local_batch, stop.requested))
+      state, metrics, vote = train_step(state, batch, base_rng, votes)
       step += 1
+      progress.advance(step)
       logged = step % config.train.log_every == 0 or step == num_steps
       saving = step % config.train.checkpoint_every == 0 or step == num_steps
       if logged:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         trace.write(step, metrics)
         if metrics["nonfinite_skipped"] > skipped:
-          logging.warning("Skipped %d update(s) with a non-finite loss or gradient by step %d "
-                          "(%d in total).", metrics["nonfinite_skipped"] - skipped, step,
-                          metrics["nonfinite_skipped"])
+          progress.note(logging.WARNING, "Skipped %d update(s) with a non-finite loss or gradient "
+                        "by step %d (%d in total).", metrics["nonfinite_skipped"] - skipped, step,
+                        metrics["nonfinite_skipped"])
           skipped = metrics["nonfinite_skipped"]
         elapsed = time.perf_counter() - tick
         metrics["tokens_per_s"] = (step - tick_step) * global_batch * seq_len / elapsed
         if peak:
           metrics["mfu"] = (step - tick_step) * flops_per_step / elapsed / (peak * jax.device_count())
         writer.write(step, metrics)
+        progress.log(step, metrics)
         last.update(metrics)
         tick, tick_step = time.perf_counter(), step
+        _report_saved(ckpt, progress, block=False)
       if logged or saving:
         _check_guard(state, step, config, ckpt)
       if heldout and (step % config.train.eval_every == 0 or step == num_steps):
         totals = [jax.device_get(eval_step(state.params, b)) for b in heldout]
         evals = {k: float(np.mean([t[k] for t in totals])) for k in totals[0]}
         writer.write(step, evals, prefix="heldout")
+        progress.note(logging.INFO, "[heldout] step %d | %s", step, _format(evals))
         last.update({f"heldout/{k}": v for k, v in evals.items()})
       if saving:
+        _report_saved(ckpt, progress, block=True)
         ckpt.save(step, state, gathered_data_state(iterator), meta, force=True)
         saved_step = step
-    if step < num_steps:  # stopped by a signal
-      if step != saved_step:
-        _check_guard(state, step, config, ckpt)
-        ckpt.save(step, state, gathered_data_state(iterator), meta, force=True)
+      if agreed_stop is not None and bool(agreed_stop):
+        break
+      agreed_stop = vote
+    if step != saved_step:  # stopped by a signal
+      _check_guard(state, step, config, ckpt)
+      _report_saved(ckpt, progress, block=True)
+      ckpt.save(step, state, gathered_data_state(iterator), meta, force=True)
+    _report_saved(ckpt, progress, block=True)
+    progress.close()
+    if step < num_steps:
       logging.warning("Stopped at step %d after a signal; rerun the command to resume.", step)
+    elif jax.process_index() == 0:
+      logging.info("done: %d steps in %s | workdir %s | checkpoint step %d | metrics %s | "
+                   "tensorboard --logdir %s", step - start, _duration(progress.elapsed()),
+                   workdir, step, trace.path, writer.logdir)
   return dict(last, step=step, completed=step >= num_steps)
+
+
+def _report_saved(ckpt: checkpoint.Checkpointer, progress: _Progress, block: bool) -> None:
+  """Confirms the pending save ("saved step N"); without ``block`` only once it has finished
+  (and only with one process, so that all processes wait at the same points). Raises
+  :class:`checkpoint.SaveError` if it failed."""
+  if ckpt.pending is None or (not block and (jax.process_count() > 1 or not ckpt.committed())):
+    return
+  saved = ckpt.wait()
+  progress.note(logging.INFO, "saved step %d", saved)
+
+
+class _Progress:
+  """Training progress on the console (process 0): a tqdm bar with step, loss, tokens/s and ETA
+  where stderr is a terminal, else a line ``[train] step N/M | loss | tokens/s | ETA`` per
+  logged step."""
+
+  def __init__(self, start: int, total: int, stream: TextIO | None = None):
+    self.stream = stream or sys.stderr
+    self.start, self.total = start, total
+    self.began = time.perf_counter()
+    self.enabled = jax.process_index() == 0
+    self.bar = None
+    if self.enabled and self.stream.isatty():
+      self.bar = tqdm.tqdm(total=total, initial=start, unit="step", file=self.stream,
+                           dynamic_ncols=True, desc="train")
+
+  def elapsed(self) -> float:
+    return time.perf_counter() - self.began
+
+  def advance(self, step: int) -> None:
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
+
+  def log(self, step: int, metrics: dict[str, float]) -> None:
+    """Shows the loss and throughput of a logged step."""
+    summary = f"loss {metrics['loss']:.4g} | {_rate(metrics['tokens_per_s'])} tokens/s"
+    if self.bar is not None:
+      self.bar.set_postfix_str(summary)
+    elif self.enabled:
+      remaining = (self.total - step) * self.elapsed() / max(step - self.start, 1)
+      logging.info("[train] step %d/%d | %s | ETA %s", step, self.total, summary,
+                   _duration(remaining))
+
+  def note(self, level: int, message: str, *args: Any) -> None:
+    """Logs a line (process 0) without breaking the bar."""
+    if not self.enabled:
+      return
+    if self.bar is not None:
+      self.bar.clear()
+    logging.log(level, message, *args)
+    if self.bar is not None:
+      self.bar.refresh()
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+
+
+def _format(metrics: dict[str, float]) -> str:
+  return " | ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+
+
+def _rate(value: float) -> str:
+  return f"{value / 1000:.1f}k" if value >= 1000 else f"{value:.0f}"
+
+
+def _duration(seconds: float) -> str:
+  """``1h02m``, ``3m05s`` or ``12s``."""
+  seconds = int(round(seconds))
+  if seconds >= 3600:
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+  if seconds >= 60:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds}s"
 
 
 def _check_guard(state: TrainState, step: int, config: ml_collections.ConfigDict,
