@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -10,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from asarm_jax import checkpoint, data, models, optim, sampling, sharding, train
 
@@ -27,11 +30,29 @@ def load(workdir: str, attention_impl: str | None = None) -> Loaded:
 
   ``attention_impl`` ("xla" or "cudnn") replaces the checkpoint's ``model.attention_impl``: the
   kernel is not part of the parameters, and the fastest one for sampling depends on the batch.
+  Writes nothing; raises ``FileNotFoundError`` if there is no checkpoint and
+  :class:`checkpoint.CheckpointError` if none is readable.
   """
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
-  meta = ckpt.read_meta()
-  if meta is None:
-    raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first.")
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint under {directory}; train first (--mode=train).")
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=None, read_only=True)
+  try:
+    meta = ckpt.read_meta()
+    restored = None if meta is None else _restore(ckpt, meta, attention_impl)
+    if restored is None:
+      raise _none_readable(ckpt, directory)
+  finally:
+    ckpt.close()
+  config, state = restored
+  logging.info("loaded step %d from %s", state.step, directory)
+  tokenizer = data.Tokenizer.from_serialized(checkpoint.tokenizer_bytes(state.meta))
+  return Loaded(models.build(config.model), state.state.params, tokenizer, config, state.step)
+
+
+def _restore(ckpt: checkpoint.Checkpointer, meta: dict, attention_impl: str | None
+             ) -> tuple[ml_collections.ConfigDict, checkpoint.Restored] | None:
+  """``(config, restored)`` of the newest readable checkpoint, on this process's first device."""
   config = ml_collections.ConfigDict(meta["config"])
   if attention_impl is not None:
     config.model.attention_impl = attention_impl
@@ -39,40 +60,98 @@ def load(workdir: str, attention_impl: str | None = None) -> Loaded:
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   abstract = jax.eval_shape(functools.partial(train.create_state, model, tx,
                                               seq_len=config.data.seq_len), jax.random.PRNGKey(0))
-  # Restore onto this process's first device, whatever mesh the checkpoint was written from.
+  # Whatever mesh the checkpoint was written from.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   restored = ckpt.restore_latest(sharding.with_shardings(
       abstract, jax.tree_util.tree_map(lambda _: device, abstract)))
-  ckpt.close()
-  if restored is None:
-    raise FileNotFoundError(f"no readable checkpoint under {workdir}/checkpoints.")
-  tokenizer = data.Tokenizer.from_serialized(checkpoint.tokenizer_bytes(restored.meta))
-  return Loaded(model, restored.state.params, tokenizer, config, restored.step)
+  return None if restored is None else (config, restored)
+
+
+def _none_readable(ckpt: checkpoint.Checkpointer, directory: str) -> Exception:
+  """The error for a checkpoint dir with nothing to load: empty, or every checkpoint unreadable."""
+  steps = ckpt.all_steps()
+  if not steps:
+    return FileNotFoundError(f"no checkpoint under {directory}; train first (--mode=train).")
+  return checkpoint.CheckpointError(
+      f"all {len(steps)} checkpoints under {directory} (steps {', '.join(map(str, steps))}) are "
+      "unreadable (see the warnings above); nothing was changed on disk.")
 
 
 def _prompts(sample: ml_collections.ConfigDict) -> list[str]:
-  """``sample.prompt`` inline, or prompts separated by lines of ``---`` in ``sample.prompt_file``."""
+  """``sample.prompt`` inline, or prompts separated by lines of ``---`` in ``sample.prompt_file``
+  (checked by :mod:`asarm_jax.validation` in ``sample`` mode)."""
   if sample.prompt_file:
-    with open(sample.prompt_file) as f:
+    with open(sample.prompt_file, encoding="utf-8") as f:
       return [p.strip("\n") for p in f.read().split("\n---\n") if p.strip()]
-  if sample.prompt:
-    return [sample.prompt]
-  raise ValueError("set --config.sample.prompt='text with <mask:N> spans' or "
-                   "--config.sample.prompt_file=PATH.")
+  return [sample.prompt]
 
 
-def sample_prompts(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Fills the ``<mask:N>`` spans of the configured prompts and prints the results."""
+def _sampler(sample: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The keyword arguments of ``sampling.generate`` that ``config.sample`` sets."""
+  return dict(method=sample.method, k=sample.k, temperature=sample.temperature,
+              depth=sample.tree_depth, ngram=sample.ngram)
+
+
+def marked(tokens: np.ndarray, visible: np.ndarray, decode: Callable[[list[int]], str]) -> str:
+  """The text of ``tokens`` with every generated (not ``visible``) run between ⟦ and ⟧."""
+  out, start = [], 0
+  for end in range(1, len(tokens) + 1):
+    if end == len(tokens) or visible[end] != visible[start]:
+      text = decode([int(t) for t in tokens[start:end]])
+      out.append(text if visible[start] else f"\u27e6{text}\u27e7")
+      start = end
+  return "".join(out)
+
+
+def ignored_overrides(overrides: dict[str, Any], trained: ml_collections.ConfigDict) -> list[str]:
+  """``--config.model.*`` / ``--config.data.*`` overrides that differ from the trained
+  checkpoint's config: they cannot apply to it (the checkpoint's values are used)."""
+  as_json = lambda value: json.loads(json.dumps(value))  # tuples as the checkpoint's lists
+  ignored = []
+  for key, value in overrides.items():
+    block, _, name = key.partition(".")
+    if block in ("model", "data") and name in trained[block]:
+      saved = trained[block][name]
+      if as_json(saved) != as_json(value):
+        ignored.append(f"--config.{key}={value!r} (the checkpoint has {saved!r})")
+  return ignored
+
+
+def sample_prompts(config: ml_collections.ConfigDict, workdir: str,
+                   overrides: dict[str, Any] | None = None) -> list[dict]:
+  """Fills the ``<mask:N>`` spans of the configured prompts; prints each result with its filled
+  spans marked ⟦ ⟧ and the calls it took. ``overrides`` (the command line's) are checked
+  against the checkpoint: a model or data override that cannot apply is warned about."""
   loaded = load(workdir)
-  results = sampling.sample_text(
-      loaded.model, loaded.params, loaded.tokenizer, _prompts(config.sample),
-      jax.random.PRNGKey(config.seed), method=config.sample.method, k=config.sample.k,
-      temperature=config.sample.temperature, length=loaded.model.max_len)
-  for r in results:
-    print(r["text"])
-    print(f"--- {config.sample.method} (k={config.sample.k}): {r['num_generated']} tokens in "
-          f"{r['num_calls']} calls, {r['tokens_per_call']:.2f} tokens/call\n")
+  for line in ignored_overrides(overrides or {}, loaded.config):
+    logging.warning("%s does not apply to the trained checkpoint; sampling uses the "
+                    "checkpoint's value.", line)
+  texts = _prompts(config.sample)
+  tokens_BxL, visible_BxL, length_B = sampling.prompt.encode_batch(
+      texts, loaded.tokenizer, vocab_size=loaded.model.vocab_size, max_len=loaded.model.max_len,
+      length=loaded.model.max_len)
+  hidden_BxL = ~visible_BxL & (np.arange(tokens_BxL.shape[1]) < length_B[:, None])
+  filled_BxL, calls_B = tokens_BxL, np.zeros(len(texts), np.int32)
+  if hidden_BxL.any():
+    out = sampling.generate(loaded.model, loaded.params, jnp.asarray(tokens_BxL),
+                            jnp.asarray(visible_BxL), jax.random.PRNGKey(config.seed),
+                            length_B=jnp.asarray(length_B), **_sampler(config.sample))
+    filled_BxL, calls_B = np.asarray(out.tokens_BxL), np.asarray(out.num_calls_B)
+  results = []
+  for b, size in enumerate(length_B):
+    hidden, calls = int(hidden_BxL[b].sum()), int(calls_B[b])
+    if not hidden:
+      logging.warning("prompt %d has no <mask:N> span: nothing to generate.", b)
+    per_call = hidden / calls if calls else 0.0
+    print(marked(filled_BxL[b, :size], visible_BxL[b, :size], loaded.tokenizer.decode))
+    print(f"--- {_describe(config.sample)}: {hidden} tokens in {calls} calls, "
+          f"{per_call:.2f} tokens/call\n", flush=True)
+    results.append({"num_generated": hidden, "num_calls": calls, "tokens_per_call": per_call})
   return results
+
+
+def _describe(sample: ml_collections.ConfigDict) -> str:
+  return f"{sample.method} (k={sample.k}), temperature {sample.temperature:g}"
 
 
 def show_infills(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -92,15 +171,14 @@ def show_infills(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   visible_BxL[:, start:start + hidden] = False
   out = sampling.generate(loaded.model, loaded.params, jnp.asarray(tokens_BxL),
                           jnp.asarray(visible_BxL), jax.random.PRNGKey(config.seed),
-                          method=config.sample.method, k=config.sample.k,
-                          temperature=config.sample.temperature)
+                          **_sampler(config.sample))
   decode = lambda ids: loaded.tokenizer.decode([int(t) for t in ids])
   results = []
   for i, doc in enumerate(documents):
     filled = np.asarray(out.tokens_BxL[i])
     calls = int(out.num_calls_B[i])
     print(f"=== {doc['path']}: {hidden} hidden tokens filled in {calls} calls "
-          f"({hidden / max(calls, 1):.2f} tokens/call, {config.sample.method}, k={config.sample.k})")
+          f"({hidden / max(calls, 1):.2f} tokens/call, {_describe(config.sample)})")
     print(decode(filled[:start]) + "\u27e6" + decode(filled[start:start + hidden]) + "\u27e7"
           + decode(filled[start + hidden:]))
     print(f"--- original middle:\n{decode(tokens_BxL[i, start:start + hidden])}\n")

@@ -1,16 +1,21 @@
 """Entry point: ``python -m asarm_jax.main --config=configs/X.py --workdir=DIR [--mode=...]``.
 
-Overrides go as ``--config.a.b=value``; the config is locked, so unknown keys are errors.
+Overrides go as ``--config.a.b=value``; the config is locked, so unknown keys are errors. Every
+mode validates the config before it writes anything; a bad input or a fault the user must act
+on ends the run with one line ``error: ...`` and exit status 1 (``--verbose``: the traceback,
+and the libraries' own logs and progress bars).
 """
 import logging as pylogging
 import os
 import sys
+from typing import Any
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from asarm_jax import inference, train
+from asarm_jax import checkpoint, inference, train, validation
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -21,7 +26,66 @@ flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
 flags.DEFINE_bool("multihost", os.environ.get("ASARM_MULTIHOST") == "1",
                   "Call jax.distributed.initialize() first: one process per host (TPU) or per "
                   "GPU (SLURM); default from ASARM_MULTIHOST=1. See docs/scaling.md.")
+flags.DEFINE_bool("verbose", False,
+                  "Keep the libraries' logs (Orbax, TensorFlow Datasets, TensorBoard, asyncio), "
+                  "their progress bars and full tracebacks; by default only this project's "
+                  "messages are shown and errors are one line.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# Errors that end a run with one line: bad inputs and faults the user can act on.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, checkpoint.CheckpointError)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class _Plain(pylogging.Formatter):
+  """``HH:MM:SS message``, with ``warning:`` / ``error:`` before the message where it is one."""
+
+  def format(self, record: pylogging.LogRecord) -> str:
+    level = "" if record.levelno < pylogging.WARNING else f"{record.levelname.lower()}: "
+    return f"{self.formatTime(record, '%H:%M:%S')} {level}{record.getMessage()}"
+
+
+def _from_this_project(record: pylogging.LogRecord) -> bool:
+  return record.pathname.startswith(_PACKAGE_DIR)
+
+
+def _drop_closed_loop_errors(hook: Any) -> Any:
+  """``sys.unraisablehook`` that drops the "Event loop is closed" errors TensorStore reports
+  after Orbax gave up reading a damaged checkpoint (the checkpoint is skipped with a warning)."""
+  def unraisable(info):
+    if not (isinstance(info.exc_value, RuntimeError)
+            and str(info.exc_value) == "Event loop is closed"):
+      hook(info)
+  return unraisable
+
+
+def quiet_libraries() -> None:
+  """Shows only this project's log records, in a short format; silences the libraries' logs,
+  Python warnings, progress bars and their shutdown noise (undone by ``--verbose``)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  handler = logging.get_absl_handler()
+  handler.addFilter(_from_this_project)
+  handler.setFormatter(_Plain())
+  pylogging.captureWarnings(True)  # to the "py.warnings" logger, which the filter drops
+  tfds.disable_progress_bar()
+  sys.unraisablehook = _drop_closed_loop_errors(sys.unraisablehook)
+
+
+def run(mode: str, config: ml_collections.ConfigDict, workdir: str,
+        overrides: dict[str, Any]) -> None:
+  """Checks ``config`` for ``mode`` (and the command line's ``overrides``), then runs it."""
+  validation.check_overrides(config, overrides)
+  validation.validate_config(config, mode)
+  validation.check_inputs(config, mode)
+  if mode == "train":
+    result = train.train_and_evaluate(config, workdir)
+    if result["completed"] and config.sample.num_examples:
+      inference.show_infills(config, workdir)
+  elif mode == "sample":
+    inference.sample_prompts(config, workdir, overrides)
+  elif mode == "eval":
+    from asarm_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+    runner.run(config, workdir)  # (its scoring packages load only when asked for)
 
 
 def main(argv):
@@ -30,18 +94,27 @@ def main(argv):
   if FLAGS.multihost:
     jax.distributed.initialize()  # before anything touches devices: discovers the cluster
   logging.set_verbosity(logging.INFO)
-  # Orbax logs every save step at INFO; keep its warnings, drop the chatter.
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
-  if FLAGS.mode == "train":
-    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    if result["completed"] and FLAGS.config.sample.num_examples:
-      inference.show_infills(FLAGS.config, FLAGS.workdir)
-  elif FLAGS.mode == "sample":
-    inference.sample_prompts(FLAGS.config, FLAGS.workdir)
-  elif FLAGS.mode == "eval":
-    from asarm_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
-    runner.run(FLAGS.config, FLAGS.workdir)  # (its scoring packages load only when asked for)
+  if FLAGS.verbose:
+    # Orbax logs every save step at INFO; keep its warnings, drop the chatter.
+    logging.get_absl_handler().addFilter(
+        lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
+  else:
+    quiet_libraries()
+  try:
+    run(FLAGS.mode, FLAGS.config, FLAGS.workdir,
+        config_flags.get_override_values(FLAGS["config"]))
+  except USER_ERRORS as e:
+    if FLAGS.verbose:
+      raise
+    sys.exit(f"error: {one_line(e)}")
+
+
+def one_line(error: BaseException) -> str:
+  """The first line of ``error``'s message (its type where that says more than the text)."""
+  text = str(error).strip().split("\n")[0]
+  if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+    return f"{type(error).__name__}: {text}"
+  return text or type(error).__name__
 
 
 def parse_flags(argv):
