@@ -119,35 +119,43 @@ def ignored_overrides(overrides: dict[str, Any], trained: ml_collections.ConfigD
 
 def sample_prompts(config: ml_collections.ConfigDict, workdir: str,
                    overrides: dict[str, Any] | None = None) -> list[dict]:
-  """Fills the ``<mask:N>`` spans of the configured prompts; prints each result with its filled
-  spans marked ⟦ ⟧ and the calls it took. ``overrides`` (the command line's) are checked
-  against the checkpoint: a model or data override that cannot apply is warned about."""
+  """Fills the ``<mask:N>`` spans of the configured prompts; prints and returns each result
+  (``{"text", "num_generated", "num_calls", "tokens_per_call"}``, the text with its filled spans
+  marked ⟦ ⟧). ``overrides`` (the command line's) are checked against the checkpoint: a model
+  or data override that cannot apply is warned about."""
   loaded = load(workdir)
   for line in ignored_overrides(overrides or {}, loaded.config):
     logging.warning("%s does not apply to the trained checkpoint; sampling uses the "
                     "checkpoint's value.", line)
-  texts = _prompts(config.sample)
-  tokens_BxL, visible_BxL, length_B = sampling.prompt.encode_batch(
-      texts, loaded.tokenizer, vocab_size=loaded.model.vocab_size, max_len=loaded.model.max_len,
-      length=loaded.model.max_len)
-  hidden_BxL = ~visible_BxL & (np.arange(tokens_BxL.shape[1]) < length_B[:, None])
-  filled_BxL, calls_B = tokens_BxL, np.zeros(len(texts), np.int32)
-  if hidden_BxL.any():
-    out = sampling.generate(loaded.model, loaded.params, jnp.asarray(tokens_BxL),
-                            jnp.asarray(visible_BxL), jax.random.PRNGKey(config.seed),
-                            length_B=jnp.asarray(length_B), **_sampler(config.sample))
-    filled_BxL, calls_B = np.asarray(out.tokens_BxL), np.asarray(out.num_calls_B)
+  filled_BxL, visible_BxL, length_B, calls_B = _fill(loaded, _prompts(config.sample), config)
   results = []
   for b, size in enumerate(length_B):
-    hidden, calls = int(hidden_BxL[b].sum()), int(calls_B[b])
+    hidden, calls = int((~visible_BxL[b, :size]).sum()), int(calls_B[b])
     if not hidden:
       logging.warning("prompt %d has no <mask:N> span: nothing to generate.", b)
     per_call = hidden / calls if calls else 0.0
-    print(marked(filled_BxL[b, :size], visible_BxL[b, :size], loaded.tokenizer.decode))
-    print(f"--- {_describe(config.sample)}: {hidden} tokens in {calls} calls, "
+    text = marked(filled_BxL[b, :size], visible_BxL[b, :size], loaded.tokenizer.decode)
+    print(f"{text}\n--- {_describe(config.sample)}: {hidden} tokens in {calls} calls, "
           f"{per_call:.2f} tokens/call\n", flush=True)
-    results.append({"num_generated": hidden, "num_calls": calls, "tokens_per_call": per_call})
+    results.append({"text": text, "num_generated": hidden, "num_calls": calls,
+                    "tokens_per_call": per_call})
   return results
+
+
+def _fill(loaded: Loaded, texts: list[str], config: ml_collections.ConfigDict
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """``(filled_BxL, visible_BxL, length_B, calls_B)``: the prompts ``texts`` padded to the
+  model's context (one compiled shape) and their hidden slots generated in one call (none if no
+  prompt has a span)."""
+  tokens_BxL, visible_BxL, length_B = sampling.prompt.encode_batch(
+      texts, loaded.tokenizer, vocab_size=loaded.model.vocab_size, max_len=loaded.model.max_len,
+      length=loaded.model.max_len)
+  if not (~visible_BxL & (np.arange(tokens_BxL.shape[1]) < length_B[:, None])).any():
+    return tokens_BxL, visible_BxL, length_B, np.zeros(len(texts), np.int32)
+  out = sampling.generate(loaded.model, loaded.params, jnp.asarray(tokens_BxL),
+                          jnp.asarray(visible_BxL), jax.random.PRNGKey(config.seed),
+                          length_B=jnp.asarray(length_B), **_sampler(config.sample))
+  return np.asarray(out.tokens_BxL), visible_BxL, length_B, np.asarray(out.num_calls_B)
 
 
 def _describe(sample: ml_collections.ConfigDict) -> str:

@@ -150,9 +150,10 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise ValueError(f"{self.name}: no usable file with suffix {cfg.extensions} in "
                        f"{cfg.source_dirs}: {examined} found"
                        + (f", all skipped: {describe_skipped(skipped)}" if skipped else ""))
-    if skipped:
-      logging.warning("%s: skipped %d of %d files, kept %d: %s.", self.name,
-                      examined - len(kept), examined, len(kept), describe_skipped(skipped))
+    if skipped:  # blank files (empty __init__.py) are routine: a warning only for the others
+      level = logging.WARNING if set(skipped) - {"blank"} else logging.INFO
+      logging.log(level, "%s: skipped %d of %d files, kept %d: %s.", self.name,
+                  examined - len(kept), examined, len(kept), describe_skipped(skipped))
     return [(rel, found[rel]) for rel in sorted(kept)]
 
   def _candidates(self) -> tuple[dict[str, str], dict[str, list[str]]]:
