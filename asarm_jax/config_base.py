@@ -29,8 +29,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Visible fraction range of the joint loss: [0.01, 0.10] for generation models,
   # e.g. [0.15, 0.6] for infilling models. random_order / parallel are ablations.
+  # draft_weight > 0 adds the draft term (objectives.draft_rows): draft_cuts cut points per row,
+  # draft_depth draft targets after each, weighted by draft_weight against the joint loss.
   c.objective = ml_collections.ConfigDict(dict(
-      fraction_range=(0.01, 0.10), random_order=False, parallel=False))
+      fraction_range=(0.01, 0.10), random_order=False, parallel=False, draft_weight=0.0,
+      draft_depth=6, draft_cuts=16))
 
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=100, schedule="cosine", final_lr_fraction=0.1,

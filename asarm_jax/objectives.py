@@ -1,7 +1,8 @@
 """Training objectives: the teacher-forced joint loss and the parallel (independent) loss."""
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -31,21 +32,78 @@ def sample_visible(rng: jax.Array, tokens_BxL: Array, fraction_range: tuple[floa
   return (score_rank < num_visible[:, None]) | (tokens_BxL < num_special_tokens)
 
 
+def draft_rows(rng: jax.Array, num_visible_B: Array, length: int, num_cuts: int,
+               depth: int) -> tuple[Array, Array, Array]:
+  """Query rows of the draft term, in rank space: targets, validity and limits, ``B x (C*D)``.
+
+  Per row, ``num_cuts`` cut points ``n`` are drawn uniformly among the hidden ranks ``m..L-2``;
+  each gets targets ``n+1 .. n+depth`` with the limit ``num_decoded = n``: exactly the draft
+  rows a sampler asks for after ``n`` committed ranks (see :func:`asarm_jax.masks.query_mask`).
+  """
+  batch = num_visible_B.shape[0]
+  span_B = length - 1 - num_visible_B  # number of possible cut ranks
+  u_BxC = jax.random.uniform(rng, (batch, num_cuts))
+  cut_BxC = num_visible_B[:, None] + jnp.floor(u_BxC * span_B[:, None]).astype(jnp.int32)
+  target_BxCxD = cut_BxC[:, :, None] + 1 + jnp.arange(depth, dtype=jnp.int32)
+  valid_BxCxD = (span_B > 0)[:, None, None] & (target_BxCxD < length)
+  limit_BxCxD = jnp.broadcast_to(cut_BxC[:, :, None], target_BxCxD.shape)
+  flat = lambda x: x.reshape(batch, num_cuts * depth)
+  return flat(target_BxCxD), flat(valid_BxCxD), flat(limit_BxCxD)
+
+
 def joint_loss(model: nn.Module, params: Any, tokens_BxL: Array, rng: jax.Array, *,
                fraction_range: tuple[float, float] = (0.01, 0.10), random_order: bool = False,
-               parallel: bool = False) -> tuple[Array, dict[str, Array]]:
+               parallel: bool = False, draft_weight: float = 0.0, draft_depth: int = 0,
+               draft_cuts: int = 0) -> tuple[Array, dict[str, Array]]:
   """Mean cross-entropy (nats/token) of every hidden token, in one network call.
 
   Hidden tokens are ordered left to right (or randomly with ``random_order``) and each is
   predicted from the prompt plus the sigma-earlier hidden tokens. With ``fraction_range =
   (0, 0)`` this is plain causal LM training. ``parallel=True`` predicts each hidden token from
   the prompt alone (the conditionally independent baseline objective).
+
+  With ``draft_weight > 0`` the same call also scores :func:`draft_rows` (``draft_cuts`` cut
+  points per row, ``draft_depth`` targets each) and the loss is ``joint + draft_weight *
+  draft``: the draft marginals that speculative samplers propose from are trained too. The
+  content rows are shared; only query rows are added. ``bits_per_token`` is the joint term
+  alone, the model's density.
   """
   rng_visible, rng_order = jax.random.split(rng)
+  batch, length = tokens_BxL.shape
   visible = sample_visible(rng_visible, tokens_BxL, fraction_range, model.num_special_tokens)
   order = ordering.random_order(rng_order, tokens_BxL.shape) if random_order else None
-  logp_BxL = density.log_prob(model, params, tokens_BxL, visible, order, independent=parallel)
-  num_targets = jnp.maximum((~visible).sum(), 1).astype(jnp.float32)
-  loss = -logp_BxL.sum() / num_targets
-  return loss, {"loss": loss, "bits_per_token": loss / jnp.log(2.0),
-                "num_targets": num_targets, "visible_fraction": visible.mean()}
+  sigma = ordering.make_ordering(visible, order)
+  target_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  hidden_BxL = target_BxL >= sigma.num_visible_B[:, None]
+  limit_BxL = jnp.broadcast_to((sigma.num_visible_B if parallel else
+                                jnp.full((batch,), length, jnp.int32))[:, None], (batch, length))
+  targets, valids, limits = [target_BxL], [hidden_BxL], [limit_BxL]
+  with_draft = draft_weight > 0 and draft_depth > 0 and draft_cuts > 0
+  if with_draft:
+    rows = draft_rows(jax.random.fold_in(rng, 2), sigma.num_visible_B, length, draft_cuts,
+                      draft_depth)
+    targets, valids, limits = ([x, y] for x, y in zip((target_BxL, hidden_BxL, limit_BxL), rows))
+  valid_BxK = jnp.concatenate(valids, 1)
+  logp_BxK = density.target_log_probs(
+      model, params, ordering.to_rank_space(tokens_BxL, sigma.perm_BxL), sigma,
+      jnp.concatenate(targets, 1), valid_BxK, jnp.concatenate(limits, 1))
+  num_targets = jnp.maximum(hidden_BxL.sum(), 1).astype(jnp.float32)
+  joint = -logp_BxK[:, :length].sum() / num_targets
+  metrics = {"bits_per_token": joint / jnp.log(2.0), "num_targets": num_targets,
+             "visible_fraction": visible.mean()}
+  loss = joint
+  if with_draft:
+    num_draft = jnp.maximum(valid_BxK[:, length:].sum(), 1).astype(jnp.float32)
+    draft = -logp_BxK[:, length:].sum() / num_draft
+    loss = joint + draft_weight * draft
+    metrics["draft_bits_per_token"] = draft / jnp.log(2.0)
+  return loss, dict(metrics, loss=loss)
+
+
+def from_config(model: nn.Module, objective: Any) -> Callable[..., tuple[Array, dict]]:
+  """``(params, tokens_BxL, rng) -> (loss, metrics)`` for a ``config.objective`` block."""
+  return functools.partial(
+      joint_loss, model, fraction_range=tuple(objective.fraction_range),
+      random_order=objective.random_order, parallel=objective.parallel,
+      draft_weight=objective.get("draft_weight", 0.0), draft_depth=objective.get("draft_depth", 0),
+      draft_cuts=objective.get("draft_cuts", 0))

@@ -46,9 +46,7 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Ar
 
 def loss_fn(model: nn.Module, objective: ml_collections.ConfigDict) -> Callable:
   """``(params, tokens_BxL, rng) -> (loss, metrics)`` with the configured objective."""
-  return functools.partial(objectives.joint_loss, model,
-                           fraction_range=tuple(objective.fraction_range),
-                           random_order=objective.random_order, parallel=objective.parallel)
+  return objectives.from_config(model, objective)
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,

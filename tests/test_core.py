@@ -255,6 +255,71 @@ def test_parallel_loss_conditions_on_the_prompt_only():
 
 
 # ---------------------------------------------------------------------------------------------
+# The draft term of the objective.
+
+def _draft_problem(seed=7, batch=3, length=LENGTH):
+  tokens, visible, order = random_problem(seed, batch=batch, length=length)
+  sigma = ordering.make_ordering(visible, order)
+  rows = objectives.draft_rows(jax.random.PRNGKey(seed), sigma.num_visible_B, length, 4, 3)
+  return tokens, visible, order, sigma, rows
+
+
+def test_draft_rows_are_the_samplers_draft_rows():
+  """The objective's draft rows score exactly what the sampler's draft call proposes (the same
+  query_mask limit), and cut points stay among the hidden ranks."""
+  from asarm_jax.sampling import core  # pylint: disable=g-import-not-at-top
+  model = tiny_model(tie_embeddings=False)
+  params = init(model)
+  tokens, visible, order, sigma, (target, valid, limit) = _draft_problem()
+  tokens_rank = ordering.to_rank_space(tokens, sigma.perm_BxL)
+  got = np.asarray(density.target_log_probs(model, params, tokens_rank, sigma, target, valid,
+                                            limit))
+  m = np.asarray(sigma.num_visible_B)
+  target, valid, limit = map(np.asarray, (target, valid, limit))
+  assert valid.any() and (limit[valid] >= m.repeat(valid.sum(1))).all()
+  assert ((target - limit)[valid] >= 1).all() and ((target - limit)[valid] <= 3).all()
+  state = core.init_state(tokens, visible, jnp.asarray(order, jnp.float32),
+                          jnp.full((3,), LENGTH, jnp.int32), jax.random.PRNGKey(0))
+  for b, k in zip(*np.nonzero(valid)):
+    n = jnp.full((3,), limit[b, k], jnp.int32)
+    logq = core.draft_log_probs(model, params, state.replace(num_decoded_B=n), LENGTH - int(n[b]),
+                                1.0)
+    want = logq[b, target[b, k] - limit[b, k], tokens_rank[b, target[b, k]]]
+    np.testing.assert_allclose(got[b, k], want, atol=1e-5)
+
+
+def test_draft_rows_see_nothing_at_or_after_their_limit():
+  """Leakage: rewriting every rank >= a draft row's limit leaves its whole distribution
+  unchanged (and rewriting a rank below the limit changes it)."""
+  model = tiny_model(tie_embeddings=False)
+  params = init(model)
+  tokens, _, _, sigma, (target, valid, limit) = _draft_problem(seed=3)
+  tokens_rank = ordering.to_rank_space(tokens, sigma.perm_BxL)
+  logits = lambda t: np.asarray(forward.call(model, params, t, sigma.perm_BxL,
+                                             sigma.num_visible_B, target, valid, limit))
+  base = logits(tokens_rank)
+  for b, k in zip(*np.nonzero(np.asarray(valid))):
+    n = int(limit[b, k])
+    np.testing.assert_array_equal(logits(tokens_rank.at[b, n:].set(5))[b, k], base[b, k])
+    if n > 0:
+      assert not np.allclose(logits(tokens_rank.at[b, n - 1].set(5))[b, k], base[b, k])
+
+
+def test_draft_term_leaves_the_joint_term_unchanged():
+  model = tiny_model()
+  params = init(model, batch=4)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (4, LENGTH), 4, VOCAB)
+  rng = jax.random.PRNGKey(2)
+  plain_loss, plain = objectives.joint_loss(model, params, tokens, rng, fraction_range=(0.1, 0.5))
+  loss, both = objectives.joint_loss(model, params, tokens, rng, fraction_range=(0.1, 0.5),
+                                     draft_weight=0.5, draft_depth=3, draft_cuts=4)
+  np.testing.assert_allclose(both["bits_per_token"], plain["bits_per_token"], rtol=1e-6)
+  draft_nats = float(both["draft_bits_per_token"]) * np.log(2)
+  np.testing.assert_allclose(loss, plain_loss + 0.5 * draft_nats, rtol=1e-5)
+  assert draft_nats > 0
+
+
+# ---------------------------------------------------------------------------------------------
 # One trace across different masks.
 
 def test_forward_and_loss_compile_once():
