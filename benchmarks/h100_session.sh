@@ -6,7 +6,8 @@
 #   benchmarks/h100_session.sh throughput   # xla vs cudnn attention: speed + gradient agreement
 #   benchmarks/h100_session.sh prepare      # dataset + tokenizer of runs/xlnet_base
 #   benchmarks/h100_session.sh train        # xlnet_base for STEPS steps (default: what the measured
-#                                           # throughput allows in TRAIN_S), SIGTERM at TRAIN_S
+#                                           # throughput allows in TRAIN_S), SIGTERM at TRAIN_S;
+#                                           # TRAIN_ARGS adds --config.* overrides
 #   benchmarks/h100_session.sh judge        # the left-to-right judge, same data dir
 #   benchmarks/h100_session.sh sampling     # sampling speed of every method and tree size, side
 #                                           # by side (SAMPLE_S), and the table of method="auto"
@@ -79,7 +80,8 @@ case "$1" in
       "${DATA[@]}" --config.model.attention_impl="$IMPL" --config.train.num_steps="$STEPS" \
       --config.train.eval_every="$STEPS" --config.train.checkpoint_every=1000 \
       --config.train.log_every=100 --config.optim.warmup_steps=300 \
-      --config.objective.fraction_range="(0.01, 0.6)" --config.sample.num_examples=0 2>&1 \
+      --config.objective.fraction_range="(0.01, 0.6)" --config.sample.num_examples=0 \
+      ${TRAIN_ARGS:-} 2>&1 \
       | grep --line-buffered -E "\] \[|Error|error:|Resumed|seed|Stopp|signal"
     ;;
   judge)

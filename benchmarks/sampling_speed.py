@@ -39,6 +39,7 @@ flags.DEFINE_string("auto_table", "", "Write the table of method='auto' here.")
 flags.DEFINE_integer("batch1_prompts", 4, "Prompts per batch-1 timing.")
 flags.DEFINE_integer("depth", 6, "Tree depth D.")
 flags.DEFINE_integer("ngram", 2, "Prompt-lookup match length of the tree (0: off).")
+flags.DEFINE_list("batches", ["1", "64"], "Batch sizes of the grid to run.")
 
 EXACT = ("sequential", "assd", "assd_fused", "tree")
 TREE_SIZES = (4, 8, 16, 32, 64)
@@ -88,6 +89,8 @@ def run_grid(loaded, workdir):
   results, start = [], time.perf_counter()
   rows = heldout_rows(loaded, workdir)
   for batch, method, k, extra in GRID:
+    if str(batch) not in FLAGS.batches:
+      continue
     extra = {**({"depth": FLAGS.depth, "ngram": FLAGS.ngram} if method == "tree" else {}),
              **extra}
     if time.perf_counter() - start > FLAGS.budget_s:
