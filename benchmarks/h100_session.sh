@@ -82,7 +82,7 @@ case "$1" in
       --config.train.log_every=100 --config.optim.warmup_steps=300 \
       --config.objective.fraction_range="(0.01, 0.6)" --config.sample.num_examples=0 \
       ${TRAIN_ARGS:-} 2>&1 \
-      | grep --line-buffered -E "\] \[|Error|error:|Resumed|seed|Stopp|signal"
+      | grep --line-buffered -E "\[train\]|\[heldout\]|Error|error:|Resumed|seed|Stopp|signal|saved|done:"
     ;;
   judge)
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.28 timeout -s TERM "$JUDGE_S" \
@@ -93,7 +93,7 @@ case "$1" in
       --config.train.num_steps="${JUDGE_STEPS:-3000}" --config.train.eval_every="${JUDGE_STEPS:-3000}" \
       --config.train.checkpoint_every=1000 --config.train.log_every=250 \
       --config.optim.warmup_steps=200 2>&1 \
-      | grep --line-buffered -E "\] \[|Error|error:|Resumed|Stopp|signal"
+      | grep --line-buffered -E "\[train\]|\[heldout\]|Error|error:|Resumed|Stopp|signal|saved|done:"
     ;;
   sampling)
     python3 benchmarks/sampling_speed.py --workdir="$RUNS/xlnet_base" --out="$OUT" --reference \
