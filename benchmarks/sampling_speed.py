@@ -2,7 +2,7 @@
 
   python benchmarks/sampling_speed.py --workdir=runs/xlnet_base --out=DIR [--reference] \
       [--auto_table=asarm_jax/sampling/auto_table.json]
-  python benchmarks/sampling_speed.py --plot_from=DIR/sampling_speed.json --out=docs/results
+  python benchmarks/sampling_speed.py --plot_from=DIR/NAME.json --out=docs/results  # NAME.png
 
 Prompts are held-out rows of the checkpoint's corpus (seq_len tokens) with a random 5% (and
 50%) of positions visible; the rest are generated left to right. Every configuration (batch,
@@ -183,7 +183,8 @@ def plot(results, out):
   axes[0].set_ylabel("tokens per network call")
   axes[0].legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(os.path.join(out, "tree_tokens_per_call.png"), dpi=120)
+  name = os.path.splitext(os.path.basename(FLAGS.plot_from))[0]
+  fig.savefig(os.path.join(out, f"{name}.png"), dpi=120)
 
 
 def main(_):
