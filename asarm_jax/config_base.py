@@ -21,7 +21,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = default_data_config()
   c.data.data_dir = ""  # "" -> WORKDIR/data
 
+  # arch: "two_stream" (ours) or "xlnet" (HF XLNet's network: models.xlnet, docs/xlnet.md).
   c.model = ml_collections.ConfigDict(dict(
+      arch="two_stream",
       vocab_size=c.data.get_ref("vocab_size"), max_len=c.data.get_ref("seq_len"),
       num_layers=4, d_model=256, num_heads=4, d_ff=1024, rope_base=10_000.0, alibi=True,
       tie_embeddings=True, num_special_tokens=4, causal_prompt=False, dtype="float32",

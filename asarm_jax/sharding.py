@@ -1,6 +1,7 @@
 """Device mesh and shardings: the one path for every layout (pjit is `jax.jit` with shardings).
 
-Parameters name their logical axes (``models.two_stream.PARAM_AXES``); ``config.mesh.rules``
+Parameters name their logical axes (``models.two_stream.PARAM_AXES``, and ``models.xlnet``'s for
+``model.arch="xlnet"``: :data:`PARAM_AXES` is their union); ``config.mesh.rules``
 maps each logical axis to a mesh axis (or None: not split). The optimizer moments mirror the
 parameter tree, so they are found by the same names and sharded like their parameter.
 """
@@ -16,10 +17,14 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from asarm_jax.models.two_stream import PARAM_AXES
+from asarm_jax.models import two_stream, xlnet
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over both data-parallel axes
+
+# Both architectures' tables; an entry of one never matches a parameter of the other.
+PARAM_AXES = two_stream.PARAM_AXES + tuple(
+    entry for entry in xlnet.PARAM_AXES if entry not in two_stream.PARAM_AXES)
 
 Rules = Sequence[tuple[str, Any]]  # (logical axis, mesh axis | tuple of mesh axes | None)
 

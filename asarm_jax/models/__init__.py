@@ -6,12 +6,19 @@ import jax.numpy as jnp
 import ml_collections
 
 from asarm_jax.models.two_stream import TwoStreamTransformer, example_inputs
+from asarm_jax.models.xlnet import ACTIVATIONS, XLNetTransformer
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer:
-  """Builds the two-stream transformer of ``config`` (the ``config.model`` block).
+ARCHS = ("two_stream", "xlnet")
+
+
+def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer | XLNetTransformer:
+  """Builds the model of ``config`` (the ``config.model`` block).
+
+  ``arch`` (default "two_stream") picks :class:`TwoStreamTransformer` or, with "xlnet",
+  :class:`XLNetTransformer` (HF XLNet's network, see :func:`build_xlnet`).
 
   Keys: vocab_size, num_layers, d_model, num_heads, d_ff, and optionally max_len, rope_base, alibi,
   tie_embeddings, num_special_tokens, causal_prompt, dtype ("bfloat16" for bf16 compute),
@@ -20,6 +27,11 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer:
   loads and samples anywhere: the implementation never changes the parameters. Initialise with
   ``model.init(rng, *models.example_inputs(B, L, K))``.
   """
+  arch = config.get("arch", "two_stream")
+  if arch not in ARCHS:
+    raise ValueError(f"model.arch={arch!r}: expected one of {ARCHS}")
+  if arch == "xlnet":
+    return build_xlnet(config)
   if config.d_model % config.num_heads or (config.d_model // config.num_heads) % 2:
     raise ValueError(f"model.num_heads={config.num_heads} must divide model.d_model="
                      f"{config.d_model} into an even head size (RoPE rotates pairs).")
@@ -36,6 +48,27 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer:
       attention_impl=_attention_impl(config))
 
 
+def build_xlnet(config: ml_collections.ConfigDict) -> XLNetTransformer:
+  """:class:`XLNetTransformer` of ``config``: the keys of :func:`build` (not rope_base, alibi,
+  tie_embeddings; attention_impl is always "xla") plus HF's clamp_len, activation (HF's
+  ff_activation) and layer_norm_eps, whose defaults are xlnet-base-cased's."""
+  if config.d_model % config.num_heads:
+    raise ValueError(f"model.num_heads={config.num_heads} must divide model.d_model="
+                     f"{config.d_model}.")
+  activation = config.get("activation", "gelu")
+  if activation not in ACTIVATIONS:
+    raise ValueError(f"model.activation={activation!r}: expected one of {tuple(ACTIVATIONS)}")
+  return XLNetTransformer(
+      vocab_size=config.vocab_size, num_layers=config.num_layers, d_model=config.d_model,
+      num_heads=config.num_heads, d_ff=config.d_ff, max_len=config.get("max_len", 512),
+      clamp_len=config.get("clamp_len", -1), activation=activation,
+      layer_norm_eps=config.get("layer_norm_eps", 1e-12),
+      num_special_tokens=config.get("num_special_tokens", 4),
+      causal_prompt=config.get("causal_prompt", False),
+      dtype=_DTYPES[config.get("dtype", "float32")],
+      param_dtype=_DTYPES[config.get("param_dtype", "float32")])
+
+
 def _attention_impl(config: ml_collections.ConfigDict) -> str:
   impl = config.get("attention_impl", "xla")
   if impl not in ("xla", "cudnn"):
@@ -44,4 +77,5 @@ def _attention_impl(config: ml_collections.ConfigDict) -> str:
   return impl if usable else "xla"
 
 
-__all__ = ["TwoStreamTransformer", "build", "example_inputs"]
+__all__ = ["ARCHS", "TwoStreamTransformer", "XLNetTransformer", "build", "build_xlnet",
+           "example_inputs"]
