@@ -105,7 +105,7 @@ def _oracle(references):
   """A stand-in for ``sampling.generate`` that writes each row's reference middle (looked up by
   the row's tokens) into its hidden positions."""
   def generate(model, params, tokens_BxL, visible_BxL, rng, *, method, k, temperature,
-               length_B):
+               length_B, depth, ngram):
     out, visible = np.array(tokens_BxL), np.asarray(visible_BxL)
     for b in range(len(out)):
       if out[b].tobytes() in references:

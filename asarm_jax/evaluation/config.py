@@ -17,8 +17,10 @@ def default_eval_config() -> ml_collections.ConfigDict:
       batch_size=16,             # rows per sampler / density call
       # Sampler of the infilling tasks (a name of sampling.METHODS).
       method="assd",
-      k=5,
-      temperature=1.0,
+      k=5,                       # drafts per round, or the node budget of "tree"
+      temperature=1.0,           # 0: greedy
+      tree_depth=6,              # "tree": depth D and prompt-lookup match length
+      ngram=2,
       # HumanEval infilling.
       humaneval_max_tasks=0,     # a deterministic subsample of this many tasks, 0 = all
       num_samples=1,             # completions per task

@@ -123,7 +123,8 @@ def evaluate(model: nn.Module, params: Any, judge_model: nn.Module, judge_params
         model, params, prompts,
         os.path.join(out_dir, f"gen_{variant.method}_k{variant.k}_{tag}.jsonl"),
         method=variant.method, k=variant.k, temperature=ecfg.temperature,
-        batch_size=ecfg.batch_size, seed=ecfg.seed, desc=f"gen_quality {variant.name}")
+        batch_size=ecfg.batch_size, seed=ecfg.seed, desc=f"gen_quality {variant.name}",
+        depth=ecfg.tree_depth, ngram=ecfg.ngram)
     samples_NxL = np.stack([row.filled(records[row.key]["hidden"]) for row in prompts])
     scores[variant.name] = score(judge_model, judge_params, samples_NxL, ecfg.batch_size)
     info[variant.name] = {"method": variant.method, "k": variant.k,

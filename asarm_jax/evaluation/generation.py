@@ -75,10 +75,11 @@ def _batch_arrays(rows: Sequence[Row], batch_size: int) -> tuple[np.ndarray, ...
 
 
 def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str, *, method: str,
-                  k: int, temperature: float, batch_size: int, seed: int,
-                  desc: str) -> dict[str, dict]:
+                  k: int, temperature: float, batch_size: int, seed: int, desc: str,
+                  depth: int = 6, ngram: int = 2) -> dict[str, dict]:
   """Fills every row (all of one width ``L``), ``batch_size`` rows per ``sampling.generate``
-  call, skipping rows already in the cache at ``path``. Returns the record of every row."""
+  call (``method``, ``k``, ``temperature``, and ``depth``, ``ngram`` for "tree"), skipping rows
+  already in the cache at ``path``. Returns the record of every row."""
   if len({row.key for row in rows}) != len(rows):
     raise ValueError(f"{desc}: row keys are not unique")
   records = load_records(path)
@@ -99,7 +100,8 @@ def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str,
       tokens, visible, length = _batch_arrays(batch, batch_size)
       out = sampling.generate(model, params, tokens, visible,
                               jax.random.fold_in(base_rng, start // batch_size), method=method,
-                              k=k, temperature=temperature, length_B=length)
+                              k=k, temperature=temperature, length_B=length, depth=depth,
+                              ngram=ngram)
       filled, calls, generated = jax.device_get((out.tokens_BxL, out.num_calls_B,
                                                  out.num_generated_B))
       for b, row in enumerate(batch):

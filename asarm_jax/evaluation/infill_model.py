@@ -71,9 +71,11 @@ class Completions(NamedTuple):
 
 def complete(model: nn.Module, params: Any, tokenizer: Any, tasks: Sequence[Task],
              cache_path: str, *, num_samples: int, method: str, k: int, temperature: float,
-             batch_size: int, seed: int, desc: str) -> Completions:
+             batch_size: int, seed: int, desc: str, depth: int = 6,
+             ngram: int = 2) -> Completions:
   """``num_samples`` middles per task, generated in rows of ``model.max_len`` through the
-  resumable cache at ``cache_path`` (keys ``task_id#sample``)."""
+  resumable cache at ``cache_path`` (keys ``task_id#sample``); ``depth`` and ``ngram`` shape
+  the trees of ``method="tree"``."""
   layouts = {task.task_id: lay_out(tokenizer, task, model.max_len) for task in tasks}
   fitting = [t.task_id for t in tasks if layouts[t.task_id] is not None]
   rows = [generation.Row(f"{task_id}#{s}", layouts[task_id].tokens, layouts[task_id].visible,
@@ -81,7 +83,7 @@ def complete(model: nn.Module, params: Any, tokenizer: Any, tasks: Sequence[Task
           for task_id in fitting for s in range(num_samples)]
   records = generation.generate_rows(model, params, rows, cache_path, method=method, k=k,
                                      temperature=temperature, batch_size=batch_size, seed=seed,
-                                     desc=desc)
+                                     desc=desc, depth=depth, ngram=ngram)
   by_task = {task_id: [tokenizer.decode(records[f"{task_id}#{s}"]["hidden"])
                        for s in range(num_samples)] for task_id in fitting}
   return Completions(

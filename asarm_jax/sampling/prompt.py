@@ -103,6 +103,7 @@ def encode_batch(texts: list[str], tokenizer: Any, *, vocab_size: int, max_len: 
 
 def sample_text(model: Any, params: Any, tokenizer: Any, texts: list[str], rng: jax.Array, *,
                 method: str = "assd", k: int = 5, temperature: float = 1.0,
+                depth: int = 6, ngram: int = 2,
                 length: int | None = None) -> list[dict[str, Any]]:
   """Fills the ``<mask:N>`` spans of every prompt in one :func:`core.generate` call.
 
@@ -120,7 +121,7 @@ def sample_text(model: Any, params: Any, tokenizer: Any, texts: list[str], rng: 
   filled_BxL, calls_B, generated_B = tokens_BxL, hidden_B, hidden_B  # all zero if nothing hidden
   if hidden_B.any():
     out = core.generate(model, params, tokens_BxL, visible_BxL, rng, method=method, k=k,
-                        temperature=temperature, length_B=length_B)
+                        temperature=temperature, depth=depth, ngram=ngram, length_B=length_B)
     filled_BxL, calls_B, generated_B = (np.asarray(x) for x in (
         out.tokens_BxL, out.num_calls_B, out.num_generated_B))
   results = []
