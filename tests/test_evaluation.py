@@ -229,3 +229,30 @@ def test_read_rocstories_csv(tmp_path):
   bad.write_text("storyid,sentence1\nx,y\n", encoding="utf-8")
   with pytest.raises(ValueError, match="lacks ROCStories columns"):
     text_infill.read_rocstories_csv(str(bad))
+
+
+def test_draft_acceptance_is_one_exactly_when_drafts_are_the_conditionals():
+  """sum_x min(p, q) per depth: 1 when the query stream ignores the context (attention outputs
+  zeroed, so a draft row and the exact row of a rank coincide), below 1 with real attention;
+  greedy (T=0) rates are 0 or 1 per row, so their means lie in [0, 1]."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from asarm_jax import models  # pylint: disable=g-import-not-at-top
+  from asarm_jax.evaluation import draft_eval  # pylint: disable=g-import-not-at-top
+  model = models.build(ml_collections.ConfigDict(dict(
+      vocab_size=24, num_layers=2, d_model=32, num_heads=4, d_ff=64, max_len=16)))
+  params = model.init(jax.random.key(0), *models.example_inputs(1, 16, 4))
+  params = jax.tree.map(lambda x: x * 8 if x.ndim > 1 else x, params)  # sharper rows
+  batches = [np.asarray(jax.random.randint(jax.random.key(1), (4, 16), 4, 24))]
+  run = lambda p, temperatures=(1.0,): draft_eval.evaluate(
+      model, p, batches, fractions=(0.1, 0.5), temperatures=temperatures, depth=3, cuts=4,
+      seed=0)["acceptance"]
+  blind = jax.tree_util.tree_map_with_path(
+      lambda path, x: x * 0 if "attention" in jax.tree_util.keystr(path)
+      and "out" in jax.tree_util.keystr(path) else x, params)
+  for rates in run(blind)["T=1"].values():
+    np.testing.assert_allclose(rates, 1.0, atol=1e-5)
+  real = run(params, (1.0, 0.0))
+  assert all(0.0 <= r < 0.999 for rates in real["T=1"].values() for r in rates)
+  assert all(0.0 <= r <= 1.0 for rates in real["T=0"].values() for r in rates)
