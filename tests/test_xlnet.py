@@ -1,0 +1,149 @@
+"""The xlnet arch against Hugging Face's XLNetLMHeadModel, through the converter.
+
+tests/fixtures/hf_xlnet_tiny holds a small random HF checkpoint and HF's own logits for several
+perm_mask / target_mapping inputs (tests/fixtures/make_hf_xlnet_fixture.py, run where torch and
+transformers exist). Here nothing imports torch: the checkpoint is converted to a workdir
+(vocabulary renumbered), loaded as any workdir, and called through ``forward.call``.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asarm_jax import convert, forward, inference, sampling
+from asarm_jax.forward import TreeRows
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "hf_xlnet_tiny")
+call = jax.jit(forward.call, static_argnums=0)  # one compile per shape, not one per op
+CASES = ("prefix_lm", "infill", "draft", "random_order", "random_draft", "padding")
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory) -> inference.Loaded:
+  workdir = str(tmp_path_factory.mktemp("xlnet_workdir"))
+  convert.convert(FIXTURE, workdir, max_len=16)
+  return inference.load(workdir)
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict[str, np.ndarray]:
+  with np.load(os.path.join(FIXTURE, "logits.npz")) as z:
+    return dict(z)
+
+
+def hf_order() -> np.ndarray:
+  with open(os.path.join(FIXTURE, "spiece.model"), "rb") as f:
+    return convert.vocab_order(f.read())[0]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_logits_equal_hf(loaded, recorded, case):
+  """Our logits for HF's perm_mask/target_mapping inputs equal HF's, within 1e-4 (float32)."""
+  get = lambda key: recorded[f"{case}/{key}"]
+  order = hf_order()  # our id i is HF's id order[i]
+  ours_of_hf = np.argsort(order)
+  perm, valid = get("perm"), get("target_valid")
+  tokens_rank = ours_of_hf[np.take_along_axis(get("tokens"), perm, 1)]
+  logits = call(loaded.model, loaded.params, tokens_rank, perm, get("num_visible"),
+                get("target_rank"), valid, get("num_decoded"))
+  expected = get("logits")[..., order]
+  assert valid.sum() >= 10
+  np.testing.assert_allclose(np.asarray(logits)[valid], expected[valid], atol=1e-4, rtol=0)
+
+
+def test_converted_tokenizer_keeps_our_special_ids(loaded):
+  tokenizer, model = loaded.tokenizer, loaded.model
+  pieces = [tokenizer._sp.id_to_piece(i) for i in range(model.num_special_tokens)]  # pylint: disable=protected-access
+  assert pieces[:4] == ["<pad>", "<unk>", "</s>", "<mask>"]
+  assert set(pieces[4:]) == {"<s>", "<cls>", "<sep>", "<eod>", "<eop>"}
+  ids = tokenizer.encode("The quick brown fox")
+  assert min(ids) >= model.num_special_tokens
+  assert tokenizer.decode(ids) == "The quick brown fox"
+
+
+def _random_sequence(loaded, batch: int, length: int, seed: int):
+  rs = np.random.default_rng(seed)
+  vocab, special = loaded.model.vocab_size, loaded.model.num_special_tokens
+  tokens = rs.integers(special, vocab, (batch, length)).astype(np.int32)
+  perm = np.stack([rs.permutation(length) for _ in range(batch)]).astype(np.int32)
+  return jnp.asarray(np.take_along_axis(tokens, perm, 1)), jnp.asarray(perm)
+
+
+def test_cached_calls_equal_uncached(loaded):
+  """Content written into the cache by an earlier call serves a later draft call: its logits
+  equal the uncached call's."""
+  model, params = loaded.model, loaded.params
+  batch, length, visible, decoded = 2, 12, 3, 7
+  tokens, perm = _random_sequence(loaded, batch, length, seed=1)
+  num_visible = jnp.full((batch,), visible)
+  targets = jnp.broadcast_to(jnp.arange(decoded, length), (batch, length - decoded))
+  valid = jnp.ones(targets.shape, bool)
+  expected = call(model, params, tokens, perm, num_visible, targets, valid,
+                  jnp.full((batch,), decoded))
+  cache = model.init_cache(batch, length)
+  first = jnp.broadcast_to(jnp.arange(5), (batch, 5))
+  _, cache = call(model, params, tokens, perm, num_visible, targets, valid,
+                  jnp.full((batch,), 5), cache=cache, content_rank_BxR=first)
+  rest = jnp.broadcast_to(jnp.arange(5, decoded), (batch, decoded - 5))
+  logits, _ = call(model, params, tokens, perm, num_visible, targets, valid,
+                   jnp.full((batch,), decoded), cache=cache, content_rank_BxR=rest)
+  np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_tree_rows_in_extra_slots_equal_density(loaded):
+  """A chain of tree nodes in cache slots >= L gives the sigma-causal density's logits."""
+  model, params = loaded.model, loaded.params
+  batch, length, visible, nodes = 2, 12, 4, 5
+  tokens, perm = _random_sequence(loaded, batch, length, seed=2)
+  num_visible = jnp.full((batch,), visible)
+  targets = jnp.broadcast_to(jnp.arange(visible, visible + nodes), (batch, nodes))
+  valid = jnp.ones(targets.shape, bool)
+  expected = call(model, params, tokens, perm, num_visible, targets, valid)
+  cache = model.init_cache(batch, length + nodes)
+  prompt = jnp.broadcast_to(jnp.arange(visible), (batch, visible))
+  _, cache = call(model, params, tokens, perm, num_visible, targets, valid, num_visible,
+                  cache=cache, content_rank_BxR=prompt)
+  node = jnp.arange(nodes)
+  tree = TreeRows(tokens_BxN=tokens[:, visible:visible + nodes],
+                  rank_BxN=jnp.broadcast_to(visible + node, (batch, nodes)),
+                  ancestors_BxNxN=jnp.broadcast_to(node[None, :] <= node[:, None],
+                                                   (batch, nodes, nodes)),
+                  target_node_BxK=jnp.broadcast_to(node - 1, (batch, nodes)))
+  none = jnp.full((batch, 1), length)  # no rank row: only the tree's rows are computed
+  logits, _ = call(model, params, tokens, perm, num_visible, targets, valid, num_visible,
+                   cache=cache, content_rank_BxR=none, tree=tree)
+  np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_greedy_tree_and_assd_decode_the_density_argmax(loaded):
+  """At temperature 0 the cached tree and ASSD samplers return greedy left-to-right decoding:
+  each generated token is the argmax (over non-special ids) of the uncached sigma-causal density
+  given the prompt and the tokens before it. The prompt is kept; the tree saves calls."""
+  model, params = loaded.model, loaded.params
+  batch, length, special = 2, 12, model.num_special_tokens
+  rs = np.random.default_rng(3)
+  tokens = jnp.asarray(rs.integers(special, model.vocab_size, (batch, length)))
+  visible = np.asarray(rs.random((batch, length)) < 0.3)
+  visible[:, 0] = True
+  runs = {method: sampling.generate(model, params, tokens, jnp.asarray(visible),
+                                    jax.random.key(0), method=method, k=3, depth=3,
+                                    temperature=0.0)
+          for method in ("tree", "assd")}
+  out = np.asarray(runs["tree"].tokens_BxL)
+  np.testing.assert_array_equal(runs["assd"].tokens_BxL, out)
+  np.testing.assert_array_equal(out[visible], np.asarray(tokens)[visible])
+  # Rank order: the prompt, then the hidden positions left to right.
+  perm = np.stack([np.concatenate([np.flatnonzero(v), np.flatnonzero(~v)]) for v in visible])
+  num_visible = visible.sum(1)
+  target_rank = num_visible[:, None] + np.arange(length - num_visible.min())
+  logits = call(model, params, np.take_along_axis(out, perm, 1), perm, num_visible,
+                np.minimum(target_rank, length - 1), target_rank < length)
+  greedy = np.asarray(logits)[..., special:].argmax(-1) + special
+  for b in range(batch):
+    hidden = perm[b, num_visible[b]:]
+    np.testing.assert_array_equal(out[b, hidden], greedy[b, :len(hidden)])
+  assert int(runs["tree"].num_calls_B.max()) < int((~visible).sum(1).max())
