@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 OURS_FIRST = ("<pad>", "<unk>", "</s>", "<mask>")  # our PAD_ID, UNK_ID, EOS_ID, MASK_ID
 
@@ -195,6 +195,7 @@ flags.DEFINE_integer("max_len", 512, "model.max_len and data.seq_len: positions 
 
 def main(argv: list[str]) -> None:
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax's progress lines
   config = convert(FLAGS.hf_dir, FLAGS.workdir, FLAGS.max_len)
   print(f"wrote {FLAGS.workdir}: model {dict(config.model)}")
 

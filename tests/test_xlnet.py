@@ -168,3 +168,15 @@ def test_training_steps_lower_the_objective(loaded):
     updates, opt_state = tx.update(grads, opt_state)
     params = optax.apply_updates(params, updates)
   assert np.isfinite(float(first)) and float(loss) < float(first) - 0.1
+
+
+def test_pytorch_bin_reads_like_safetensors(tmp_path):
+  """``pytorch_model.bin`` (the only format that needs torch) gives the same tensors."""
+  torch = pytest.importorskip("torch")
+  expected = convert.read_state_dict(FIXTURE)
+  torch.save({k: torch.from_numpy(v).half() for k, v in expected.items()},
+             tmp_path / "pytorch_model.bin")
+  got = convert.read_state_dict(str(tmp_path))
+  assert sorted(got) == sorted(expected)
+  for name, value in expected.items():
+    np.testing.assert_array_equal(got[name], value)
