@@ -20,9 +20,10 @@ _POSITIVE_INTS = (
     "model.max_len", "data.seq_len", "data.vocab_size", "data.tokenizer_max_chars",
     "train.batch_size", "train.num_steps", "train.log_every", "train.eval_every",
     "train.checkpoint_every", "train.keep_checkpoints", "optim.accumulation_steps",
-    "optim.max_consecutive_nonfinite", "sample.k", "sample.tree_depth", "eval.k")
+    "optim.max_consecutive_nonfinite", "sample.k", "sample.tree_depth", "eval.k",
+    "eval.tree_depth")
 _NON_NEGATIVE_INTS = ("seed", "data.max_files", "train.eval_batches", "optim.warmup_steps",
-                      "sample.num_examples", "sample.ngram")
+                      "sample.num_examples", "sample.ngram", "eval.ngram")
 _POSITIVE_NUMBERS = ("optim.learning_rate", "optim.grad_clip")
 _TEMPERATURES = ("sample.temperature", "eval.temperature")  # 0 is greedy decoding
 _STRING_TUPLES = ("data.source_dirs", "data.exclude_patterns", "data.extensions")

@@ -362,6 +362,8 @@ def test_verbose_shows_the_traceback(corpus, tmp_path):
     ("sample", {"sample.tree_depth": 0}, r"sample.tree_depth=0: expected an int >= 1."),
     ("sample", {"sample.ngram": -2}, r"sample.ngram=-2: expected an int >= 0."),
     ("eval", {"eval.k": 0}, r"eval.k=0: expected an int >= 1."),
+    ("eval", {"eval.tree_depth": 0}, r"eval.tree_depth=0: expected an int >= 1."),
+    ("eval", {"eval.ngram": -1}, r"eval.ngram=-1: expected an int >= 0."),
 ])
 def test_bad_input_of_every_mode_is_refused_before_anything_is_written(
     corpus, tmp_path, mode, changes, expected):
