@@ -5,7 +5,8 @@
 Reads ``config.json``, ``model.safetensors`` (through ``safetensors.numpy``: no torch) or
 ``pytorch_model.bin`` (imports torch, only then) and ``spiece.model``; writes OUT/checkpoints/0,
 an Orbax checkpoint with the config and tokenizer that ``--mode=sample`` and
-:func:`asarm_jax.inference.load` read. Nothing is downloaded.
+:func:`asarm_jax.inference.load` read, and OUT/config.py, the config to pass as ``--config`` (for
+``--mode=eval``, which requires the checkpoint's model block). Nothing is downloaded.
 
 Tokenizer adapter: our tokenizers keep ``<pad>, <unk>, </s> (eos), <mask>`` at ids 0..3 and
 never sample ids below ``model.num_special_tokens``. XLNet's SentencePiece has
@@ -154,6 +155,15 @@ def full_config(model: dict[str, Any]) -> ml_collections.ConfigDict:
   return config
 
 
+def config_file(model: dict[str, Any], hf_dir: str) -> str:
+  """The text of WORKDIR/config.py: ``get_config()`` is :func:`full_config` of ``model``."""
+  return (f'"""Written by asarm_jax.convert from {os.path.abspath(hf_dir)}."""\n'
+          "from asarm_jax import convert\n\n"
+          f"MODEL = {model!r}\n\n\n"
+          "def get_config():\n"
+          "  return convert.full_config(MODEL)\n")
+
+
 def convert(hf_dir: str, workdir: str, max_len: int = 512) -> ml_collections.ConfigDict:
   """Writes ``workdir`` (checkpoint step 0) from the HF folder ``hf_dir``; returns its config."""
   from asarm_jax import checkpoint, data, models, optim, train  # pylint: disable=g-import-not-at-top
@@ -163,7 +173,8 @@ def convert(hf_dir: str, workdir: str, max_len: int = 512) -> ml_collections.Con
     spiece = f.read()
   order, num_special = vocab_order(spiece)
   tokenizer = data.Tokenizer.from_serialized(renumbered_spiece(spiece, order))
-  config = full_config(model_config(hf, max_len, num_special))
+  model_block = model_config(hf, max_len, num_special)
+  config = full_config(model_block)
   params = permute_vocab(convert_params(read_state_dict(hf_dir), hf["n_layer"]), order)
   model = models.build(config.model)
   expected = jax.eval_shape(model.init, jax.random.key(0),
@@ -183,23 +194,28 @@ def convert(hf_dir: str, workdir: str, max_len: int = 512) -> ml_collections.Con
     ckpt.wait()
   finally:
     ckpt.close()
+  with open(os.path.join(workdir, "config.py"), "w", encoding="utf-8") as f:
+    f.write(config_file(model_block, hf_dir))
   return config
-
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("hf_dir", None, "HF XLNet checkpoint folder (config.json, weights, "
-                    "spiece.model).")
-flags.DEFINE_string("workdir", None, "Workdir to write (its checkpoints/ must not hold one).")
-flags.DEFINE_integer("max_len", 512, "model.max_len and data.seq_len: positions must be below.")
 
 
 def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax's progress lines
-  config = convert(FLAGS.hf_dir, FLAGS.workdir, FLAGS.max_len)
-  print(f"wrote {FLAGS.workdir}: model {dict(config.model)}")
+  args = flags.FLAGS
+  config = convert(args.hf_dir, args.workdir, args.max_len)
+  print(f"wrote {args.workdir}: model {dict(config.model)}")
+
+
+def _define_flags() -> None:
+  """Only when run as a program: config files import this module next to main.py's flags."""
+  flags.DEFINE_string("hf_dir", None, "HF XLNet checkpoint folder (config.json, weights, "
+                      "spiece.model).")
+  flags.DEFINE_string("workdir", None, "Workdir to write (its checkpoints/ must not hold one).")
+  flags.DEFINE_integer("max_len", 512, "model.max_len and data.seq_len: positions must be below.")
+  flags.mark_flags_as_required(["hf_dir", "workdir"])
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["hf_dir", "workdir"])
+  _define_flags()
   app.run(main)
