@@ -7,6 +7,7 @@ transformers exist). Here nothing imports torch: the checkpoint is converted to 
 """
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from asarm_jax import convert, forward, inference, objectives, sampling
+from asarm_jax import config_base, convert, forward, inference, objectives, sampling, validation
 from asarm_jax.forward import TreeRows
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "hf_xlnet_tiny")
@@ -24,9 +25,14 @@ CASES = ("prefix_lm", "infill", "draft", "random_order", "random_draft", "paddin
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory) -> inference.Loaded:
-  workdir = str(tmp_path_factory.mktemp("xlnet_workdir"))
-  convert.convert(FIXTURE, workdir, max_len=16)
+def workdir(tmp_path_factory) -> str:
+  path = str(tmp_path_factory.mktemp("xlnet_workdir"))
+  convert.convert(FIXTURE, path, max_len=16)
+  return path
+
+
+@pytest.fixture(scope="module")
+def loaded(workdir) -> inference.Loaded:
   return inference.load(workdir)
 
 
@@ -54,6 +60,18 @@ def test_logits_equal_hf(loaded, recorded, case):
   expected = get("logits")[..., order]
   assert valid.sum() >= 10
   np.testing.assert_allclose(np.asarray(logits)[valid], expected[valid], atol=1e-4, rtol=0)
+
+
+def test_workdir_config_file_is_the_checkpoint_config(workdir, loaded):
+  """WORKDIR/config.py (the --config of --mode=eval) has the checkpoint's model block, which the
+  eval runner requires, and passes the config checks."""
+  config = config_base.from_file(os.path.join(workdir, "config.py"))
+  as_json = lambda c: json.loads(c.model.to_json_best_effort())
+  assert as_json(config) == as_json(loaded.config)
+  assert config.model.arch == "xlnet" and config.data.seq_len == 16
+  config.sample.prompt = "The quick <mask:3> fox"
+  validation.validate_config(config, "sample")
+  validation.validate_config(config, "eval")
 
 
 def test_converted_tokenizer_keeps_our_special_ids(loaded):
