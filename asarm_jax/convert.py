@@ -53,7 +53,8 @@ def model_config(hf: dict, max_len: int, num_special_tokens: int) -> dict[str, A
   settings the xlnet arch does not reproduce."""
   unsupported = {"attn_type": ("bi", hf.get("attn_type", "bi")),
                  "bi_data": (False, hf.get("bi_data", False)),
-                 "d_head": (hf["d_model"] // hf["n_head"], hf.get("d_head"))}
+                 "d_head": (hf["d_model"] // hf["n_head"],
+                            hf.get("d_head", hf["d_model"] // hf["n_head"]))}
   for key, (expected, got) in unsupported.items():
     if got != expected:
       raise ValueError(f"config.json {key}={got!r}: only {expected!r} is supported")

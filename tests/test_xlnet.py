@@ -198,3 +198,20 @@ def test_pytorch_bin_reads_like_safetensors(tmp_path):
   assert sorted(got) == sorted(expected)
   for name, value in expected.items():
     np.testing.assert_array_equal(got[name], value)
+
+
+@pytest.mark.parametrize("key, value", [("attn_type", "uni"), ("bi_data", True), ("d_head", 4)])
+def test_converter_refuses_settings_it_does_not_reproduce(key, value):
+  with open(os.path.join(FIXTURE, "config.json"), encoding="utf-8") as f:
+    hf = json.load(f)
+  with pytest.raises(ValueError, match=key):
+    convert.model_config(dict(hf, **{key: value}), 16, 9)
+
+
+def test_converter_refuses_an_untied_head():
+  state = convert.read_state_dict(FIXTURE)
+  state["lm_loss.weight"] = state["transformer.word_embedding.weight"] + 1.0
+  with pytest.raises(ValueError, match="untied"):
+    convert.convert_params(state, 2)
+  state["lm_loss.weight"] = state["transformer.word_embedding.weight"].copy()
+  assert "embed" in convert.convert_params(state, 2)["params"]
