@@ -21,6 +21,8 @@ setup(
         "grain>=0.2.10",
         "importlib_resources",
         "sentencepiece>=0.2",
+        "protobuf",      # sentencepiece's model proto (the XLNet tokenizer adapter)
+        "safetensors",   # asarm_jax.convert reads HF checkpoints with safetensors.numpy
         "tensorboardX",
         "tqdm",
     ],
