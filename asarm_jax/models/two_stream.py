@@ -65,6 +65,14 @@ class LayerCache(NamedTuple):
   value: Array
 
 
+def write_layer_cache(cache: LayerCache, k_BxRxNxH: Array, v_BxRxNxH: Array,
+                      slots_BxR: Array) -> LayerCache:
+  """Writes R rows' keys and values at their slots (slots out of range are dropped)."""
+  rows_Bx1 = jnp.arange(k_BxRxNxH.shape[0])[:, None]
+  write = lambda old, new: old.at[rows_Bx1, slots_BxR].set(new.astype(old.dtype), mode="drop")
+  return LayerCache(write(cache.key, k_BxRxNxH), write(cache.value, v_BxRxNxH))
+
+
 class Cache(NamedTuple):
   """A rank-indexed KV cache: the true position of each slot and every layer's keys/values."""
   positions_BxS: Array
@@ -149,12 +157,8 @@ class Attention(nn.Module):
                        self.rope_base)
     v_BxSxNxH = dense("value")(content_BxSxD)
     if cache is not None:
-      rows = jnp.arange(batch)[:, None]
-      k_BxSxNxH = cache.key.at[rows, cache_slots_BxR].set(k_BxSxNxH.astype(cache.key.dtype),
-                                                           mode="drop")
-      v_BxSxNxH = cache.value.at[rows, cache_slots_BxR].set(v_BxSxNxH.astype(cache.value.dtype),
-                                                             mode="drop")
-      cache = LayerCache(k_BxSxNxH, v_BxSxNxH)
+      cache = write_layer_cache(cache, k_BxSxNxH, v_BxSxNxH, cache_slots_BxR)
+      k_BxSxNxH, v_BxSxNxH = cache
 
     sink_init = nn.initializers.normal(0.02)
     sink_k = self.param("sink_key", sink_init, (self.num_heads, head_dim), self.param_dtype)

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asarm_jax.models.two_stream import Cache, LayerCache
+from asarm_jax.models.two_stream import Cache, LayerCache, write_layer_cache
 
 Array = jnp.ndarray
 
@@ -82,7 +82,7 @@ class RelativeAttention(nn.Module):
                num_content: int, mask_BxTxS: Array, cache: LayerCache | None = None,
                cache_slots_BxR: Array | None = None) -> tuple[Array, LayerCache | None]:
     """Rows ``T = R + K``, the first ``R = num_content`` content rows; cache as in two_stream."""
-    batch, _, width = x_BxTxD.shape
+    width = x_BxTxD.shape[-1]
     head_dim = width // self.num_heads
     init = nn.initializers.normal(0.02)
     dense = lambda name: nn.DenseGeneral(
@@ -92,12 +92,8 @@ class RelativeAttention(nn.Module):
     content_BxRxD = x_BxTxD[:, :num_content]
     k_BxSxNxH, v_BxSxNxH = dense("key")(content_BxRxD), dense("value")(content_BxRxD)
     if cache is not None:
-      rows = jnp.arange(batch)[:, None]
-      k_BxSxNxH = cache.key.at[rows, cache_slots_BxR].set(k_BxSxNxH.astype(cache.key.dtype),
-                                                           mode="drop")
-      v_BxSxNxH = cache.value.at[rows, cache_slots_BxR].set(v_BxSxNxH.astype(cache.value.dtype),
-                                                             mode="drop")
-      cache = LayerCache(k_BxSxNxH, v_BxSxNxH)
+      cache = write_layer_cache(cache, k_BxSxNxH, v_BxSxNxH, cache_slots_BxR)
+      k_BxSxNxH, v_BxSxNxH = cache
 
     bias = lambda name: self.param(name, init, (self.num_heads, head_dim), self.param_dtype)
     content_bias, position_bias = bias("content_bias"), bias("position_bias")  # r_w, r_r
