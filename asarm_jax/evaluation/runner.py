@@ -133,6 +133,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate(ecfg)
   loaded = inference.load(workdir)
   saved, current = (json.loads(c.model.to_json_best_effort()) for c in (loaded.config, config))
+  saved.setdefault("arch", "two_stream")  # written before model.arch existed
   if saved != current:
     raise ValueError(f"config.model differs from the checkpoint's in {workdir} "
                      f"({sorted(k for k in current if saved.get(k) != current[k])})")
