@@ -199,7 +199,8 @@ class _Trace:
 
 def check_compatible(meta: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume a checkpoint written with a different model or data config."""
-  saved = meta["config"]
+  saved = json.loads(json.dumps(meta["config"]))
+  saved.get("model", {}).setdefault("arch", "two_stream")  # written before model.arch existed
   for block in ("model", "data"):
     current = json.loads(config[block].to_json_best_effort())
     if saved.get(block) != current:

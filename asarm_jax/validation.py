@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from asarm_jax import optim, sampling, sharding
+from asarm_jax import models, optim, sampling, sharding
 from asarm_jax.data import builders
 
 MODES = ("train", "sample", "eval")
@@ -83,7 +83,10 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   if model.d_model % model.num_heads:
     raise ValueError(f"model.num_heads={model.num_heads} does not divide "
                      f"model.d_model={model.d_model}.")
-  if (model.d_model // model.num_heads) % 2:
+  arch = model.get("arch", "two_stream")
+  if arch not in models.ARCHS:
+    raise ValueError(f"model.arch={arch!r}: expected one of {models.ARCHS}.")
+  if arch == "two_stream" and (model.d_model // model.num_heads) % 2:
     raise ValueError(f"model.num_heads={model.num_heads} gives an odd head size "
                      f"{model.d_model // model.num_heads} (model.d_model={model.d_model}); "
                      "RoPE needs an even one.")

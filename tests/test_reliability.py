@@ -293,6 +293,7 @@ def _unlinked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                                                r"expected numbers in \[0, 1\]"),
     ("objective.fraction_range", (0.1, 1.5), r"objective.fraction_range=\(0.1, 1.5\)"),
     ("sample.k", 0, r"sample.k=0: expected an int >= 1"),
+    ("model.arch", "bogus", r"model.arch='bogus': expected one of \('two_stream', 'xlnet'\)"),
     ("sample.method", "beam", r"sample.method='beam': expected one of \('sequential'"),
     ("sample.temperature", -1.0, r"sample.temperature=-1.0: expected a finite number >= 0"),
     ("sample.temperature", float("nan"), r"sample.temperature=nan: expected a finite number >= 0"),

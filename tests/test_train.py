@@ -1,4 +1,5 @@
 """Training system: exact resume through Orbax, and the sharded step against one device."""
+import json
 import os
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 
 from asarm_jax import checkpoint, models, optim, train
 from tests.helpers import tiny_config
@@ -126,3 +128,14 @@ def test_sharded_step_on_8_fake_devices_matches_one_device():
   out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=root,
                        capture_output=True, text=True, timeout=600)
   assert "SHARDED_OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_a_checkpoint_from_before_model_arch_resumes():
+  """Workdirs written before ``model.arch`` existed hold two-stream models: they resume."""
+  config = tiny_config()
+  meta = {"config": json.loads(config.to_json_best_effort())}
+  del meta["config"]["model"]["arch"]
+  train.check_compatible(meta, config, "WORKDIR")
+  config.model.arch = "xlnet"
+  with pytest.raises(ValueError, match="differs in arch"):
+    train.check_compatible(meta, config, "WORKDIR")
