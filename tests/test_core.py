@@ -280,10 +280,10 @@ def test_draft_rows_are_the_samplers_draft_rows():
   assert ((target - limit)[valid] >= 1).all() and ((target - limit)[valid] <= 3).all()
   state = core.init_state(tokens, visible, jnp.asarray(order, jnp.float32),
                           jnp.full((3,), LENGTH, jnp.int32), jax.random.PRNGKey(0))
+  draft = jax.jit(lambda n: core.draft_log_probs(model, params, state.replace(num_decoded_B=n),
+                                                 LENGTH, 1.0))
   for b, k in zip(*np.nonzero(valid)):
-    n = jnp.full((3,), limit[b, k], jnp.int32)
-    logq = core.draft_log_probs(model, params, state.replace(num_decoded_B=n), LENGTH - int(n[b]),
-                                1.0)
+    logq = draft(jnp.full((3,), limit[b, k], jnp.int32))
     want = logq[b, target[b, k] - limit[b, k], tokens_rank[b, target[b, k]]]
     np.testing.assert_allclose(got[b, k], want, atol=1e-5)
 
