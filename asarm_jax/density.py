@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from asarm_jax import distribution, forward, ordering
@@ -23,11 +24,12 @@ def target_log_probs(model: nn.Module, params: Any, tokens_rank_BxL: Array,
   length = tokens_rank_BxL.shape[1]
   logits = forward.call(model, params, tokens_rank_BxL, sigma.perm_BxL, sigma.num_visible_B,
                         target_rank_BxK, valid_BxK, num_decoded)
-  logp = distribution.log_probs(logits, model.num_special_tokens, temperature)
-  target_token_BxK = jnp.take_along_axis(tokens_rank_BxL,
-                                         jnp.clip(target_rank_BxK, 0, length - 1), 1)
-  token_logp = jnp.take_along_axis(logp, target_token_BxK[..., None], -1)[..., 0]
-  return jnp.where(valid_BxK, token_logp, 0.0)
+  with jax.named_scope("log_probs"):  # a scope for profiles (benchmarks/profile_step.py)
+    logp = distribution.log_probs(logits, model.num_special_tokens, temperature)
+    target_token_BxK = jnp.take_along_axis(tokens_rank_BxL,
+                                           jnp.clip(target_rank_BxK, 0, length - 1), 1)
+    token_logp = jnp.take_along_axis(logp, target_token_BxK[..., None], -1)[..., 0]
+    return jnp.where(valid_BxK, token_logp, 0.0)
 
 
 def log_prob(model: nn.Module, params: Any, tokens_BxL: Array, visible_BxL: Array,

@@ -60,29 +60,35 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
     num_slots = cache.positions_BxS.shape[1]
   key_rank_BxS = jnp.broadcast_to(jnp.arange(num_slots, dtype=jnp.int32), (batch, num_slots))
   safe_rank_BxR = jnp.clip(content_rank_BxR, 0, length - 1)
-  content = masks.content_mask(content_rank_BxR, key_rank_BxS, num_visible_B, model.causal_prompt)
-  query = masks.query_mask(target_rank_BxK, target_valid_BxK, key_rank_BxS, num_decoded)
+  limits = [masks.content_limit(content_rank_BxR, num_visible_B, model.causal_prompt),
+            masks.query_limit(target_rank_BxK, target_valid_BxK, num_decoded)]
   target_positions = jnp.take_along_axis(perm_BxL, jnp.clip(target_rank_BxK, 0, length - 1), 1)
   tokens_BxR = jnp.take_along_axis(tokens_rank_BxL, safe_rank_BxR, 1)
   positions_BxR = jnp.take_along_axis(perm_BxL, safe_rank_BxR, 1)
   if cache is None:
-    return model.apply(params, tokens_BxR, positions_BxR, content, target_positions, query)
+    visibility = masks.Visibility(jnp.concatenate(limits, 1), key_rank_BxS)
+    return model.apply(params, tokens_BxR, positions_BxR, target_positions, visibility)
   slots_BxR = jnp.where(content_rank_BxR < length, content_rank_BxR, num_slots)
-  if tree is not None:
+  if tree is None:
+    visibility = masks.Visibility(jnp.concatenate(limits, 1), key_rank_BxS)
+  else:
     num_nodes = tree.tokens_BxN.shape[1]
     node_BxN = jnp.broadcast_to(jnp.arange(num_nodes, dtype=jnp.int32), (batch, num_nodes))
-    key_node_BxS = key_rank_BxS - length
-    # A node sees the committed ranks (< n: the content rule at row rank n - 1) and its path.
-    node_content = masks.content_mask(jnp.broadcast_to(num_decoded[:, None] - 1, node_BxN.shape),
-                                      key_rank_BxS, num_visible_B, model.causal_prompt)
-    node_content |= masks.tree_mask(node_BxN, tree.ancestors_BxNxN, key_node_BxS)
-    content = jnp.concatenate([content, node_content], 1)
-    query |= (masks.tree_mask(tree.target_node_BxK, tree.ancestors_BxNxN, key_node_BxS)
-              & target_valid_BxK[:, :, None])
+    # A node sees the committed ranks (< n: the content rule at row rank n - 1) and its path;
+    # the tree's slots (L + u) have ranks >= L, which no limit reaches.
+    limits.insert(1, masks.content_limit(jnp.broadcast_to(num_decoded[:, None] - 1, node_BxN.shape),
+                                         num_visible_B, model.causal_prompt))
+    no_node = jnp.full(content_rank_BxR.shape, -1, jnp.int32)
+    target_node_BxK = jnp.where(target_valid_BxK, tree.target_node_BxK, -1)
+    row_node_BxT = jnp.concatenate([no_node, node_BxN, target_node_BxK], 1)
+    visibility = masks.Visibility(
+        jnp.concatenate(limits, 1), key_rank_BxS,
+        masks.node_bits(row_node_BxT, tree.ancestors_BxNxN),
+        jnp.where(key_rank_BxS >= length, key_rank_BxS - length, -1))
     tokens_BxR = jnp.concatenate([tokens_BxR, tree.tokens_BxN], 1)
     positions_BxR = jnp.concatenate(
         [positions_BxR, jnp.take_along_axis(perm_BxL, jnp.clip(tree.rank_BxN, 0, length - 1), 1)],
         1)
     slots_BxR = jnp.concatenate([slots_BxR, length + node_BxN], 1)
-  return model.apply(params, tokens_BxR, positions_BxR, content, target_positions, query,
+  return model.apply(params, tokens_BxR, positions_BxR, target_positions, visibility,
                      cache=cache, cache_slots_BxL=slots_BxR)

@@ -20,29 +20,57 @@ Rules (``r`` is a row's rank, ``s`` a key's rank):
   node ``u`` may also see the slots of ``u``'s ancestors and of ``u`` itself
   (:func:`tree_mask`, OR-ed with the rank rules above at the limit ``n``).
 
-In rank space (rows gathered into generation order, ``rank = arange(L)``) the content mask is a
-prefix-LM mask and the query mask is strictly causal. The functions also take arbitrary ranks,
-so the same code builds masks in position space (tests) and over a rank-indexed KV cache.
+Every rule is "key rank < a per-row limit", plus, for tree rows, a per-row set of tree nodes.
+So a mask is never built densely on the fast path: :class:`Visibility` holds one integer limit
+per row and one rank per key (and the tree's node bitsets), and the attention kernel derives
+each score's visibility from them (:mod:`asarm_jax.models.attention`). :func:`dense` expands it
+into the ``B x T x S`` boolean mask, for the reference (XLA) attention and for tests. Keys may
+carry any ranks, so the same code builds masks in position space (tests) and over a
+rank-indexed KV cache (key rank = slot).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
 
+MAX_TREE_NODES = 64  # node bitsets are two 32-bit words
 
-def content_mask(row_rank_BxR: Array, key_rank_BxS: Array, num_visible_B: Array,
-                 causal_prompt: bool = False) -> Array:
-  """Content-stream mask, bool ``B x R x S``: may row ``r`` attend to key ``s``."""
-  row = row_rank_BxR[:, :, None]
+
+class Visibility(NamedTuple):
+  """Which keys each row may attend to, in structured form.
+
+  Row ``r`` sees key ``s`` iff ``key_rank[s] < row_limit[r]``, or key ``s`` holds tree node
+  ``u = key_node[s] >= 0`` and bit ``u`` of ``row_nodes[r]`` is set.
+
+  Attributes:
+    row_limit_BxT: int32 rank limit of every row (content rows first, then query rows).
+    key_rank_BxS: int32 rank of every key (a KV cache's slot index; tree slots get ranks that
+      no limit reaches).
+    row_nodes_BxTx2: optional int32 bitsets (two words: nodes 0-31, 32-63) of the tree nodes
+      each row sees, from :func:`node_bits`.
+    key_node_BxS: optional int32 tree node of every key (``-1``: a rank key).
+  """
+  row_limit_BxT: Array
+  key_rank_BxS: Array
+  row_nodes_BxTx2: Array | None = None
+  key_node_BxS: Array | None = None
+
+
+def content_limit(row_rank_BxR: Array, num_visible_B: Array, causal_prompt: bool = False) -> Array:
+  """Content-stream limits, int32 ``B x R``: row ``r`` sees ranks ``s <= max(r, m - 1)``."""
+  row = row_rank_BxR
   if not causal_prompt:
-    row = jnp.maximum(row, num_visible_B[:, None, None] - 1)
-  return key_rank_BxS[:, None, :] <= row
+    row = jnp.maximum(row, num_visible_B[:, None] - 1)
+  return (row + 1).astype(jnp.int32)
 
 
-def query_mask(target_rank_BxK: Array, target_valid_BxK: Array, key_rank_BxS: Array,
-               num_decoded: Array | None = None) -> Array:
-  """Query-stream mask, bool ``B x K x S``.
+def query_limit(target_rank_BxK: Array, target_valid_BxK: Array,
+                num_decoded: Array | None = None) -> Array:
+  """Query-stream limits, int32 ``B x K``.
 
   The row for a target of rank ``t`` sees the content of ranks ``< min(t, num_decoded)`` and
   never its own token. ``num_decoded`` is per row (``B``) or per target (``B x K``: the fused
@@ -53,22 +81,38 @@ def query_mask(target_rank_BxK: Array, target_valid_BxK: Array, key_rank_BxS: Ar
   limit = target_rank_BxK
   if num_decoded is not None:
     limit = jnp.minimum(limit, num_decoded if num_decoded.ndim == 2 else num_decoded[:, None])
-  visible = key_rank_BxS[:, None, :] < limit[:, :, None]
-  return visible & target_valid_BxK[:, :, None]
+  return jnp.where(target_valid_BxK, limit, 0).astype(jnp.int32)
 
 
-def tree_mask(row_node_BxR: Array, ancestors_BxNxN: Array, key_node_BxS: Array) -> Array:
-  """Tree-attention mask, bool ``B x R x S``: may a row of node ``u`` see the key of node ``v``.
-
-  ``row_node_BxR`` is each row's node (``-1``: none, e.g. the root of the tree, which is the
-  committed prefix); ``key_node_BxS`` is each key slot's node (``-1``: a rank slot, governed by
-  the rank rules); ``ancestors_BxNxN[b, u, v]`` says that ``v`` is ``u`` or an ancestor of ``u``.
-  """
+def node_bits(row_node_BxR: Array, ancestors_BxNxN: Array) -> Array:
+  """Tree rows' node bitsets, int32 ``B x R x 2``: a row of node ``u`` sees ``u`` and its
+  ancestors (``ancestors_BxNxN[b, u, v]``: ``v`` is ``u`` or an ancestor of ``u``); a row of
+  node ``-1`` (the committed prefix) sees no node. At most :data:`MAX_TREE_NODES` nodes."""
   num_nodes = ancestors_BxNxN.shape[-1]
+  if num_nodes > MAX_TREE_NODES:
+    raise ValueError(f"at most {MAX_TREE_NODES} tree nodes, got {num_nodes}")
   rows_BxRxN = jnp.take_along_axis(ancestors_BxNxN,
                                    jnp.clip(row_node_BxR, 0, num_nodes - 1)[..., None], 1)
   rows_BxRxN &= (row_node_BxR >= 0)[..., None]
-  keys_BxRxS = jnp.take_along_axis(
-      rows_BxRxN, jnp.broadcast_to(jnp.clip(key_node_BxS, 0, num_nodes - 1)[:, None, :],
-                                   rows_BxRxN.shape[:2] + key_node_BxS.shape[1:]), 2)
-  return keys_BxRxS & (key_node_BxS >= 0)[:, None, :]
+  rows_BxRxN = jnp.pad(rows_BxRxN, ((0, 0), (0, 0), (0, MAX_TREE_NODES - num_nodes)))
+  weights = jnp.left_shift(jnp.uint32(1), jnp.arange(32, dtype=jnp.uint32))
+  words = (rows_BxRxN.reshape(rows_BxRxN.shape[:2] + (2, 32)).astype(jnp.uint32) * weights).sum(
+      -1, dtype=jnp.uint32)
+  return jax.lax.bitcast_convert_type(words, jnp.int32)
+
+
+def sees_node(word0: Array, word1: Array, key_node: Array) -> Array:
+  """Is bit ``key_node`` set in the bitset ``(word0, word1)``: bool, broadcast elementwise
+  (e.g. ``B x T x 1`` words against ``B x 1 x S`` nodes); node ``-1`` is never seen."""
+  word = jnp.where(key_node < 32, word0, word1).astype(jnp.uint32)
+  bit = jnp.right_shift(word, (key_node % 32).astype(jnp.uint32)) & 1
+  return (bit == 1) & (key_node >= 0)
+
+
+def dense(visibility: Visibility) -> Array:
+  """The mask as bool ``B x T x S`` (for the reference attention and tests)."""
+  mask = visibility.key_rank_BxS[:, None, :] < visibility.row_limit_BxT[:, :, None]
+  if visibility.row_nodes_BxTx2 is not None:
+    words = visibility.row_nodes_BxTx2[:, :, None, :]
+    mask |= sees_node(words[..., 0], words[..., 1], visibility.key_node_BxS[:, None, :])
+  return mask

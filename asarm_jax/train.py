@@ -84,8 +84,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     # A non-finite loss skips the update even where its gradients happen to be finite.
     grads = jax.tree_util.tree_map(lambda g: jnp.where(jnp.isfinite(metrics["loss"]), g, jnp.nan),
                                    grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("optimizer"):  # a scope for profiles (benchmarks/profile_step.py)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step),
                    nonfinite_skipped=opt_state.skipped, nonfinite_in_a_row=opt_state.in_a_row)
     return TrainState(state.step + 1, params, opt_state), metrics

@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from asarm_jax import flops, models, optim, sharding, train
-from asarm_jax.config_base import from_file
+import common
+from asarm_jax import flops, models, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["code_small", "xlnet_base"], "configs/ names to measure.")
@@ -27,13 +27,6 @@ flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")
 flags.DEFINE_integer("batch_size", 0, "Override train.batch_size (0: the config's).")
 flags.DEFINE_list("attention_impls", ["xla"], "model.attention_impl values to compare.")
 flags.DEFINE_string("out", ".", "Output directory.")
-
-
-def config_of(name, **model):
-  """configs/NAME.py with ``model`` keys replaced."""
-  config = from_file(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
-  config.model.update(model)
-  return config
 
 
 def loss_and_grads(config, model, tokens):
@@ -47,23 +40,9 @@ def loss_and_grads(config, model, tokens):
 
 
 def measure(name, attention_impl):
-  config = config_of(name, attention_impl=attention_impl)
-  if FLAGS.batch_size:
-    config.train.batch_size = FLAGS.batch_size
-  mesh = sharding.make_mesh(config.mesh)
-  model = models.build(config.model)
-  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  config, step, state, tokens, rng = common.train_setup(name, FLAGS.batch_size,
+                                                       attention_impl=attention_impl)
   seq_len, batch = config.data.seq_len, config.train.batch_size
-  state = jax.jit(lambda r: train.create_state(model, tx, r, seq_len))(jax.random.PRNGKey(0))
-  shardings = sharding.state_shardings(mesh, state, config.mesh.rules)
-  state = jax.device_put(state, shardings)
-  step = jax.jit(train.make_train_step(model, tx, config),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
-                 donate_argnums=0)
-  tokens = np.random.default_rng(0).integers(4, config.model.vocab_size, (batch, seq_len),
-                                             dtype=np.int32)
-  tokens = sharding.global_batch(mesh, tokens)
-  rng = jax.random.PRNGKey(1)
   for _ in range(3):
     state, metrics = step(state, tokens, rng)
   jax.block_until_ready(metrics)
@@ -88,7 +67,7 @@ def agreement(name):
   """Loss and relative gradient error of every implementation against float32 XLA attention
   (same params, same batch): the bf16 XLA row is the noise floor a fused kernel should match."""
   def run(impl, dtype):
-    config = config_of(name, attention_impl=impl, dtype=dtype)
+    config = common.config_of(name, attention_impl=impl, dtype=dtype)
     tokens = np.random.default_rng(0).integers(4, config.model.vocab_size,
                                                (8, config.data.seq_len), dtype=np.int32)
     return loss_and_grads(config, models.build(config.model), tokens)

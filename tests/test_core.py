@@ -61,10 +61,11 @@ def test_masks_match_brute_force(seed, causal_prompt):
   rng = np.random.default_rng(seed)
   num_decoded = sigma.num_visible_B + jnp.asarray(rng.integers(0, 3, size=4), jnp.int32)
   for decoded in (None, num_decoded):
-    content = masks.content_mask(sigma.rank_BxL, sigma.rank_BxL, sigma.num_visible_B,
-                                 causal_prompt)
-    query = masks.query_mask(sigma.rank_BxL, sigma.rank_BxL >= sigma.num_visible_B[:, None],
-                             sigma.rank_BxL, decoded)
+    # Rows and keys in position space: each carries its rank.
+    dense = lambda limit: masks.dense(masks.Visibility(limit, sigma.rank_BxL))
+    content = dense(masks.content_limit(sigma.rank_BxL, sigma.num_visible_B, causal_prompt))
+    query = dense(masks.query_limit(sigma.rank_BxL,
+                                    sigma.rank_BxL >= sigma.num_visible_B[:, None], decoded))
     for b in range(4):
       n = LENGTH if decoded is None else int(decoded[b])
       ref_c, ref_q = brute_force_masks(np.asarray(sigma.rank_BxL[b]),
@@ -345,7 +346,7 @@ def test_forward_and_loss_compile_once():
 def test_fused_attention_padding_changes_nothing(monkeypatch):
   """The cuDNN path pads rows to even and key slots to a multiple of 8; run through the XLA
   kernel on CPU, the padded call must equal the unpadded one (padded slots never attended)."""
-  from asarm_jax.models import two_stream
+  from asarm_jax.models import attention
   real = jax.nn.dot_product_attention
   seen = []
 
@@ -354,13 +355,19 @@ def test_fused_attention_padding_changes_nothing(monkeypatch):
     return real(*args, implementation="xla", **kwargs)
 
   rng = np.random.default_rng(0)
-  batch, rows, slots, heads, dim = 2, 7, 13, 3, 8
+  batch, rows, slots, heads, dim = 2, 7, 12, 3, 8
   q, k, v = (jnp.asarray(rng.normal(size=(batch, n, heads, dim)), jnp.float32)
              for n in (rows, slots, slots))
-  mask = jnp.asarray(rng.random((batch, rows, slots)) < 0.6).at[:, :, 0].set(True)
-  bias = jnp.asarray(rng.normal(size=(batch, heads, rows, slots)), jnp.float32)
-  expected = two_stream.attend(q, k, v, bias, mask, "xla")
+  sink_key, sink_value = (jnp.asarray(rng.normal(size=(heads, dim)), jnp.float32)
+                          for _ in range(2))
+  visibility = masks.Visibility(jnp.asarray(rng.integers(0, slots + 1, (batch, rows)), jnp.int32),
+                                jnp.asarray(rng.permuted(np.tile(np.arange(slots), (batch, 1)), axis=1),
+                                            jnp.int32))
+  positions = jnp.asarray(rng.integers(0, 50, (batch, rows + slots)), jnp.int32)
+  args = (q, k, v, sink_key, sink_value, visibility, positions[:, :rows], positions[:, rows:],
+          True)
+  expected = attention.attend(*args, "xla")
   monkeypatch.setattr(jax.nn, "dot_product_attention", kernel)
-  padded = two_stream.attend(q, k, v, bias, mask, "cudnn")
-  assert seen == [(8, 16)]
+  padded = attention.attend(*args, "cudnn")
+  assert seen == [(8, 16)]  # 7 rows -> 8; the sink + 12 slots -> 16
   np.testing.assert_allclose(padded, expected, rtol=1e-5, atol=1e-6)

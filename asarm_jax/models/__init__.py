@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from asarm_jax.models import attention
 from asarm_jax.models.two_stream import TwoStreamTransformer, example_inputs
 from asarm_jax.models.xlnet import ACTIVATIONS, XLNetTransformer
 
@@ -22,9 +23,10 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer | XLNetTran
 
   Keys: vocab_size, num_layers, d_model, num_heads, d_ff, and optionally max_len, rope_base, alibi,
   tie_embeddings, num_special_tokens, causal_prompt, dtype ("bfloat16" for bf16 compute),
-  param_dtype and attention_impl. ``attention_impl="cudnn"`` (fused attention) applies only on a
-  GPU with 16-bit compute and falls back to "xla" elsewhere, so a checkpoint trained with it
-  loads and samples anywhere: the implementation never changes the parameters. Initialise with
+  param_dtype and attention_impl (:mod:`asarm_jax.models.attention`). ``"pallas"`` (the fused
+  kernel) applies only on a GPU and ``"cudnn"`` only on a GPU with 16-bit compute; both fall
+  back to the reference ``"xla"`` elsewhere, so a checkpoint trained with either loads and
+  samples anywhere: the implementation never changes the parameters. Initialise with
   ``model.init(rng, *models.example_inputs(B, L, K))``.
   """
   arch = config.get("arch", "two_stream")
@@ -71,9 +73,10 @@ def build_xlnet(config: ml_collections.ConfigDict) -> XLNetTransformer:
 
 def _attention_impl(config: ml_collections.ConfigDict) -> str:
   impl = config.get("attention_impl", "xla")
-  if impl not in ("xla", "cudnn"):
-    raise ValueError(f"model.attention_impl={impl!r}: expected 'xla' or 'cudnn'")
-  usable = jax.default_backend() == "gpu" and config.get("dtype") in ("bfloat16", "float16")
+  if impl not in attention.IMPLEMENTATIONS:
+    raise ValueError(f"model.attention_impl={impl!r}: expected one of {attention.IMPLEMENTATIONS}")
+  on_gpu = jax.default_backend() == "gpu"
+  usable = on_gpu and (impl != "cudnn" or config.get("dtype") in ("bfloat16", "float16"))
   return impl if usable else "xla"
 
 

@@ -37,6 +37,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from asarm_jax import masks
+from asarm_jax.models import attention
+
 Array = jnp.ndarray
 
 # Logical axes of every parameter: (regex over the end of its path "a/b/c", axis names).
@@ -79,48 +82,17 @@ class Cache(NamedTuple):
   layers: tuple[LayerCache, ...]
 
 
-def alibi_bias(query_positions_BxT: Array, key_positions_BxS: Array, num_heads: int) -> Array:
-  """``-slope_h * |p_q - p_k|``, float32 ``B x N x T x S``, slopes ``2^(-8 (h+1) / N)``."""
-  slopes = 2.0 ** (-8.0 * (jnp.arange(num_heads) + 1) / num_heads)
-  distance = jnp.abs(query_positions_BxT[:, :, None] - key_positions_BxS[:, None, :])
-  return -slopes[None, :, None, None] * distance[:, None].astype(jnp.float32)
-
-
 def rotary(x_BxTxNxH: Array, positions_BxT: Array, base: float) -> Array:
   """Applies rotary position embeddings (rotate-half form) at the given true positions."""
-  half = x_BxTxNxH.shape[-1] // 2
-  inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # B x T x H/2
-  sin = jnp.sin(angles)[:, :, None, :]
-  cos = jnp.cos(angles)[:, :, None, :]
-  x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_BxTxNxH.dtype)
-
-
-def attend(q_BxTxNxH: Array, k_BxSxNxH: Array, v_BxSxNxH: Array, bias_BxNxTxS: Array | None,
-           mask_BxTxS: Array, implementation: str) -> Array:
-  """Masked softmax attention, ``B x T x N x H``, through ``jax.nn.dot_product_attention``.
-
-  ``implementation="cudnn"`` is cuDNN's fused (flash) kernel: it never materialises the
-  ``B x N x T x S`` scores in HBM, but with a bias it wants even ``T`` and ``S`` when trained, so
-  rows and key slots are padded (padded slots are masked out, padded rows dropped).
-  """
-  if implementation not in ("xla", "cudnn"):
-    raise ValueError(f"unknown attention implementation {implementation!r}")
-  num_rows = q_BxTxNxH.shape[1]
-  if implementation == "cudnn":
-    pad_t, pad_s = num_rows % 2, (-k_BxSxNxH.shape[1]) % 8
-    pad = lambda x, axis, n: jnp.pad(x, [(0, n if a == axis else 0) for a in range(x.ndim)])
-    q_BxTxNxH = pad(q_BxTxNxH, 1, pad_t)
-    k_BxSxNxH, v_BxSxNxH = pad(k_BxSxNxH, 1, pad_s), pad(v_BxSxNxH, 1, pad_s)
-    mask_BxTxS = pad(pad(mask_BxTxS, 1, pad_t), 2, pad_s)  # padded slots: False
-    if bias_BxNxTxS is not None:
-      bias_BxNxTxS = pad(pad(bias_BxNxTxS, 2, pad_t), 3, pad_s)
-  out_BxTxNxH = jax.nn.dot_product_attention(
-      q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, bias=bias_BxNxTxS, mask=mask_BxTxS[:, None],
-      implementation=implementation)
-  return out_BxTxNxH[:, :num_rows]
+  with jax.named_scope("rotary"):
+    half = x_BxTxNxH.shape[-1] // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # B x T x H/2
+    sin = jnp.sin(angles)[:, :, None, :]
+    cos = jnp.cos(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxTxNxH.dtype)
 
 
 class Attention(nn.Module):
@@ -135,7 +107,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, key_positions_BxS: Array,
-               num_content: int, mask_BxTxS: Array, cache: LayerCache | None = None,
+               num_content: int, visibility: masks.Visibility, cache: LayerCache | None = None,
                cache_slots_BxR: Array | None = None) -> tuple[Array, LayerCache | None]:
     """Rows ``T = R + K``: the first ``R = num_content`` are content rows.
 
@@ -143,7 +115,7 @@ class Attention(nn.Module):
     keys and values are first written at ``cache_slots_BxR`` (slots out of range are dropped)
     and every row attends over the whole cache (``S`` = cache length).
     """
-    batch, _, width = x_BxTxD.shape
+    width = x_BxTxD.shape[-1]
     head_dim = width // self.num_heads
     # Fan-in scaled (1/sqrt(d)) so attention scores are O(1) at init: with a fixed small std
     # (0.02) the q.k products start near zero, attention is uniform and the query stream sits
@@ -163,19 +135,9 @@ class Attention(nn.Module):
     sink_init = nn.initializers.normal(0.02)
     sink_k = self.param("sink_key", sink_init, (self.num_heads, head_dim), self.param_dtype)
     sink_v = self.param("sink_value", sink_init, (self.num_heads, head_dim), self.param_dtype)
-    k_BxSxNxH = jnp.concatenate(
-        [jnp.broadcast_to(sink_k.astype(self.dtype), (batch, 1) + sink_k.shape), k_BxSxNxH], 1)
-    v_BxSxNxH = jnp.concatenate(
-        [jnp.broadcast_to(sink_v.astype(self.dtype), (batch, 1) + sink_v.shape), v_BxSxNxH], 1)
-    mask_BxTxS = jnp.pad(mask_BxTxS, ((0, 0), (0, 0), (1, 0)), constant_values=True)
-    bias = None
-    if self.alibi:  # the sink slot gets no bias
-      bias = jnp.pad(alibi_bias(positions_BxT, key_positions_BxS, self.num_heads),
-                     ((0, 0), (0, 0), (0, 0), (1, 0))).astype(q_BxTxNxH.dtype)
-
-    out_BxTxNxH = attend(q_BxTxNxH, k_BxSxNxH.astype(q_BxTxNxH.dtype),
-                         v_BxSxNxH.astype(q_BxTxNxH.dtype), bias, mask_BxTxS,
-                         self.attention_impl)
+    out_BxTxNxH = attention.attend(
+        q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_k, sink_v, visibility, positions_BxT,
+        key_positions_BxS, self.alibi, self.attention_impl)
     out_BxTxD = nn.DenseGeneral(width, axis=(-2, -1), use_bias=False, dtype=self.dtype,
                                 param_dtype=self.param_dtype,
                                 kernel_init=nn.initializers.normal(self.out_init_std),
@@ -196,14 +158,14 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, key_positions_BxS: Array,
-               num_content: int, mask_BxTxS: Array, cache: LayerCache | None = None,
+               num_content: int, visibility: masks.Visibility, cache: LayerCache | None = None,
                cache_slots_BxR: Array | None = None) -> tuple[Array, LayerCache | None]:
     norm = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     attended, cache = Attention(self.num_heads, self.rope_base, self.alibi, self.dtype,
                                 self.param_dtype, self.out_init_std, self.attention_impl,
                                 name="attention")(
         norm("ln_attention")(x_BxTxD), positions_BxT, key_positions_BxS, num_content,
-        mask_BxTxS, cache, cache_slots_BxR)
+        visibility, cache, cache_slots_BxR)
     x_BxTxD = x_BxTxD + attended
     h = norm("ln_mlp")(x_BxTxD)
     h = nn.Dense(self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -220,14 +182,14 @@ class TwoStreamTransformer(nn.Module):
   Call with rows in any order (rank space by convention; see :mod:`asarm_jax.ordering`):
 
   * ``tokens_BxL``, ``positions_BxL``: content rows and their true positions;
-  * ``content_mask_BxLxL``: from :func:`asarm_jax.masks.content_mask`;
   * ``target_positions_BxK``: true positions of the ``K`` query (target) rows;
-  * ``query_mask_BxKxL``: from :func:`asarm_jax.masks.query_mask`.
+  * ``visibility``: a :class:`asarm_jax.masks.Visibility` over the ``L + K`` rows (content
+    rows first) and the keys (the L content rows, or the cache's S slots).
 
   Returns float32 ``logits_BxKxV`` for the K target rows. With ``cache`` (from
   :meth:`init_cache`) the ``L`` content rows may be just the new ones: their keys/values are
-  written at ``cache_slots_BxL``, the masks are ``... x S`` over the cache's slots, and the
-  call returns ``(logits, new_cache)``. Initialise with
+  written at ``cache_slots_BxL``, the keys are the cache's slots, and the call returns
+  ``(logits, new_cache)``. Initialise with
   ``model.init(rng, *example_inputs(batch, length, num_targets))``.
   """
   vocab_size: int
@@ -243,13 +205,13 @@ class TwoStreamTransformer(nn.Module):
   causal_prompt: bool = False  # read by the callers' mask builder, not by the module.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  # "xla" or "cudnn" (fused flash attention on NVIDIA GPUs); the parameters are the same.
+  # asarm_jax.models.attention.IMPLEMENTATIONS; the parameters are the same for all.
   attention_impl: str = "xla"
 
   @nn.compact
-  def __call__(self, tokens_BxL: Array, positions_BxL: Array, content_mask_BxLxL: Array,
-               target_positions_BxK: Array, query_mask_BxKxL: Array,
-               cache: Cache | None = None, cache_slots_BxL: Array | None = None):
+  def __call__(self, tokens_BxL: Array, positions_BxL: Array, target_positions_BxK: Array,
+               visibility: masks.Visibility, cache: Cache | None = None,
+               cache_slots_BxL: Array | None = None):
     batch, length = tokens_BxL.shape
     num_targets = target_positions_BxK.shape[1]
     embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=nn.initializers.normal(0.02),
@@ -262,7 +224,6 @@ class TwoStreamTransformer(nn.Module):
     pos_embed = nn.Embed(self.max_len, self.d_model, embedding_init=nn.initializers.normal(0.02),
                          dtype=self.dtype, param_dtype=self.param_dtype, name="position_embed")
     x_BxTxD = jnp.concatenate([embed(tokens_BxL), g_BxKxD], axis=1) + pos_embed(positions_BxT)
-    mask_BxTxL = jnp.concatenate([content_mask_BxLxL, query_mask_BxKxL], axis=1)
 
     out_init_std = 0.02 / (2 * self.num_layers) ** 0.5
     if cache is None:
@@ -275,7 +236,7 @@ class TwoStreamTransformer(nn.Module):
       x_BxTxD, layer_cache = Block(
           self.num_heads, self.d_ff, self.rope_base, self.alibi, self.dtype, self.param_dtype,
           out_init_std, self.attention_impl, name=f"block_{i}")(
-              x_BxTxD, positions_BxT, key_positions_BxS, length, mask_BxTxL,
+              x_BxTxD, positions_BxT, key_positions_BxS, length, visibility,
               None if cache is None else cache.layers[i], cache_slots_BxL)
       new_layers.append(layer_cache)
 
@@ -298,9 +259,9 @@ class TwoStreamTransformer(nn.Module):
                        for _ in range(self.num_layers)))
 
 
-def example_inputs(batch: int, length: int, num_targets: int) -> tuple[Array, ...]:
+def example_inputs(batch: int, length: int, num_targets: int) -> tuple[Any, ...]:
   """Dummy inputs of the right shapes and dtypes for ``model.init``."""
   tokens = jnp.zeros((batch, length), jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-  return (tokens, positions, jnp.ones((batch, length, length), bool),
-          positions[:, :num_targets], jnp.ones((batch, num_targets, length), bool))
+  return (tokens, positions, positions[:, :num_targets],
+          masks.Visibility(jnp.ones((batch, length + num_targets), jnp.int32), positions))

@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from asarm_jax import masks
 from asarm_jax.models.two_stream import Cache, LayerCache, write_layer_cache
 
 Array = jnp.ndarray
@@ -79,7 +80,7 @@ class RelativeAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, key_positions_BxS: Array,
-               num_content: int, mask_BxTxS: Array, cache: LayerCache | None = None,
+               num_content: int, visibility: masks.Visibility, cache: LayerCache | None = None,
                cache_slots_BxR: Array | None = None) -> tuple[Array, LayerCache | None]:
     """Rows ``T = R + K``, the first ``R = num_content`` content rows; cache as in two_stream."""
     width = x_BxTxD.shape[-1]
@@ -108,7 +109,7 @@ class RelativeAttention(nn.Module):
     position_BxNxTxS = jnp.take_along_axis(by_distance_BxNxTxP, index_BxTxS[:, None], axis=3)
 
     scores = (content_BxNxTxS + position_BxNxTxS).astype(jnp.float32) / head_dim ** 0.5
-    visible_Bx1xTxS = mask_BxTxS[:, None]
+    visible_Bx1xTxS = masks.dense(visibility)[:, None]
     probs = jax.nn.softmax(jnp.where(visible_Bx1xTxS, scores, -1e30), axis=-1)
     probs = jnp.where(visible_Bx1xTxS.any(-1, keepdims=True), probs, 0.0)
     out_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", probs.astype(self.dtype),
@@ -132,14 +133,14 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, key_positions_BxS: Array,
-               num_content: int, mask_BxTxS: Array, cache: LayerCache | None = None,
+               num_content: int, visibility: masks.Visibility, cache: LayerCache | None = None,
                cache_slots_BxR: Array | None = None) -> tuple[Array, LayerCache | None]:
     norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, use_fast_variance=False,
                                      dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     init = nn.initializers.normal(0.02)
     attended, cache = RelativeAttention(self.num_heads, self.max_len, self.clamp_len, self.dtype,
                                         self.param_dtype, name="attention")(
-        x_BxTxD, positions_BxT, key_positions_BxS, num_content, mask_BxTxS, cache,
+        x_BxTxD, positions_BxT, key_positions_BxS, num_content, visibility, cache,
         cache_slots_BxR)
     x_BxTxD = norm("ln_attention")(x_BxTxD + attended)
     h = nn.Dense(self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init,
@@ -152,8 +153,8 @@ class Block(nn.Module):
 class XLNetTransformer(nn.Module):
   """XLNet as an any-subset two-stream model: the call of ``TwoStreamTransformer``.
 
-  ``tokens_BxL``, ``positions_BxL``, ``content_mask_BxLxL``, ``target_positions_BxK``,
-  ``query_mask_BxKxL`` (and optionally ``cache``, ``cache_slots_BxL``) as there; returns
+  ``tokens_BxL``, ``positions_BxL``, ``target_positions_BxK``, ``visibility`` (and optionally
+  ``cache``, ``cache_slots_BxL``) as there; returns
   float32 ``logits_BxKxV``, or ``(logits, new_cache)`` with a cache. Positions must be
   ``< max_len``.
   """
@@ -174,9 +175,9 @@ class XLNetTransformer(nn.Module):
   tie_embeddings: bool = True  # always: XLNet ties the LM head to the word embedding.
 
   @nn.compact
-  def __call__(self, tokens_BxL: Array, positions_BxL: Array, content_mask_BxLxL: Array,
-               target_positions_BxK: Array, query_mask_BxKxL: Array,
-               cache: Cache | None = None, cache_slots_BxL: Array | None = None):
+  def __call__(self, tokens_BxL: Array, positions_BxL: Array, target_positions_BxK: Array,
+               visibility: masks.Visibility, cache: Cache | None = None,
+               cache_slots_BxL: Array | None = None):
     batch, length = tokens_BxL.shape
     num_targets = target_positions_BxK.shape[1]
     init = nn.initializers.normal(0.02)
@@ -187,7 +188,6 @@ class XLNetTransformer(nn.Module):
                                (batch, num_targets, self.d_model))
     x_BxTxD = jnp.concatenate([embed(tokens_BxL), g_BxKxD], axis=1)
     positions_BxT = jnp.concatenate([positions_BxL, target_positions_BxK], axis=1)
-    mask_BxTxL = jnp.concatenate([content_mask_BxLxL, query_mask_BxKxL], axis=1)
     if cache is None:
       key_positions_BxS = positions_BxL
     else:
@@ -198,7 +198,7 @@ class XLNetTransformer(nn.Module):
       x_BxTxD, layer_cache = Block(
           self.num_heads, self.d_ff, self.max_len, self.clamp_len, self.activation,
           self.layer_norm_eps, self.dtype, self.param_dtype, name=f"block_{i}")(
-              x_BxTxD, positions_BxT, key_positions_BxS, length, mask_BxTxL,
+              x_BxTxD, positions_BxT, key_positions_BxS, length, visibility,
               None if cache is None else cache.layers[i], cache_slots_BxL)
       new_layers.append(layer_cache)
 

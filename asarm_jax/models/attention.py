@@ -1,0 +1,376 @@
+"""Masked softmax attention with an attention sink and ALiBi, from a structured mask.
+
+One function, :func:`attend`, for both architectures' two-stream attention. The mask is a
+:class:`asarm_jax.masks.Visibility`: per-row rank limits, per-key ranks and, for tree calls,
+node bitsets. Implementations (``model.attention_impl``):
+
+* ``"pallas"``: a fused flash-attention kernel (Pallas, lowered through Triton on GPUs). It
+  derives every score's visibility and its ALiBi term from the per-row and per-key integers, so
+  no ``B x T x S`` mask or bias ever exists; key blocks that no row of a query block can see
+  are skipped (about half of them under the prefix-LM and causal rules). The sink is the
+  initial state of the online softmax. Off GPUs it runs in Pallas' interpreter (tests).
+* ``"xla"``: the reference: a dense mask and bias, ``jax.nn.dot_product_attention``.
+* ``"cudnn"``: the same dense form through cuDNN's fused kernel (kept for the side-by-side
+  benchmark against the kernel above, ``benchmarks/train_throughput.py``).
+
+All three compute ``softmax(q.k / sqrt(H) - slope_h |p_q - p_k|)`` over the visible keys plus
+the sink (a key/value every row sees, with no ALiBi term), with fixed slopes
+``2^(-8 (h+1) / N)`` (Press et al. 2022).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from asarm_jax import masks
+
+Array = jnp.ndarray
+IMPLEMENTATIONS = ("pallas", "xla", "cudnn")
+_LOG2E = math.log2(math.e)
+_MASKED = -1e30  # a score no row keeps (every row has the sink, a finite score)
+
+
+def alibi_slopes(num_heads: int) -> Array:
+  """ALiBi slopes ``2^(-8 (h+1) / N)``, float32 ``N``."""
+  return 2.0 ** (-8.0 * (jnp.arange(num_heads, dtype=jnp.float32) + 1) / num_heads)
+
+
+def alibi_bias(query_positions_BxT: Array, key_positions_BxS: Array, num_heads: int) -> Array:
+  """``-slope_h * |p_q - p_k|``, float32 ``B x N x T x S`` (the dense form)."""
+  with jax.named_scope("alibi"):  # a scope for profiles (benchmarks/profile_step.py)
+    distance = jnp.abs(query_positions_BxT[:, :, None] - key_positions_BxS[:, None, :])
+    return -alibi_slopes(num_heads)[None, :, None, None] * distance[:, None].astype(jnp.float32)
+
+
+def attend(q_BxTxNxH: Array, k_BxSxNxH: Array, v_BxSxNxH: Array, sink_key_NxH: Array,
+           sink_value_NxH: Array, visibility: masks.Visibility, query_positions_BxT: Array,
+           key_positions_BxS: Array, alibi: bool, implementation: str) -> Array:
+  """Attention of ``T`` rows onto ``S`` keys plus the sink, ``B x T x N x H`` (q's dtype)."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {implementation!r}; "
+                     f"expected one of {IMPLEMENTATIONS}")
+  with jax.named_scope("attend"):
+    if implementation == "pallas":
+      return _flash(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_key_NxH, sink_value_NxH, visibility,
+                    query_positions_BxT, key_positions_BxS, alibi)
+    return _dense(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_key_NxH, sink_value_NxH, visibility,
+                  query_positions_BxT, key_positions_BxS, alibi, implementation)
+
+
+def _dense(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi,
+           implementation):
+  """The reference: the sink as slot 0, a dense mask and bias, ``dot_product_attention``.
+
+  cuDNN's kernel wants even ``T`` and ``S`` with a bias, so rows and slots are padded there
+  (padded slots masked out, padded rows dropped).
+  """
+  batch, num_rows, num_heads, _ = q.shape
+  with_sink = lambda x, s: jnp.concatenate(
+      [jnp.broadcast_to(s.astype(q.dtype), (batch, 1) + s.shape), x.astype(q.dtype)], 1)
+  k, v = with_sink(k, sink_key), with_sink(v, sink_value)
+  mask = jnp.pad(masks.dense(visibility), ((0, 0), (0, 0), (1, 0)), constant_values=True)
+  bias = None
+  if alibi:  # the sink slot gets no bias
+    bias = jnp.pad(alibi_bias(query_positions, key_positions, num_heads),
+                   ((0, 0), (0, 0), (0, 0), (1, 0))).astype(q.dtype)
+  if implementation == "cudnn":
+    pad_t, pad_s = num_rows % 2, (-k.shape[1]) % 8
+    pad = lambda x, axis, n: jnp.pad(x, [(0, n if a == axis else 0) for a in range(x.ndim)])
+    q = pad(q, 1, pad_t)
+    k, v = pad(k, 1, pad_s), pad(v, 1, pad_s)
+    mask = pad(pad(mask, 1, pad_t), 2, pad_s)  # padded slots: False
+    if bias is not None:
+      bias = pad(pad(bias, 2, pad_t), 3, pad_s)
+  out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask[:, None],
+                                     implementation=implementation)
+  return out[:, :num_rows]
+
+
+# ------------------------------------------------------------------------------------------
+# The fused kernel. Scores are kept in the log2 domain (exp2 is the fast exponential).
+
+BLOCK_Q, BLOCK_K = 64, 64
+
+
+def _compiler_params():
+  from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
+  return plgpu.CompilerParams(num_warps=4, num_stages=2)
+
+
+def _interpret() -> bool:
+  return jax.default_backend() != "gpu"
+
+
+class _Rows:
+  """One block of rows (query tile), loaded once per program."""
+
+  def __init__(self, limit_ref, position_ref, word0_ref, word1_ref):
+    self.limit = limit_ref[...]
+    self.position = position_ref[...]
+    self.words = None if word0_ref is None else (word0_ref[...], word1_ref[...])
+    # Does any row of the tile see any key by rank / by tree node?
+    self.max_limit = jnp.max(self.limit)
+    self.any_node = (None if self.words is None else
+                     jnp.max(((self.words[0] | self.words[1]) != 0).astype(jnp.int32)) > 0)
+
+
+def _tile_visible(rows: _Rows, key_rank, key_node):
+  """bool ``BQ x BK``: which scores of the tile are visible."""
+  visible = key_rank[None, :] < rows.limit[:, None]
+  if rows.words is not None:
+    visible |= masks.sees_node(rows.words[0][:, None], rows.words[1][:, None], key_node[None, :])
+  return visible
+
+
+def _block_needed(rows: _Rows, key_rank, key_node):
+  """Can any row of the tile see any key of the block (a cheap, conservative test)."""
+  needed = jnp.min(key_rank) < rows.max_limit
+  if rows.words is not None:
+    needed |= rows.any_node & (jnp.max(key_node) >= 0)
+  return needed
+
+
+def _dot(a, b, trans_a: bool = False, trans_b: bool = False):
+  """``a @ b`` (optionally transposed operands) with float32 accumulation; float32 operands
+  are multiplied in full precision (not TF32)."""
+  dims = (((0,) if trans_a else (1,)), ((1,) if trans_b else (0,)))
+  precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+  return jax.lax.dot_general(a, b, (dims, ((), ())), precision=precision,
+                             preferred_element_type=jnp.float32)
+
+
+def _scores(q, k, rows: _Rows, key_position, slope, scale):
+  """Log2-domain scores ``BQ x BK`` (float32), ALiBi included."""
+  s = _dot(q, k, trans_b=True) * (scale * _LOG2E)
+  if slope is not None:
+    distance = jnp.abs(rows.position[:, None] - key_position[None, :]).astype(jnp.float32)
+    s -= (slope * _LOG2E) * distance
+  return s
+
+
+def _slope(alibi: bool, num_heads: int):
+  if not alibi:
+    return None
+  head = pl.program_id(1)
+  return jnp.exp2(-8.0 * (head + 1).astype(jnp.float32) / num_heads)
+
+
+def _unpack(refs, tree):
+  """Splits the kernel's input refs (tree refs are absent without a tree)."""
+  refs = list(refs)
+  take = lambda n: [refs.pop(0) for _ in range(n)]
+  q, k, v, sink_key, sink_value = take(5)
+  limit, position = take(2)
+  words = take(2) if tree else (None, None)
+  key_rank, key_position = take(2)
+  key_node = take(1)[0] if tree else None
+  return (q, k, v, sink_key, sink_value, limit, position, words, key_rank, key_position,
+          key_node, refs)
+
+
+def _forward_kernel(*refs, num_key_blocks, scale, alibi, num_heads, tree):
+  (q_ref, k_ref, v_ref, sink_key_ref, sink_value_ref, limit_ref, position_ref, words,
+   key_rank_ref, key_position_ref, key_node_ref, (out_ref, lse_ref)) = _unpack(refs, tree)
+  rows = _Rows(limit_ref, position_ref, *words)
+  q = q_ref[...]
+  slope = _slope(alibi, num_heads)
+  # The sink starts the online softmax: max = its score, sum = 1, accumulator = its value.
+  m = jnp.sum(q.astype(jnp.float32) * sink_key_ref[...].astype(jnp.float32)[None, :], 1) * (
+      scale * _LOG2E)
+  total = jnp.ones_like(m)
+  acc = jnp.broadcast_to(sink_value_ref[...].astype(jnp.float32)[None, :], q.shape)
+
+  def body(j, carry):
+    keys = pl.ds(j * BLOCK_K, BLOCK_K)
+    key_rank = key_rank_ref[keys]
+    key_node = None if key_node_ref is None else key_node_ref[keys]
+
+    def block(carry):
+      acc, m, total = carry
+      s = _scores(q, k_ref[keys, :], rows, key_position_ref[keys], slope, scale)
+      s = jnp.where(_tile_visible(rows, key_rank, key_node), s, _MASKED)
+      m_next = jnp.maximum(m, jnp.max(s, 1))
+      p = jnp.exp2(s - m_next[:, None])
+      correction = jnp.exp2(m - m_next)
+      acc = acc * correction[:, None] + _dot(p.astype(v_ref.dtype), v_ref[keys, :])
+      return acc, m_next, total * correction + jnp.sum(p, 1)
+
+    return jax.lax.cond(_block_needed(rows, key_rank, key_node), block, lambda c: c, carry)
+
+  acc, m, total = jax.lax.fori_loop(0, num_key_blocks, body, (acc, m, total))
+  out_ref[...] = (acc / total[:, None]).astype(out_ref.dtype)
+  lse_ref[...] = m + jnp.log2(total)
+
+
+def _dq_kernel(*refs, num_key_blocks, scale, alibi, num_heads, tree):
+  (q_ref, k_ref, v_ref, _, _, limit_ref, position_ref, words, key_rank_ref, key_position_ref,
+   key_node_ref, (dout_ref, lse_ref, delta_ref, dq_ref)) = _unpack(refs, tree)
+  rows = _Rows(limit_ref, position_ref, *words)
+  q, dout = q_ref[...], dout_ref[...]
+  lse, delta = lse_ref[...], delta_ref[...]
+  slope = _slope(alibi, num_heads)
+
+  def body(j, dq):
+    keys = pl.ds(j * BLOCK_K, BLOCK_K)
+    key_rank = key_rank_ref[keys]
+    key_node = None if key_node_ref is None else key_node_ref[keys]
+
+    def block(dq):
+      k = k_ref[keys, :]
+      s = _scores(q, k, rows, key_position_ref[keys], slope, scale)
+      p = jnp.where(_tile_visible(rows, key_rank, key_node), jnp.exp2(s - lse[:, None]), 0.0)
+      dp = _dot(dout, v_ref[keys, :], trans_b=True)
+      ds = p * (dp - delta[:, None])
+      return dq + _dot(ds.astype(k.dtype), k)
+
+    return jax.lax.cond(_block_needed(rows, key_rank, key_node), block, lambda d: d, dq)
+
+  dq = jax.lax.fori_loop(0, num_key_blocks, body, jnp.zeros(q.shape, jnp.float32))
+  dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
+
+
+def _dkv_kernel(*refs, num_query_blocks, scale, alibi, num_heads, tree):
+  (q_ref, k_ref, v_ref, _, _, limit_ref, position_ref, words, key_rank_ref, key_position_ref,
+   key_node_ref, (dout_ref, lse_ref, delta_ref, dk_ref, dv_ref)) = _unpack(refs, tree)
+  k, v = k_ref[...], v_ref[...]
+  key_rank, key_position = key_rank_ref[...], key_position_ref[...]
+  key_node = None if key_node_ref is None else key_node_ref[...]
+  slope = _slope(alibi, num_heads)
+
+  def body(i, carry):
+    rows_slice = pl.ds(i * BLOCK_Q, BLOCK_Q)
+    rows = _Rows(limit_ref.at[rows_slice], position_ref.at[rows_slice],
+                 *(None, None) if words[0] is None else
+                 (words[0].at[rows_slice], words[1].at[rows_slice]))
+
+    def block(carry):
+      dk, dv = carry
+      q, dout = q_ref[rows_slice, :], dout_ref[rows_slice, :]
+      s = _scores(q, k, rows, key_position, slope, scale)
+      p = jnp.where(_tile_visible(rows, key_rank, key_node),
+                    jnp.exp2(s - lse_ref[rows_slice][:, None]), 0.0)
+      dv = dv + _dot(p.astype(dout.dtype), dout, trans_a=True)
+      dp = _dot(dout, v, trans_b=True)
+      ds = p * (dp - delta_ref[rows_slice][:, None])
+      return dk + _dot(ds.astype(q.dtype), q, trans_a=True), dv
+
+    return jax.lax.cond(_block_needed(rows, key_rank, key_node), block, lambda c: c, carry)
+
+  zeros = jnp.zeros(k.shape, jnp.float32)
+  dk, dv = jax.lax.fori_loop(0, num_query_blocks, body, (zeros, zeros))
+  dk_ref[...] = (dk * scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys):
+  """BlockSpecs of the kernels' common inputs; the grid is ``(B, N, row or key blocks)``."""
+  if grid_over_keys:
+    row_tile = lambda: pl.BlockSpec((None, num_rows, None, head_dim), lambda b, h, j: (b, 0, h, 0))
+    key_tile = lambda: pl.BlockSpec((None, BLOCK_K, None, head_dim), lambda b, h, j: (b, j, h, 0))
+    row_vec = lambda: pl.BlockSpec((None, num_rows), lambda b, h, j: (b, 0))
+    key_vec = lambda: pl.BlockSpec((None, BLOCK_K), lambda b, h, j: (b, j))
+  else:
+    row_tile = lambda: pl.BlockSpec((None, BLOCK_Q, None, head_dim), lambda b, h, i: (b, i, h, 0))
+    key_tile = lambda: pl.BlockSpec((None, num_keys, None, head_dim), lambda b, h, i: (b, 0, h, 0))
+    row_vec = lambda: pl.BlockSpec((None, BLOCK_Q), lambda b, h, i: (b, i))
+    key_vec = lambda: pl.BlockSpec((None, num_keys), lambda b, h, i: (b, 0))
+  head_vec = lambda: pl.BlockSpec((None, head_dim), lambda b, h, i: (h, 0))
+  specs = [row_tile(), key_tile(), key_tile(), head_vec(), head_vec(), row_vec(), row_vec()]
+  specs += [row_vec(), row_vec()] if tree else []
+  specs += [key_vec(), key_vec()] + ([key_vec()] if tree else [])
+  return specs, row_tile, key_tile, row_vec
+
+
+def _pad_to(x, axis, multiple, value=0):
+  n = (-x.shape[axis]) % multiple
+  return jnp.pad(x, [(0, n if a == axis else 0) for a in range(x.ndim)], constant_values=value)
+
+
+def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi):
+  """Pads rows and keys to whole blocks (padded rows see only the sink, padded keys nothing)."""
+  num_rows = q.shape[1]
+  tree = visibility.row_nodes_BxTx2 is not None
+  rows = [_pad_to(visibility.row_limit_BxT, 1, BLOCK_Q), _pad_to(query_positions, 1, BLOCK_Q)]
+  if tree:
+    rows += [_pad_to(visibility.row_nodes_BxTx2[..., w], 1, BLOCK_Q) for w in (0, 1)]
+  keys = [_pad_to(visibility.key_rank_BxS, 1, BLOCK_K, jnp.iinfo(jnp.int32).max),
+          _pad_to(key_positions, 1, BLOCK_K)]
+  if tree:
+    keys.append(_pad_to(visibility.key_node_BxS, 1, BLOCK_K, -1))
+  ints = tuple(x.astype(jnp.int32) for x in rows + keys)
+  out = _flash_core(_pad_to(q, 1, BLOCK_Q), _pad_to(k.astype(q.dtype), 1, BLOCK_K),
+                    _pad_to(v.astype(q.dtype), 1, BLOCK_K), sink_key.astype(q.dtype),
+                    sink_value.astype(q.dtype), ints, alibi, tree)
+  return out[:, :num_rows]
+
+
+def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
+  return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
+                        out_shape=out_shape, interpret=_interpret(),
+                        compiler_params=None if _interpret() else _compiler_params())(*args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _flash_core(q, k, v, sink_key, sink_value, ints, alibi, tree):
+  return _flash_forward(q, k, v, sink_key, sink_value, ints, alibi, tree)[0]
+
+
+def _flash_forward(q, k, v, sink_key, sink_value, ints, alibi, tree):
+  batch, num_rows, num_heads, head_dim = q.shape
+  num_keys = k.shape[1]
+  specs, row_tile, _, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False)
+  lse_spec = pl.BlockSpec((None, None, BLOCK_Q), lambda b, h, i: (b, h, i))
+  kernel = functools.partial(_forward_kernel, num_key_blocks=num_keys // BLOCK_K,
+                             scale=head_dim ** -0.5, alibi=alibi, num_heads=num_heads, tree=tree)
+  out, lse = _call(kernel, (batch, num_heads, num_rows // BLOCK_Q), specs,
+                   [row_tile(), lse_spec],
+                   [jax.ShapeDtypeStruct(q.shape, q.dtype),
+                    jax.ShapeDtypeStruct((batch, num_heads, num_rows), jnp.float32)],
+                   q, k, v, sink_key, sink_value, *ints)
+  return out, lse
+
+
+def _flash_fwd(q, k, v, sink_key, sink_value, ints, alibi, tree):
+  out, lse = _flash_forward(q, k, v, sink_key, sink_value, ints, alibi, tree)
+  return out, (q, k, v, sink_key, sink_value, ints, out, lse)
+
+
+def _flash_bwd(alibi, tree, residuals, dout):
+  q, k, v, sink_key, sink_value, ints, out, lse = residuals
+  batch, num_rows, num_heads, head_dim = q.shape
+  num_keys = k.shape[1]
+  scale = head_dim ** -0.5
+  f32 = lambda x: x.astype(jnp.float32)
+  delta = jnp.einsum("btnh,btnh->bnt", f32(out), f32(dout))  # rowsum(dO * O)
+  # The sink's share (JAX: one key, every row): p_sink and its score's gradient.
+  sink_score = jnp.einsum("btnh,nh->bnt", f32(q), f32(sink_key)) * (scale * _LOG2E)
+  p_sink = jnp.exp2(sink_score - lse)
+  ds_sink = p_sink * (jnp.einsum("btnh,nh->bnt", f32(dout), f32(sink_value)) - delta)
+  d_sink_key = jnp.einsum("bnt,btnh->nh", ds_sink, f32(q)) * scale
+  d_sink_value = jnp.einsum("bnt,btnh->nh", p_sink, f32(dout))
+
+  common = dict(scale=scale, alibi=alibi, num_heads=num_heads, tree=tree)
+  lse_q = pl.BlockSpec((None, None, BLOCK_Q), lambda b, h, i: (b, h, i))
+  specs, row_tile, _, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False)
+  dq = _call(functools.partial(_dq_kernel, num_key_blocks=num_keys // BLOCK_K, **common),
+             (batch, num_heads, num_rows // BLOCK_Q), specs + [row_tile(), lse_q, lse_q],
+             row_tile(), jax.ShapeDtypeStruct(q.shape, jnp.float32),
+             q, k, v, sink_key, sink_value, *ints, dout, lse, delta)
+  dq = (dq + jnp.einsum("bnt,nh->btnh", ds_sink, f32(sink_key)) * scale).astype(q.dtype)
+
+  lse_all = pl.BlockSpec((None, None, num_rows), lambda b, h, j: (b, h, 0))
+  specs, row_tile, key_tile, _ = _specs(batch, num_rows, num_keys, head_dim, tree, True)
+  dk, dv = _call(functools.partial(_dkv_kernel, num_query_blocks=num_rows // BLOCK_Q, **common),
+                 (batch, num_heads, num_keys // BLOCK_K), specs + [row_tile(), lse_all, lse_all],
+                 [key_tile(), key_tile()],
+                 [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+                 q, k, v, sink_key, sink_value, *ints, dout, lse, delta)
+  return (dq, dk, dv, d_sink_key.astype(sink_key.dtype), d_sink_value.astype(sink_value.dtype),
+          jax.tree_util.tree_map(lambda _: None, ints))
+
+
+_flash_core.defvjp(_flash_fwd, _flash_bwd)

@@ -1,0 +1,76 @@
+"""Setup shared by the benchmarks: configs, the real train step and the cached sampling call."""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asarm_jax import forward, models, optim, sharding, train
+from asarm_jax.config_base import from_file
+
+
+def config_of(name: str, **model):
+  """configs/NAME.py with the ``model`` keys that are not None replaced."""
+  config = from_file(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
+  config.model.update({k: v for k, v in model.items() if v is not None})
+  return config
+
+
+def train_setup(name: str, batch_size: int = 0, **model):
+  """``(config, jitted step, sharded state, tokens, rng)`` for configs/NAME.py (random tokens)."""
+  config = config_of(name, **model)
+  if batch_size:
+    config.train.batch_size = batch_size
+  mesh = sharding.make_mesh(config.mesh)
+  model = models.build(config.model)
+  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  seq_len, batch = config.data.seq_len, config.train.batch_size
+  state = jax.jit(lambda r: train.create_state(model, tx, r, seq_len))(jax.random.PRNGKey(0))
+  shardings = sharding.state_shardings(mesh, state, config.mesh.rules)
+  state = jax.device_put(state, shardings)
+  step = jax.jit(train.make_train_step(model, tx, config),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+                 donate_argnums=0)
+  tokens = np.random.default_rng(0).integers(4, config.model.vocab_size, (batch, seq_len),
+                                             dtype=np.int32)
+  tokens = sharding.global_batch(mesh, tokens)
+  return config, step, state, tokens, jax.random.PRNGKey(1)
+
+
+def call_loop(model, batch: int, rows: int, calls: int, slots: int = 512):
+  """``(params, cache) -> checksum``: ``calls`` cached calls of 1 content + ``rows`` query rows."""
+  def loop(params, cache):
+    def body(i, carry):
+      cache, tokens_rank, total = carry
+      decoded = 256 + i % (slots - 256 - rows)  # ranks < decoded are in the cache
+      num_decoded = jnp.full((batch,), decoded, jnp.int32)
+      perm = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (batch, slots))
+      target = decoded + jnp.broadcast_to(jnp.arange(rows, dtype=jnp.int32), (batch, rows))
+      logits, cache = forward.call(
+          model, params, tokens_rank, perm, jnp.full((batch,), 128, jnp.int32), target,
+          jnp.ones((batch, rows), bool), num_decoded, cache=cache,
+          content_rank_BxR=num_decoded[:, None] - 1)
+      token = jnp.argmax(logits[:, 0], -1).astype(jnp.int32)
+      tokens_rank = jax.lax.dynamic_update_slice(tokens_rank, token[:, None], (0, decoded))
+      return cache, tokens_rank, total + logits[:, 0, 0].sum()
+    tokens = jnp.zeros((batch, slots), jnp.int32)
+    return jax.lax.fori_loop(0, calls, body, (cache, tokens, jnp.float32(0)))[2]
+  return jax.jit(loop)
+
+
+def call_setup(config, batch: int, rows: int, calls: int):
+  """The jitted loop and its arguments (random params, a cache with random contents)."""
+  model = models.build(config.model)
+  params = train.init_params(model, jax.random.PRNGKey(0), config.data.seq_len)
+  cache = model.init_cache(batch, 512)
+  rng = np.random.default_rng(0)
+  cache = jax.tree_util.tree_map(
+      lambda x: jnp.asarray(rng.normal(size=x.shape) * 0.1, x.dtype)
+      if jnp.issubdtype(x.dtype, jnp.floating) else x, cache)
+  cache = cache._replace(positions_BxS=jnp.broadcast_to(jnp.arange(512, dtype=jnp.int32),
+                                                          (batch, 512)))
+  return call_loop(model, batch, rows, calls), (params, cache)
+
+
