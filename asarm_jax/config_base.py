@@ -27,7 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
       vocab_size=c.data.get_ref("vocab_size"), max_len=c.data.get_ref("seq_len"),
       num_layers=4, d_model=256, num_heads=4, d_ff=1024, rope_base=10_000.0, alibi=True,
       tie_embeddings=True, num_special_tokens=4, causal_prompt=False, dtype="float32",
-      param_dtype="float32", attention_impl="xla"))
+      param_dtype="float32", attention_impl="pallas"))
 
   # Visible fraction range of the joint loss: [0.01, 0.10] for generation models,
   # e.g. [0.15, 0.6] for infilling models. random_order / parallel are ablations.
@@ -41,6 +41,11 @@ def base_config() -> ml_collections.ConfigDict:
       learning_rate=1e-3, warmup_steps=100, schedule="cosine", final_lr_fraction=0.1,
       weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0, accumulation_steps=1,
       max_consecutive_nonfinite=5))
+
+  # Fine-tuning: a workdir or a Hugging Face XLNet folder whose weights (and tokenizer) a new
+  # run starts from; its parameters must fit config.model (docs/xlnet.md). "" starts from
+  # random weights. A run that has its own checkpoint resumes from that instead.
+  c.init_from = ""
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32, num_steps=1000, log_every=50, eval_every=500, eval_batches=4,

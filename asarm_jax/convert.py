@@ -165,26 +165,30 @@ def config_file(model: dict[str, Any], hf_dir: str) -> str:
           "  return convert.full_config(MODEL)\n")
 
 
-def convert(hf_dir: str, workdir: str, max_len: int = 512) -> ml_collections.ConfigDict:
-  """Writes ``workdir`` (checkpoint step 0) from the HF folder ``hf_dir``; returns its config."""
-  from asarm_jax import checkpoint, data, models, optim, train  # pylint: disable=g-import-not-at-top
+def load(hf_dir: str, max_len: int = 512) -> tuple[dict[str, Any], dict[str, Any], bytes]:
+  """``(model block, params, tokenizer model)`` of the HF folder ``hf_dir``, in our form (ids
+  renumbered, :func:`vocab_order`); float32 numpy parameters."""
   with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
     hf = json.load(f)
   with open(os.path.join(hf_dir, "spiece.model"), "rb") as f:
     spiece = f.read()
   order, num_special = vocab_order(spiece)
-  tokenizer = data.Tokenizer.from_serialized(renumbered_spiece(spiece, order))
-  model_block = model_config(hf, max_len, num_special)
-  config = full_config(model_block)
   params = permute_vocab(convert_params(read_state_dict(hf_dir), hf["n_layer"]), order)
+  return model_config(hf, max_len, num_special), params, renumbered_spiece(spiece, order)
+
+
+def convert(hf_dir: str, workdir: str, max_len: int = 512) -> ml_collections.ConfigDict:
+  """Writes ``workdir`` (checkpoint step 0) from the HF folder ``hf_dir``; returns its config."""
+  from asarm_jax import checkpoint, data, models, optim, train  # pylint: disable=g-import-not-at-top
+  model_block, params, spiece = load(hf_dir, max_len)
+  tokenizer = data.Tokenizer.from_serialized(spiece)
+  config = full_config(model_block)
   model = models.build(config.model)
-  expected = jax.eval_shape(model.init, jax.random.key(0),
-                            *models.example_inputs(1, 2, 1))
-  got = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  if jax.tree_util.tree_structure(got) != jax.tree_util.tree_structure(expected) or any(
-      a.shape != b.shape for a, b in zip(jax.tree_util.tree_leaves(got),
-                                         jax.tree_util.tree_leaves(expected))):
-    raise ValueError(f"converted parameters do not fit the xlnet model of {config.model}")
+  expected = jax.eval_shape(model.init, jax.random.key(0), *models.example_inputs(1, 2, 1))
+  mismatch = train.first_mismatch(params, expected)
+  if mismatch:
+    raise ValueError(f"converted parameters do not fit the xlnet model of {config.model}: "
+                     f"{mismatch}")
   params = jax.tree_util.tree_map(jnp.asarray, params)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))

@@ -28,7 +28,7 @@ class Loaded(NamedTuple):
 def load(workdir: str, attention_impl: str | None = None) -> Loaded:
   """The newest readable checkpoint of ``workdir``, with the config and tokenizer it carries.
 
-  ``attention_impl`` ("xla" or "cudnn") replaces the checkpoint's ``model.attention_impl``: the
+  ``attention_impl`` (one of :data:`asarm_jax.models.attention.IMPLEMENTATIONS`) replaces the checkpoint's ``model.attention_impl``: the
   kernel is not part of the parameters, and the fastest one for sampling depends on the batch.
   Writes nothing; raises ``FileNotFoundError`` if there is no checkpoint and
   :class:`checkpoint.CheckpointError` if none is readable.

@@ -18,7 +18,7 @@ Rules (``r`` is a row's rank, ``s`` a key's rank):
 * tree rule, for a call that evaluates a *tree* of candidate continuations (tree decoding):
   siblings share a rank, so tree nodes live in extra key slots, and a row that belongs to
   node ``u`` may also see the slots of ``u``'s ancestors and of ``u`` itself
-  (:func:`tree_mask`, OR-ed with the rank rules above at the limit ``n``).
+  (:func:`node_bits`, OR-ed with the rank rules above at the limit ``n``).
 
 Every rule is "key rank < a per-row limit", plus, for tree rows, a per-row set of tree nodes.
 So a mask is never built densely on the fast path: :class:`Visibility` holds one integer limit

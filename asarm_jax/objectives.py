@@ -38,7 +38,7 @@ def draft_rows(rng: jax.Array, num_visible_B: Array, length: int, num_cuts: int,
 
   Per row, ``num_cuts`` cut points ``n`` are drawn uniformly among the hidden ranks ``m..L-2``;
   each gets targets ``n+1 .. n+depth`` with the limit ``num_decoded = n``: exactly the draft
-  rows a sampler asks for after ``n`` committed ranks (see :func:`asarm_jax.masks.query_mask`).
+  rows a sampler asks for after ``n`` committed ranks (see :func:`asarm_jax.masks.query_limit`).
   """
   batch = num_visible_B.shape[0]
   span_B = length - 1 - num_visible_B  # number of possible cut ranks

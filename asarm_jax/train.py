@@ -44,6 +44,48 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Ar
   return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
+def first_mismatch(params: Any, expected: Any) -> str | None:
+  """The first difference of tree structure or shape between ``params`` and ``expected``
+  (arrays or ``ShapeDtypeStruct``s), as one line; None if they fit."""
+  flat = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  want = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
+  name = jax.tree_util.keystr
+  for path in sorted(set(flat) | set(want), key=name):
+    if path not in flat or path not in want:
+      return f"{name(path)} is {'missing' if path not in flat else 'not in the model'}"
+    if tuple(flat[path].shape) != tuple(want[path].shape):
+      return f"{name(path)} has shape {tuple(flat[path].shape)}, the model {tuple(want[path].shape)}"
+  return None
+
+
+def init_source(config: ml_collections.ConfigDict) -> tuple[Any, data.Tokenizer] | None:
+  """``(params, tokenizer)`` of ``config.init_from`` (a workdir's newest checkpoint, or an HF
+  XLNet folder converted in memory), or None when it is unset."""
+  path = config.get("init_from", "")
+  if not path:
+    return None
+  if os.path.isfile(os.path.join(path, "config.json")):
+    from asarm_jax import convert  # pylint: disable=g-import-not-at-top
+    _, params, spiece = convert.load(path, config.data.seq_len)
+    return params, data.Tokenizer.from_serialized(spiece)
+  from asarm_jax import inference  # pylint: disable=g-import-not-at-top  (imports this module)
+  loaded = inference.load(path)
+  return loaded.params, loaded.tokenizer
+
+
+def state_from(source_params: Any, tx: optax.GradientTransformation, abstract: TrainState,
+               shardings: TrainState, origin: str) -> TrainState:
+  """A step-0 state (fresh optimizer) whose parameters are ``source_params``, cast and placed
+  like ``abstract``'s; raises a one-line ``ValueError`` if they do not fit the model."""
+  mismatch = first_mismatch(source_params, abstract.params)
+  if mismatch:
+    raise ValueError(f"init_from={origin!r}: its parameters do not fit config.model: {mismatch}")
+  params = jax.tree_util.tree_map(lambda x, a: jnp.asarray(x, a.dtype), source_params,
+                                  abstract.params)
+  fresh = lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p))
+  return jax.jit(fresh, out_shardings=shardings)(params)
+
+
 def loss_fn(model: nn.Module, objective: ml_collections.ConfigDict) -> Callable:
   """``(params, tokens_BxL, rng) -> (loss, metrics)`` with the configured objective."""
   return objectives.from_config(model, objective)
@@ -235,7 +277,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   os.makedirs(workdir, exist_ok=True)
   logging.info("seed %d, PRNG implementation %s", config.seed, jax.config.jax_default_prng_impl)
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
-  tokenizer = data.prepare(config.data, data_dir)
+  source = init_source(config)
+  tokenizer = data.prepare(config.data, data_dir, None if source is None else source[1])
   if tokenizer.vocab_size != config.model.vocab_size:
     raise ValueError(f"model.vocab_size={config.model.vocab_size} but the tokenizer has "
                      f"{tokenizer.vocab_size} pieces; set data.vocab_size and model.vocab_size equal.")
@@ -277,7 +320,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     cleanup.callback(ckpt.close)
     cleanup.callback(ckpt.wait)  # runs before close: pending saves complete
     restored = ckpt.resume(abstract, os.path.join(workdir, "checkpoints_corrupt"))
-    if restored is None:
+    if restored is None and source is not None:
+      state = state_from(source[0], tx, abstract, state_sharding, config.init_from)
+      logging.info("Starting from the weights of %s.", config.init_from)
+    elif restored is None:
       state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
     else:
       state = restored.state

@@ -172,13 +172,24 @@ def validate_config(config: ml_collections.ConfigDict, mode: str = "train") -> N
   _check_mesh(config)
 
 
+def _check_init_from(path: str) -> None:
+  is_workdir = os.path.isdir(os.path.join(path, "checkpoints"))
+  is_hf = all(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "spiece.model"))
+  if not (is_workdir or is_hf):
+    raise ValueError(f"init_from={path!r}: expected a workdir (with checkpoints/) or a Hugging "
+                     "Face XLNet folder (config.json, spiece.model and the weights).")
+
+
 def check_inputs(config: ml_collections.ConfigDict, mode: str = "train") -> None:
   """Raises ``ValueError`` (one line, naming the key) if a file ``mode`` reads is missing: the
-  source folders (train, eval) or the prompt file (sample)."""
+  source folders (train, eval), the weights to start from (train) or the prompt file
+  (sample)."""
   if mode == "sample":
     _check_prompt_file(config.sample)
   else:
     _check_source_dirs(config.data)
+  if mode == "train" and config.get("init_from"):
+    _check_init_from(config.init_from)
 
 
 def _linked(config: ml_collections.ConfigDict, a: str, b: str) -> bool:

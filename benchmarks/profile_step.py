@@ -56,7 +56,17 @@ def hlo_scopes(compiled_text: str) -> dict[str, str]:
   return scopes
 
 
-def part_of(scope: str) -> str:
+# Library kernels (cuBLAS, cuDNN, Pallas) carry no scope: their names say what they are.
+KERNEL_PARTS = (("attention core", r"cudnn|fmha|_forward_kernel|_dq_kernel|_dkv_kernel"),
+                ("matmuls (cuBLAS: projections, MLP, head)", r"nvjet|gemm|cutlass|xmma"),
+                ("copies", r"memcpy|memset"))
+
+
+def part_of(scope: str, kernel: str = "") -> str:
+  if not scope:
+    for name, pattern in KERNEL_PARTS:
+      if re.search(pattern, kernel):
+        return name
   return next(name for name, pattern in PARTS if re.search(pattern, scope))
 
 
@@ -90,12 +100,14 @@ def breakdown(kernels: list[dict], scopes: dict[str, str], runs: int) -> dict:
     hlo = args["hlo_op"]
     # Inside a command buffer (a CUDA graph) hlo_op names the buffer; the kernel's own name
     # is its fusion's (dots as underscores), and tf_op, when set, its source scope.
-    scope = (args.get("tf_op") or scopes.get(hlo) or scopes.get(e["name"])
-             or scopes.get(e["name"].replace("_", ".")) or "")
+    tf_op = args.get("tf_op", "")
+    scope = next((scopes[n] for n in (e["name"], tf_op, tf_op.split(":")[0], hlo) if n in scopes),
+                 tf_op if "/" in tf_op else "")
     if not scope:
       unmapped += e["dur"]
-    direction = "backward" if "transpose(" in scope else "forward"
-    parts[f"{part_of(scope)} | {direction}"] += e["dur"] / 1e3 / runs
+    direction = ("backward" if "transpose(" in scope else "forward" if scope else
+                 "both")  # a library kernel's direction is not recorded
+    parts[f"{part_of(scope, e['name'])} | {direction}"] += e["dur"] / 1e3 / runs
     top[(e["name"][:80], hlo, scope[-120:])] += e["dur"] / 1e3 / runs
   total = sum(parts.values())
   return {"device_ms": total, "unmapped_ms": unmapped / 1e3 / runs,
@@ -126,6 +138,7 @@ def main(_):
   results["train_step"] = breakdown(kernels, scopes, runs=3)
   print_table(f"train step, {FLAGS.config}, batch {config.train.batch_size}",
               results["train_step"])
+  save(results)
   del state
   config = common.config_of(FLAGS.config, attention_impl=impl)
   for shape in FLAGS.calls:
@@ -138,6 +151,10 @@ def main(_):
     results[f"call_b{batch}_r{rows}"] = result
     print_table(f"sampling call, batch {batch}, {rows} query rows "
                 f"({result['kernels_per_call']:.0f} kernels per call)", result)
+    save(results)
+
+
+def save(results: dict) -> None:
   os.makedirs(FLAGS.out, exist_ok=True)
   with open(os.path.join(FLAGS.out, "profile.json"), "w") as f:
     json.dump(results, f, indent=1)

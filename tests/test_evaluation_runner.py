@@ -33,10 +33,11 @@ def _config(root: str):
   c.model.update(num_layers=1, d_model=32, num_heads=2, d_ff=64)
   c.eval.update(
       tasks=("humaneval_single_line", "humaneval_multi_line", "text_infill", "gen_quality",
-             "density"),
+             "density", "draft_acceptance"),
       batch_size=4, method="assd", k=2, humaneval_max_tasks=2, num_samples=2, pass_at=(1, 2, 10),
       text_max_stories=2, gen_num_prompts=2, gen_methods=("sequential", "assd", "parallel"),
-      gen_parallel_ks=(2,), density_fractions=(0.0, 0.5), density_batches=1)
+      gen_parallel_ks=(2,), density_fractions=(0.0, 0.5), density_batches=1,
+      draft_fractions=(0.5,), draft_temperatures=(1.0, 0.5), draft_depth=2, draft_cuts=2)
   return c
 
 
@@ -232,7 +233,7 @@ def test_runner_end_to_end_and_resume(workdir, monkeypatch, capsys):
     md = f.read()
   for column in ("judge PPL", "t (PPL)", "p (PPL)", "t (entropy)", "p (entropy)", "tokens/call",
                  "pass@1", "pass@2", "ROUGE-L", "left_to_right bits/token",
-                 "any_subset bits/token"):
+                 "any_subset bits/token", "Draft acceptance", "depth 2"):
     assert column in md
 
   # Density at fraction 0, left to right, is the causal LM loss from density.log_prob itself.
@@ -243,6 +244,13 @@ def test_runner_end_to_end_and_resume(workdir, monkeypatch, capsys):
   bits = tasks["density"]["bits_per_token"]
   assert bits["left_to_right"]["0"] == pytest.approx(causal_bits, rel=1e-5)
   assert bits["any_subset"]["0"] != pytest.approx(causal_bits, rel=1e-5)
+  # Draft acceptance: a rate in (0, 1] per temperature, fraction and depth (its exactness is
+  # tested in test_evaluation.py).
+  acceptance = tasks["draft_acceptance"]["acceptance"]
+  assert set(acceptance) == {"T=1", "T=0.5"}
+  for by_fraction in acceptance.values():
+    assert list(by_fraction) == ["0.5"] and all(0 < r <= 1 for r in by_fraction["0.5"])
+    assert len(by_fraction["0.5"]) == 2
 
   # A rerun generates nothing and reports the same; a cut-short cache line is regenerated.
   calls.clear()

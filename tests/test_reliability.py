@@ -492,12 +492,27 @@ def test_sample_cli_round_trips_a_prompt_with_two_mask_spans(tiny, trained, tmp_
 
 def test_load_swaps_the_attention_kernel_not_the_params(trained):
   """``inference.load(workdir, attention_impl=...)`` overrides the checkpoint's kernel choice
-  (off GPU "cudnn" runs as XLA); the restored parameters are the same, a bad name is refused."""
+  (off GPU "pallas" and "cudnn" run as XLA); the restored parameters are the same, a bad name
+  is refused."""
   _, workdir, _ = trained
   plain = inference.load(workdir)
   swapped = inference.load(workdir, attention_impl="cudnn")
-  assert plain.config.model.attention_impl == "xla"
+  assert plain.config.model.attention_impl == "pallas"  # the default
   assert swapped.config.model.attention_impl == "cudnn" and swapped.step == plain.step
   assert_trees_equal(swapped.params, plain.params)
   with pytest.raises(ValueError, match="attention_impl"):
     inference.load(workdir, attention_impl="flash")
+
+
+def test_init_from_a_workdir_starts_from_its_weights(trained, tmp_path):
+  """A new run ``init_from`` another run's workdir starts from that run's newest parameters
+  (one step at a negligible learning rate leaves them in place), at step 0 of its own."""
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  config.init_from, config.train.num_steps, config.optim.learning_rate = workdir, 1, 1e-12
+  train.train_and_evaluate(config, str(tmp_path / "finetune"))
+  source, run = inference.load(workdir), inference.load(str(tmp_path / "finetune"))
+  assert run.step == 1 and run.tokenizer.serialized() == source.tokenizer.serialized()
+  for got, want in zip(jax.tree_util.tree_leaves(run.params),
+                       jax.tree_util.tree_leaves(source.params)):
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -353,6 +353,7 @@ def test_invalid_arguments_raise(trained):
   bad = [
       dict(method="beam"), dict(k=0), dict(k=2.0), dict(temperature=-0.5),
       dict(temperature=float("nan")), dict(depth=0, method="tree"), dict(ngram=-1),
+      dict(k=65, method="tree"),
       dict(tokens_BxL=tokens.astype(np.float32)), dict(visible_BxL=visible.astype(np.int32)),
       dict(visible_BxL=visible[:, :3]), dict(tokens_BxL=tokens[0]),
       dict(order_BxL=np.zeros((2, 3))), dict(length_B=np.zeros((2, 1), np.int32)),

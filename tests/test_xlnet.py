@@ -16,8 +16,10 @@ import numpy as np
 import optax
 import pytest
 
-from asarm_jax import config_base, convert, forward, inference, objectives, sampling, validation
+from asarm_jax import (config_base, convert, forward, inference, objectives, sampling, train,
+                       validation)
 from asarm_jax.forward import TreeRows
+from tests.helpers import copy_stdlib_files, demo_config
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "hf_xlnet_tiny")
 call = jax.jit(forward.call, static_argnums=0)  # one compile per shape, not one per op
@@ -215,3 +217,45 @@ def test_converter_refuses_an_untied_head():
     convert.convert_params(state, 2)
   state["lm_loss.weight"] = state["transformer.word_embedding.weight"].copy()
   assert "embed" in convert.convert_params(state, 2)["params"]
+
+
+def fine_tuning_config(tmp_path, **overrides):
+  """configs/demo.py made to fit the fixture's network, on stdlib files, ``init_from`` it."""
+  model_block, _, _ = convert.load(FIXTURE, 16)
+  copy_stdlib_files(str(tmp_path / "src"), count=12)
+  settings = {f"model.{k}": v for k, v in model_block.items() if k not in ("vocab_size", "max_len")}
+  settings.update({
+      "data.vocab_size": model_block["vocab_size"], "data.seq_len": 16,
+      "data.source_dirs": (str(tmp_path / "src"),), "data.data_dir": str(tmp_path / "data"),
+      "train.batch_size": 2, "train.num_steps": 1, "train.eval_batches": 0,
+      "data.heldout_fraction": 0.3, "sample.num_examples": 0, "optim.learning_rate": 1e-12,
+      "init_from": FIXTURE})
+  settings.update(overrides)
+  return demo_config(settings)
+
+
+def test_fine_tuning_starts_from_the_hf_weights_and_tokenizer(tmp_path):
+  """``init_from`` an HF folder: the run trains on text tokenized with the converted
+  tokenizer and starts from the converted weights (one step at a negligible learning rate
+  leaves them in place), and its checkpoint carries that tokenizer."""
+  config = fine_tuning_config(tmp_path)
+  validation.check_inputs(config)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  run = inference.load(str(tmp_path / "run"))
+  _, params, spiece = convert.load(FIXTURE, 16)
+  assert run.step == 1 and run.tokenizer.serialized() == spiece
+  for got, want in zip(jax.tree_util.tree_leaves(run.params), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_init_from_refuses_weights_that_do_not_fit(tmp_path):
+  config = fine_tuning_config(tmp_path, **{"model.num_layers": 1})
+  with pytest.raises(ValueError, match=r"init_from=.*do not fit config.model: .*block_1"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints" / "0")
+
+
+def test_init_from_must_name_a_workdir_or_hf_folder(tmp_path):
+  config = fine_tuning_config(tmp_path, init_from=str(tmp_path))
+  with pytest.raises(ValueError, match=r"init_from=.*expected a workdir"):
+    validation.check_inputs(config)

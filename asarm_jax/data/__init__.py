@@ -47,10 +47,14 @@ def _split(config: ml_collections.ConfigDict, data_dir: str, split: str):
   return _builder(config, data_dir).as_data_source(split)
 
 
-def prepare(config: ml_collections.ConfigDict, data_dir: str) -> Tokenizer:
+def prepare(config: ml_collections.ConfigDict, data_dir: str,
+            tokenizer: Tokenizer | None = None) -> Tokenizer:
   """Builds the dataset (if not yet in ``data_dir``) and trains the tokenizer on its train split,
-  or loads it from ``<dataset version dir>/tokenizer_v<vocab>_c<max chars>/tokenizer.model``."""
+  or loads it from ``<dataset version dir>/tokenizer_v<vocab>_c<max chars>/tokenizer.model``.
+  A given ``tokenizer`` (that of the weights a run starts from) is used as it is."""
   builder = _builder(config, data_dir)
+  if tokenizer is not None:
+    return tokenizer
   path = os.path.join(builder.data_dir,
                       f"tokenizer_v{config.vocab_size}_c{config.tokenizer_max_chars}",
                       "tokenizer.model")

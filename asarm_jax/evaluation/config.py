@@ -7,8 +7,8 @@ import ml_collections
 def default_eval_config() -> ml_collections.ConfigDict:
   """Defaults for :func:`asarm_jax.evaluation.runner.run` (see ``docs/evaluation.md``).
 
-  Task names: ``density``, ``humaneval_single_line``, ``humaneval_multi_line``,
-  ``text_infill`` and ``gen_quality`` (which needs ``judge_workdir``). Sequence fields are
+  Task names: ``density``, ``draft_acceptance``, ``humaneval_single_line``,
+  ``humaneval_multi_line``, ``text_infill`` and ``gen_quality`` (which needs ``judge_workdir``). Sequence fields are
   tuples so that ``--config.eval.tasks="('density',)"`` can override them.
   """
   return ml_collections.ConfigDict(dict(
@@ -39,5 +39,10 @@ def default_eval_config() -> ml_collections.ConfigDict:
       gen_parallel_ks=(2, 4, 8),  # k values of "parallel"; other methods use `k`
       # Held-out density.
       density_fractions=(0.0, 0.05, 0.25, 0.5),
-      density_batches=4,
+      density_batches=4,         # held-out batches of density and draft_acceptance
+      # Draft acceptance by depth (evaluation/draft_eval.py), on the density batches.
+      draft_fractions=(0.05, 0.5),
+      draft_temperatures=(1.0, 0.7, 0.2),
+      draft_depth=6,
+      draft_cuts=16,
   ))

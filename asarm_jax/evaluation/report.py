@@ -53,6 +53,16 @@ def _density(result: dict) -> str:
                [[f, *(bits[o][f] for o in orders)] for f in fractions])
 
 
+def _draft_acceptance(result: dict) -> str:
+  """One row per (temperature, visible fraction): acceptance rate at depth 1..D."""
+  depths = [f"depth {d}" for d in range(1, result["depth"] + 1)]
+  rows = [[temperature, fraction, *rates]
+          for temperature, by_fraction in result["acceptance"].items()
+          for fraction, rates in by_fraction.items()]
+  return (f"E_q[min(1, p/q)] of the draft rows by depth ({result['cuts']} cut points per "
+          "row).\n\n" + table(["temperature", "visible fraction", *depths], rows))
+
+
 def markdown(results: dict) -> str:
   """Sections for every task present in ``results["tasks"]``."""
   tasks = results["tasks"]
@@ -66,4 +76,6 @@ def markdown(results: dict) -> str:
     parts.append("## Generation quality\n\n" + _gen_quality(tasks["gen_quality"]))
   if "density" in tasks:
     parts.append("## Held-out density\n\n" + _density(tasks["density"]))
+  if "draft_acceptance" in tasks:
+    parts.append("## Draft acceptance\n\n" + _draft_acceptance(tasks["draft_acceptance"]))
   return "\n\n".join(parts) + "\n"

@@ -14,7 +14,8 @@ from typing import Any, Callable, NamedTuple
 import ml_collections
 
 from asarm_jax import data, inference, sampling
-from asarm_jax.evaluation import density_eval, gen_quality, infill_eval, report, text_infill
+from asarm_jax.evaluation import (density_eval, draft_eval, gen_quality, infill_eval, report,
+                                  text_infill)
 
 
 class Context(NamedTuple):
@@ -31,6 +32,15 @@ def _density(ctx: Context) -> dict:
                                  batch_size=ecfg.batch_size, num_batches=ecfg.density_batches)
   return density_eval.evaluate(ctx.loaded.model, ctx.loaded.params, batches,
                                ecfg.density_fractions, ecfg.seed)
+
+
+def _draft_acceptance(ctx: Context) -> dict:
+  ecfg = ctx.config.eval
+  batches = data.heldout_batches(ctx.config.data, ctx.loaded.tokenizer, ctx.data_dir,
+                                 batch_size=ecfg.batch_size, num_batches=ecfg.density_batches)
+  return draft_eval.evaluate(ctx.loaded.model, ctx.loaded.params, batches,
+                             ecfg.draft_fractions, ecfg.draft_temperatures, ecfg.draft_depth,
+                             ecfg.draft_cuts, ecfg.seed)
 
 
 def _sampler_tag(ctx: Context) -> str:
@@ -80,6 +90,7 @@ def _gen_quality(ctx: Context) -> dict:
 
 TASKS: dict[str, Callable[[Context], dict]] = {
     "density": _density,
+    "draft_acceptance": _draft_acceptance,
     **{kind: _humaneval(kind) for kind in infill_eval.HUMANEVAL_KINDS},
     "text_infill": _text_infill,
     "gen_quality": _gen_quality,

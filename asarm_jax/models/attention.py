@@ -282,7 +282,7 @@ def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys):
   specs = [row_tile(), key_tile(), key_tile(), head_vec(), head_vec(), row_vec(), row_vec()]
   specs += [row_vec(), row_vec()] if tree else []
   specs += [key_vec(), key_vec()] + ([key_vec()] if tree else [])
-  return specs, row_tile, key_tile, row_vec
+  return specs, row_tile, key_tile
 
 
 def _pad_to(x, axis, multiple, value=0):
@@ -322,7 +322,7 @@ def _flash_core(q, k, v, sink_key, sink_value, ints, alibi, tree):
 def _flash_forward(q, k, v, sink_key, sink_value, ints, alibi, tree):
   batch, num_rows, num_heads, head_dim = q.shape
   num_keys = k.shape[1]
-  specs, row_tile, _, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False)
+  specs, row_tile, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False)
   lse_spec = pl.BlockSpec((None, None, BLOCK_Q), lambda b, h, i: (b, h, i))
   kernel = functools.partial(_forward_kernel, num_key_blocks=num_keys // BLOCK_K,
                              scale=head_dim ** -0.5, alibi=alibi, num_heads=num_heads, tree=tree)
@@ -355,7 +355,7 @@ def _flash_bwd(alibi, tree, residuals, dout):
 
   common = dict(scale=scale, alibi=alibi, num_heads=num_heads, tree=tree)
   lse_q = pl.BlockSpec((None, None, BLOCK_Q), lambda b, h, i: (b, h, i))
-  specs, row_tile, _, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False)
+  specs, row_tile, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False)
   dq = _call(functools.partial(_dq_kernel, num_key_blocks=num_keys // BLOCK_K, **common),
              (batch, num_heads, num_rows // BLOCK_Q), specs + [row_tile(), lse_q, lse_q],
              row_tile(), jax.ShapeDtypeStruct(q.shape, jnp.float32),
@@ -363,7 +363,7 @@ def _flash_bwd(alibi, tree, residuals, dout):
   dq = (dq + jnp.einsum("bnt,nh->btnh", ds_sink, f32(sink_key)) * scale).astype(q.dtype)
 
   lse_all = pl.BlockSpec((None, None, num_rows), lambda b, h, j: (b, h, 0))
-  specs, row_tile, key_tile, _ = _specs(batch, num_rows, num_keys, head_dim, tree, True)
+  specs, row_tile, key_tile = _specs(batch, num_rows, num_keys, head_dim, tree, True)
   dk, dv = _call(functools.partial(_dkv_kernel, num_query_blocks=num_rows // BLOCK_Q, **common),
                  (batch, num_heads, num_keys // BLOCK_K), specs + [row_tile(), lse_all, lse_all],
                  [key_tile(), key_tile()],

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asarm_jax import distribution, forward, ordering
+from asarm_jax import distribution, forward, masks, ordering
 from asarm_jax.models.two_stream import Cache
 from asarm_jax.sampling import auto
 from asarm_jax.sampling import tree as tree_lib
@@ -500,7 +500,8 @@ def generate(model: nn.Module, params: Any, tokens_BxL: Array, visible_BxL: Arra
       exact) or ``"auto"`` (the fastest exact method and size for this batch size, visible
       fraction and temperature, from the table measured by ``benchmarks/sampling_speed.py``;
       ``k``, ``depth`` and ``ngram`` are then taken from the table).
-    k: drafts per round (``parallel``, ``assd``, ``assd_fused``) or the tree's node budget N.
+    k: drafts per round (``parallel``, ``assd``, ``assd_fused``) or the tree's node budget N
+      (at most ``masks.MAX_TREE_NODES`` = 64).
     temperature: divides the logits of every draw (drafts and targets alike); ``0`` is greedy
       decoding (every exact method then returns sequential greedy decoding's tokens).
     depth: the tree's depth D: draft rows per node, and at most D + 1 tokens per call (tree).
@@ -517,6 +518,8 @@ def generate(model: nn.Module, params: Any, tokens_BxL: Array, visible_BxL: Arra
   if method not in METHODS:
     raise ValueError(f"method={method!r}; expected one of {METHODS}.")
   _positive_int("k", k, 1)
+  if method == "tree" and k > masks.MAX_TREE_NODES:
+    raise ValueError(f"k={k}: a tree has at most {masks.MAX_TREE_NODES} nodes.")
   _positive_int("depth", depth, 1 if method == "tree" else 0)
   _positive_int("ngram", ngram, 0)
   if (isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number))
