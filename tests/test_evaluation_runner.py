@@ -32,8 +32,8 @@ def _config(root: str):
                 tokenizer_max_chars=300_000)
   c.model.update(num_layers=1, d_model=32, num_heads=2, d_ff=64)
   c.eval.update(
-      tasks=("humaneval_single_line", "humaneval_multi_line", "text_infill", "gen_quality",
-             "density", "draft_acceptance"),
+      tasks=("humaneval_single_line", "humaneval_multi_line", "humaneval_single_line_prefix",
+             "text_infill", "gen_quality", "density", "draft_acceptance"),
       batch_size=4, method="assd", k=2, humaneval_max_tasks=2, num_samples=2, pass_at=(1, 2, 10),
       text_max_stories=2, gen_num_prompts=2, gen_methods=("sequential", "assd", "parallel"),
       gen_parallel_ks=(2,), density_fractions=(0.0, 0.5), density_batches=1,
@@ -100,6 +100,14 @@ def test_layout_hides_reference_length_and_keeps_context(workdir, tasks):
     assert (kept_p, kept_s) == ((10, 10) if len(suffix) >= 10 else (20 - len(suffix), len(suffix)))
     assert (~short.visible[:short.length]).sum() == len(middle)
     assert infill_model.lay_out(tokenizer, task, len(middle) - 1) is None
+
+    # Prefix only (the "_prefix" kinds): the row ends with the hidden slots.
+    alone = infill_model.lay_out(tokenizer, task, len(middle) + 20, show_suffix=False)
+    kept = min(len(prefix), 20)
+    assert (alone.length, alone.start, alone.suffix_dropped) == (kept + len(middle), kept, 0)
+    assert alone.tokens[:alone.length].tolist() == (prefix[len(prefix) - kept:]
+                                                    + [tokenizer.mask_id] * len(middle))
+    assert alone.visible[:alone.length].tolist() == [True] * kept + [False] * len(middle)
 
 
 def _oracle(references):
@@ -195,7 +203,8 @@ def test_runner_end_to_end_and_resume(workdir, monkeypatch, capsys):
   tasks = results["tasks"]
   # One sampler call per batch of 4 rows that fit; at SEQ_LEN = 96 some middles do not.
   infill_batches = sum(math.ceil((2 - tasks[kind]["num_too_long"]) * 2 / 4)
-                       for kind in ("humaneval_single_line", "humaneval_multi_line"))
+                       for kind in ("humaneval_single_line", "humaneval_multi_line",
+                                    "humaneval_single_line_prefix"))
   infill_batches += sum(math.ceil((2 - r["num_too_long"]) / 4)
                         for r in tasks["text_infill"].values())
   assert sorted(calls) == sorted(["assd"] * (infill_batches + 1) + ["sequential", "parallel"])
@@ -205,7 +214,7 @@ def test_runner_end_to_end_and_resume(workdir, monkeypatch, capsys):
     saved = json.load(f)
   assert saved["step"] == results["step"] == 7
   assert list(saved["tasks"]) == list(config.eval.tasks)
-  for kind in ("humaneval_single_line", "humaneval_multi_line"):
+  for kind in ("humaneval_single_line", "humaneval_multi_line", "humaneval_single_line_prefix"):
     r = tasks[kind]
     assert r["num_tasks"] == 2 and r["num_samples"] == 2
     assert 0.0 <= r["pass@1"] <= r["pass@2"] <= 1.0 and "pass@10" not in r

@@ -15,8 +15,12 @@ import ml_collections
 
 from asarm_jax.evaluation import humaneval_infill, infill_model, text_infill
 
+# The "_prefix" kinds hide the suffix from the model (it still runs in the tests): the same
+# tasks as a left-to-right LM can attempt them, for comparing an AS-ARM with a causal LM.
 HUMANEVAL_KINDS = {"humaneval_single_line": humaneval_infill.single_line_tasks,
-                   "humaneval_multi_line": humaneval_infill.multi_line_tasks}
+                   "humaneval_multi_line": humaneval_infill.multi_line_tasks,
+                   "humaneval_single_line_prefix": humaneval_infill.single_line_tasks,
+                   "humaneval_multi_line_prefix": humaneval_infill.multi_line_tasks}
 
 
 def humaneval_tasks(kind: str, max_tasks: int, seed: int) -> list[humaneval_infill.InfillTask]:
@@ -37,7 +41,7 @@ def humaneval(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collection
       model, params, tokenizer, tasks, os.path.join(out_dir, f"{kind}_{tag}_completions.jsonl"),
       num_samples=ecfg.num_samples, method=ecfg.method, k=ecfg.k, temperature=ecfg.temperature,
       batch_size=ecfg.batch_size, seed=ecfg.seed, desc=kind, depth=ecfg.tree_depth,
-      ngram=ecfg.ngram)
+      ngram=ecfg.ngram, show_suffix=not kind.endswith("_prefix"))
   report = {"num_tasks": len(tasks), "num_too_long": len(done.too_long),
             "num_truncated": done.num_truncated, "num_samples": ecfg.num_samples,
             "tokens_per_call": done.tokens_per_call}

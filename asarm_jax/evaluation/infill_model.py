@@ -40,10 +40,15 @@ class Layout:
   suffix_dropped: int
 
 
-def lay_out(tokenizer: Any, task: Task, max_len: int) -> Layout | None:
-  """The row of ``task`` (``None`` if its middle has more than ``max_len`` tokens)."""
+def lay_out(tokenizer: Any, task: Task, max_len: int, show_suffix: bool = True) -> Layout | None:
+  """The row of ``task`` (``None`` if its middle has more than ``max_len`` tokens).
+
+  With ``show_suffix=False`` the row ends with the hidden slots: the model sees the prefix
+  only, as a left-to-right LM would (the suffix is still part of the program that is run).
+  """
   prefix, middle, suffix = (tokenizer.encode(text) if text else []
-                            for text in (task.prefix, task.middle, task.suffix))
+                            for text in (task.prefix, task.middle,
+                                         task.suffix if show_suffix else ""))
   room = max_len - len(middle)
   if room < 0:
     return None
@@ -71,12 +76,13 @@ class Completions(NamedTuple):
 
 def complete(model: nn.Module, params: Any, tokenizer: Any, tasks: Sequence[Task],
              cache_path: str, *, num_samples: int, method: str, k: int, temperature: float,
-             batch_size: int, seed: int, desc: str, depth: int = 6,
-             ngram: int = 2) -> Completions:
+             batch_size: int, seed: int, desc: str, depth: int = 6, ngram: int = 2,
+             show_suffix: bool = True) -> Completions:
   """``num_samples`` middles per task, generated in rows of ``model.max_len`` through the
   resumable cache at ``cache_path`` (keys ``task_id#sample``); ``depth`` and ``ngram`` shape
-  the trees of ``method="tree"``."""
-  layouts = {task.task_id: lay_out(tokenizer, task, model.max_len) for task in tasks}
+  the trees of ``method="tree"``; ``show_suffix=False`` hides the suffix (:func:`lay_out`)."""
+  layouts = {task.task_id: lay_out(tokenizer, task, model.max_len, show_suffix)
+             for task in tasks}
   fitting = [t.task_id for t in tasks if layouts[t.task_id] is not None]
   rows = [generation.Row(f"{task_id}#{s}", layouts[task_id].tokens, layouts[task_id].visible,
                          layouts[task_id].length)
