@@ -18,7 +18,8 @@
 #   benchmarks/h100_session.sh background STEP   # STEP detached (setsid), logging to runs/STEP.log
 #
 # RUN (default xlnet_base) names the workdir under RUNS of train, sampling, humaneval and evaluate,
-# so several models can share the prepared data (e.g. a sweep of objective.draft_weight).
+# so several models can share the prepared data (e.g. a sweep of objective.draft_weight). The
+# causal LM of equal compute: CONFIG=configs/judge.py:xlnet_base FRACTIONS="(0.0, 0.0)" RUN=causal.
 #
 # `train` and `judge` run in the background while later calls keep the machine warm; each stops
 # itself (SIGTERM -> checkpoint) at its time limit and resumes when run again.
@@ -80,11 +81,11 @@ case "$1" in
     IMPL=$(impl); STEPS=${STEPS:-$(default_steps "$IMPL")}
     echo "attention: $IMPL, steps: $STEPS, time limit: ${TRAIN_S}s"
     XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-0.62} timeout -s TERM "$TRAIN_S" \
-      python3 -m asarm_jax.main --config=configs/xlnet_base.py --workdir="$RUNS/$RUN" \
+      python3 -m asarm_jax.main --config="${CONFIG:-configs/xlnet_base.py}" --workdir="$RUNS/$RUN" \
       "${DATA[@]}" --config.model.attention_impl="$IMPL" --config.train.num_steps="$STEPS" \
       --config.train.eval_every="$STEPS" --config.train.checkpoint_every=1000 \
       --config.train.log_every=100 --config.optim.warmup_steps=300 \
-      --config.objective.fraction_range="(0.01, 0.6)" --config.sample.num_examples=0 \
+      --config.objective.fraction_range="${FRACTIONS:-(0.01, 0.6)}" --config.sample.num_examples=0 \
       ${TRAIN_ARGS:-} 2>&1 \
       | grep --line-buffered -E "\[train\]|\[heldout\]|Error|error:|Resumed|seed|Stopp|signal|saved|done:"
     ;;
