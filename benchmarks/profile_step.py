@@ -131,9 +131,10 @@ def main(_):
   results = {}
   impl = FLAGS.attention_impl or None
   config, step, state, tokens, rng = common.train_setup(FLAGS.config, attention_impl=impl)
+  step = step.lower(state, tokens, rng).compile()  # one compile: its HLO is what runs
+  scopes = hlo_scopes(step.as_text())
   for _ in range(3):
     state, _ = step(state, tokens, rng)
-  scopes = hlo_scopes(step.lower(state, tokens, rng).compile().as_text())
   kernels = gpu_kernels(step, (state, tokens, rng), runs=3)
   results["train_step"] = breakdown(kernels, scopes, runs=3)
   print_table(f"train step, {FLAGS.config}, batch {config.train.batch_size}",
@@ -144,10 +145,12 @@ def main(_):
   for shape in FLAGS.calls:
     batch, rows = map(int, shape.split(":"))
     loop, args = common.call_setup(config, batch, rows, calls=50)
+    loop = loop.lower(*args).compile()
+    scopes = hlo_scopes(loop.as_text())
     jax.block_until_ready(loop(*args))
-    scopes = hlo_scopes(loop.lower(*args).compile().as_text())
-    result = breakdown(gpu_kernels(loop, args, runs=1), scopes, runs=50)
-    result["kernels_per_call"] = len(gpu_kernels(loop, args, runs=1)) / 50
+    kernels = gpu_kernels(loop, args, runs=1)
+    result = breakdown(kernels, scopes, runs=50)
+    result["kernels_per_call"] = len(kernels) / 50
     results[f"call_b{batch}_r{rows}"] = result
     print_table(f"sampling call, batch {batch}, {rows} query rows "
                 f"({result['kernels_per_call']:.0f} kernels per call)", result)
