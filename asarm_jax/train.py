@@ -315,6 +315,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   base_rng = jax.random.PRNGKey(config.seed + 1)
 
   with contextlib.ExitStack() as cleanup:
+    # The mesh in context: the fused attention kernel runs per shard under it (shard_map).
+    cleanup.enter_context(jax.set_mesh(mesh))
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    config.train.keep_checkpoints)
     cleanup.callback(ckpt.close)

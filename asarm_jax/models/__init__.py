@@ -24,8 +24,8 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer | XLNetTran
   Keys: vocab_size, num_layers, d_model, num_heads, d_ff, and optionally max_len, rope_base, alibi,
   tie_embeddings, num_special_tokens, causal_prompt, dtype ("bfloat16" for bf16 compute),
   param_dtype and attention_impl (:mod:`asarm_jax.models.attention`). ``"pallas"`` (the fused
-  kernel) applies only on one GPU (several take ``"cudnn"``) and ``"cudnn"`` only on GPUs with
-  16-bit compute; both fall back to the reference ``"xla"`` elsewhere, so a checkpoint trained with either loads and
+  kernel; per shard under a mesh) applies only on GPUs and ``"cudnn"`` only on GPUs with 16-bit
+  compute; both fall back to the reference ``"xla"`` elsewhere, so a checkpoint trained with either loads and
   samples anywhere: the implementation never changes the parameters. Initialise with
   ``model.init(rng, *models.example_inputs(B, L, K))``.
   """
@@ -76,10 +76,6 @@ def _attention_impl(config: ml_collections.ConfigDict) -> str:
   if impl not in attention.IMPLEMENTATIONS:
     raise ValueError(f"model.attention_impl={impl!r}: expected one of {attention.IMPLEMENTATIONS}")
   on_gpu = jax.default_backend() == "gpu"
-  if impl == "pallas" and on_gpu and jax.device_count() > 1:
-    # XLA cannot partition the kernel's custom call over a mesh (it would gather the batch);
-    # until it runs under shard_map, several devices use the dense fused path.
-    impl = "cudnn"
   usable = on_gpu and (impl != "cudnn" or config.get("dtype") in ("bfloat16", "float16"))
   return impl if usable else "xla"
 

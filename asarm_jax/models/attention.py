@@ -25,6 +25,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.sharding import PartitionSpec as P
 
 from asarm_jax import masks
 
@@ -152,32 +153,31 @@ def _scores(q, k, rows: _Rows, key_position, slope, scale):
   return s
 
 
-def _slope(alibi: bool, num_heads: int):
-  if not alibi:
-    return None
-  head = pl.program_id(1)
-  return jnp.exp2(-8.0 * (head + 1).astype(jnp.float32) / num_heads)
+def _slope(alibi: bool, slope_ref):
+  """The head's ALiBi slope (an input, not ``program_id``: under ``shard_map`` a device holds
+  only some of the heads)."""
+  return jnp.max(slope_ref[...]) if alibi else None
 
 
 def _unpack(refs, tree):
   """Splits the kernel's input refs (tree refs are absent without a tree)."""
   refs = list(refs)
   take = lambda n: [refs.pop(0) for _ in range(n)]
-  q, k, v, sink_key, sink_value = take(5)
+  q, k, v, sink_key, sink_value, slope = take(6)
   limit, position = take(2)
   words = take(2) if tree else (None, None)
   key_rank, key_position = take(2)
   key_node = take(1)[0] if tree else None
-  return (q, k, v, sink_key, sink_value, limit, position, words, key_rank, key_position,
+  return (q, k, v, sink_key, sink_value, slope, limit, position, words, key_rank, key_position,
           key_node, refs)
 
 
-def _forward_kernel(*refs, num_key_blocks, scale, alibi, num_heads, tree):
-  (q_ref, k_ref, v_ref, sink_key_ref, sink_value_ref, limit_ref, position_ref, words,
+def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree):
+  (q_ref, k_ref, v_ref, sink_key_ref, sink_value_ref, slope_ref, limit_ref, position_ref, words,
    key_rank_ref, key_position_ref, key_node_ref, (out_ref, lse_ref)) = _unpack(refs, tree)
   rows = _Rows(limit_ref, position_ref, *words)
   q = q_ref[...]
-  slope = _slope(alibi, num_heads)
+  slope = _slope(alibi, slope_ref)
   # The sink starts the online softmax: max = its score, sum = 1, accumulator = its value.
   m = jnp.sum(q.astype(jnp.float32) * sink_key_ref[...].astype(jnp.float32)[None, :], 1) * (
       scale * _LOG2E)
@@ -206,13 +206,13 @@ def _forward_kernel(*refs, num_key_blocks, scale, alibi, num_heads, tree):
   lse_ref[...] = m + jnp.log2(total)
 
 
-def _dq_kernel(*refs, num_key_blocks, scale, alibi, num_heads, tree):
-  (q_ref, k_ref, v_ref, _, _, limit_ref, position_ref, words, key_rank_ref, key_position_ref,
-   key_node_ref, (dout_ref, lse_ref, delta_ref, dq_ref)) = _unpack(refs, tree)
+def _dq_kernel(*refs, num_key_blocks, scale, alibi, tree):
+  (q_ref, k_ref, v_ref, _, _, slope_ref, limit_ref, position_ref, words, key_rank_ref,
+   key_position_ref, key_node_ref, (dout_ref, lse_ref, delta_ref, dq_ref)) = _unpack(refs, tree)
   rows = _Rows(limit_ref, position_ref, *words)
   q, dout = q_ref[...], dout_ref[...]
   lse, delta = lse_ref[...], delta_ref[...]
-  slope = _slope(alibi, num_heads)
+  slope = _slope(alibi, slope_ref)
 
   def body(j, dq):
     keys = pl.ds(j * BLOCK_K, BLOCK_K)
@@ -233,13 +233,14 @@ def _dq_kernel(*refs, num_key_blocks, scale, alibi, num_heads, tree):
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(*refs, num_query_blocks, scale, alibi, num_heads, tree):
-  (q_ref, k_ref, v_ref, _, _, limit_ref, position_ref, words, key_rank_ref, key_position_ref,
-   key_node_ref, (dout_ref, lse_ref, delta_ref, dk_ref, dv_ref)) = _unpack(refs, tree)
+def _dkv_kernel(*refs, num_query_blocks, scale, alibi, tree):
+  (q_ref, k_ref, v_ref, _, _, slope_ref, limit_ref, position_ref, words, key_rank_ref,
+   key_position_ref, key_node_ref, (dout_ref, lse_ref, delta_ref, dk_ref, dv_ref)) = _unpack(refs,
+                                                                                             tree)
   k, v = k_ref[...], v_ref[...]
   key_rank, key_position = key_rank_ref[...], key_position_ref[...]
   key_node = None if key_node_ref is None else key_node_ref[...]
-  slope = _slope(alibi, num_heads)
+  slope = _slope(alibi, slope_ref)
 
   def body(i, carry):
     rows_slice = pl.ds(i * BLOCK_Q, BLOCK_Q)
@@ -279,7 +280,8 @@ def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys):
     row_vec = lambda: pl.BlockSpec((None, BLOCK_Q), lambda b, h, i: (b, i))
     key_vec = lambda: pl.BlockSpec((None, num_keys), lambda b, h, i: (b, 0))
   head_vec = lambda: pl.BlockSpec((None, head_dim), lambda b, h, i: (h, 0))
-  specs = [row_tile(), key_tile(), key_tile(), head_vec(), head_vec(), row_vec(), row_vec()]
+  specs = [row_tile(), key_tile(), key_tile(), head_vec(), head_vec(), head_vec(), row_vec(),
+           row_vec()]
   specs += [row_vec(), row_vec()] if tree else []
   specs += [key_vec(), key_vec()] + ([key_vec()] if tree else [])
   return specs, row_tile, key_tile
@@ -291,7 +293,13 @@ def _pad_to(x, axis, multiple, value=0):
 
 
 def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi):
-  """Pads rows and keys to whole blocks (padded rows see only the sink, padded keys nothing)."""
+  """Pads rows and keys to whole blocks (padded rows see only the sink, padded keys nothing).
+
+  Under a device mesh (``jax.set_mesh``, as the trainer runs) the kernel runs per shard
+  through ``shard_map``: rows of the batch split over the mesh's data axes and heads over its
+  ``tensor`` axis, each device running the kernel on its own rows and heads (XLA cannot
+  partition the kernel's custom call itself).
+  """
   num_rows = q.shape[1]
   tree = visibility.row_nodes_BxTx2 is not None
   rows = [_pad_to(visibility.row_limit_BxT, 1, BLOCK_Q), _pad_to(query_positions, 1, BLOCK_Q)]
@@ -302,10 +310,22 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
   if tree:
     keys.append(_pad_to(visibility.key_node_BxS, 1, BLOCK_K, -1))
   ints = tuple(x.astype(jnp.int32) for x in rows + keys)
-  out = _flash_core(_pad_to(q, 1, BLOCK_Q), _pad_to(k.astype(q.dtype), 1, BLOCK_K),
-                    _pad_to(v.astype(q.dtype), 1, BLOCK_K), sink_key.astype(q.dtype),
-                    sink_value.astype(q.dtype), ints, alibi, tree)
-  return out[:, :num_rows]
+  num_heads, head_dim = q.shape[2:]
+  slopes = jnp.broadcast_to(alibi_slopes(num_heads)[:, None], (num_heads, head_dim))
+  args = (_pad_to(q, 1, BLOCK_Q), _pad_to(k.astype(q.dtype), 1, BLOCK_K),
+          _pad_to(v.astype(q.dtype), 1, BLOCK_K), sink_key.astype(q.dtype),
+          sink_value.astype(q.dtype), slopes, ints)
+  core = lambda *xs: _flash_core(*xs, alibi, tree)
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.size > 1:
+    heads = "tensor" if "tensor" in mesh.axis_names and q.shape[2] % mesh.shape["tensor"] == 0 \
+        else None
+    batch = tuple(a for a in mesh.axis_names if a != "tensor") or None
+    tile, per_row = P(batch, None, heads, None), P(batch, None)
+    core = jax.shard_map(core, mesh=mesh, out_specs=tile, check_vma=False,
+                         in_specs=(tile, tile, tile) + (P(heads, None),) * 3
+                                  + ((per_row,) * len(ints),))
+  return core(*args)[:, :num_rows]
 
 
 def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
@@ -314,33 +334,33 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
                         compiler_params=None if _interpret() else _compiler_params())(*args)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _flash_core(q, k, v, sink_key, sink_value, ints, alibi, tree):
-  return _flash_forward(q, k, v, sink_key, sink_value, ints, alibi, tree)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree):
+  return _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree)[0]
 
 
-def _flash_forward(q, k, v, sink_key, sink_value, ints, alibi, tree):
+def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree):
   batch, num_rows, num_heads, head_dim = q.shape
   num_keys = k.shape[1]
   specs, row_tile, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False)
   lse_spec = pl.BlockSpec((None, None, BLOCK_Q), lambda b, h, i: (b, h, i))
   kernel = functools.partial(_forward_kernel, num_key_blocks=num_keys // BLOCK_K,
-                             scale=head_dim ** -0.5, alibi=alibi, num_heads=num_heads, tree=tree)
+                             scale=head_dim ** -0.5, alibi=alibi, tree=tree)
   out, lse = _call(kernel, (batch, num_heads, num_rows // BLOCK_Q), specs,
                    [row_tile(), lse_spec],
                    [jax.ShapeDtypeStruct(q.shape, q.dtype),
                     jax.ShapeDtypeStruct((batch, num_heads, num_rows), jnp.float32)],
-                   q, k, v, sink_key, sink_value, *ints)
+                   q, k, v, sink_key, sink_value, slopes, *ints)
   return out, lse
 
 
-def _flash_fwd(q, k, v, sink_key, sink_value, ints, alibi, tree):
-  out, lse = _flash_forward(q, k, v, sink_key, sink_value, ints, alibi, tree)
-  return out, (q, k, v, sink_key, sink_value, ints, out, lse)
+def _flash_fwd(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree):
+  out, lse = _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree)
+  return out, (q, k, v, sink_key, sink_value, slopes, ints, out, lse)
 
 
 def _flash_bwd(alibi, tree, residuals, dout):
-  q, k, v, sink_key, sink_value, ints, out, lse = residuals
+  q, k, v, sink_key, sink_value, slopes, ints, out, lse = residuals
   batch, num_rows, num_heads, head_dim = q.shape
   num_keys = k.shape[1]
   scale = head_dim ** -0.5
@@ -353,13 +373,13 @@ def _flash_bwd(alibi, tree, residuals, dout):
   d_sink_key = jnp.einsum("bnt,btnh->nh", ds_sink, f32(q)) * scale
   d_sink_value = jnp.einsum("bnt,btnh->nh", p_sink, f32(dout))
 
-  common = dict(scale=scale, alibi=alibi, num_heads=num_heads, tree=tree)
+  common = dict(scale=scale, alibi=alibi, tree=tree)
   lse_q = pl.BlockSpec((None, None, BLOCK_Q), lambda b, h, i: (b, h, i))
   specs, row_tile, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False)
   dq = _call(functools.partial(_dq_kernel, num_key_blocks=num_keys // BLOCK_K, **common),
              (batch, num_heads, num_rows // BLOCK_Q), specs + [row_tile(), lse_q, lse_q],
              row_tile(), jax.ShapeDtypeStruct(q.shape, jnp.float32),
-             q, k, v, sink_key, sink_value, *ints, dout, lse, delta)
+             q, k, v, sink_key, sink_value, slopes, *ints, dout, lse, delta)
   dq = (dq + jnp.einsum("bnt,nh->btnh", ds_sink, f32(sink_key)) * scale).astype(q.dtype)
 
   lse_all = pl.BlockSpec((None, None, num_rows), lambda b, h, j: (b, h, 0))
@@ -368,9 +388,9 @@ def _flash_bwd(alibi, tree, residuals, dout):
                  (batch, num_heads, num_keys // BLOCK_K), specs + [row_tile(), lse_all, lse_all],
                  [key_tile(), key_tile()],
                  [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-                 q, k, v, sink_key, sink_value, *ints, dout, lse, delta)
+                 q, k, v, sink_key, sink_value, slopes, *ints, dout, lse, delta)
   return (dq, dk, dv, d_sink_key.astype(sink_key.dtype), d_sink_value.astype(sink_value.dtype),
-          jax.tree_util.tree_map(lambda _: None, ints))
+          None, jax.tree_util.tree_map(lambda _: None, ints))
 
 
 _flash_core.defvjp(_flash_fwd, _flash_bwd)
