@@ -165,14 +165,25 @@ def config_file(model: dict[str, Any], hf_dir: str) -> str:
           "  return convert.full_config(MODEL)\n")
 
 
+def _vocab(hf_dir: str) -> tuple[bytes, np.ndarray, int]:
+  """``(spiece.model bytes, order, num_special)`` of the HF folder (:func:`vocab_order`)."""
+  with open(os.path.join(hf_dir, "spiece.model"), "rb") as f:
+    spiece = f.read()
+  return (spiece, *vocab_order(spiece))
+
+
+def tokenizer_model(hf_dir: str) -> bytes:
+  """The folder's SentencePiece model renumbered to our ids (no weights are read)."""
+  spiece, order, _ = _vocab(hf_dir)
+  return renumbered_spiece(spiece, order)
+
+
 def load(hf_dir: str, max_len: int = 512) -> tuple[dict[str, Any], dict[str, Any], bytes]:
   """``(model block, params, tokenizer model)`` of the HF folder ``hf_dir``, in our form (ids
   renumbered, :func:`vocab_order`); float32 numpy parameters."""
   with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
     hf = json.load(f)
-  with open(os.path.join(hf_dir, "spiece.model"), "rb") as f:
-    spiece = f.read()
-  order, num_special = vocab_order(spiece)
+  spiece, order, num_special = _vocab(hf_dir)
   params = permute_vocab(convert_params(read_state_dict(hf_dir), hf["n_layer"]), order)
   return model_config(hf, max_len, num_special), params, renumbered_spiece(spiece, order)
 

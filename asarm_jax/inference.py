@@ -28,8 +28,9 @@ class Loaded(NamedTuple):
 def load(workdir: str, attention_impl: str | None = None) -> Loaded:
   """The newest readable checkpoint of ``workdir``, with the config and tokenizer it carries.
 
-  ``attention_impl`` (one of :data:`asarm_jax.models.attention.IMPLEMENTATIONS`) replaces the checkpoint's ``model.attention_impl``: the
-  kernel is not part of the parameters, and the fastest one for sampling depends on the batch.
+  ``attention_impl`` (one of :data:`asarm_jax.models.attention.IMPLEMENTATIONS`) replaces the
+  checkpoint's ``model.attention_impl``: the kernel is not part of the parameters, and the
+  fastest one for sampling depends on the batch.
   Writes nothing; raises ``FileNotFoundError`` if there is no checkpoint and
   :class:`checkpoint.CheckpointError` if none is readable.
   """
@@ -48,6 +49,20 @@ def load(workdir: str, attention_impl: str | None = None) -> Loaded:
   logging.info("loaded step %d from %s", state.step, directory)
   tokenizer = data.Tokenizer.from_serialized(checkpoint.tokenizer_bytes(state.meta))
   return Loaded(models.build(config.model), state.state.params, tokenizer, config, state.step)
+
+
+def load_tokenizer(workdir: str) -> data.Tokenizer:
+  """The tokenizer of ``workdir``'s newest checkpoint whose meta reads (no arrays are read);
+  raises as :func:`load` does when there is none."""
+  directory = os.path.join(workdir, "checkpoints")
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=None, read_only=True)
+  try:
+    meta = ckpt.read_meta()
+    if meta is None:
+      raise _none_readable(ckpt, directory)
+  finally:
+    ckpt.close()
+  return data.Tokenizer.from_serialized(checkpoint.tokenizer_bytes(meta))
 
 
 def _restore(ckpt: checkpoint.Checkpointer, meta: dict, attention_impl: str | None

@@ -53,24 +53,26 @@ def first_mismatch(params: Any, expected: Any) -> str | None:
   for path in sorted(set(flat) | set(want), key=name):
     if path not in flat or path not in want:
       return f"{name(path)} is {'missing' if path not in flat else 'not in the model'}"
-    if tuple(flat[path].shape) != tuple(want[path].shape):
-      return f"{name(path)} has shape {tuple(flat[path].shape)}, the model {tuple(want[path].shape)}"
+    got, expected = tuple(flat[path].shape), tuple(want[path].shape)
+    if got != expected:
+      return f"{name(path)} has shape {got}, the model {expected}"
   return None
 
 
-def init_source(config: ml_collections.ConfigDict) -> tuple[Any, data.Tokenizer] | None:
-  """``(params, tokenizer)`` of ``config.init_from`` (a workdir's newest checkpoint, or an HF
-  XLNet folder converted in memory), or None when it is unset."""
+def init_source(config: ml_collections.ConfigDict
+                ) -> tuple[data.Tokenizer, Callable[[], Any]] | None:
+  """``(tokenizer, read_params)`` of ``config.init_from`` (a workdir's newest checkpoint, or an
+  HF XLNet folder converted in memory), or None when it is unset. The parameters are read only
+  when ``read_params()`` is called: a run that resumes from its own checkpoint never needs them."""
   path = config.get("init_from", "")
   if not path:
     return None
+  # pylint: disable=g-import-not-at-top  (inference imports this module)
+  from asarm_jax import convert, inference
   if os.path.isfile(os.path.join(path, "config.json")):
-    from asarm_jax import convert  # pylint: disable=g-import-not-at-top
-    _, params, spiece = convert.load(path, config.data.seq_len)
-    return params, data.Tokenizer.from_serialized(spiece)
-  from asarm_jax import inference  # pylint: disable=g-import-not-at-top  (imports this module)
-  loaded = inference.load(path)
-  return loaded.params, loaded.tokenizer
+    return (data.Tokenizer.from_serialized(convert.tokenizer_model(path)),
+            lambda: convert.load(path, config.data.seq_len)[1])
+  return inference.load_tokenizer(path), lambda: inference.load(path).params
 
 
 def state_from(source_params: Any, tx: optax.GradientTransformation, abstract: TrainState,
@@ -278,7 +280,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   logging.info("seed %d, PRNG implementation %s", config.seed, jax.config.jax_default_prng_impl)
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
   source = init_source(config)
-  tokenizer = data.prepare(config.data, data_dir, None if source is None else source[1])
+  tokenizer = data.prepare(config.data, data_dir, None if source is None else source[0])
   if tokenizer.vocab_size != config.model.vocab_size:
     raise ValueError(f"model.vocab_size={config.model.vocab_size} but the tokenizer has "
                      f"{tokenizer.vocab_size} pieces; set data.vocab_size and model.vocab_size equal.")
@@ -323,7 +325,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     cleanup.callback(ckpt.wait)  # runs before close: pending saves complete
     restored = ckpt.resume(abstract, os.path.join(workdir, "checkpoints_corrupt"))
     if restored is None and source is not None:
-      state = state_from(source[0], tx, abstract, state_sharding, config.init_from)
+      state = state_from(source[1](), tx, abstract, state_sharding, config.init_from)
       logging.info("Starting from the weights of %s.", config.init_from)
     elif restored is None:
       state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
