@@ -69,26 +69,23 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
     visibility = masks.Visibility(jnp.concatenate(limits, 1), key_rank_BxS)
     return model.apply(params, tokens_BxR, positions_BxR, target_positions, visibility)
   slots_BxR = jnp.where(content_rank_BxR < length, content_rank_BxR, num_slots)
-  if tree is None:
-    visibility = masks.Visibility(jnp.concatenate(limits, 1), key_rank_BxS)
-  else:
+  nodes = {}
+  if tree is not None:
     num_nodes = tree.tokens_BxN.shape[1]
     node_BxN = jnp.broadcast_to(jnp.arange(num_nodes, dtype=jnp.int32), (batch, num_nodes))
     # A node sees the committed ranks (< n: the content rule at row rank n - 1) and its path;
     # the tree's slots (L + u) have ranks >= L, which no limit reaches.
-    limits.insert(1, masks.content_limit(jnp.broadcast_to(num_decoded[:, None] - 1, node_BxN.shape),
-                                         num_visible_B, model.causal_prompt))
-    no_node = jnp.full(content_rank_BxR.shape, -1, jnp.int32)
-    target_node_BxK = jnp.where(target_valid_BxK, tree.target_node_BxK, -1)
-    row_node_BxT = jnp.concatenate([no_node, node_BxN, target_node_BxK], 1)
-    visibility = masks.Visibility(
-        jnp.concatenate(limits, 1), key_rank_BxS,
-        masks.node_bits(row_node_BxT, tree.ancestors_BxNxN),
-        jnp.where(key_rank_BxS >= length, key_rank_BxS - length, -1))
+    committed_BxN = jnp.broadcast_to(num_decoded[:, None] - 1, node_BxN.shape)
+    limits.insert(1, masks.content_limit(committed_BxN, num_visible_B, model.causal_prompt))
+    row_node_BxT = jnp.concatenate([jnp.full(content_rank_BxR.shape, -1, jnp.int32), node_BxN,
+                                    jnp.where(target_valid_BxK, tree.target_node_BxK, -1)], 1)
+    nodes = dict(row_nodes_BxTx2=masks.node_bits(row_node_BxT, tree.ancestors_BxNxN),
+                 key_node_BxS=jnp.where(key_rank_BxS >= length, key_rank_BxS - length, -1))
     tokens_BxR = jnp.concatenate([tokens_BxR, tree.tokens_BxN], 1)
     positions_BxR = jnp.concatenate(
         [positions_BxR, jnp.take_along_axis(perm_BxL, jnp.clip(tree.rank_BxN, 0, length - 1), 1)],
         1)
     slots_BxR = jnp.concatenate([slots_BxR, length + node_BxN], 1)
+  visibility = masks.Visibility(jnp.concatenate(limits, 1), key_rank_BxS, **nodes)
   return model.apply(params, tokens_BxR, positions_BxR, target_positions, visibility,
                      cache=cache, cache_slots_BxL=slots_BxR)

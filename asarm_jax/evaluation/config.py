@@ -8,8 +8,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
   """Defaults for :func:`asarm_jax.evaluation.runner.run` (see ``docs/evaluation.md``).
 
   Task names: ``density``, ``draft_acceptance``, ``humaneval_single_line``,
-  ``humaneval_multi_line``, ``text_infill`` and ``gen_quality`` (which needs ``judge_workdir``). Sequence fields are
-  tuples so that ``--config.eval.tasks="('density',)"`` can override them.
+  ``humaneval_multi_line`` (and their ``_prefix`` variants), ``text_infill`` and ``gen_quality``
+  (which needs ``judge_workdir``). Sequence fields are tuples so that
+  ``--config.eval.tasks="('density',)"`` can override them.
   """
   return ml_collections.ConfigDict(dict(
       tasks=("density", "humaneval_single_line", "humaneval_multi_line"),

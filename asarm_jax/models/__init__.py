@@ -25,9 +25,9 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer | XLNetTran
   tie_embeddings, num_special_tokens, causal_prompt, dtype ("bfloat16" for bf16 compute),
   param_dtype and attention_impl (:mod:`asarm_jax.models.attention`). ``"pallas"`` (the fused
   kernel; per shard under a mesh) applies only on GPUs and ``"cudnn"`` only on GPUs with 16-bit
-  compute; both fall back to the reference ``"xla"`` elsewhere, so a checkpoint trained with either loads and
-  samples anywhere: the implementation never changes the parameters. Initialise with
-  ``model.init(rng, *models.example_inputs(B, L, K))``.
+  compute; both fall back to the reference ``"xla"`` elsewhere, so a checkpoint trained with
+  either loads and samples anywhere: the implementation never changes the parameters.
+  Initialise with ``model.init(rng, *models.example_inputs(B, L, K))``.
   """
   arch = config.get("arch", "two_stream")
   if arch not in ARCHS:
@@ -74,7 +74,8 @@ def build_xlnet(config: ml_collections.ConfigDict) -> XLNetTransformer:
 def _attention_impl(config: ml_collections.ConfigDict) -> str:
   impl = config.get("attention_impl", "xla")
   if impl not in attention.IMPLEMENTATIONS:
-    raise ValueError(f"model.attention_impl={impl!r}: expected one of {attention.IMPLEMENTATIONS}")
+    raise ValueError(f"model.attention_impl={impl!r}: expected one of "
+                     f"{attention.IMPLEMENTATIONS}")
   on_gpu = jax.default_backend() == "gpu"
   usable = on_gpu and (impl != "cudnn" or config.get("dtype") in ("bfloat16", "float16"))
   return impl if usable else "xla"

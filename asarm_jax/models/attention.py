@@ -62,6 +62,12 @@ def attend(q_BxTxNxH: Array, k_BxSxNxH: Array, v_BxSxNxH: Array, sink_key_NxH: A
                   query_positions_BxT, key_positions_BxS, alibi, implementation)
 
 
+def _pad_to(x, axis, multiple, value=0):
+  """``x`` padded with ``value`` at the end of ``axis`` to a multiple of ``multiple``."""
+  n = (-x.shape[axis]) % multiple
+  return jnp.pad(x, [(0, n if a == axis else 0) for a in range(x.ndim)], constant_values=value)
+
+
 def _dense(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi,
            implementation):
   """The reference: the sink as slot 0, a dense mask and bias, ``dot_product_attention``.
@@ -79,13 +85,10 @@ def _dense(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
     bias = jnp.pad(alibi_bias(query_positions, key_positions, num_heads),
                    ((0, 0), (0, 0), (0, 0), (1, 0))).astype(q.dtype)
   if implementation == "cudnn":
-    pad_t, pad_s = num_rows % 2, (-k.shape[1]) % 8
-    pad = lambda x, axis, n: jnp.pad(x, [(0, n if a == axis else 0) for a in range(x.ndim)])
-    q = pad(q, 1, pad_t)
-    k, v = pad(k, 1, pad_s), pad(v, 1, pad_s)
-    mask = pad(pad(mask, 1, pad_t), 2, pad_s)  # padded slots: False
+    q, k, v = _pad_to(q, 1, 2), _pad_to(k, 1, 8), _pad_to(v, 1, 8)
+    mask = _pad_to(_pad_to(mask, 1, 2), 2, 8)  # padded slots: False
     if bias is not None:
-      bias = pad(pad(bias, 2, pad_t), 3, pad_s)
+      bias = _pad_to(_pad_to(bias, 2, 2), 3, 8)
   out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask[:, None],
                                      implementation=implementation)
   return out[:, :num_rows]
@@ -287,11 +290,6 @@ def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys):
   return specs, row_tile, key_tile
 
 
-def _pad_to(x, axis, multiple, value=0):
-  n = (-x.shape[axis]) % multiple
-  return jnp.pad(x, [(0, n if a == axis else 0) for a in range(x.ndim)], constant_values=value)
-
-
 def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi):
   """Pads rows and keys to whole blocks (padded rows see only the sink, padded keys nothing).
 
@@ -318,8 +316,8 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
   core = lambda *xs: _flash_core(*xs, alibi, tree)
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and mesh.size > 1:
-    heads = "tensor" if "tensor" in mesh.axis_names and q.shape[2] % mesh.shape["tensor"] == 0 \
-        else None
+    split_heads = "tensor" in mesh.axis_names and q.shape[2] % mesh.shape["tensor"] == 0
+    heads = "tensor" if split_heads else None
     batch = tuple(a for a in mesh.axis_names if a != "tensor") or None
     tile, per_row = P(batch, None, heads, None), P(batch, None)
     core = jax.shard_map(core, mesh=mesh, out_specs=tile, check_vma=False,
