@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import jax
-import numpy as np
 from absl import app, flags
 
 import common
@@ -29,23 +27,12 @@ flags.DEFINE_list("shapes", ["1:1", "1:36", "64:1", "64:36"], "batch:rows pairs.
 flags.DEFINE_string("out", ".", "Output directory.")
 
 
-def ms_per_call(config, batch: int, rows: int, calls: int = 200, repeats: int = 3) -> float:
-  loop, args = common.call_setup(config, batch, rows, calls)
-  jax.block_until_ready(loop(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(loop(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times)) / calls
-
-
 def main(_):
   config = common.config_of(FLAGS.config, attention_impl=FLAGS.attention_impl or None)
   results = []
   for shape in FLAGS.shapes:
     batch, rows = map(int, shape.split(":"))
-    ours = ms_per_call(config, batch, rows)
+    ours = common.ms_per_call(*common.call_setup(config, batch, rows, calls=200), calls=200)
     floor = floor_model.ms_per_call(batch, rows)
     results.append({"batch": batch, "rows": rows, "ours_ms": ours, "floor_ms": floor,
                     "ratio": ours / floor, "attention_impl": config.model.attention_impl,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -74,3 +75,15 @@ def call_setup(config, batch: int, rows: int, calls: int):
   return call_loop(model, batch, rows, calls), (params, cache)
 
 
+
+
+def ms_per_call(loop, args: tuple, calls: int, repeats: int = 3) -> float:
+  """Median wall time of ``loop(*args)`` (``calls`` calls back to back) per call, in ms,
+  after one untimed run that compiles it."""
+  jax.block_until_ready(loop(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(loop(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times)) / calls

@@ -11,12 +11,12 @@ beside our own call.
 """
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+
+import common
 
 LAYERS, WIDTH, HEADS, MLP, VOCAB, SLOTS = 12, 768, 12, 3072, 32000, 512
 
@@ -53,7 +53,8 @@ def call(params: dict, cache_k, cache_v, tokens_BxR, start):
     cache_v = jax.lax.dynamic_update_slice(cache_v, v[None], (i, 0, start, 0, 0))
     scores = jnp.einsum("brnh,bsnh->bnrs", q, cache_k[i]).astype(jnp.float32) / head_dim ** 0.5
     weights = jax.nn.softmax(jnp.where(visible, scores, -1e30), -1).astype(jnp.bfloat16)
-    x = x + jnp.einsum("bnrs,bsnh->brnh", weights, cache_v[i]).reshape(batch, rows, WIDTH) @ params["out"][i]
+    attended = jnp.einsum("bnrs,bsnh->brnh", weights, cache_v[i]).reshape(batch, rows, WIDTH)
+    x = x + attended @ params["out"][i]
     x = x + jax.nn.gelu(_norm(x) @ params["mlp_in"][i]) @ params["mlp_out"][i]
   logits = (_norm(x) @ params["embed"].T).astype(jnp.float32)
   return logits, cache_k, cache_v
@@ -75,13 +76,7 @@ def ms_per_call(batch: int, rows: int, calls: int = 200, repeats: int = 3) -> fl
     tokens = jnp.zeros((batch, rows), jnp.int32)
     return jax.lax.fori_loop(0, calls, body, (cache_k, cache_v, tokens))[2]
 
-  jax.block_until_ready(loop(params, cache, cache))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(loop(params, cache, cache))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times)) / calls
+  return common.ms_per_call(loop, (params, cache, cache), calls, repeats)
 
 
 FLAGS = flags.FLAGS
