@@ -435,8 +435,9 @@ class _Progress:
       self.bar.update(step - self.bar.n)
 
   def log(self, step: int, metrics: dict[str, float]) -> None:
-    """Shows the loss and throughput of a logged step."""
-    summary = f"loss {metrics['loss']:.4g} | {_rate(metrics['tokens_per_s'])} tokens/s"
+    """Shows the loss, the joint term's bits/token and the throughput of a logged step."""
+    bits = f" | bits {metrics['bits_per_token']:.4g}" if "bits_per_token" in metrics else ""
+    summary = f"loss {metrics['loss']:.4g}{bits} | {_rate(metrics['tokens_per_s'])} tokens/s"
     if self.bar is not None:
       self.bar.set_postfix_str(summary)
     elif self.enabled:

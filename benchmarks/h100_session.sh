@@ -3,6 +3,9 @@
 # docs/results.md). Run from the repo root of a checkout carrying .whl (../shared/gpu_wheels.sh).
 #
 #   benchmarks/h100_session.sh setup        # installs the carried wheels (every step does, once)
+#   benchmarks/h100_session.sh checks       # the attention kernel's tests on the GPU, the cost of one
+#                                           # sampling call (pallas, cudnn) against the floor, and
+#                                           # the xlnet arch against HF XLNet at base size
 #   benchmarks/h100_session.sh throughput   # cudnn vs pallas attention: speed + gradient agreement
 #   benchmarks/h100_session.sh prepare      # dataset + tokenizer of runs/xlnet_base
 #   benchmarks/h100_session.sh train        # xlnet_base for STEPS steps (default: what the measured
@@ -14,6 +17,7 @@
 #   benchmarks/h100_session.sh humaneval    # HumanEval single-line at TEMP (0.2) for each METHODS
 #                                           # entry (method:k, default sequential:1,tree:8)
 #   benchmarks/h100_session.sh evaluate     # HumanEval single/multi-line, gen quality, density
+#   benchmarks/h100_session.sh tokens_per_call  # assd, assd_fused, tree on each of RUN_LIST
 #
 #   benchmarks/h100_session.sh background STEP   # STEP detached (setsid), logging to runs/STEP.log
 #
@@ -66,6 +70,21 @@ case "$1" in
   background)
     setsid nohup bash "$0" "$2" > "$RUNS/$2.log" 2>&1 < /dev/null &
     echo "started $2 in the background: $RUNS/$2.log"
+    ;;
+  checks)
+    JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider -o addopts="" \
+      tests/test_attention.py 2>&1 | tail -3 | tee "$OUT/test_attention.log"
+    for IMPL in pallas cudnn; do
+      python3 benchmarks/call_cost.py --attention_impl="$IMPL" --out="$OUT/call_cost_$IMPL" 2>&1 \
+        | quiet | grep -E "^batch|^\|"
+    done
+    OUT_ABS=$(realpath "$OUT")
+    (cd tests/fixtures && python3 compare_hf_xlnet_base.py "$OUT_ABS/hf_xlnet_base.json") \
+      2>&1 | quiet | grep -v "^ \|^{\|^}" | tail -12
+    ;;
+  tokens_per_call)
+    python3 benchmarks/tokens_per_call.py --workdirs="$(printf "$RUNS/%s," ${RUN_LIST} | sed 's/,$//')" \
+      --out="$OUT" 2>&1 | quiet | grep "^|" | tee "$OUT/tokens_per_call.md"
     ;;
   throughput)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"

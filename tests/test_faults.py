@@ -105,7 +105,8 @@ def test_a_training_run_reads_cleanly_and_sampling_marks_spans(corpus, tmp_path)
   assert re.search(r"warning: python_code: skipped 2 of 32 files, kept 30: 1 blank "
                    r"\(zz_blank.py\), 1 not UTF-8 \(zz_latin1.py\)", text)
   for step in (8, 16, 24):
-    assert re.search(rf"\[train\] step {step}/24 \| loss [0-9.]+ \| [0-9.]+k? tokens/s \| "
+    assert re.search(rf"\[train\] step {step}/24 \| loss [0-9.]+ \| bits [0-9.]+ \| "
+                     r"[0-9.]+k? tokens/s \| "
                      r"ETA [0-9hms]+$", text, re.M), text
   assert "[heldout] step 12 | bits_per_token@0 " in text
   assert re.search(r"saved step 8\n(.*\n)*.*saved step 16\n(.*\n)*.*saved step 24", text)
@@ -141,10 +142,11 @@ def test_progress_is_a_bar_on_a_terminal():
   stream = Terminal()
   progress = train._Progress(10, 100, stream)  # pylint: disable=protected-access
   progress.advance(30)
-  progress.log(30, {"loss": 5.25, "tokens_per_s": 12345.0})
+  progress.log(30, {"loss": 5.25, "bits_per_token": 7.5, "tokens_per_s": 12345.0})
   progress.close()
   shown = stream.getvalue().split("\r")[-1]
-  assert re.search(r"train:\s+30%.*\| 30/100 \[\d\d:\d\d<\d\d:\d\d, .*step.*, loss 5.25 \| "
+  assert re.search(r"train:\s+30%.*\| 30/100 \[\d\d:\d\d<\d\d:\d\d, .*step.*, "
+                   r"loss 5.25 \| bits 7.5 \| "
                    r"12.3k tokens/s\]", shown), shown
 
 
