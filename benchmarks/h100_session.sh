@@ -17,6 +17,9 @@
 #   benchmarks/h100_session.sh humaneval    # HumanEval single-line at TEMP (0.2) for each METHODS
 #                                           # entry (method:k, default sequential:1,tree:8)
 #   benchmarks/h100_session.sh evaluate     # HumanEval single/multi-line, gen quality, density
+#   benchmarks/h100_session.sh sweep        # for each W of WEIGHTS: train run drawW (draft_weight W,
+#                                           # TRAIN_S each: equal wall-clock), then its density and
+#                                           # draft acceptance; logs and results into OUT as it goes
 #   benchmarks/h100_session.sh tokens_per_call  # assd, assd_fused, tree on each of RUN_LIST
 #
 #   benchmarks/h100_session.sh background STEP   # STEP detached (setsid), logging to runs/STEP.log
@@ -82,6 +85,15 @@ case "$1" in
     (cd tests/fixtures && python3 compare_hf_xlnet_base.py "$OUT_ABS/hf_xlnet_base.json") \
       2>&1 | quiet | grep -v "^ \|^{\|^}" | tail -12
     ;;
+  sweep)
+    for W in ${WEIGHTS:?}; do
+      RUN=draft$W TRAIN_ARGS="--config.objective.draft_weight=$W ${TRAIN_ARGS:-}" bash "$0" train \
+        > "$OUT/train_draft$W.log" 2>&1
+      tail -2 "$OUT/train_draft$W.log"
+      RUN=draft$W TASKS=density,draft_acceptance bash "$0" evaluate > "$OUT/eval_draft$W.log" 2>&1
+      cp "$RUNS/draft$W/eval/results.json" "$OUT/eval_draft$W.json" && echo "draft$W evaluated"
+    done
+    ;;
   tokens_per_call)
     python3 benchmarks/tokens_per_call.py --workdirs="$(printf "$RUNS/%s," ${RUN_LIST} | sed 's/,$//')" \
       --out="$OUT" 2>&1 | quiet | grep "^|" | tee "$OUT/tokens_per_call.md"
@@ -93,7 +105,7 @@ case "$1" in
     cp "$RUNS/throughput/train_throughput.json" "$OUT/"
     ;;
   prepare)
-    python3 launch/prepare_data.py --config=configs/xlnet_base.py --workdir="$RUNS/xlnet_base" \
+    python3 launch/prepare_data.py --config="${CONFIG:-configs/xlnet_base.py}" --workdir="$RUNS/xlnet_base" \
       "${DATA[@]}" 2>&1 | quiet | tail -3
     ;;
   train)
@@ -166,7 +178,7 @@ config.eval.update(tasks=tasks, method="assd_fused", k=5, batch_size=64, sandbox
                    gen_methods=("sequential", "assd", "assd_fused", "parallel"))
 runner.run(config, f"{runs}/{run}")
 EOF
-    tar -czf "$OUT/eval.tar.gz" -C "$RUNS/$RUN" eval
+    tar -czf "$OUT/eval_$RUN.tar.gz" -C "$RUNS/$RUN" eval
     ;;
   *) echo "unknown step $1"; exit 2 ;;
 esac

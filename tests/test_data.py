@@ -108,6 +108,23 @@ def test_builder_is_idempotent_and_options_change_the_config(corpus, tmp_path, m
   assert paths == {p for p in expected if not p.startswith("pkg")}
 
 
+def test_max_files_sample_keeps_the_heldout_fraction(tmp_path):
+  # 100 of 400 files at heldout_fraction 0.25: the held-out count is Binomial(100, 0.25), mean 25
+  # and sd 4.3, so [8, 42] is 4 sd. A sample that shared the split's hash (the 100 smallest
+  # hashes, all below ~0.25) would be all held out and have no train split.
+  root = tmp_path / "src"
+  root.mkdir()
+  for i in range(400):
+    (root / f"m{i:03d}.py").write_text(f"x = {i}\n")
+  builder = builders.build("python_code", str(tmp_path / "data"), source_dirs=[str(root)],
+                           heldout_fraction=0.25, max_files=100)
+  train, heldout = _rows(builder, "train"), _rows(builder, "heldout")
+  assert len(train) + len(heldout) == 100
+  assert 8 <= len(heldout) <= 42, len(heldout)
+  assert all(builders.path_unit_hash(r["path"]) < 0.25 for r in heldout)
+  assert all(builders.path_unit_hash(r["path"]) >= 0.25 for r in train)
+
+
 def test_text_files_builder(corpus, tmp_path):
   root, _ = corpus
   builder = builders.build("text_files", str(tmp_path), source_dirs=[os.path.join(root, "notes")],

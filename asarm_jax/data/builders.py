@@ -38,9 +38,11 @@ class FolderConfig(tfds.core.BuilderConfig):
   heldout_fraction: float = 0.05
 
 
-def path_unit_hash(path: str) -> float:
-  """Deterministic uniform ``[0, 1)`` value of a relative path (first 64 bits of its sha1)."""
-  return int(hashlib.sha1(path.encode("utf-8")).hexdigest()[:16], 16) / 2.0**64
+def path_unit_hash(path: str, salt: str = "") -> float:
+  """Deterministic uniform ``[0, 1)`` value of a relative path (first 64 bits of the sha1 of
+  ``salt + path``). Different salts give independent values: the ``max_files`` sample uses one,
+  so that the held-out split (no salt) stays ``heldout_fraction`` of any sample."""
+  return int(hashlib.sha1((salt + path).encode("utf-8")).hexdigest()[:16], 16) / 2.0**64
 
 
 def _read(path: str) -> tuple[str | None, str]:
@@ -66,7 +68,10 @@ def describe_skipped(skipped: dict[str, list[str]], shown: int = 3) -> str:
 class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """One example per text file of a local folder tree, split by path hash."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "The max_files sample is independent of the held-out split: before, "
+                            "both took the smallest path hashes, so a sample smaller than "
+                            "heldout_fraction of the corpus was all held out."}
   DEFAULT_EXTENSIONS: tuple[str, ...] = ()
   SKIP_DIRS: frozenset[str] = frozenset({"__pycache__"})
 
@@ -137,7 +142,8 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     cfg = self.builder_config
     found, skipped = self._candidates()
     kept = []
-    for rel in sorted(found, key=path_unit_hash):  # max_files takes a path-hash sample.
+    # max_files takes a path-hash sample, independent of the split's hash.
+    for rel in sorted(found, key=lambda rel: path_unit_hash(rel, salt="max_files:")):
       if cfg.max_files and len(kept) == cfg.max_files:
         break
       text, why = _read(found[rel])
