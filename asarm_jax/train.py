@@ -184,13 +184,14 @@ def _with_stop_vote(train_step: Callable) -> Callable:
 
 def gathered_data_state(iterator: Any) -> dict:
   """Every process's data position, ``{"processes": [state of process 0, 1, ...]}`` (each
-  process reads its own shard, so each has its own position; states are dicts of ints)."""
+  process reads its own shard, so each has its own position; states are dicts of equally long
+  int lists, the same keys and lengths on every process)."""
   state = iterator.get_state()
   if jax.process_count() == 1:
     return {"processes": [state]}
   keys = sorted(state)
   rows = multihost_utils.process_allgather(np.asarray([state[k] for k in keys], np.int32))
-  return {"processes": [dict(zip(keys, map(int, row))) for row in np.asarray(rows)]}
+  return {"processes": [{k: v.tolist() for k, v in zip(keys, row)} for row in np.asarray(rows)]}
 
 
 def own_data_state(saved: dict) -> dict:

@@ -31,6 +31,14 @@
 # `train` and `judge` run in the background while later calls keep the machine warm; each stops
 # itself (SIGTERM -> checkpoint) at its time limit and resumes when run again.
 # IMPL=auto picks the attention implementation from the throughput step's JSON.
+#
+# Durations measured on the H200 (2026-12-02), to plan 10-minute calls: checks about 9.5 min
+# (the kernel tests alone 92 s); prepare about 45 s (20,000 files, run in the background beside
+# checks); train reaches step 100 about 110 s after it starts (startup and compilation), then
+# about 230k tokens/s with the draft term; evaluate with TASKS=density,draft_acceptance about
+# 45 s. A call that runs past its limit is killed with every process it started, `background`
+# steps included (a run lost that way left no checkpoint). Wait for a step by its log line,
+# never with `pgrep -f PATTERN`, which matches the waiting command's own command line.
 set -uo pipefail
 OUT=${OUT:-runs/out}
 RUNS=${RUNS:-runs}
@@ -41,6 +49,9 @@ if [ ! -e /tmp/site/.installed ]; then  # once per machine
     .whl/*.whl && touch /tmp/site/.installed || exit 1
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+# Compiled programs persist across the steps of one machine: a resumed train step, and the same
+# sampler compiled for several workdirs, skip recompilation (device time is the scarce budget).
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$RUNS/jax_cache}
 quiet() { grep -v -E "Warning|warn\(|^\s*$"; }
 STDLIB=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 SITE=$(python3 -c 'import site; print(site.getsitepackages()[0])')
@@ -105,7 +116,8 @@ case "$1" in
     cp "$RUNS/throughput/train_throughput.json" "$OUT/"
     ;;
   prepare)
-    python3 launch/prepare_data.py --config="${CONFIG:-configs/xlnet_base.py}" --workdir="$RUNS/xlnet_base" \
+    python3 launch/prepare_data.py --config="${CONFIG:-configs/xlnet_base.py}" \
+      --workdir="$RUNS/xlnet_base" \
       "${DATA[@]}" 2>&1 | quiet | tail -3
     ;;
   train)

@@ -1,17 +1,19 @@
 """Data: local tfds builders (array_record), packing, resumable state and host sharding."""
 import glob
+import itertools
 import json
 import logging
 import os
 import sysconfig
 
+import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
 import asarm_jax.data as data
-from asarm_jax.data import builders
+from asarm_jax.data import builders, pipeline
 
 tfds.disable_progress_bar()
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -153,10 +155,17 @@ def _train_paths_by_tokens(config, tokenizer, data_dir):
 
 
 def _documents(batches, eos_id):
-  """The token runs of the flattened stream that end in ``<eos>`` (without it)."""
-  stream = np.concatenate([b.reshape(-1) for b in batches]).tolist()
-  ends = [i for i, t in enumerate(stream) if t == eos_id]
-  return [tuple(stream[a + 1:b]) for a, b in zip([-1] + ends, ends)]
+  """The documents of the stream in document order (without their ``<eos>``): row ``b`` of
+  every batch continues its own stream of documents ``b, b + B, ...``; the order is rebuilt by
+  interleaving the rows' whole documents, as far as every row has one."""
+  rows_NxBxL = np.stack(batches)
+  per_row = []
+  for row in range(rows_NxBxL.shape[1]):
+    stream = rows_NxBxL[:, row].reshape(-1).tolist()
+    ends = [i for i, t in enumerate(stream) if t == eos_id]
+    per_row.append([tuple(stream[a + 1:b]) for a, b in zip([-1] + ends, ends)])
+  count = min(map(len, per_row))
+  return [per_row[i % len(per_row)][i // len(per_row)] for i in range(count * len(per_row))]
 
 
 def test_prepare_is_idempotent(prepared, monkeypatch):
@@ -172,12 +181,13 @@ def test_train_batches_are_packed_documents_with_eos(prepared):
   by_tokens = _train_paths_by_tokens(config, tokenizer, data_dir)
   num_train_tokens = sum(len(t) + 1 for t in by_tokens)
   it = data.train_iterator(config, tokenizer, data_dir, batch_size=4, seed=0)
-  num_batches = 2 * num_train_tokens // (4 * config.seq_len) + 2  # more than two epochs
+  num_batches = 4 * num_train_tokens // (4 * config.seq_len) + 2  # every row past two epochs
   batches = [next(it) for _ in range(num_batches)]
   assert all(b.shape == (4, config.seq_len) and b.dtype == np.int32 for b in batches)
   docs = _documents(batches, tokenizer.eos_id)
   assert all(d in by_tokens for d in docs)  # whole documents, the first one included
   n = len(by_tokens)
+  assert len(docs) >= 2 * n
   epochs = [docs[:n], docs[n:2 * n]]
   assert all(sorted(e) == sorted(by_tokens) for e in epochs)  # each document once per epoch
   assert epochs[0] != epochs[1]  # reshuffled
@@ -191,17 +201,40 @@ def test_state_restores_identical_batches(prepared):
   for _ in range(5):
     next(it)
   state = json.loads(json.dumps(it.get_state()))
-  assert state["token_offset"] > 0  # resumes mid-document
+  assert min(state["token_offset"]) > 0  # every row resumes mid-document
   expected = [next(it) for _ in range(40)]  # crosses an epoch boundary
   fresh = data.train_iterator(config, tokenizer, data_dir, batch_size=3, seed=7)
   fresh.set_state(state)
   assert all(np.array_equal(a, b) for a, b in zip(expected, (next(fresh) for _ in range(40))))
 
 
+def test_a_long_document_fills_one_row_not_whole_batches():
+  # Document 0 is 40 rows long, the others one row or less: with plain packing it would fill
+  # the first 10 batches of 4 rows; in row streams it is row 0's only, and the other rows keep
+  # bringing new documents.
+  seq_len, batch = 8, 4
+  long_doc = np.full(40 * seq_len, 7, np.int32)
+  short = [np.arange(100 + 10 * i, 100 + 10 * i + 1 + i % seq_len, dtype=np.int32)
+           for i in range(1, 200)]
+  docs = grain.MapDataset.source([long_doc] + short)
+  batches = list(itertools.islice(pipeline.PackedIterator(docs, batch_size=batch,
+                                                          seq_len=seq_len), 10))
+  for b in batches:
+    assert (b[0] == 7).all() and not (b[1:] == 7).any()
+  firsts = {int(t) // 10 * 10 for b in batches for t in b[1:].reshape(-1)}
+  assert len(firsts) > 3 * 10  # the other rows saw dozens of documents
+  # A position of another row count (here a single stream's, as written before row streams)
+  # restarts every row at its earliest unfinished document.
+  it = pipeline.PackedIterator(docs, batch_size=batch, seq_len=seq_len)
+  it.set_state({"doc_index": 5, "token_offset": 1})
+  assert it.get_state() == {"doc_index": [5, 6, 7, 8], "token_offset": [0, 0, 0, 0]}
+  assert [int(b[0]) for b in next(it)] == [int(docs[5 + row][0]) for row in range(batch)]
+
+
 def test_shards_read_disjoint_documents(prepared):
   config, tokenizer, data_dir = prepared
   by_tokens = _train_paths_by_tokens(config, tokenizer, data_dir)
-  num_batches = sum(len(t) + 1 for t in by_tokens) // (2 * config.seq_len) + 2  # > one epoch
+  num_batches = 2 * sum(len(t) + 1 for t in by_tokens) // (2 * config.seq_len) + 2  # > an epoch
   seen = []
   for shard in range(2):
     it = data.train_iterator(config, tokenizer, data_dir, batch_size=2, seed=0, shard_index=shard,

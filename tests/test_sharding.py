@@ -314,8 +314,10 @@ def test_two_processes_stop_together_on_one_signal_and_resume_exactly(tmp_path):
 
   procs = launch_two_processes(overrides, stopped)
   deadline = time.time() + 300
-  while len(read_trace(stopped)) < 40 and time.time() < deadline:  # past a few documents
-    assert procs[1].poll() is None, "process 1 exited before step 40"
+  # Step 120: each of a process's 4 rows has read 3840 tokens, past its first document (a row
+  # stream reads its own documents, so the processes' positions then differ).
+  while len(read_trace(stopped)) < 120 and time.time() < deadline:
+    assert procs[1].poll() is None, "process 1 exited before step 120"
     time.sleep(0.005)
   procs[1].send_signal(signal.SIGTERM)
   logs = wait_all(procs, stopped)

@@ -12,6 +12,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import logging
 
 from asarm_jax.data.tokenizer import Tokenizer
 
@@ -48,12 +49,17 @@ def epoch_shuffled(documents: grain.MapDataset, seed: int) -> grain.MapDataset:
 
 
 class PackedIterator:
-  """Iterates int32 ``[batch_size, seq_len]`` windows of the concatenated token arrays of
-  ``docs_tokens`` (a grain ``MapDataset``, finite or endless; a finite one ends when it cannot
-  fill another batch).
+  """Iterates int32 ``[batch_size, seq_len]`` batches of ``docs_tokens`` (a grain ``MapDataset``,
+  finite or endless), packed into ``batch_size`` row streams.
 
-  ``get_state()`` is ``{"doc_index", "token_offset"}``: the next token is
-  ``docs_tokens[doc_index][token_offset]``; ``set_state`` on an iterator over the same
+  Document ``i`` goes to row ``i % batch_size``, and row ``b`` of each batch is the next
+  ``seq_len`` tokens of its own stream: the concatenation of documents ``b, b + batch_size, ...``.
+  A long document therefore fills one row for many batches, not whole batches, and every batch
+  mixes ``batch_size`` places in the document order. A finite dataset ends when a row cannot be
+  filled. With ``batch_size=1`` this is plain packing of the whole stream.
+
+  ``get_state()`` is ``{"doc_index": [B], "token_offset": [B]}``: row ``b``'s next token is
+  ``docs_tokens[doc_index[b]][token_offset[b]]``; ``set_state`` on an iterator over the same
   dataset continues bit-identically.
   """
 
@@ -61,35 +67,49 @@ class PackedIterator:
     self._docs = docs_tokens
     self._batch_size = batch_size
     self._seq_len = seq_len
-    self.set_state({"doc_index": 0, "token_offset": 0})
+    self.set_state({"doc_index": list(range(batch_size)), "token_offset": [0] * batch_size})
 
   def __iter__(self) -> PackedIterator:
     return self
 
   def __next__(self) -> np.ndarray:
-    flat_BL = np.empty(self._batch_size * self._seq_len, np.int32)
-    filled = 0
-    while filled < flat_BL.size:
-      if self._doc_index >= len(self._docs):
-        raise StopIteration
-      if self._tokens is None:
-        self._tokens = self._docs[self._doc_index]
-      take = min(flat_BL.size - filled, self._tokens.size - self._token_offset)
-      flat_BL[filled:filled + take] = self._tokens[self._token_offset:self._token_offset + take]
-      filled += take
-      self._token_offset += take
-      if self._token_offset == self._tokens.size:
-        self._doc_index, self._token_offset, self._tokens = self._doc_index + 1, 0, None
-    return flat_BL.reshape(self._batch_size, self._seq_len)
+    batch_BxL = np.empty((self._batch_size, self._seq_len), np.int32)
+    for row in range(self._batch_size):
+      filled = 0
+      while filled < self._seq_len:
+        if self._doc_index[row] >= len(self._docs):
+          raise StopIteration
+        if self._tokens[row] is None:
+          self._tokens[row] = self._docs[self._doc_index[row]]
+        tokens, offset = self._tokens[row], self._token_offset[row]
+        take = min(self._seq_len - filled, tokens.size - offset)
+        batch_BxL[row, filled:filled + take] = tokens[offset:offset + take]
+        filled += take
+        self._token_offset[row] += take
+        if self._token_offset[row] == tokens.size:
+          self._doc_index[row] += self._batch_size
+          self._token_offset[row], self._tokens[row] = 0, None
+    return batch_BxL
 
   def get_state(self) -> dict[str, Any]:
-    """JSON-serializable position in the token stream."""
-    return {"doc_index": self._doc_index, "token_offset": self._token_offset}
+    """JSON-serializable position of every row stream."""
+    return {"doc_index": list(self._doc_index), "token_offset": list(self._token_offset)}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    self._doc_index = int(state["doc_index"])
-    self._token_offset = int(state["token_offset"])
-    self._tokens = None
+    """Continues from ``get_state()``'s position. A position of another number of rows (another
+    per-process batch size, or a single int stream from before row streams) cannot continue
+    exactly: every row then restarts at the earliest unfinished document, with a warning."""
+    doc_index = np.atleast_1d(state["doc_index"]).astype(int).tolist()
+    token_offset = np.atleast_1d(state["token_offset"]).astype(int).tolist()
+    if len(doc_index) != self._batch_size:
+      start = min(doc_index)
+      logging.warning("The data position has %d row stream(s), this iterator %d: the data order "
+                      "does not continue exactly (the rows restart at document %d).",
+                      len(doc_index), self._batch_size, start)
+      doc_index = [start + row for row in range(self._batch_size)]
+      token_offset = [0] * self._batch_size
+    self._doc_index, self._token_offset = doc_index, token_offset
+    self._tokens: list[np.ndarray | None] = [None] * self._batch_size
 
 
 def packed_rows(docs_tokens: grain.MapDataset, *, seq_len: int, num_rows: int) -> list[np.ndarray]:
