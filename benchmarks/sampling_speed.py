@@ -72,7 +72,7 @@ def prompts(rows, batch, fraction, seed=0):
   return jnp.asarray(tokens), jnp.asarray(visible)
 
 
-def _decode(loaded, batches, method, k, temperature, extra, seed):
+def decode(loaded, batches, method, k, temperature, extra, seed):
   """Decodes every (tokens, visible) batch in turn; returns (seconds, generated, calls)."""
   generated = calls = 0
   t0 = time.perf_counter()
@@ -100,9 +100,9 @@ def run_grid(loaded, workdir):
     for fraction in VISIBLE:
       batches = [prompts(np.roll(rows, -i, 0), batch, fraction, seed=i) for i in range(count)]
       if fraction == VISIBLE[0]:  # compile and warm up, untimed
-        _decode(loaded, batches[:1], method, k, 1.0, extra, seed=100)
+        decode(loaded, batches[:1], method, k, 1.0, extra, seed=100)
       for temperature in TEMPERATURES:
-        seconds, generated, calls = _decode(loaded, batches, method, k, temperature, extra, 1)
+        seconds, generated, calls = decode(loaded, batches, method, k, temperature, extra, 1)
         row = {"batch": batch, "method": method, "k": k, **extra, "visible": fraction,
                "temperature": temperature, "prompts": count * batch,
                "tokens_per_call": float(generated.sum() / calls.sum()),

@@ -38,7 +38,7 @@ def main(_):
       for fraction in map(float, FLAGS.fractions):
         batch = [sampling_speed.prompts(rows, rows.shape[0], fraction, seed=0)]
         for temperature in map(float, FLAGS.temperatures):
-          _, generated, calls = sampling_speed._decode(  # pylint: disable=protected-access
+          _, generated, calls = sampling_speed.decode(
               loaded, batch, method, int(k), temperature, extra, seed=1)
           row = {"workdir": workdir, "step": int(loaded.step), "method": method, "k": int(k),
                  "visible": fraction, "temperature": temperature, **extra,
