@@ -43,6 +43,7 @@ def train_setup(name: str, batch_size: int = 0, **model):
 def call_loop(model, batch: int, rows: int, calls: int, slots: int = 512):
   """``(params, cache) -> checksum``: ``calls`` cached calls of 1 content + ``rows`` query rows."""
   def loop(params, cache):
+    params = models.compute_params(model, params)  # as the samplers' loop does
     def body(i, carry):
       cache, tokens_rank, total = carry
       decoded = 256 + i % (slots - 256 - rows)  # ranks < decoded are in the cache

@@ -371,3 +371,34 @@ def test_fused_attention_padding_changes_nothing(monkeypatch):
   padded = attention.attend(*args, "cudnn")
   assert seen == [(8, 16)]  # 7 rows -> 8; the sink + 12 slots -> 16
   np.testing.assert_allclose(padded, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["two_stream", "xlnet"])
+def test_compute_params_change_no_output(arch):
+  """The samplers cast weight matrices and embeddings to bf16 once before their loop; a bf16
+  model must give bit-identical logits either way, and the leaves
+  the modules compute in float32 (LayerNorm, XLNet's relative biases, the sink) stay float32."""
+  model = models.build(ml_collections.ConfigDict(dict(
+      arch=arch, vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4, d_ff=64,
+      dtype="bfloat16")))
+  # Init leaves LayerNorm at 1 and 0, exact in bf16: perturb every leaf so a wrong cast shows.
+  leaves, treedef = jax.tree.flatten(init(model))
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  params = treedef.unflatten([x + 0.01 * jax.random.normal(key, x.shape, x.dtype)
+                              for x, key in zip(leaves, keys)])
+  cast = models.compute_params(model, params)
+  dtypes = {jax.tree_util.keystr(path): leaf.dtype
+            for path, leaf in jax.tree_util.tree_leaves_with_path(cast)}
+  assert {d for k, d in dtypes.items() if k.endswith(("['kernel']", "['embedding']"))} == {
+      jnp.dtype(jnp.bfloat16)}
+  assert {d for k, d in dtypes.items() if not k.endswith(("['kernel']", "['embedding']"))} == {
+      jnp.dtype(jnp.float32)}
+  tokens, visible, order = random_problem(0, batch=3)
+  sigma = ordering.make_ordering(visible, jnp.asarray(order))
+  targets = jnp.broadcast_to(jnp.arange(LENGTH, dtype=jnp.int32), (3, LENGTH))
+  valid = targets >= sigma.num_visible_B[:, None]
+  tokens_rank = ordering.to_rank_space(tokens, sigma.perm_BxL)
+  call = jax.jit(lambda p, decoded: forward.call(model, p, tokens_rank, sigma.perm_BxL,
+                                                 sigma.num_visible_B, targets, valid, decoded))
+  for decoded in (None, sigma.num_visible_B + 1):  # sigma-causal rows, then draft rows
+    np.testing.assert_array_equal(call(cast, decoded), call(params, decoded))

@@ -88,6 +88,13 @@ def test_python_code_builder_splits_by_path_hash(corpus, tmp_path):
   assert all(r["text"] == expected[r["path"]] for r in train + heldout)
 
 
+def test_empty_data_dir_is_refused(corpus, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match="data_dir is empty"):
+    builders.build("python_code", "", source_dirs=[corpus[0]])
+  assert not list(tmp_path.iterdir())
+
+
 def test_builder_is_idempotent_and_options_change_the_config(corpus, tmp_path, monkeypatch):
   root, expected = corpus
   first = builders.build("python_code", str(tmp_path), source_dirs=[root], heldout_fraction=0.25)

@@ -211,6 +211,8 @@ def build(name: str, data_dir: str, **options) -> FolderBuilder:
   ``data_dir`` unless already there, and returns it; read splits with ``as_data_source()``."""
   if name not in BUILDERS:
     raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
+  if not data_dir:
+    raise ValueError("data_dir is empty: tfds would build the dataset in the current directory")
   cls = BUILDERS[name]
   builder = cls(config=cls.make_config(**options), data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare()

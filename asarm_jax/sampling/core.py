@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asarm_jax import distribution, forward, masks, ordering
+from asarm_jax import distribution, forward, masks, models, ordering
 from asarm_jax.models.two_stream import Cache
 from asarm_jax.sampling import auto
 from asarm_jax.sampling import tree as tree_lib
@@ -454,6 +454,7 @@ def _compiled(model: nn.Module, method: str, k: int, depth: int, ngram: int, use
   temperature is a traced argument: changing it never recompiles."""
 
   def loop(params, tokens_BxL, visible_BxL, order_BxL, length_B, rng, temperature):
+    params = models.compute_params(model, params)  # once, not in every call of the loop
     return _loop(model, method, k, depth, ngram, use_cache, params, tokens_BxL, visible_BxL,
                  order_BxL, length_B, rng, temperature)
 
