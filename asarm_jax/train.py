@@ -348,11 +348,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     last, skipped = {}, int(state.opt_state.skipped)
     tick, tick_step = time.perf_counter(), step
     agreed_stop = None  # the previous step's vote: read one step late, so dispatch runs ahead
+    time_limit, clock = config.train.get("time_limit_s", 0.0), None
     while step < num_steps:
       batch = sharding.global_batch(mesh, next(iterator))
       votes = sharding.global_batch(mesh, np.full(local_batch, stop.requested))
       state, metrics, vote = train_step(state, batch, base_rng, votes)
       step += 1
+      # Equal training time for runs whose compilation differs (a warm compilation cache, say):
+      # the clock starts once the first step has compiled and been dispatched.
+      clock = time.perf_counter() if clock is None else clock
+      if time_limit and not stop.requested and time.perf_counter() - clock >= time_limit:
+        logging.info("train.time_limit_s=%g reached at step %d: saving and stopping.",
+                     time_limit, step)
+        stop.requested = True
       progress.advance(step)
       logged = step % config.train.log_every == 0 or step == num_steps
       saving = step % config.train.checkpoint_every == 0 or step == num_steps
@@ -395,7 +403,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     _report_saved(ckpt, progress, block=True)
     progress.close()
     if step < num_steps:
-      logging.warning("Stopped at step %d after a signal; rerun the command to resume.", step)
+      logging.warning("Stopped at step %d after a signal or train.time_limit_s; rerun the "
+                      "command to resume.", step)
     elif jax.process_index() == 0:
       logging.info("done: %d steps in %s | workdir %s | checkpoint step %d | metrics %s | "
                    "tensorboard --logdir %s", step - start, _duration(progress.elapsed()),

@@ -74,7 +74,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     _at_least(config, key, 0)
   for key in _POSITIVE_NUMBERS:
     _finite(config, key, allow_zero=False)
-  for key in _TEMPERATURES:
+  for key in _TEMPERATURES + ("train.time_limit_s",):
     _finite(config, key, allow_zero=True)
 
 

@@ -17,9 +17,12 @@
 #   benchmarks/h100_session.sh humaneval    # HumanEval single-line at TEMP (0.2) for each METHODS
 #                                           # entry (method:k, default sequential:1,tree:8)
 #   benchmarks/h100_session.sh evaluate     # HumanEval single/multi-line, gen quality, density
-#   benchmarks/h100_session.sh sweep        # for each W of WEIGHTS: train run drawW (draft_weight W,
-#                                           # TRAIN_S each: equal wall-clock), then its density and
-#                                           # draft acceptance; logs and results into OUT as it goes
+#   benchmarks/h100_session.sh call_cost    # only the sampling-call cost (pallas) against the floor
+#   benchmarks/h100_session.sh sweep        # for each W of WEIGHTS: train run draftW$TAG
+#                                           # (draft_weight W; LIMIT_S seconds of training each,
+#                                           # compilation excluded: equal wall-clock), then its
+#                                           # density and draft acceptance; logs and results into
+#                                           # OUT as it goes
 #   benchmarks/h100_session.sh tokens_per_call  # assd, assd_fused, tree on each of RUN_LIST
 #
 #   benchmarks/h100_session.sh background STEP   # STEP detached (setsid), logging to runs/STEP.log
@@ -33,11 +36,13 @@
 # IMPL=auto picks the attention implementation from the throughput step's JSON.
 #
 # Durations measured on the H200 (2026-12-02), to plan 10-minute calls: checks about 9.5 min
-# (the kernel tests alone 92 s); prepare about 45 s (20,000 files, run in the background beside
+# (the kernel tests alone 92 s); call_cost about 60 s; prepare about 45 s (20,000 files, run in the background beside
 # checks); train reaches step 100 about 110 s after it starts (startup and compilation), then
-# about 230k tokens/s with the draft term; evaluate with TASKS=density,draft_acceptance about
-# 45 s. A call that runs past its limit is killed with every process it started, `background`
-# steps included (a run lost that way left no checkpoint). Wait for a step by its log line,
+# about 230k tokens/s with the draft term (255k without); startup falls to ~26 s once the
+# compilation cache holds the program, which is why LIMIT_S (train.time_limit_s) rather than
+# TRAIN_S sets equal training time; evaluate with TASKS=density,draft_acceptance about 20 s;
+# tokens_per_call on three workdirs about 95 s. A call that runs past its limit is killed with every process it started, `background`
+# steps included (a run lost that way left no checkpoint). At most 8 files of OUT come back. Wait for a step by its log line,
 # never with `pgrep -f PATTERN`, which matches the waiting command's own command line.
 set -uo pipefail
 OUT=${OUT:-runs/out}
@@ -96,13 +101,21 @@ case "$1" in
     (cd tests/fixtures && python3 compare_hf_xlnet_base.py "$OUT_ABS/hf_xlnet_base.json") \
       2>&1 | quiet | grep -v "^ \|^{\|^}" | tail -12
     ;;
+  call_cost)
+    python3 benchmarks/call_cost.py --attention_impl=pallas --out="$OUT/call_cost_pallas" 2>&1 \
+      | quiet | grep -E "^\|"
+    ;;
   sweep)
     for W in ${WEIGHTS:?}; do
-      RUN=draft$W TRAIN_ARGS="--config.objective.draft_weight=$W ${TRAIN_ARGS:-}" bash "$0" train \
-        > "$OUT/train_draft$W.log" 2>&1
-      tail -2 "$OUT/train_draft$W.log"
-      RUN=draft$W TASKS=density,draft_acceptance bash "$0" evaluate > "$OUT/eval_draft$W.log" 2>&1
-      cp "$RUNS/draft$W/eval/results.json" "$OUT/eval_draft$W.json" && echo "draft$W evaluated"
+      R=draft$W${TAG:-}
+      RUN=$R TRAIN_ARGS="--config.objective.draft_weight=$W ${TRAIN_ARGS:-}" bash "$0" train \
+        > "$OUT/train_$R.log" 2>&1
+      tail -2 "$OUT/train_$R.log"
+      # Two files per run come back (a call returns at most 8): its train log and its results.
+      OUT=$RUNS/scratch RUN=$R TASKS=density,draft_acceptance bash "$0" evaluate \
+        > "$RUNS/eval_$R.log" 2>&1
+      cp "$RUNS/$R/eval/results.json" "$OUT/eval_$R.json" && echo "$R evaluated" \
+        || tail -5 "$RUNS/eval_$R.log"
     done
     ;;
   tokens_per_call)
@@ -129,8 +142,8 @@ case "$1" in
       --config.train.eval_every="$STEPS" --config.train.checkpoint_every=1000 \
       --config.train.log_every=100 --config.optim.warmup_steps=300 \
       --config.objective.fraction_range="${FRACTIONS:-(0.01, 0.6)}" --config.sample.num_examples=0 \
-      ${TRAIN_ARGS:-} 2>&1 \
-      | grep --line-buffered -E "\[train\]|\[heldout\]|Error|error:|Resumed|seed|Stopp|signal|saved|done:"
+      ${LIMIT_S:+--config.train.time_limit_s=$LIMIT_S} ${TRAIN_ARGS:-} 2>&1 \
+      | grep --line-buffered -E "\[train\]|\[heldout\]|Error|error:|Resumed|seed|Stopp|signal|saved|done:|time_limit"
     ;;
   judge)
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.28 timeout -s TERM "$JUDGE_S" \

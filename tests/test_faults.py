@@ -17,6 +17,7 @@ import signal
 import struct
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 
 import jax
@@ -275,6 +276,42 @@ def test_sigterm_stops_within_two_steps_whatever_log_every(corpus, tmp_path, mon
   assert not result["completed"] and 30 <= result["step"] <= 32, result["step"]
   assert saved_steps(str(tmp_path / "w")) == [result["step"]]
   assert max(in_flight.counts) <= 2, in_flight.counts
+
+
+def test_time_limit_counts_from_the_first_compiled_step_then_saves_and_stops(
+    corpus, tmp_path, monkeypatch):
+  """``train.time_limit_s`` excludes compilation, so that runs with and without a warm
+  compilation cache get equal training time. A fake clock advances 1 s per batch fetched and
+  jumps 100 s during step 1 (its compilation): with a 10 s limit the run stops at step 11 plus
+  the usual one or two steps of the stop vote, saved and resumable, not at step 1."""
+  config = demo_config(overrides_for(corpus, **{"train.num_steps": 150, "train.log_every": 150,
+                                                "train.checkpoint_every": 150,
+                                                "train.eval_batches": 0,
+                                                "train.time_limit_s": 10.0}))
+  fetched = [0]
+  train_iterator = data.train_iterator
+
+  class Counting:
+    def __init__(self, *args, **kwargs):
+      self.iterator = train_iterator(*args, **kwargs)
+
+    def __next__(self):
+      fetched[0] += 1
+      return next(self.iterator)
+
+    def __getattr__(self, name):
+      return getattr(self.iterator, name)
+
+  monkeypatch.setattr(data, "train_iterator", Counting)
+  monkeypatch.setattr(train, "time", types.SimpleNamespace(
+      perf_counter=lambda: float(fetched[0] + (100 if fetched[0] else 0))))
+  workdir = str(tmp_path / "w")
+  result = train.train_and_evaluate(config, workdir)
+  assert not result["completed"] and 11 <= result["step"] <= 13, result["step"]
+  assert saved_steps(workdir) == [result["step"]]
+  fetched[0] = 0
+  resumed = train.train_and_evaluate(config, workdir)  # the limit applies again, from step 1
+  assert result["step"] + 11 <= resumed["step"] <= result["step"] + 13, resumed["step"]
 
 
 def save_untrained(workdir: str, steps: tuple[int, ...]) -> None:

@@ -298,6 +298,7 @@ def _unlinked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ("sample.temperature", -1.0, r"sample.temperature=-1.0: expected a finite number >= 0"),
     ("sample.temperature", float("nan"), r"sample.temperature=nan: expected a finite number >= 0"),
     ("eval.temperature", float("inf"), r"eval.temperature=inf: expected a finite number >= 0"),
+    ("train.time_limit_s", -1.0, r"train.time_limit_s=-1.0: expected a finite number >= 0"),
     ("sample.tree_depth", 0, r"sample.tree_depth=0: expected an int >= 1"),
     ("sample.ngram", -1, r"sample.ngram=-1: expected an int >= 0"),
     ("eval.k", 0, r"eval.k=0: expected an int >= 1"),
