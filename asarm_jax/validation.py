@@ -25,7 +25,8 @@ _POSITIVE_INTS = (
 _NON_NEGATIVE_INTS = ("seed", "data.max_files", "train.eval_batches", "optim.warmup_steps",
                       "sample.num_examples", "sample.ngram", "eval.ngram")
 _POSITIVE_NUMBERS = ("optim.learning_rate", "optim.grad_clip")
-_TEMPERATURES = ("sample.temperature", "eval.temperature")  # 0 is greedy decoding
+# Temperatures (0 is greedy decoding) and the training-time limit (0 is none).
+_NON_NEGATIVE_NUMBERS = ("sample.temperature", "eval.temperature", "train.time_limit_s")
 _STRING_TUPLES = ("data.source_dirs", "data.exclude_patterns", "data.extensions")
 
 
@@ -74,7 +75,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     _at_least(config, key, 0)
   for key in _POSITIVE_NUMBERS:
     _finite(config, key, allow_zero=False)
-  for key in _TEMPERATURES + ("train.time_limit_s",):
+  for key in _NON_NEGATIVE_NUMBERS:
     _finite(config, key, allow_zero=True)
 
 
