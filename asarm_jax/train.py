@@ -356,8 +356,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       step += 1
       # Equal training time for runs whose compilation differs (a warm compilation cache, say):
       # the clock starts once the first step has compiled and been dispatched.
-      clock = time.perf_counter() if clock is None else clock
-      if time_limit and not stop.requested and time.perf_counter() - clock >= time_limit:
+      if clock is None:
+        clock = time.perf_counter()
+      elif time_limit and not stop.requested and time.perf_counter() - clock >= time_limit:
         logging.info("train.time_limit_s=%g reached at step %d: saving and stopping.",
                      time_limit, step)
         stop.requested = True

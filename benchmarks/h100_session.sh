@@ -17,7 +17,8 @@
 #   benchmarks/h100_session.sh humaneval    # HumanEval single-line at TEMP (0.2) for each METHODS
 #                                           # entry (method:k, default sequential:1,tree:8)
 #   benchmarks/h100_session.sh evaluate     # HumanEval single/multi-line, gen quality, density
-#   benchmarks/h100_session.sh call_cost    # only the sampling-call cost (pallas) against the floor
+#   benchmarks/h100_session.sh call_cost    # the sampling-call cost of each IMPLS entry (default
+#                                           # pallas) against the floor (part of checks)
 #   benchmarks/h100_session.sh sweep        # for each W of WEIGHTS: train run draftW$TAG
 #                                           # (draft_weight W; LIMIT_S seconds of training each,
 #                                           # compilation excluded: equal wall-clock), then its
@@ -36,14 +37,16 @@
 # IMPL=auto picks the attention implementation from the throughput step's JSON.
 #
 # Durations measured on the H200 (2026-12-02), to plan 10-minute calls: checks about 9.5 min
-# (the kernel tests alone 92 s); call_cost about 60 s; prepare about 45 s (20,000 files, run in the background beside
-# checks); train reaches step 100 about 110 s after it starts (startup and compilation), then
-# about 230k tokens/s with the draft term (255k without); startup falls to ~26 s once the
-# compilation cache holds the program, which is why LIMIT_S (train.time_limit_s) rather than
-# TRAIN_S sets equal training time; evaluate with TASKS=density,draft_acceptance about 20 s;
-# tokens_per_call on three workdirs about 95 s. A call that runs past its limit is killed with every process it started, `background`
-# steps included (a run lost that way left no checkpoint). At most 8 files of OUT come back. Wait for a step by its log line,
-# never with `pgrep -f PATTERN`, which matches the waiting command's own command line.
+# (the kernel tests alone 92 s); call_cost about 60 s per implementation; prepare about 45 s
+# (20,000 files, run in the background beside checks); train reaches step 100 about 110 s after
+# it starts (startup and compilation), then about 230k tokens/s with the draft term (255k
+# without); startup falls to ~26 s once the compilation cache holds the program, which is why
+# LIMIT_S (train.time_limit_s) rather than TRAIN_S sets equal training time; evaluate with
+# TASKS=density,draft_acceptance about 20 s; tokens_per_call on three workdirs about 95 s.
+# A call that runs past its limit is killed with every process it started, `background` steps
+# included (a run lost that way left no checkpoint). At most 8 files of OUT come back. Wait for
+# a step by its log line, never with `pgrep -f PATTERN`, which matches the waiting command's own
+# command line.
 set -uo pipefail
 OUT=${OUT:-runs/out}
 RUNS=${RUNS:-runs}
@@ -93,17 +96,16 @@ case "$1" in
   checks)
     JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider -o addopts="" \
       tests/test_attention.py 2>&1 | tail -3 | tee "$OUT/test_attention.log"
-    for IMPL in pallas cudnn; do
-      python3 benchmarks/call_cost.py --attention_impl="$IMPL" --out="$OUT/call_cost_$IMPL" 2>&1 \
-        | quiet | grep -E "^batch|^\|"
-    done
+    IMPLS="pallas cudnn" bash "$0" call_cost
     OUT_ABS=$(realpath "$OUT")
     (cd tests/fixtures && python3 compare_hf_xlnet_base.py "$OUT_ABS/hf_xlnet_base.json") \
       2>&1 | quiet | grep -v "^ \|^{\|^}" | tail -12
     ;;
   call_cost)
-    python3 benchmarks/call_cost.py --attention_impl=pallas --out="$OUT/call_cost_pallas" 2>&1 \
-      | quiet | grep -E "^\|"
+    for IMPL in ${IMPLS:-pallas}; do
+      python3 benchmarks/call_cost.py --attention_impl="$IMPL" --out="$OUT/call_cost_$IMPL" 2>&1 \
+        | quiet | grep -E "^batch|^\|"
+    done
     ;;
   sweep)
     for W in ${WEIGHTS:?}; do

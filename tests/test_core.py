@@ -376,8 +376,8 @@ def test_fused_attention_padding_changes_nothing(monkeypatch):
 @pytest.mark.parametrize("arch", ["two_stream", "xlnet"])
 def test_compute_params_change_no_output(arch):
   """The samplers cast weight matrices and embeddings to bf16 once before their loop; a bf16
-  model must give bit-identical logits either way, and the leaves
-  the modules compute in float32 (LayerNorm, XLNet's relative biases, the sink) stay float32."""
+  model must give bit-identical logits either way, and the leaves the modules compute with in
+  float32 (LayerNorm, XLNet's relative biases, the sink) stay float32."""
   model = models.build(ml_collections.ConfigDict(dict(
       arch=arch, vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4, d_ff=64,
       dtype="bfloat16")))
