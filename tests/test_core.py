@@ -289,21 +289,28 @@ def test_draft_rows_are_the_samplers_draft_rows():
     np.testing.assert_allclose(got[b, k], want, atol=1e-5)
 
 
-def test_draft_rows_see_nothing_at_or_after_their_limit():
-  """Leakage: rewriting every rank >= a draft row's limit leaves its whole distribution
-  unchanged (and rewriting a rank below the limit changes it)."""
+def test_draft_rows_get_no_gradient_from_ranks_at_or_after_their_limit():
+  """Gradient leakage of the draft term: each draft row's scored log-prob (as the objective
+  computes it) has zero gradient with respect to the content of every rank >= its limit, and a
+  nonzero one with respect to every rank below it. Tokens in a row are distinct and the head is
+  untied, so an embedding row's gradient is that rank's content input's."""
   model = tiny_model(tie_embeddings=False)
   params = init(model)
   tokens, _, _, sigma, (target, valid, limit) = _draft_problem(seed=3)
   tokens_rank = ordering.to_rank_space(tokens, sigma.perm_BxL)
-  logits = lambda t: np.asarray(forward.call(model, params, t, sigma.perm_BxL,
-                                             sigma.num_visible_B, target, valid, limit))
-  base = logits(tokens_rank)
-  for b, k in zip(*np.nonzero(np.asarray(valid))):
-    n = int(limit[b, k])
-    np.testing.assert_array_equal(logits(tokens_rank.at[b, n:].set(5))[b, k], base[b, k])
-    if n > 0:
-      assert not np.allclose(logits(tokens_rank.at[b, n - 1].set(5))[b, k], base[b, k])
+
+  def logp(table, b, k):
+    p = {"params": dict(params["params"], embed={"embedding": table})}
+    return density.target_log_probs(model, p, tokens_rank, sigma, target, valid, limit)[b, k]
+  table = params["params"]["embed"]["embedding"]
+  grad = jax.jit(jax.grad(logp))
+  target, valid, limit = map(np.asarray, (target, valid, limit))
+  assert valid.sum() > 4
+  for b, k in zip(*np.nonzero(valid)):
+    per_rank = np.abs(np.asarray(grad(table, b, k))[np.asarray(tokens_rank[b])]).sum(-1)
+    n = limit[b, k]
+    assert (per_rank[n:] == 0.0).all(), (b, k, n, per_rank)
+    assert (per_rank[:n] > 0.0).all(), (b, k, n, per_rank)
 
 
 def test_draft_term_leaves_the_joint_term_unchanged():
