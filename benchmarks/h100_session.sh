@@ -14,11 +14,16 @@
 #   benchmarks/h100_session.sh judge        # the left-to-right judge, same data dir
 #   benchmarks/h100_session.sh sampling     # sampling speed of every method and tree size, side
 #                                           # by side (SAMPLE_S), and the table of method="auto"
-#   benchmarks/h100_session.sh humaneval    # HumanEval single-line at TEMP (0.2) for each METHODS
-#                                           # entry (method:k, default sequential:1,tree:8)
-#   benchmarks/h100_session.sh evaluate     # HumanEval single/multi-line, gen quality, density
+#   benchmarks/h100_session.sh humaneval    # HumanEval KIND (single-line) at TEMP (0.2) for each
+#                                           # METHODS entry (method:k, default sequential:1,tree:8),
+#                                           # generation timed after a compiling warm-up batch;
+#                                           # HE_MAX_TASKS subsamples (0: all)
+#   benchmarks/h100_session.sh evaluate     # TASKS (HumanEval single/multi-line, gen quality,
+#                                           # density, ...) decoded by METHOD:K at TEMP
 #   benchmarks/h100_session.sh call_cost    # the sampling-call cost of each IMPLS entry (default
 #                                           # pallas) against the floor (part of checks)
+#   benchmarks/h100_session.sh profile      # where a sampling call's time goes (PROFILE_CALLS,
+#                                           # batch:rows, default 1:1,1:36), per IMPLS entry
 #   benchmarks/h100_session.sh sweep        # for each W of WEIGHTS: train run draftW$TAG
 #                                           # (draft_weight W; LIMIT_S seconds of training each,
 #                                           # compilation excluded: equal wall-clock), then its
@@ -26,7 +31,10 @@
 #                                           # OUT as it goes
 #   benchmarks/h100_session.sh tokens_per_call  # assd, assd_fused, tree on each of RUN_LIST
 #
-#   benchmarks/h100_session.sh background STEP   # STEP detached (setsid), logging to runs/STEP.log
+#   benchmarks/h100_session.sh background STEP   # STEP detached (setsid), logging to runs/STEP.log;
+#                                                # STEP may be a plan file (benchmarks/plans/*.sh)
+#   benchmarks/h100_session.sh wait STAGE        # until a plan logs STAGE (or WAIT_S, 540 s), then
+#                                                # OUT/progress.tgz: everything the plan wrote so far
 #
 # RUN (default xlnet_base) names the workdir under RUNS of train, sampling, humaneval and evaluate,
 # so several models can share the prepared data (e.g. a sweep of objective.draft_weight). The
@@ -44,9 +52,11 @@
 # LIMIT_S (train.time_limit_s) rather than TRAIN_S sets equal training time; evaluate with
 # TASKS=density,draft_acceptance about 20 s; tokens_per_call on three workdirs about 95 s.
 # A call that runs past its limit is killed with every process it started, `background` steps
-# included (a run lost that way left no checkpoint). At most 8 files of OUT come back. Wait for
-# a step by its log line, never with `pgrep -f PATTERN`, which matches the waiting command's own
-# command line.
+# included (a run lost that way left no checkpoint). At most 8 files of OUT come back, so `wait`
+# packs a plan's outputs into one archive. Each device call replaces the carried tree (a call
+# that carries nothing removes it), so `background` runs from a copy under RUNS: a detached job
+# that ran from the carried tree lost its scripts mid-plan. Wait for a step by its log line or
+# stage, never with `pgrep -f PATTERN`, which matches the waiting command's own command line.
 set -uo pipefail
 OUT=${OUT:-runs/out}
 RUNS=${RUNS:-runs}
@@ -89,9 +99,19 @@ EOF
 
 case "$1" in
   setup) ;;
-  background)
-    setsid nohup bash "$0" "$2" > "$RUNS/$2.log" 2>&1 < /dev/null &
-    echo "started $2 in the background: $RUNS/$2.log"
+  background)  # from a copy of the checkout, with absolute paths, detached from this call
+    RUNS=$(realpath "$RUNS"); CODE="$RUNS/code"; LOG="$RUNS/$(basename "$2" .sh).log"
+    rm -rf "$CODE" && mkdir -p "$CODE" && cp -r asarm_jax benchmarks configs launch tests setup.py "$CODE"/
+    [ -f "$2" ] && JOB=(bash "$2") || JOB=(bash benchmarks/h100_session.sh "$2")
+    (cd "$CODE" && RUNS="$RUNS" OUT="$RUNS/out" setsid nohup "${JOB[@]}" > "$LOG" 2>&1 < /dev/null &)
+    echo "started $2 in the background from $CODE: $LOG"
+    ;;
+  wait)
+    for _ in $(seq "${WAIT_S:-540}"); do
+      grep -qs " $2\$" "$RUNS/stages.txt" && break; sleep 1
+    done
+    cat "$RUNS/stages.txt"
+    tar -czf "$OUT/progress.tgz" -C "$RUNS" out stages.txt
     ;;
   checks)
     JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider -o addopts="" \
@@ -105,6 +125,13 @@ case "$1" in
     for IMPL in ${IMPLS:-pallas}; do
       python3 benchmarks/call_cost.py --attention_impl="$IMPL" --out="$OUT/call_cost_$IMPL" 2>&1 \
         | quiet | grep -E "^batch|^\|"
+    done
+    ;;
+  profile)
+    for IMPL in ${IMPLS:-pallas}; do
+      python3 benchmarks/profile_step.py --attention_impl="$IMPL" --train_step=false \
+        --calls="${PROFILE_CALLS:-1:1,1:36}" --out="$OUT/profile_$IMPL" 2>&1 | quiet \
+        | grep -E "^\||^###"
     done
     ;;
   sweep)
@@ -164,45 +191,55 @@ case "$1" in
       | tee "$OUT/sampling.log"
     ;;
   humaneval)
-    python3 - "$RUNS/$RUN" "${METHODS:-sequential:1,tree:8}" "${TEMP:-0.2}" "$OUT" <<'EOF' 2>&1 \
-      | quiet | grep -v "it/s\]$" | tee "$OUT/humaneval.log"
-import json, sys, time
+    python3 - "$RUNS/$RUN" "${METHODS:-sequential:1,tree:8}" "${TEMP:-0.2}" "$OUT" \
+      "${KIND:-humaneval_single_line}" "${HE_MAX_TASKS:-0}" <<'EOF' 2>&1 \
+      | quiet | grep -v "it/s\]$" | tee "$OUT/${KIND:-humaneval_single_line}_t${TEMP:-0.2}.log"
+import json, os, sys, time
 from asarm_jax import inference
 from asarm_jax.evaluation import infill_model, runner
 from asarm_jax.evaluation.config import default_eval_config
-workdir, methods, temperature, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+workdir, methods, temperature, out, kind, max_tasks = sys.argv[1:]
+temperature, max_tasks = float(temperature), int(max_tasks)
 config = inference.load(workdir).config
 report, seconds, complete = {}, [], infill_model.complete
-def timed(*args, **kwargs):  # generation wall-clock (compilation included), scoring excluded
+def timed(model, params, tokenizer, tasks, path, **kwargs):  # generation wall-clock only
+  start = time.perf_counter()  # first, compile on one batch of tasks, into a throwaway cache
+  complete(model, params, tokenizer, tasks[:kwargs["batch_size"]], path + ".warmup", **kwargs)
+  os.remove(path + ".warmup")
+  warmup = time.perf_counter() - start
   start = time.perf_counter()
-  done = complete(*args, **kwargs)
-  seconds.append(time.perf_counter() - start)
+  done = complete(model, params, tokenizer, tasks, path, **kwargs)
+  seconds.append((warmup, time.perf_counter() - start))
   return done
 infill_model.complete = timed
 for spec in methods.split(","):
   method, k = spec.split(":")
   config.eval = default_eval_config()
-  config.eval.update(tasks=("humaneval_single_line",), method=method, k=int(k),
-                     temperature=temperature, batch_size=64, sandbox_workers=14)
-  report[spec] = runner.run(config, workdir)["tasks"]["humaneval_single_line"]
-  report[spec]["generation_s"] = seconds[-1]
-  json.dump(report, open(f"{out}/humaneval_t{temperature:g}.json", "w"), indent=1)
+  config.eval.update(tasks=(kind,), method=method, k=int(k), temperature=temperature,
+                     batch_size=64, sandbox_workers=14, humaneval_max_tasks=max_tasks)
+  report[spec] = runner.run(config, workdir)["tasks"][kind]
+  report[spec]["warmup_s"], report[spec]["generation_s"] = seconds[-1]
+  json.dump(report, open(f"{out}/{kind}_t{temperature:g}.json", "w"), indent=1)
 EOF
     ;;
   evaluate)
+    # METHOD:K at TEMP decodes the infilling tasks; JUDGE (a workdir under RUNS) scores gen_quality.
     python3 - "$RUNS" "$RUN" \
       "${TASKS:-density,draft_acceptance,humaneval_single_line,humaneval_multi_line,gen_quality}" \
+      "${METHOD:-assd_fused}" "${K:-5}" "${TEMP:-1}" "${JUDGE:-judge}" \
+      "${GEN_METHODS:-sequential,assd,assd_fused,parallel}" "${HE_MAX_TASKS:-0}" \
       <<'EOF' 2>&1 | quiet | grep -v "it/s\]$" | tee "$OUT/evaluate.log"
 import sys
 from asarm_jax import inference
 from asarm_jax.evaluation import runner
 from asarm_jax.evaluation.config import default_eval_config
-runs, run, tasks = sys.argv[1], sys.argv[2], tuple(sys.argv[3].split(","))
+runs, run, tasks, method, k, temperature, judge, gen_methods, max_tasks = sys.argv[1:]
 config = inference.load(f"{runs}/{run}").config
 config.eval = default_eval_config()
-config.eval.update(tasks=tasks, method="assd_fused", k=5, batch_size=64, sandbox_workers=14,
-                   judge_workdir=f"{runs}/judge", gen_num_prompts=64,
-                   gen_methods=("sequential", "assd", "assd_fused", "parallel"))
+config.eval.update(tasks=tuple(tasks.split(",")), method=method, k=int(k),
+                   temperature=float(temperature), batch_size=64, sandbox_workers=14,
+                   judge_workdir=f"{runs}/{judge}", gen_num_prompts=64,
+                   gen_methods=tuple(gen_methods.split(",")), humaneval_max_tasks=int(max_tasks))
 runner.run(config, f"{runs}/{run}")
 EOF
     tar -czf "$OUT/eval_$RUN.tar.gz" -C "$RUNS/$RUN" eval

@@ -1,6 +1,7 @@
 """Where device time goes: one training step and sampling calls, by part of the model (not a test).
 
   python benchmarks/profile_step.py --config=xlnet_base --out=DIR [--attention_impl=cudnn]
+      [--train_step=false --calls=1:1,1:36]
 
 Runs the real jitted train step (``benchmarks/train_throughput.py``'s setup) and the cached
 sampling call (``benchmarks/call_cost.py``) under the JAX profiler. Every GPU kernel of the
@@ -29,6 +30,7 @@ import common
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "xlnet_base", "configs/ name.")
 flags.DEFINE_string("attention_impl", "", "Override model.attention_impl.")
+flags.DEFINE_bool("train_step", True, "Profile the training step (before the calls).")
 flags.DEFINE_list("calls", ["1:1", "1:36", "64:1", "64:36"], "Sampling calls (batch:rows).")
 flags.DEFINE_string("out", ".", "Output directory.")
 
@@ -126,10 +128,7 @@ def print_table(title: str, result: dict) -> None:
     print(f"| {part} | {direction} | {ms:.3f} | {100 * ms / result['device_ms']:.1f}% |")
 
 
-def main(_):
-  flax.config.update("flax_profile", True)  # module paths in op_name
-  results = {}
-  impl = FLAGS.attention_impl or None
+def profile_train_step(impl: str | None, results: dict) -> None:
   config, step, state, tokens, rng = common.train_setup(FLAGS.config, attention_impl=impl)
   step = step.lower(state, tokens, rng).compile()  # one compile: its HLO is what runs
   scopes = hlo_scopes(step.as_text())
@@ -140,7 +139,14 @@ def main(_):
   print_table(f"train step, {FLAGS.config}, batch {config.train.batch_size}",
               results["train_step"])
   save(results)
-  del state
+
+
+def main(_):
+  flax.config.update("flax_profile", True)  # module paths in op_name
+  results = {}
+  impl = FLAGS.attention_impl or None
+  if FLAGS.train_step:
+    profile_train_step(impl, results)
   config = common.config_of(FLAGS.config, attention_impl=impl)
   for shape in FLAGS.calls:
     batch, rows = map(int, shape.split(":"))
