@@ -129,7 +129,8 @@ case "$1" in
     ;;
   profile)
     for IMPL in ${IMPLS:-pallas}; do
-      python3 benchmarks/profile_step.py --attention_impl="$IMPL" --train_step=false \
+      python3 benchmarks/profile_step.py --config="${PROFILE_CONFIG:-xlnet_base}" \
+        --attention_impl="$IMPL" --train_step=false \
         --calls="${PROFILE_CALLS:-1:1,1:36}" --out="$OUT/profile_$IMPL" 2>&1 | quiet \
         | grep -E "^\||^###"
     done
