@@ -256,3 +256,23 @@ def test_draft_acceptance_is_one_exactly_when_drafts_are_the_conditionals():
   real = run(params, (1.0, 0.0))
   assert all(0.0 <= r < 0.999 for rates in real["T=1"].values() for r in rates)
   assert all(0.0 <= r <= 1.0 for rates in real["T=0"].values() for r in rates)
+
+
+def test_sampler_tag_separates_every_setting_that_changes_completions():
+  """Generation caches are keyed by this tag: a changed checkpoint or sampler setting (for trees
+  also depth and prompt lookup) must never reuse another setting's completions."""
+  import types  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from asarm_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+  from asarm_jax.evaluation.config import default_eval_config  # pylint: disable=g-import-not-at-top
+
+  def tag(step=1, **changes):
+    ecfg = default_eval_config()
+    ecfg.update({"method": "tree", **changes})
+    config = ml_collections.ConfigDict({"eval": ecfg})
+    ctx = runner.Context(types.SimpleNamespace(step=step), config, "", "")
+    return runner._sampler_tag(ctx)  # pylint: disable=protected-access
+  settings = [{}, {"step": 2}, {"method": "assd"}, {"k": 3}, {"temperature": 0.5}, {"seed": 1},
+              {"tree_depth": 3}, {"ngram": 0}]
+  tags = [tag(**s) for s in settings]
+  assert len(set(tags)) == len(tags), tags

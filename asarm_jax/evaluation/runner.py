@@ -44,9 +44,11 @@ def _draft_acceptance(ctx: Context) -> dict:
 
 
 def _sampler_tag(ctx: Context) -> str:
-  """What generated completions depend on besides the task: checkpoint step and sampler."""
+  """What generated completions depend on besides the task: checkpoint step and sampler (for
+  trees also their depth and prompt lookup, which change the calls a completion took)."""
   e = ctx.config.eval
-  return f"step{ctx.loaded.step}_{e.method}_k{e.k}_t{e.temperature:g}_seed{e.seed}"
+  tree = f"_d{e.tree_depth}_g{e.ngram}" if e.method == "tree" else ""
+  return f"step{ctx.loaded.step}_{e.method}_k{e.k}{tree}_t{e.temperature:g}_seed{e.seed}"
 
 
 def _humaneval(kind: str) -> Callable[[Context], dict]:
