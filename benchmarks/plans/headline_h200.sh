@@ -5,6 +5,12 @@
 #   benchmarks/h100_session.sh background benchmarks/plans/headline_h200.sh
 #   benchmarks/h100_session.sh wait causal            # then wait he_t0.2, ..., done
 #
+# As device calls: the first carries the checkout with .whl and runs, from it,
+#   export RUNS=/tmp/runs S=benchmarks/h100_session.sh; bash $S setup &&
+#   bash $S background benchmarks/plans/headline_h200.sh && bash $S wait asarm
+# and each later call carries nothing and runs `cd /tmp/runs/code && RUNS=/tmp/runs bash
+# benchmarks/h100_session.sh wait STAGE` (the copy the plan runs from), at once after the last.
+#
 # Stages (RUNS/stages.txt), each step's log and results under RUNS/out:
 #   profile    issue 16: where a batch-1 sampling call's time goes, cuDNN + dense bias and Pallas
 #   asarm      the AS-ARM: LIMIT_S seconds of training after compilation (Pallas attention)
