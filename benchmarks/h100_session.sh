@@ -128,7 +128,7 @@ case "$1" in
     done
     ;;
   profile)
-    for IMPL in ${IMPLS:-pallas}; do
+    for IMPL in ${IMPLS-pallas}; do  # IMPLS= (set, empty) profiles nothing
       python3 benchmarks/profile_step.py --config="${PROFILE_CONFIG:-xlnet_base}" \
         --attention_impl="$IMPL" --train_step=false \
         --calls="${PROFILE_CALLS:-1:1,1:36}" --out="$OUT/profile_$IMPL" 2>&1 | quiet \

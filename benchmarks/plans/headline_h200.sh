@@ -24,7 +24,8 @@
 #   sampling   time per sample of every method against the reference's call cost x calls
 #   done       (after packing the per-task HumanEval scores and the gen-quality plot)
 # MODEL (xlnet_base), LIMIT_S (300), STEPS (2200: the schedule ends near the limit at the
-# ~7.1 steps/s measured on 2026-12-03) and HE_MAX_TASKS (0: all) are the knobs; a CPU dry run
+# ~7.1 steps/s measured on 2026-12-03 at batch 64), LR and BATCH (the winners of
+# benchmarks/plans/recipe_h200.sh) and HE_MAX_TASKS (0: all) are the knobs; a CPU dry run
 # uses MODEL=demo IMPL=xla IMPLS= (no GPU profile) with small values (its sampling stage needs
 # torch).
 # Estimated device time (H200): profile 90 s, each model ~100 s of startup + LIMIT_S, the
@@ -33,6 +34,9 @@ set -u
 S=benchmarks/h100_session.sh
 MODEL=${MODEL:-xlnet_base}
 export IMPL=${IMPL:-pallas} LIMIT_S=${LIMIT_S:-300} STEPS=${STEPS:-2200}
+LR=${LR:-6e-4} BATCH=${BATCH:-64}  # from benchmarks/plans/recipe_h200.sh
+export TRAIN_ARGS="--config.optim.learning_rate=$LR --config.train.batch_size=$BATCH
+  --config.optim.warmup_steps=$((300 * 64 / BATCH))"
 export TRAIN_S=$((LIMIT_S + 240))  # the hard stop: startup and compilation come on top
 mkdir -p "$OUT" "$RUNS/scratch"
 stage() { echo "$(date +%T) $*" >> "$RUNS/stages.txt"; }
