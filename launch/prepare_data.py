@@ -22,8 +22,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   config = FLAGS.config.data
-  tokenizer = data.prepare(config, config.data_dir or os.path.join(FLAGS.workdir, "data"))
-  print(f"data ready: {config.name}, tokenizer of {tokenizer.vocab_size} pieces")
+  data_dir = config.data_dir or os.path.join(FLAGS.workdir, "data")
+  tokenizer = data.prepare(config, data_dir)
+  size = data.corpus_size(config, tokenizer, data_dir)
+  print(f"data ready: {config.name}, tokenizer of {tokenizer.vocab_size} pieces; train split: "
+        f"{size['documents']} documents, {size['bytes'] / 1e6:.1f} MB, about "
+        f"{size['tokens'] / 1e6:.1f}M tokens")
 
 
 if __name__ == "__main__":

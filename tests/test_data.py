@@ -282,3 +282,16 @@ def test_skipped_files_are_counted_and_named(corpus, tmp_path, caplog):
                                        r"\('.*/bad',\): 4 found, all skipped: 4 not UTF-8 "
                                        r"\(latin[0-3].py, latin[0-3].py, latin[0-3].py, \.\.\.\)$"):
     builders.build("python_code", str(tmp_path / "data"), source_dirs=[str(bad)])
+
+
+def test_corpus_size_counts_the_train_split(prepared):
+  """Documents and bytes are counted; tokens (one ``<eos>`` each) are exact when the sample of
+  documents whose bytes per token scale the estimate covers them all."""
+  config, tokenizer, data_dir = prepared
+  texts = [doc["text"] for doc in pipeline.shard_documents(
+      builders.build("python_code", data_dir, source_dirs=config.source_dirs,
+                     heldout_fraction=config.heldout_fraction).as_data_source("train"))]
+  exact = data.corpus_size(config, tokenizer, data_dir, sample=len(texts))
+  assert exact["documents"] == len(texts)
+  assert exact["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
+  assert exact["tokens"] == sum(len(tokenizer.encode(t)) + 1 for t in texts)

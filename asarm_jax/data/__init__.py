@@ -13,7 +13,7 @@ from asarm_jax.data import builders, pipeline
 from asarm_jax.data.pipeline import PackedIterator
 from asarm_jax.data.tokenizer import Tokenizer
 
-__all__ = ["PackedIterator", "Tokenizer", "default_data_config", "heldout_batches",
+__all__ = ["PackedIterator", "Tokenizer", "corpus_size", "default_data_config", "heldout_batches",
            "heldout_documents", "prepare", "train_iterator"]
 
 
@@ -63,6 +63,20 @@ def prepare(config: ml_collections.ConfigDict, data_dir: str,
   train = pipeline.shard_documents(builder.as_data_source("train"))
   return Tokenizer.train((doc["text"] for doc in train), config.vocab_size, path,
                          max_chars=config.tokenizer_max_chars)
+
+
+def corpus_size(config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: str, *,
+                sample: int = 256, seed: int = 0) -> dict[str, float]:
+  """The train split's size: documents, UTF-8 bytes, and tokens (with one ``<eos>`` each),
+  estimated from the bytes per token of ``sample`` random documents (exact when ``sample`` covers
+  them all). A run's tokens over ``tokens`` is how many epochs it trains."""
+  train = pipeline.shard_documents(_split(config, data_dir, "train"))
+  texts = [train[i]["text"] for i in range(len(train))]
+  sizes = np.array([len(text.encode("utf-8")) for text in texts], np.int64)
+  chosen = np.random.default_rng(seed).permutation(len(texts))[:sample]
+  sample_tokens = sum(len(tokenizer.encode(texts[i])) for i in chosen)
+  tokens = sizes.sum() * sample_tokens / max(int(sizes[chosen].sum()), 1) + len(texts)
+  return {"documents": len(texts), "bytes": int(sizes.sum()), "tokens": float(tokens)}
 
 
 def train_iterator(config: ml_collections.ConfigDict, tokenizer: Tokenizer, data_dir: str, *,
