@@ -1,39 +1,61 @@
 #!/usr/bin/env bash
-# Issue 20's recipe, measured before the headline run: the learning rate and batch size of
-# xlnet_base on one H200, each run LIMIT_S seconds of training after compilation (equal
-# wall-clock), same seed and data, Pallas attention, then its held-out bits/token. The winner
-# is what benchmarks/plans/headline_h200.sh trains (its LR and BATCH knobs). Run it like that
-# plan (see its header):
+# Issue 20's recipe, measured before the headline run, and issue 15's follow-up, on one H200 in
+# one device session. Every run trains LIMIT_S seconds after compilation (equal wall-clock),
+# same seed and data, Pallas attention, then its held-out bits/token are measured. Run it like
+# benchmarks/plans/headline_h200.sh (see its header):
 #
 #   benchmarks/h100_session.sh background benchmarks/plans/recipe_h200.sh
-#   benchmarks/h100_session.sh wait lr6e-4_b64                 # ..., done
+#   benchmarks/h100_session.sh wait lr3e-4_b64                 # ..., done
 #
-# Stages: profile (issue 16's batch-1 call profiles, as in the headline plan), then one per run,
-# named lr${LR}_b${BATCH}; RUNS/out/train_$name.log and eval_$name.json. Each schedule's STEPS
-# comes from the measured ~7.1 steps/s at batch 64 (x2 at batch 32), so that it ends near the
-# limit; warmup is 300 steps at batch 64, the same number of tokens at other batch sizes. A CPU dry run: MODEL=demo IMPL=xla IMPLS= LIMIT_S=20 STEPS_B64=40 MAX_FILES=600.
+# Stages, with RUNS/out/train_$name.log and eval_$name.json per run:
+#   profile            issue 16's batch-1 call profiles, cuDNN + dense bias and Pallas
+#   lr${LR}_b${BATCH}  one per RECIPES entry (default 3e-4:64 1.2e-3:64 6e-4:32)
+#   late_draft         the config's own recipe (6e-4 x 64) twice, sharing its first
+#                      LIMIT_S - LATE_S seconds: lr6e-4_b64 goes on with the joint loss alone,
+#                      late_draft adds the draft term (draft_weight 0.25) for the last LATE_S (30)
+#                      seconds; both get density and draft acceptance, then tokens per call
+#   done
+# The winner of the lr*_b* runs is what benchmarks/plans/headline_h200.sh trains (LR, BATCH). Each
+# schedule's STEPS comes from the measured ~7.1 steps/s at batch 64 (x2 at batch 32), so that it
+# ends near the limit; warmup is 300 steps at batch 64, the same tokens at other batch sizes.
+# A CPU dry run (its tokens-per-call step takes about 7 minutes there): MODEL=demo IMPL=xla
+# IMPLS= LIMIT_S=20 LATE_S=8 STEPS_B64=40 MAX_FILES=600 RECIPES=1e-3:64.
 set -u
 S=benchmarks/h100_session.sh
 MODEL=${MODEL:-xlnet_base}
-export IMPL=${IMPL:-pallas} LIMIT_S=${LIMIT_S:-150}
-export TRAIN_S=$((LIMIT_S + 240))
-STEPS_B64=${STEPS_B64:-1100}
+export IMPL=${IMPL:-pallas} CONFIG=configs/${MODEL}.py
+LIMIT=${LIMIT_S:-150} LATE_S=${LATE_S:-30} STEPS_B64=${STEPS_B64:-1100}
+export TRAIN_S=$((LIMIT + 240))
 mkdir -p "$OUT" "$RUNS/scratch"
 stage() { echo "$(date +%T) $*" >> "$RUNS/stages.txt"; }
+recipe() {  # LR BATCH: the --config overrides of that recipe
+  echo "--config.optim.learning_rate=$1 --config.train.batch_size=$2
+        --config.optim.warmup_steps=$((300 * 64 / $2))"
+}
+train() {  # NAME LR BATCH LIMIT [more overrides]: appends to OUT/train_NAME.log
+  RUN=$1 STEPS=$((STEPS_B64 * 64 / $3)) LIMIT_S=$4 TRAIN_ARGS="$(recipe "$2" "$3") ${5:-}" \
+    bash $S train >> "$OUT/train_$1.log" 2>&1
+}
+evaluate() {  # NAME TASKS
+  OUT=$RUNS/scratch RUN=$1 TASKS=$2 bash $S evaluate > "$OUT/evaluate_$1.log" 2>&1
+  cp "$RUNS/$1/eval/results.json" "$OUT/eval_$1.json"
+}
 
 stage start
 IMPLS=${IMPLS-cudnn pallas} PROFILE_CONFIG=$MODEL bash $S profile > "$OUT/profile.log" 2>&1
 stage profile
-CONFIG=configs/$MODEL.py bash $S prepare > "$OUT/prepare.log" 2>&1
-for RECIPE in ${RECIPES:-6e-4:64 3e-4:64 1.2e-3:64 6e-4:32}; do  # 6e-4 x 64: the config's own
+bash $S prepare > "$OUT/prepare.log" 2>&1
+for RECIPE in ${RECIPES:-3e-4:64 1.2e-3:64 6e-4:32}; do
   LR=${RECIPE%:*} BATCH=${RECIPE#*:}
-  NAME=lr${LR}_b${BATCH}
-  CONFIG=configs/$MODEL.py RUN=$NAME STEPS=$((STEPS_B64 * 64 / BATCH)) \
-    TRAIN_ARGS="--config.optim.learning_rate=$LR --config.train.batch_size=$BATCH
-      --config.optim.warmup_steps=$((300 * 64 / BATCH))" \
-    bash $S train > "$OUT/train_$NAME.log" 2>&1
-  OUT=$RUNS/scratch RUN=$NAME TASKS=density bash $S evaluate > "$OUT/evaluate_$NAME.log" 2>&1
-  cp "$RUNS/$NAME/eval/results.json" "$OUT/eval_$NAME.json"
-  stage "$NAME"
+  train "lr${LR}_b${BATCH}" "$LR" "$BATCH" "$LIMIT"
+  evaluate "lr${LR}_b${BATCH}" density
+  stage "lr${LR}_b${BATCH}"
 done
+train lr6e-4_b64 6e-4 64 $((LIMIT - LATE_S))
+cp -r "$RUNS/lr6e-4_b64" "$RUNS/late_draft" && cp "$OUT/train_lr6e-4_b64.log" "$OUT/train_late_draft.log"
+train lr6e-4_b64 6e-4 64 "$LATE_S"
+train late_draft 6e-4 64 "$LATE_S" --config.objective.draft_weight=0.25
+for NAME in lr6e-4_b64 late_draft; do evaluate $NAME density,draft_acceptance; done
+RUN_LIST="lr6e-4_b64 late_draft" bash $S tokens_per_call > "$OUT/tokens_per_call.log" 2>&1
+stage late_draft
 stage done
