@@ -13,6 +13,7 @@
 #
 # Stages (RUNS/stages.txt), each step's log and results under RUNS/out:
 #   profile    issue 16: where a batch-1 sampling call's time goes, cuDNN + dense bias and Pallas
+#              (IMPLS= skips it, once benchmarks/plans/recipe_h200.sh has measured it)
 #   asarm      the AS-ARM: LIMIT_S seconds of training after compilation (Pallas attention)
 #   causal     the causal LM of equal compute: the same model, data, batches and LIMIT_S, trained
 #              left to right with nothing visible (configs/judge.py); it is also the judge
