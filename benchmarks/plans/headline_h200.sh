@@ -32,19 +32,11 @@
 # Estimated device time (H200): profile 90 s, each model ~100 s of startup + LIMIT_S, the
 # evaluations ~12 min; with the machine's start, about 30 minutes at LIMIT_S=300.
 set -u
-S=benchmarks/h100_session.sh
+source benchmarks/plans/common.sh
 MODEL=${MODEL:-xlnet_base}
 export IMPL=${IMPL:-pallas} LIMIT_S=${LIMIT_S:-300} STEPS=${STEPS:-2200}
-LR=${LR:-6e-4} BATCH=${BATCH:-64}  # from benchmarks/plans/recipe_h200.sh
-export TRAIN_ARGS="--config.optim.learning_rate=$LR --config.train.batch_size=$BATCH
-  --config.optim.warmup_steps=$((300 * 64 / BATCH))"
+export TRAIN_ARGS=$(recipe "${LR:-6e-4}" "${BATCH:-64}")  # from benchmarks/plans/recipe_h200.sh
 export TRAIN_S=$((LIMIT_S + 240))  # the hard stop: startup and compilation come on top
-mkdir -p "$OUT" "$RUNS/scratch"
-stage() { echo "$(date +%T) $*" >> "$RUNS/stages.txt"; }
-evaluate() {  # RUN, TASKS, ... as for the evaluate step; keeps results.json as OUT/eval_$1.json
-  OUT=$RUNS/scratch bash $S evaluate > "$OUT/evaluate_$1.log" 2>&1
-  cp "$RUNS/$RUN/eval/results.json" "$OUT/eval_$1.json"
-}
 
 stage start
 IMPLS=${IMPLS-cudnn pallas} PROFILE_CONFIG=$MODEL bash $S profile > "$OUT/profile.log" 2>&1

@@ -17,28 +17,18 @@
 #   done
 # The winner of the lr*_b* runs is what benchmarks/plans/headline_h200.sh trains (LR, BATCH). Each
 # schedule's STEPS comes from the measured ~7.1 steps/s at batch 64 (x2 at batch 32), so that it
-# ends near the limit; warmup is 300 steps at batch 64, the same tokens at other batch sizes.
+# ends near the limit; warmup as in common.sh's `recipe`.
 # A CPU dry run (its tokens-per-call step takes about 7 minutes there): MODEL=demo IMPL=xla
 # IMPLS= LIMIT_S=20 LATE_S=8 STEPS_B64=40 MAX_FILES=600 RECIPES=1e-3:64.
 set -u
-S=benchmarks/h100_session.sh
+source benchmarks/plans/common.sh
 MODEL=${MODEL:-xlnet_base}
 export IMPL=${IMPL:-pallas} CONFIG=configs/${MODEL}.py
 LIMIT=${LIMIT_S:-150} LATE_S=${LATE_S:-30} STEPS_B64=${STEPS_B64:-1100}
 export TRAIN_S=$((LIMIT + 240))
-mkdir -p "$OUT" "$RUNS/scratch"
-stage() { echo "$(date +%T) $*" >> "$RUNS/stages.txt"; }
-recipe() {  # LR BATCH: the --config overrides of that recipe
-  echo "--config.optim.learning_rate=$1 --config.train.batch_size=$2
-        --config.optim.warmup_steps=$((300 * 64 / $2))"
-}
 train() {  # NAME LR BATCH LIMIT [more overrides]: appends to OUT/train_NAME.log
   RUN=$1 STEPS=$((STEPS_B64 * 64 / $3)) LIMIT_S=$4 TRAIN_ARGS="$(recipe "$2" "$3") ${5:-}" \
     bash $S train >> "$OUT/train_$1.log" 2>&1
-}
-evaluate() {  # NAME TASKS
-  OUT=$RUNS/scratch RUN=$1 TASKS=$2 bash $S evaluate > "$OUT/evaluate_$1.log" 2>&1
-  cp "$RUNS/$1/eval/results.json" "$OUT/eval_$1.json"
 }
 
 stage start
@@ -48,14 +38,14 @@ bash $S prepare > "$OUT/prepare.log" 2>&1
 for RECIPE in ${RECIPES:-3e-4:64 1.2e-3:64 6e-4:32}; do
   LR=${RECIPE%:*} BATCH=${RECIPE#*:}
   train "lr${LR}_b${BATCH}" "$LR" "$BATCH" "$LIMIT"
-  evaluate "lr${LR}_b${BATCH}" density
+  RUN=lr${LR}_b${BATCH} TASKS=density evaluate "lr${LR}_b${BATCH}"
   stage "lr${LR}_b${BATCH}"
 done
 train lr6e-4_b64 6e-4 64 $((LIMIT - LATE_S))
 cp -r "$RUNS/lr6e-4_b64" "$RUNS/late_draft" && cp "$OUT/train_lr6e-4_b64.log" "$OUT/train_late_draft.log"
 train lr6e-4_b64 6e-4 64 "$LATE_S"
 train late_draft 6e-4 64 "$LATE_S" --config.objective.draft_weight=0.25
-for NAME in lr6e-4_b64 late_draft; do evaluate $NAME density,draft_acceptance; done
+for NAME in lr6e-4_b64 late_draft; do RUN=$NAME TASKS=density,draft_acceptance evaluate $NAME; done
 RUN_LIST="lr6e-4_b64 late_draft" bash $S tokens_per_call > "$OUT/tokens_per_call.log" 2>&1
 stage late_draft
 stage done
