@@ -14,6 +14,7 @@
 #                      LIMIT_S - LATE_S seconds: lr6e-4_b64 goes on with the joint loss alone,
 #                      late_draft adds the draft term (draft_weight 0.25) for the last LATE_S (30)
 #                      seconds; both get density and draft acceptance, then tokens per call
+#                      (TOKENS_PER_CALL=0 skips it, about 90 s)
 #   done
 # The winner of the lr*_b* runs is what benchmarks/plans/headline_h200.sh trains (LR, BATCH). Each
 # schedule's STEPS comes from the measured ~7.1 steps/s at batch 64 (x2 at batch 32), so that it
@@ -46,6 +47,8 @@ cp -r "$RUNS/lr6e-4_b64" "$RUNS/late_draft" && cp "$OUT/train_lr6e-4_b64.log" "$
 train lr6e-4_b64 6e-4 64 "$LATE_S"
 train late_draft 6e-4 64 "$LATE_S" --config.objective.draft_weight=0.25
 for NAME in lr6e-4_b64 late_draft; do RUN=$NAME TASKS=density,draft_acceptance evaluate $NAME; done
-RUN_LIST="lr6e-4_b64 late_draft" bash $S tokens_per_call > "$OUT/tokens_per_call.log" 2>&1
+if [ "${TOKENS_PER_CALL:-1}" = 1 ]; then
+  RUN_LIST="lr6e-4_b64 late_draft" bash $S tokens_per_call > "$OUT/tokens_per_call.log" 2>&1
+fi
 stage late_draft
 stage done
