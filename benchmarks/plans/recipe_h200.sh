@@ -14,7 +14,7 @@
 #                      LIMIT_S - LATE_S seconds: lr6e-4_b64 goes on with the joint loss alone,
 #                      late_draft adds the draft term (draft_weight 0.25) for the last LATE_S (30)
 #                      seconds; both get density and draft acceptance, then tokens per call
-#                      (TOKENS_PER_CALL=0 skips it, about 90 s)
+#                      (TOKENS_PER_CALL=0 skips it, about 90 s; LATE_DRAFT=0 skips the pair)
 #   done
 # The winner of the lr*_b* runs is what benchmarks/plans/headline_h200.sh trains (LR, BATCH). Each
 # schedule's STEPS comes from the measured ~7.1 steps/s at batch 64 (x2 at batch 32), so that it
@@ -42,13 +42,15 @@ for RECIPE in ${RECIPES:-3e-4:64 1.2e-3:64 6e-4:32}; do
   RUN=lr${LR}_b${BATCH} TASKS=density evaluate "lr${LR}_b${BATCH}"
   stage "lr${LR}_b${BATCH}"
 done
-train lr6e-4_b64 6e-4 64 $((LIMIT - LATE_S))
-cp -r "$RUNS/lr6e-4_b64" "$RUNS/late_draft" && cp "$OUT/train_lr6e-4_b64.log" "$OUT/train_late_draft.log"
-train lr6e-4_b64 6e-4 64 "$LATE_S"
-train late_draft 6e-4 64 "$LATE_S" --config.objective.draft_weight=0.25
-for NAME in lr6e-4_b64 late_draft; do RUN=$NAME TASKS=density,draft_acceptance evaluate $NAME; done
-if [ "${TOKENS_PER_CALL:-1}" = 1 ]; then
-  RUN_LIST="lr6e-4_b64 late_draft" bash $S tokens_per_call > "$OUT/tokens_per_call.log" 2>&1
+if [ "${LATE_DRAFT:-1}" = 1 ]; then
+  train lr6e-4_b64 6e-4 64 $((LIMIT - LATE_S))
+  cp -r "$RUNS/lr6e-4_b64" "$RUNS/late_draft" && cp "$OUT/train_lr6e-4_b64.log" "$OUT/train_late_draft.log"
+  train lr6e-4_b64 6e-4 64 "$LATE_S"
+  train late_draft 6e-4 64 "$LATE_S" --config.objective.draft_weight=0.25
+  for NAME in lr6e-4_b64 late_draft; do RUN=$NAME TASKS=density,draft_acceptance evaluate $NAME; done
+  if [ "${TOKENS_PER_CALL:-1}" = 1 ]; then
+    RUN_LIST="lr6e-4_b64 late_draft" bash $S tokens_per_call > "$OUT/tokens_per_call.log" 2>&1
+  fi
+  stage late_draft
 fi
-stage late_draft
 stage done
