@@ -36,7 +36,7 @@ stage start
 IMPLS=${IMPLS-cudnn pallas} PROFILE_CONFIG=$MODEL bash $S profile > "$OUT/profile.log" 2>&1
 stage profile
 bash $S prepare > "$OUT/prepare.log" 2>&1
-for RECIPE in ${RECIPES:-3e-4:64 1.2e-3:64 6e-4:32}; do
+for RECIPE in ${RECIPES-3e-4:64 1.2e-3:64 6e-4:32}; do  # RECIPES= runs none
   LR=${RECIPE%:*} BATCH=${RECIPE#*:}
   train "lr${LR}_b${BATCH}" "$LR" "$BATCH" "$LIMIT"
   RUN=lr${LR}_b${BATCH} TASKS=density evaluate "lr${LR}_b${BATCH}"
