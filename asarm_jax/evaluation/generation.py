@@ -5,10 +5,17 @@ Every row has a key. A finished row is appended at once to the cache as ``{"key"
 in position order), and a later call with the same file generates only the rows not yet there,
 so an interrupted evaluation resumes. The cache is only valid for one model, sampler and set of
 prompts: callers put those in its file name.
+
+Rows are batched in order of their number of hidden positions: a batch's loop runs until its
+longest row is done, so rows of like length share a batch (infilling middles run from one token
+to hundreds). Every row's sample is exact whatever its batch. A batch's random key is folded
+from its first row's key (a 64-bit hash), so no two batches share a random stream, across
+resumes too.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -74,12 +81,22 @@ def _batch_arrays(rows: Sequence[Row], batch_size: int) -> tuple[np.ndarray, ...
   return tokens, visible, length
 
 
+def batch_key(base_rng: jax.Array, first_row_key: str) -> jax.Array:
+  """The random key of the batch that starts with row ``first_row_key``: ``base_rng`` folded
+  with the two 32-bit halves of the row key's 64-bit BLAKE2b hash."""
+  digest = hashlib.blake2b(first_row_key.encode(), digest_size=8).digest()
+  for half in (digest[:4], digest[4:]):
+    base_rng = jax.random.fold_in(base_rng, int.from_bytes(half, "little"))
+  return base_rng
+
+
 def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str, *, method: str,
                   k: int, temperature: float, batch_size: int, seed: int, desc: str,
                   depth: int = 6, ngram: int = 2) -> dict[str, dict]:
   """Fills every row (all of one width ``L``), ``batch_size`` rows per ``sampling.generate``
   call (``method``, ``k``, ``temperature``, and ``depth``, ``ngram`` for "tree"), skipping rows
-  already in the cache at ``path``. Returns the record of every row."""
+  already in the cache at ``path``; rows are batched by their number of hidden positions
+  (stable, so ties keep their order). Returns the record of every row."""
   if len({row.key for row in rows}) != len(rows):
     raise ValueError(f"{desc}: row keys are not unique")
   records = load_records(path)
@@ -87,7 +104,7 @@ def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str,
     if row.key in records and len(records[row.key]["hidden"]) != row.num_hidden():
       raise ValueError(f"{path} holds a record for {row.key!r} with another number of hidden "
                        "tokens; it was written for other prompts: remove it")
-  todo = [row for row in rows if row.key not in records]
+  todo = sorted((row for row in rows if row.key not in records), key=Row.num_hidden)
   print(f"{desc}: {len(rows) - len(todo)} rows cached, {len(todo)} to generate", flush=True)
   if not todo:
     return {row.key: records[row.key] for row in rows}
@@ -98,10 +115,9 @@ def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str,
     for start in range(0, len(todo), batch_size):
       batch = todo[start:start + batch_size]
       tokens, visible, length = _batch_arrays(batch, batch_size)
-      out = sampling.generate(model, params, tokens, visible,
-                              jax.random.fold_in(base_rng, start // batch_size), method=method,
-                              k=k, temperature=temperature, length_B=length, depth=depth,
-                              ngram=ngram)
+      out = sampling.generate(model, params, tokens, visible, batch_key(base_rng, batch[0].key),
+                              method=method, k=k, temperature=temperature, length_B=length,
+                              depth=depth, ngram=ngram)
       filled, calls, generated = jax.device_get((out.tokens_BxL, out.num_calls_B,
                                                  out.num_generated_B))
       for b, row in enumerate(batch):

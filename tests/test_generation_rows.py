@@ -1,0 +1,72 @@
+"""Batching of `evaluation.generation.generate_rows`: by hidden count, with a fresh random stream
+per batch across resumes, and every record back under its own key."""
+import jax
+import numpy as np
+import pytest
+
+from asarm_jax import sampling
+from asarm_jax.evaluation import generation
+
+WIDTH, BATCH = 12, 3
+
+
+def _rows(num_hidden):
+  """One row per entry: positions [1, 1 + n) hidden, the rest of ``WIDTH`` visible; token
+  values encode the row index, so a filled row says whose it is."""
+  rows = []
+  for i, n in enumerate(num_hidden):
+    tokens = np.full((WIDTH,), 100 + i, np.int32)
+    visible = np.ones((WIDTH,), bool)
+    visible[1:1 + n] = False
+    rows.append(generation.Row(f"task{i}#0", tokens, visible, WIDTH))
+  return rows
+
+
+class FakeGenerate:
+  """Stands in for `sampling.generate`: fills hidden slots with the row's own visible token and
+  its hidden count, and records each call's hidden counts and random key."""
+
+  def __init__(self):
+    self.batches, self.keys = [], []
+
+  def __call__(self, model, params, tokens, visible, rng, **kwargs):
+    tokens, visible, length = map(np.asarray, (tokens, visible, kwargs["length_B"]))
+    hidden = (~visible & (np.arange(WIDTH) < length[:, None])).sum(1)
+    self.batches.append([int(h) for h in hidden])
+    self.keys.append(tuple(np.asarray(jax.random.key_data(rng)).tolist()))
+    filled = np.where(visible, tokens, tokens[:, :1] * 1000 + hidden[:, None])
+    return sampling.Generation(tokens_BxL=filled, num_calls_B=hidden, num_generated_B=hidden)
+
+
+def _generate(rows, path, fake):
+  return generation.generate_rows(None, None, rows, str(path), method="sequential", k=1,
+                                  temperature=1.0, batch_size=BATCH, seed=0, desc="test")
+
+
+@pytest.fixture
+def fake(monkeypatch):
+  fake = FakeGenerate()
+  monkeypatch.setattr(sampling, "generate", fake)
+  return fake
+
+
+def test_rows_are_batched_by_hidden_count_and_recorded_under_their_keys(tmp_path, fake):
+  counts = [5, 1, 9, 2, 5, 7, 1, 3]
+  rows = _rows(counts)
+  records = _generate(rows, tmp_path / "cache.jsonl", fake)
+  real = [[h for h in batch if h] for batch in fake.batches]  # padding rows hide nothing
+  assert [h for batch in real for h in batch] == sorted(counts)
+  assert all(max(a) <= min(b) for a, b in zip(real, real[1:]))
+  for i, (row, n) in enumerate(zip(rows, counts)):
+    assert records[row.key]["hidden"] == [(100 + i) * 1000 + n] * n
+    assert records[row.key]["num_calls"] == n
+
+
+def test_a_resumed_run_draws_no_batch_key_twice(tmp_path, fake):
+  rows = _rows([4, 3, 8, 2, 6, 1, 5, 7, 2, 3])
+  path = tmp_path / "cache.jsonl"
+  first = _generate(rows[:5], path, fake)  # an interrupted run: half the rows are cached
+  resumed = _generate(rows, path, fake)
+  assert len(fake.batches) == 2 + 2  # only the five new rows were generated
+  assert len(set(fake.keys)) == len(fake.keys)
+  assert all(resumed[key] == record for key, record in first.items())
