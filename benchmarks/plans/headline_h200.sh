@@ -11,17 +11,20 @@
 # and each later call carries nothing and runs `cd /tmp/runs/code && RUNS=/tmp/runs bash
 # benchmarks/h100_session.sh wait STAGE` (the copy the plan runs from), at once after the last.
 #
-# Stages (RUNS/stages.txt), each step's log and results under RUNS/out:
+# Stages (RUNS/stages.txt), each step's log and results under RUNS/out; STAGES (default all)
+# lists the ones to run (asarm always runs; gen and the causal density need causal):
 #   profile    issue 16: where a batch-1 sampling call's time goes, cuDNN + dense bias and Pallas
 #              (IMPLS= skips it, once benchmarks/plans/recipe_h200.sh has measured it)
 #   asarm      the AS-ARM: LIMIT_S seconds of training after compilation (Pallas attention)
 #   causal     the causal LM of equal compute: the same model, data, batches and LIMIT_S, trained
 #              left to right with nothing visible (configs/judge.py); it is also the judge
-#   he_t0.2    HumanEval single-line at T=0.2, sequential and tree (generation timed)
+#   he_t0.2    HumanEval single-line at T=0.2 with every exact decoder of HE_METHODS
+#              (generation timed): the fastest one, and pass@1 agreeing between them
 #   density    held-out bits of both models; both on the prefix-only single-line tasks
 #   gen        generation quality at T=1, 5% visible, judged by the causal LM
-#   he_t1      HumanEval single-line at T=1, tree
-#   multi      HumanEval multi-line at T=0.2, tree
+#   he_t1      HumanEval single-line at T=1, HE_METHOD (tree:8)
+#   multi_t0.2 HumanEval multi-line at T=0.2, HE_METHOD
+#   multi_t1   HumanEval multi-line at T=1, HE_METHOD
 #   sampling   time per sample of every method against the reference's call cost x calls
 #   done       (after packing the per-task HumanEval scores and the gen-quality plot)
 # MODEL (xlnet_base), LIMIT_S (300), STEPS (2200: the schedule ends near the limit at the
@@ -29,8 +32,11 @@
 # benchmarks/plans/recipe_h200.sh) and HE_MAX_TASKS (0: all) are the knobs; a CPU dry run
 # uses MODEL=demo IMPL=xla IMPLS= (no GPU profile) with small values (its sampling stage needs
 # torch).
-# Estimated device time (H200): profile 90 s, each model ~100 s of startup + LIMIT_S, the
-# evaluations ~12 min; with the machine's start, about 30 minutes at LIMIT_S=300.
+# Estimated device time (H200), from the run of 2026-12-03: each model ~100 s of startup +
+# LIMIT_S, he_t0.2 ~40 s a decoder, multi-line ~100 s a temperature, the rest ~6 min; with the
+# machine's start, about 30 minutes for all at LIMIT_S=300 with IMPLS=. The HumanEval
+# figures still missing after that run:
+#   STAGES="he_t0.2 density he_t1 multi_t0.2 multi_t1" IMPLS= (about 18 minutes)
 set -u
 source benchmarks/plans/common.sh
 MODEL=${MODEL:-xlnet_base}
@@ -38,30 +44,53 @@ export IMPL=${IMPL:-pallas} LIMIT_S=${LIMIT_S:-300} STEPS=${STEPS:-2200}
 export TRAIN_ARGS=$(recipe "${LR:-1.2e-3}" "${BATCH:-64}")  # the recipe plan's winner (benchmarks.md)
 export TRAIN_S=$((LIMIT_S + 240))  # the hard stop: startup and compilation come on top
 
+want() {  # NAME: whether STAGES (default: all) lists stage NAME
+  [[ " ${STAGES:-all} " == *" all "* || " ${STAGES:-all} " == *" $1 "* ]]
+}
+
 stage start
-IMPLS=${IMPLS-cudnn pallas} PROFILE_CONFIG=$MODEL bash $S profile > "$OUT/profile.log" 2>&1
-stage profile
+if want profile; then
+  IMPLS=${IMPLS-cudnn pallas} PROFILE_CONFIG=$MODEL bash $S profile > "$OUT/profile.log" 2>&1
+  stage profile
+fi
 CONFIG=configs/$MODEL.py bash $S prepare > "$OUT/prepare.log" 2>&1
 CONFIG=configs/$MODEL.py RUN=asarm bash $S train > "$OUT/train_asarm.log" 2>&1
 stage asarm
-CONFIG=configs/judge.py:$MODEL FRACTIONS="(0.0, 0.0)" RUN=causal bash $S train \
-  > "$OUT/train_causal.log" 2>&1
-stage causal
-RUN=asarm TEMP=0.2 METHODS=sequential:1,tree:8 bash $S humaneval > /dev/null 2>&1
-stage he_t0.2
-RUN=asarm TASKS=density,humaneval_single_line_prefix METHOD=tree K=8 TEMP=0.2 evaluate asarm
-RUN=causal TASKS=density,humaneval_single_line_prefix METHOD=sequential K=1 TEMP=0.2 \
-  evaluate causal
-stage density
-RUN=asarm TASKS=gen_quality JUDGE=causal GEN_METHODS=sequential,assd,assd_fused,tree,parallel \
-  METHOD=sequential K=5 TEMP=1 evaluate gen
-stage gen
-RUN=asarm TEMP=1 METHODS=tree:8 bash $S humaneval > /dev/null 2>&1
-stage he_t1
-RUN=asarm TEMP=0.2 METHODS=tree:8 KIND=humaneval_multi_line bash $S humaneval > /dev/null 2>&1
-stage multi
-RUN=asarm SAMPLE_S=${SAMPLE_S:-60} bash $S sampling > /dev/null 2>&1
-stage sampling
-(cd "$RUNS" && tar -czf "$OUT/eval_files.tgz" asarm/eval/*_scores.jsonl asarm/eval/gen_quality.png \
-  causal/eval/*_scores.jsonl)
+if want causal; then
+  CONFIG=configs/judge.py:$MODEL FRACTIONS="(0.0, 0.0)" RUN=causal bash $S train \
+    > "$OUT/train_causal.log" 2>&1
+  stage causal
+fi
+if want he_t0.2; then  # every exact decoder on the same tasks: the fastest, and pass@1 agreement
+  RUN=asarm TEMP=0.2 METHODS=${HE_METHODS:-sequential:1,assd:5,assd_fused:5,tree:4,tree:8} \
+    bash $S humaneval > /dev/null 2>&1
+  stage he_t0.2
+fi
+if want density; then
+  RUN=asarm TASKS=density,humaneval_single_line_prefix METHOD=tree K=8 TEMP=0.2 evaluate asarm
+  if [ -d "$RUNS/causal" ]; then
+    RUN=causal TASKS=density,humaneval_single_line_prefix METHOD=sequential K=1 TEMP=0.2 \
+      evaluate causal
+  fi
+  stage density
+fi
+if want gen && [ -d "$RUNS/causal" ]; then
+  RUN=asarm TASKS=gen_quality JUDGE=causal GEN_METHODS=sequential,assd,assd_fused,tree,parallel \
+    METHOD=sequential K=5 TEMP=1 evaluate gen
+  stage gen
+fi
+for KIND_TEMP in humaneval_single_line:1 humaneval_multi_line:0.2 humaneval_multi_line:1; do
+  KIND=${KIND_TEMP%:*} TEMP=${KIND_TEMP#*:}
+  NAME=$([ $KIND = humaneval_single_line ] && echo he || echo multi)_t$TEMP
+  if want "$NAME"; then
+    RUN=asarm TEMP=$TEMP METHODS=${HE_METHOD:-tree:8} KIND=$KIND bash $S humaneval > /dev/null 2>&1
+    stage "$NAME"
+  fi
+done
+if want sampling; then
+  RUN=asarm SAMPLE_S=${SAMPLE_S:-60} bash $S sampling > /dev/null 2>&1
+  stage sampling
+fi
+(cd "$RUNS" && shopt -s nullglob && tar -czf "$OUT/eval_files.tgz" asarm/eval/*_scores.jsonl \
+  asarm/eval/gen_quality*.png causal/eval/*_scores.jsonl)
 stage done
