@@ -38,7 +38,7 @@ class FakeGenerate:
     return sampling.Generation(tokens_BxL=filled, num_calls_B=hidden, num_generated_B=hidden)
 
 
-def _generate(rows, path, fake):
+def _generate(rows, path):
   return generation.generate_rows(None, None, rows, str(path), method="sequential", k=1,
                                   temperature=1.0, batch_size=BATCH, seed=0, desc="test")
 
@@ -53,7 +53,7 @@ def fake(monkeypatch):
 def test_rows_are_batched_by_hidden_count_and_recorded_under_their_keys(tmp_path, fake):
   counts = [5, 1, 9, 2, 5, 7, 1, 3]
   rows = _rows(counts)
-  records = _generate(rows, tmp_path / "cache.jsonl", fake)
+  records = _generate(rows, tmp_path / "cache.jsonl")
   real = [[h for h in batch if h] for batch in fake.batches]  # padding rows hide nothing
   assert [h for batch in real for h in batch] == sorted(counts)
   assert all(max(a) <= min(b) for a, b in zip(real, real[1:]))
@@ -65,8 +65,8 @@ def test_rows_are_batched_by_hidden_count_and_recorded_under_their_keys(tmp_path
 def test_a_resumed_run_draws_no_batch_key_twice(tmp_path, fake):
   rows = _rows([4, 3, 8, 2, 6, 1, 5, 7, 2, 3])
   path = tmp_path / "cache.jsonl"
-  first = _generate(rows[:5], path, fake)  # an interrupted run: half the rows are cached
-  resumed = _generate(rows, path, fake)
+  first = _generate(rows[:5], path)  # an interrupted run: half the rows are cached
+  resumed = _generate(rows, path)
   assert len(fake.batches) == 2 + 2  # only the five new rows were generated
   assert len(set(fake.keys)) == len(fake.keys)
   assert all(resumed[key] == record for key, record in first.items())
