@@ -15,7 +15,8 @@
 #   benchmarks/h100_session.sh sampling     # sampling speed of every method and tree size, side
 #                                           # by side (SAMPLE_S), and the table of method="auto"
 #   benchmarks/h100_session.sh humaneval    # HumanEval KIND (single-line) at TEMP (0.2) for each
-#                                           # METHODS entry (method:k, default sequential:1,tree:8),
+#                                           # METHODS entry (method:k or tree:N:D, default
+#                                           # sequential:1,tree:8; D is 6 unless given),
 #                                           # generation timed after a compiling warm-up batch;
 #                                           # HE_MAX_TASKS subsamples (0: all)
 #   benchmarks/h100_session.sh evaluate     # TASKS (HumanEval single/multi-line, gen quality,
@@ -213,11 +214,13 @@ def timed(model, params, tokenizer, tasks, path, **kwargs):  # generation wall-c
   seconds.append((warmup, time.perf_counter() - start))
   return done
 infill_model.complete = timed
-for spec in methods.split(","):
-  method, k = spec.split(":")
+for spec in methods.split(","):  # METHOD:K, or tree:N:D for a tree of depth D (default 6)
+  method, k, *depth = spec.split(":")
   config.eval = default_eval_config()
   config.eval.update(tasks=(kind,), method=method, k=int(k), temperature=temperature,
                      batch_size=64, sandbox_workers=14, humaneval_max_tasks=max_tasks)
+  if depth:
+    config.eval.tree_depth = int(depth[0])
   report[spec] = runner.run(config, workdir)["tasks"][kind]
   report[spec]["warmup_s"], report[spec]["generation_s"] = seconds[-1]
   json.dump(report, open(f"{out}/{kind}_t{temperature:g}.json", "w"), indent=1)

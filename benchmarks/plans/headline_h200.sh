@@ -19,7 +19,8 @@
 #   causal     the causal LM of equal compute: the same model, data, batches and LIMIT_S, trained
 #              left to right with nothing visible (configs/judge.py); it is also the judge
 #   he_t0.2    HumanEval single-line at T=0.2 with every exact decoder of HE_METHODS
-#              (generation timed): the fastest one, and pass@1 agreeing between them
+#              (generation timed): the fastest one, and pass@1 agreeing between them; the
+#              shallow trees (tree:N:2) spend fewer query rows a call, which counts at batch 64
 #   density    held-out bits of both models; both on the prefix-only single-line tasks
 #   gen        generation quality at T=1, 5% visible, judged by the causal LM
 #   he_t1      HumanEval single-line at T=1, HE_METHOD (tree:8)
@@ -34,9 +35,9 @@
 # torch).
 # Estimated device time (H200), from the run of 2026-12-03: each model ~100 s of startup +
 # LIMIT_S, he_t0.2 ~40 s a decoder, multi-line ~100 s a temperature, the rest ~6 min; with the
-# machine's start, about 30 minutes for all at LIMIT_S=300 with IMPLS=. The HumanEval
-# figures still missing after that run:
-#   STAGES="he_t0.2 density he_t1 multi_t0.2 multi_t1" IMPLS= (about 18 minutes)
+# machine's start, about 30 minutes for all at LIMIT_S=300 with IMPLS=. The strongest AS-ARM
+# one session can train, with every HumanEval stage and no causal LM (the second run):
+#   LIMIT_S=780 STEPS=5600 STAGES="he_t0.2 density he_t1 multi_t0.2 multi_t1" IMPLS=
 set -u
 source benchmarks/plans/common.sh
 MODEL=${MODEL:-xlnet_base}
@@ -62,7 +63,7 @@ if want causal; then
   stage causal
 fi
 if want he_t0.2; then  # every exact decoder on the same tasks: the fastest, and pass@1 agreement
-  RUN=asarm TEMP=0.2 METHODS=${HE_METHODS:-sequential:1,assd:5,assd_fused:5,tree:4,tree:8} \
+  RUN=asarm TEMP=0.2 METHODS=${HE_METHODS:-sequential:1,assd:5,assd_fused:5,tree:4:2,tree:8:2,tree:8} \
     bash $S humaneval > /dev/null 2>&1
   stage he_t0.2
 fi
