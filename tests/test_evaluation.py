@@ -1,4 +1,5 @@
 """Evaluation: the sandbox, HumanEval infilling tasks and scoring, text infilling, statistics."""
+import gzip
 import json
 import math
 import socket
@@ -9,7 +10,7 @@ import time
 import pytest
 import scipy.stats
 
-from asarm_jax.evaluation import humaneval_infill, metrics, sandbox, text_infill
+from asarm_jax.evaluation import compare_passes, humaneval_infill, metrics, sandbox, text_infill
 
 MECHANISMS = sorted({"guard", sandbox.network_isolation()})
 
@@ -180,6 +181,55 @@ def test_welch_t_test_degenerate_samples():
   assert all(math.isnan(v) for v in metrics.welch_t_test([3.0, 3.0], [3.0, 3.0]))
   with pytest.raises(ValueError):
     metrics.welch_t_test([1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("only_a, only_b", [
+    (0, 6), (6, 0), (29, 29), (28, 37), (52, 32), (3, 40), (200, 170), (1, 0)])
+def test_mcnemar_exact_matches_scipy_binomial_test(only_a, only_b):
+  reference = scipy.stats.binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue
+  assert metrics.mcnemar_exact(only_a, only_b) == pytest.approx(reference, rel=1e-12)
+  assert metrics.mcnemar_exact(only_a, only_b) == metrics.mcnemar_exact(only_b, only_a)
+
+
+def test_mcnemar_exact_edge_cases():
+  assert metrics.mcnemar_exact(0, 0) == 1.0  # no discordant pair: no evidence of a difference
+  assert metrics.mcnemar_exact(0, 6) == 2 / 64
+  with pytest.raises(ValueError):
+    metrics.mcnemar_exact(-1, 3)
+
+
+def _write_results(path, outcomes, cut_short=False):
+  opener = gzip.open if str(path).endswith(".gz") else open
+  with opener(path, "wt", encoding="utf-8") as f:
+    for (task_id, sample), passed in outcomes.items():
+      f.write(json.dumps({"task_id": task_id, "sample": sample, "completion": "x",
+                          "passed": passed, "status": "passed" if passed else "failed"}) + "\n")
+    if cut_short:
+      f.write('{"task_id": "T/9", "sam')  # an interrupted run's last line
+
+
+def test_compare_passes_pairs_samples_across_plain_and_gzip_files(tmp_path):
+  # Two samples per task; the outcomes are laid out so that both=2, only base=3, only other=1.
+  base = {("T/0", 0): True, ("T/0", 1): True, ("T/1", 0): True, ("T/1", 1): True,
+          ("T/2", 0): True, ("T/2", 1): False, ("T/3", 0): False, ("T/3", 1): False}
+  other = {("T/0", 0): True, ("T/0", 1): False, ("T/1", 0): True, ("T/1", 1): False,
+           ("T/2", 0): False, ("T/2", 1): True, ("T/3", 0): False, ("T/3", 1): False}
+  _write_results(tmp_path / "base.jsonl", base, cut_short=True)
+  _write_results(tmp_path / "other.jsonl.gz", other)
+  row = compare_passes.compare(compare_passes.passes(str(tmp_path / "base.jsonl")),
+                               compare_passes.passes(str(tmp_path / "other.jsonl.gz")))
+  assert row == {"samples": 8, "passed": 3, "both": 2, "only_base": 3, "only_other": 1,
+                 "p": metrics.mcnemar_exact(3, 1)}
+  text = compare_passes.table([str(tmp_path / "base.jsonl"), str(tmp_path / "other.jsonl.gz")])
+  assert "| base.jsonl | 5/8 | 62.50 | — |" in text
+  assert f"| other.jsonl.gz | 3/8 | 37.50 | 2 | 3 | 1 | {metrics.mcnemar_exact(3, 1):.3g} |" in text
+
+
+def test_compare_passes_refuses_files_of_different_samples(tmp_path):
+  _write_results(tmp_path / "a.jsonl", {("T/0", 0): True, ("T/1", 0): False})
+  _write_results(tmp_path / "b.jsonl", {("T/0", 0): True, ("T/2", 0): False})
+  with pytest.raises(ValueError, match="different samples"):
+    compare_passes.table([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
 
 
 # --- text infilling -------------------------------------------------------------------------

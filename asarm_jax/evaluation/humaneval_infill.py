@@ -83,23 +83,28 @@ def program_for(task: InfillTask, completion_middle: str) -> str:
           + f"check({task.entry_point})\n")
 
 
-def _load_results(path: str,
-                  completions: Mapping[str, Sequence[str]]) -> dict[tuple[str, int], dict]:
-  """Records already in the results file, keyed by (task_id, sample); checks the completions."""
+def read_results(path: str) -> dict[tuple[str, int], dict]:
+  """The records of a results file (JSONL, or gzipped JSONL if ``path`` ends in ``.gz``),
+  keyed by (task_id, sample); a line cut short by an interrupted run is skipped."""
   done: dict[tuple[str, int], dict] = {}
-  if not os.path.exists(path):
-    return done
-  with open(path, encoding="utf-8") as f:
+  with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
     for line in f:
       try:
         record = json.loads(line)
       except ValueError:
-        continue  # a line cut short by an interrupted run is scored again
-      key = (record["task_id"], record["sample"])
-      samples = completions.get(key[0], ())
-      if key[1] < len(samples) and samples[key[1]] != record["completion"]:
-        raise ValueError(f"{path} holds a different completion for {key}; use a new results file")
-      done[key] = record
+        continue  # cut short: scored again on resume
+      done[(record["task_id"], record["sample"])] = record
+  return done
+
+
+def _load_results(path: str,
+                  completions: Mapping[str, Sequence[str]]) -> dict[tuple[str, int], dict]:
+  """Records already in the results file, keyed by (task_id, sample); checks the completions."""
+  done = read_results(path) if os.path.exists(path) else {}
+  for key, record in done.items():
+    samples = completions.get(key[0], ())
+    if key[1] < len(samples) and samples[key[1]] != record["completion"]:
+      raise ValueError(f"{path} holds a different completion for {key}; use a new results file")
   return done
 
 

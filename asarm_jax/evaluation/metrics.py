@@ -1,4 +1,5 @@
-"""Evaluation statistics: unbiased pass@k, unigram entropy and Welch's t-test (no scipy)."""
+"""Evaluation statistics: unbiased pass@k, unigram entropy, Welch's t-test and the exact McNemar
+test (no scipy)."""
 from __future__ import annotations
 
 import collections
@@ -68,3 +69,16 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
   t = diff / math.sqrt(se2)
   df = se2**2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
   return t, regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+  """Two-sided exact McNemar p-value of paired pass/fail outcomes.
+
+  ``only_a``: pairs that passed under A only; ``only_b``: under B only (pairs that agree carry
+  no information). Under the null of equal pass rates the discordant pairs split as
+  Binomial(only_a + only_b, 1/2); the p-value is twice the smaller tail, capped at 1.
+  """
+  if only_a < 0 or only_b < 0:
+    raise ValueError(f"counts must be non-negative, got {only_a}, {only_b}")
+  n, k = only_a + only_b, min(only_a, only_b)
+  return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
