@@ -36,8 +36,11 @@
 # Estimated device time (H200), from the run of 2026-12-03: each model ~100 s of startup +
 # LIMIT_S, he_t0.2 ~40 s a decoder, multi-line ~100 s a temperature, the rest ~6 min; with the
 # machine's start, about 30 minutes for all at LIMIT_S=300 with IMPLS=. The strongest AS-ARM
-# one session can train, with every HumanEval stage and no causal LM (the second run):
+# one session can train, with every HumanEval stage and no causal LM (run 2 of 2026-12-03,
+# 1446 s of device time; he_t0.2 took 185 s for its six decoders):
 #   LIMIT_S=780 STEPS=5600 STAGES="he_t0.2 density he_t1 multi_t0.2 multi_t1" IMPLS=
+# With he_t0.2 cut to HE_METHODS=sequential:1,assd:5,tree:8 (~95 s), LIMIT_S=1080 STEPS=7800
+# should fit the 1800 s budget with about two minutes to spare (not yet run).
 set -u
 source benchmarks/plans/common.sh
 MODEL=${MODEL:-xlnet_base}
