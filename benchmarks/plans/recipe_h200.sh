@@ -9,12 +9,15 @@
 #
 # Stages, with RUNS/out/train_$name.log and eval_$name.json per run:
 #   profile            issue 16's batch-1 call profiles, cuDNN + dense bias and Pallas
-#   lr${LR}_b${BATCH}  one per RECIPES entry (default 3e-4:64 1.2e-3:64 6e-4:32)
-#   late_draft         the config's own recipe (6e-4 x 64) twice, sharing its first
-#                      LIMIT_S - LATE_S seconds: lr6e-4_b64 goes on with the joint loss alone,
-#                      late_draft adds the draft term (draft_weight 0.25) for the last LATE_S (30)
-#                      seconds; both get density and draft acceptance, then tokens per call
-#                      (TOKENS_PER_CALL=0 skips it, about 90 s; LATE_DRAFT=0 skips the pair)
+#   lr${LR}_b${BATCH}  one per RECIPES entry (default 1.2e-3:64 8.5e-4:32 1.7e-3:128: the
+#                      batch, still owed to issue 20, with the learning rate scaled by the
+#                      square root of the batch from the winner at 64, run again as the control)
+#   late_draft         LATE_RECIPE (LR:BATCH, default the headline's 1.2e-3:64) twice, sharing
+#                      its first LIMIT_S - LATE_S seconds: late_base goes on with the joint loss
+#                      alone, late_draft adds the draft term (draft_weight 0.25) for the last
+#                      LATE_S (30) seconds; both get density and draft acceptance, then tokens
+#                      per call (TOKENS_PER_CALL=0 skips it, about 90 s; LATE_DRAFT=0 skips the
+#                      pair)
 #   done
 # The winner of the lr*_b* runs is what benchmarks/plans/headline_h200.sh trains (LR, BATCH). Each
 # schedule's STEPS comes from the measured ~7.1 steps/s at batch 64 (x2 at batch 32), so that it
@@ -36,20 +39,22 @@ stage start
 IMPLS=${IMPLS-cudnn pallas} PROFILE_CONFIG=$MODEL bash $S profile > "$OUT/profile.log" 2>&1
 stage profile
 bash $S prepare > "$OUT/prepare.log" 2>&1
-for RECIPE in ${RECIPES-3e-4:64 1.2e-3:64 6e-4:32}; do  # RECIPES= runs none
+for RECIPE in ${RECIPES-1.2e-3:64 8.5e-4:32 1.7e-3:128}; do  # RECIPES= runs none
   LR=${RECIPE%:*} BATCH=${RECIPE#*:}
   train "lr${LR}_b${BATCH}" "$LR" "$BATCH" "$LIMIT"
   RUN=lr${LR}_b${BATCH} TASKS=density evaluate "lr${LR}_b${BATCH}"
   stage "lr${LR}_b${BATCH}"
 done
 if [ "${LATE_DRAFT:-1}" = 1 ]; then
-  train lr6e-4_b64 6e-4 64 $((LIMIT - LATE_S))
-  cp -r "$RUNS/lr6e-4_b64" "$RUNS/late_draft" && cp "$OUT/train_lr6e-4_b64.log" "$OUT/train_late_draft.log"
-  train lr6e-4_b64 6e-4 64 "$LATE_S"
-  train late_draft 6e-4 64 "$LATE_S" --config.objective.draft_weight=0.25
-  for NAME in lr6e-4_b64 late_draft; do RUN=$NAME TASKS=density,draft_acceptance evaluate $NAME; done
+  LATE_RECIPE=${LATE_RECIPE:-1.2e-3:64}
+  LR=${LATE_RECIPE%:*} BATCH=${LATE_RECIPE#*:}
+  train late_base "$LR" "$BATCH" $((LIMIT - LATE_S))
+  cp -r "$RUNS/late_base" "$RUNS/late_draft" && cp "$OUT/train_late_base.log" "$OUT/train_late_draft.log"
+  train late_base "$LR" "$BATCH" "$LATE_S"
+  train late_draft "$LR" "$BATCH" "$LATE_S" --config.objective.draft_weight=0.25
+  for NAME in late_base late_draft; do RUN=$NAME TASKS=density,draft_acceptance evaluate $NAME; done
   if [ "${TOKENS_PER_CALL:-1}" = 1 ]; then
-    RUN_LIST="lr6e-4_b64 late_draft" bash $S tokens_per_call > "$OUT/tokens_per_call.log" 2>&1
+    RUN_LIST="late_base late_draft" bash $S tokens_per_call > "$OUT/tokens_per_call.log" 2>&1
   fi
   stage late_draft
 fi
