@@ -44,7 +44,7 @@ def table(paths: Sequence[str]) -> str:
   lines = ["| file | passed | pass rate | both | only base | only this | exact McNemar p |",
            "|---|---|---|---|---|---|---|"]
   for i, path in enumerate(paths):
-    row = compare(base, passes(path))
+    row = compare(base, passes(path) if i else base)
     pairs = ("—", "—", "—", "—") if i == 0 else (
         row["both"], row["only_base"], row["only_other"], f"{row['p']:.3g}")
     lines.append(f"| {os.path.basename(path)} | {row['passed']}/{row['samples']} | "
