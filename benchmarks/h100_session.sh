@@ -216,6 +216,8 @@ def timed(model, params, tokenizer, tasks, path, **kwargs):  # generation wall-c
 infill_model.complete = timed
 for spec in methods.split(","):  # METHOD:K, or tree:N:D for a tree of depth D (default 6)
   method, k, *depth = spec.split(":")
+  if len(depth) > (method == "tree"):
+    sys.exit(f"bad METHODS entry {spec!r}: METHOD:K, or tree:N:D")
   config.eval = default_eval_config()
   config.eval.update(tasks=(kind,), method=method, k=int(k), temperature=temperature,
                      batch_size=64, sandbox_workers=14, humaneval_max_tasks=max_tasks)
