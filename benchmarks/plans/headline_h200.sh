@@ -15,7 +15,9 @@
 # lists the ones to run (asarm always runs; gen and the causal density need causal):
 #   profile    issue 16: where a batch-1 sampling call's time goes, cuDNN + dense bias and Pallas
 #              (IMPLS= skips it, once benchmarks/plans/recipe_h200.sh has measured it)
-#   asarm      the AS-ARM: LIMIT_S seconds of training after compilation (Pallas attention)
+#   asarm      the AS-ARM: LIMIT_S seconds of training after compilation (Pallas attention), the
+#              last DRAFT_S (default 0) of them with the draft term added (draft_weight 0.25;
+#              benchmarks.md, "A draft phase at the end of training only")
 #   causal     the causal LM of equal compute: the same model, data, batches and LIMIT_S, trained
 #              left to right with nothing visible (configs/judge.py); it is also the judge
 #   he_t0.2    HumanEval single-line at T=0.2 with every exact decoder of HE_METHODS
@@ -23,7 +25,8 @@
 #              shallow trees (tree:N:2) spend fewer query rows a call, which counts at batch 64
 #   density    held-out bits of both models; both on the prefix-only single-line tasks
 #   gen        generation quality at T=1, 5% visible, judged by the causal LM
-#   he_t1      HumanEval single-line at T=1, HE_METHOD (tree:8)
+#   he_t1      HumanEval single-line at T=1, HE_METHOD (default: the fastest of he_t0.2 by
+#              generation time, else tree:8)
 #   multi_t0.2 HumanEval multi-line at T=0.2, HE_METHOD
 #   multi_t1   HumanEval multi-line at T=1, HE_METHOD
 #   sampling   time per sample of every method against the reference's call cost x calls
@@ -39,8 +42,11 @@
 # one session can train, with every HumanEval stage and no causal LM (run 2 of 2026-12-03,
 # 1446 s of device time; he_t0.2 took 185 s for its six decoders):
 #   LIMIT_S=780 STEPS=5600 STAGES="he_t0.2 density he_t1 multi_t0.2 multi_t1" IMPLS=
-# With he_t0.2 cut to HE_METHODS=sequential:1,assd:5,tree:8 (~95 s), LIMIT_S=1080 STEPS=7800
-# should fit the 1800 s budget with about two minutes to spare (not yet run).
+# Run 3, the same with 1000 s of training, the last 200 s with the draft term (its restart and
+# compilation ~60 s) and four decoders in he_t0.2 (~125 s), estimated at ~1670 s of device time:
+#   LIMIT_S=1000 STEPS=7250 DRAFT_S=200 HE_METHODS=sequential:1,assd:5,assd_fused:5,tree:4:2
+#   STAGES="he_t0.2 density he_t1 multi_t0.2 multi_t1" IMPLS=
+# (STEPS from ~7.4 steps/s at batch 64 in run 2, ~6% fewer with the draft term.)
 set -u
 source benchmarks/plans/common.sh
 MODEL=${MODEL:-xlnet_base}
@@ -58,7 +64,14 @@ if want profile; then
   stage profile
 fi
 CONFIG=configs/$MODEL.py bash $S prepare > "$OUT/prepare.log" 2>&1
-CONFIG=configs/$MODEL.py RUN=asarm bash $S train > "$OUT/train_asarm.log" 2>&1
+DRAFT_S=${DRAFT_S:-0}
+CONFIG=configs/$MODEL.py RUN=asarm LIMIT_S=$((LIMIT_S - DRAFT_S)) bash $S train \
+  > "$OUT/train_asarm.log" 2>&1
+if [ "$DRAFT_S" -gt 0 ]; then  # the last DRAFT_S seconds resume with the draft term added
+  CONFIG=configs/$MODEL.py RUN=asarm LIMIT_S=$DRAFT_S \
+    TRAIN_ARGS="$TRAIN_ARGS --config.objective.draft_weight=0.25" bash $S train \
+    >> "$OUT/train_asarm.log" 2>&1
+fi
 stage asarm
 if want causal; then
   CONFIG=configs/judge.py:$MODEL FRACTIONS="(0.0, 0.0)" RUN=causal bash $S train \
@@ -70,6 +83,10 @@ if want he_t0.2; then  # every exact decoder on the same tasks: the fastest, and
     bash $S humaneval > /dev/null 2>&1
   stage he_t0.2
 fi
+if [ -z "${HE_METHOD:-}" ] && [ -f "$OUT/humaneval_single_line_t0.2.json" ]; then
+  HE_METHOD=$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))
+print(min(r, key=lambda spec: r[spec]["generation_s"]))' "$OUT/humaneval_single_line_t0.2.json")
+fi  # the fastest exact decoder of he_t0.2 decodes the later HumanEval stages
 if want density; then
   RUN=asarm TASKS=density,humaneval_single_line_prefix METHOD=tree K=8 TEMP=0.2 evaluate asarm
   if [ -d "$RUNS/causal" ]; then
