@@ -18,7 +18,10 @@
 #                                           # METHODS entry (method:k or tree:N:D, default
 #                                           # sequential:1,tree:8; D is 6 unless given),
 #                                           # generation timed after a compiling warm-up batch;
-#                                           # HE_MAX_TASKS subsamples (0: all)
+#                                           # HE_MAX_TASKS subsamples (0: all); EXECUTE=0
+#                                           # (here and in evaluate) writes the middles
+#                                           # (eval/*_middles.json) for score_middles on a
+#                                           # CPU instead of running the tests
 #   benchmarks/h100_session.sh evaluate     # TASKS (HumanEval single/multi-line, gen quality,
 #                                           # density, ...) decoded by METHOD:K at TEMP
 #   benchmarks/h100_session.sh call_cost    # the sampling-call cost of each IMPLS entry (default
@@ -194,13 +197,13 @@ case "$1" in
     ;;
   humaneval)
     python3 - "$RUNS/$RUN" "${METHODS:-sequential:1,tree:8}" "${TEMP:-0.2}" "$OUT" \
-      "${KIND:-humaneval_single_line}" "${HE_MAX_TASKS:-0}" <<'EOF' 2>&1 \
+      "${KIND:-humaneval_single_line}" "${HE_MAX_TASKS:-0}" "${EXECUTE:-1}" <<'EOF' 2>&1 \
       | quiet | grep -v "it/s\]$" | tee "$OUT/${KIND:-humaneval_single_line}_t${TEMP:-0.2}.log"
 import json, os, sys, time
 from asarm_jax import inference
 from asarm_jax.evaluation import infill_model, runner
 from asarm_jax.evaluation.config import default_eval_config
-workdir, methods, temperature, out, kind, max_tasks = sys.argv[1:]
+workdir, methods, temperature, out, kind, max_tasks, execute = sys.argv[1:]
 temperature, max_tasks = float(temperature), int(max_tasks)
 config = inference.load(workdir).config
 report, seconds, complete = {}, [], infill_model.complete
@@ -220,7 +223,8 @@ for spec in methods.split(","):  # METHOD:K, or tree:N:D for a tree of depth D (
     sys.exit(f"bad METHODS entry {spec!r}: METHOD:K, or tree:N:D")
   config.eval = default_eval_config()
   config.eval.update(tasks=(kind,), method=method, k=int(k), temperature=temperature,
-                     batch_size=64, sandbox_workers=14, humaneval_max_tasks=max_tasks)
+                     batch_size=64, sandbox_workers=14, humaneval_max_tasks=max_tasks,
+                     humaneval_execute=execute == "1")
   if depth:
     config.eval.tree_depth = int(depth[0])
   report[spec] = runner.run(config, workdir)["tasks"][kind]
@@ -229,23 +233,26 @@ for spec in methods.split(","):  # METHOD:K, or tree:N:D for a tree of depth D (
 EOF
     ;;
   evaluate)
-    # METHOD:K at TEMP decodes the infilling tasks; JUDGE (a workdir under RUNS) scores gen_quality.
+    # METHOD:K at TEMP decodes the infilling tasks; JUDGE (a workdir under RUNS) scores gen_quality,
+    # or GEN_SAMPLES_ONLY=1 only writes its samples (eval/gen_samples_*.npz, for judge_samples).
     python3 - "$RUNS" "$RUN" \
       "${TASKS:-density,draft_acceptance,humaneval_single_line,humaneval_multi_line,gen_quality}" \
       "${METHOD:-assd_fused}" "${K:-5}" "${TEMP:-1}" "${JUDGE:-judge}" \
-      "${GEN_METHODS:-sequential,assd,assd_fused,parallel}" "${HE_MAX_TASKS:-0}" \
-      <<'EOF' 2>&1 | quiet | grep -v "it/s\]$" | tee "$OUT/evaluate.log"
+      "${GEN_METHODS:-sequential,assd,assd_fused,parallel}" "${HE_MAX_TASKS:-0}" "${EXECUTE:-1}" \
+      "${GEN_SAMPLES_ONLY:-0}" <<'EOF' 2>&1 | quiet | grep -v "it/s\]$" | tee "$OUT/evaluate.log"
 import sys
 from asarm_jax import inference
 from asarm_jax.evaluation import runner
 from asarm_jax.evaluation.config import default_eval_config
-runs, run, tasks, method, k, temperature, judge, gen_methods, max_tasks = sys.argv[1:]
+(runs, run, tasks, method, k, temperature, judge, gen_methods, max_tasks, execute,
+ samples_only) = sys.argv[1:]
 config = inference.load(f"{runs}/{run}").config
 config.eval = default_eval_config()
 config.eval.update(tasks=tuple(tasks.split(",")), method=method, k=int(k),
                    temperature=float(temperature), batch_size=64, sandbox_workers=14,
                    judge_workdir=f"{runs}/{judge}", gen_num_prompts=64,
-                   gen_methods=tuple(gen_methods.split(",")), humaneval_max_tasks=int(max_tasks))
+                   gen_methods=tuple(gen_methods.split(",")), humaneval_max_tasks=int(max_tasks),
+                   humaneval_execute=execute == "1", gen_samples_only=samples_only == "1")
 runner.run(config, f"{runs}/{run}")
 EOF
     tar -czf "$OUT/eval_$RUN.tar.gz" -C "$RUNS/$RUN" eval

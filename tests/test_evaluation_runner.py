@@ -1,18 +1,22 @@
 """The ``--mode=eval`` runner and its task modules, on a tiny random model and corpus."""
+import copy
+import gzip
 import json
 import math
 import os
+import shutil
 import sysconfig
 
 import jax
 import numpy as np
 import pytest
 
-from asarm_jax import checkpoint, data, density, models, optim, sampling, train
+from asarm_jax import checkpoint, data, density, inference, models, optim, sampling, train
 from asarm_jax.config_base import base_config, from_file
 from asarm_jax.data import builders
-from asarm_jax.evaluation import (config as eval_config, gen_quality, humaneval_infill,
-                                  infill_eval, infill_model, runner)
+from asarm_jax.evaluation import (compare_passes, config as eval_config, gen_quality,
+                                  humaneval_infill, infill_eval, infill_model,
+                                  judge_samples, runner, score_middles)
 
 STDLIB = sysconfig.get_paths()["stdlib"]
 SEQ_LEN = 96
@@ -139,6 +143,47 @@ def test_reference_middles_pass_through_layout_and_decoding(workdir, tasks, tmp_
   assert done.too_long == [] and done.num_truncated == len(tasks)  # prompts exceed 96 tokens
   scores = humaneval_infill.score(tasks, done.by_task, k_values=(1,), progress_every=0)
   assert scores["pass@1"] == 1.0
+
+
+def test_middles_scored_elsewhere_match_scoring_here(workdir, tmp_path, monkeypatch, capsys):
+  _, _, tokenizer, model, params = workdir
+  kind, ecfg = "humaneval_multi_line", eval_config.default_eval_config()
+  ecfg.update(humaneval_max_tasks=6, seed=1, num_samples=2, pass_at=(1, 2, 10), batch_size=4)
+  tasks = infill_eval.humaneval_tasks(kind, 6, 1)
+  references = {}  # every other task gets its reference middle; the others keep <mask> ids
+  for task in tasks[::2]:
+    layout = infill_model.lay_out(tokenizer, task, model.max_len)
+    if layout is not None:
+      references[layout.tokens.tobytes()] = tokenizer.encode(task.middle)
+  monkeypatch.setattr(sampling, "generate", _oracle(references))
+  here_dir, device_dir, cpu_dir = (tmp_path / name for name in ("here", "device", "cpu"))
+  for d in (here_dir, device_dir, cpu_dir):
+    d.mkdir()
+  here = infill_eval.humaneval(model, params, tokenizer, ecfg, kind, str(here_dir), "tag")
+  assert 0 < here["pass@1"] < 1 and here["num_too_long"] > 0  # the case is not trivial
+
+  ecfg.humaneval_execute = False
+  written = infill_eval.humaneval(model, params, tokenizer, ecfg, kind, str(device_dir), "tag")
+  assert "pass@1" not in written and not list(device_dir.glob("*_scores.jsonl"))
+  moved = cpu_dir / (written["middles"] + ".gz")  # brought back, compressed
+  with open(device_dir / written["middles"], "rb") as src, gzip.open(moved, "wb") as dst:
+    dst.write(src.read())
+  elsewhere = score_middles.score_file(str(moved))
+  assert elsewhere == here
+  with open(cpu_dir / f"{kind}_tag_report.json") as f:
+    assert json.load(f) == elsewhere
+  assert (compare_passes.passes(str(cpu_dir / f"{kind}_tag_scores.jsonl"))
+          == compare_passes.passes(str(here_dir / f"{kind}_tag_scores.jsonl")))
+  score_middles.main([str(moved)])  # resumes from the scores file; prints the table
+  assert f"| {100 * here['pass@1']:.2f} |" in capsys.readouterr().out
+
+  with open(device_dir / written["middles"]) as f:
+    document = json.load(f)
+  document["seed"] = 2  # other tasks than the middles were generated for
+  wrong = cpu_dir / "wrong_middles.json"
+  wrong.write_text(json.dumps(document))
+  with pytest.raises(ValueError, match="do not match"):
+    score_middles.score_file(str(wrong))
 
 
 def test_humaneval_subsample_is_deterministic():
@@ -295,3 +340,31 @@ def test_judge_config_judges_the_named_config():
   for name in sorted(os.listdir(root)):
     if name.endswith(".py"):
       validation.validate_config(from_file(os.path.join(root, name)))
+
+
+def test_samples_judged_later_match_judging_now(workdir, tmp_path, capsys):
+  work, config, _, _, _ = workdir
+  config = copy.deepcopy(config)
+  config.eval.update(tasks=("gen_quality",), judge_workdir=work, seed=3)  # its own caches
+  now = runner.run(config, work)["tasks"]["gen_quality"]
+  config.eval.update(judge_workdir="", gen_samples_only=True)
+  later = runner.run(config, work)["tasks"]["gen_quality"]
+  assert "baseline" not in later and later["samples"] == now["samples"]
+  assert later["methods"] == {name: {key: row[key] for key in ("method", "k", "tokens_per_call")}
+                              for name, row in now["methods"].items() if name != "data"}
+  with open(os.path.join(work, "eval", "results.md")) as f:
+    assert "not judged" in f.read()
+
+  path = str(tmp_path / now["samples"])  # brought back to another machine
+  shutil.copy(os.path.join(work, "eval", now["samples"]), path)
+  judged = judge_samples.judge_file(path, inference.load(work), config.eval.batch_size)
+  assert judged["methods"] == now["methods"] and judged["baseline"] == now["baseline"]
+  with open(path[:-len(".npz")] + "_judged.json") as f:
+    assert json.load(f)["methods"] == json.loads(json.dumps(now["methods"]))
+  judge_samples.main(["--judge", work, "--batch_size", "4", path])
+  assert "judge PPL" in capsys.readouterr().out
+
+  samples, proto = gen_quality.read_samples(path)
+  gen_quality.write_samples(path, samples, proto + b"x")  # another tokenizer
+  with pytest.raises(ValueError, match="another tokenizer"):
+    judge_samples.judge_file(path, inference.load(work))

@@ -26,6 +26,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
       humaneval_max_tasks=0,     # a deterministic subsample of this many tasks, 0 = all
       num_samples=1,             # completions per task
       pass_at=(1, 10),           # pass@k reported for every k <= num_samples
+      humaneval_execute=True,    # False: write the middles, score them elsewhere
+                                 # (python -m asarm_jax.evaluation.score_middles)
       sandbox_workers=2,
       sandbox_timeout_s=5.0,
       # Text infilling (ROCStories protocol).
@@ -34,6 +36,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
       text_settings=("1/5", "3/5"),
       # Generation quality: samples scored by a left-to-right judge.
       judge_workdir="",          # a workdir trained with configs/judge_*.py
+      gen_samples_only=False,    # True: write the samples only, for evaluation.judge_samples
       gen_num_prompts=32,
       gen_visible_fraction=0.05,
       gen_methods=("sequential", "assd", "parallel"),  # the first is the t-test baseline

@@ -11,6 +11,7 @@ themselves are scored as the ``data`` row.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 from typing import Any, NamedTuple
@@ -103,21 +104,27 @@ def _row(scores: Scores, baseline: Scores) -> dict:
           "t_ppl": t_ppl, "p_ppl": p_ppl, "t_entropy": t_ent, "p_entropy": p_ent}
 
 
-def evaluate(model: nn.Module, params: Any, judge_model: nn.Module, judge_params: Any,
-             heldout_NxL: np.ndarray, ecfg: ml_collections.ConfigDict, out_dir: str,
-             tag: str) -> dict:
+class Samples(NamedTuple):
+  """One prompt set's samples: ``heldout`` (int32 ``N x L``, the rows the prompts were cut
+  from), ``by_variant[name]`` (int32 ``N x L``, prompt and generated tokens), ``info[name]``
+  (``method``, ``k``, ``tokens_per_call``) and the prompts' ``visible_fraction``."""
+  heldout: np.ndarray
+  by_variant: dict[str, np.ndarray]
+  info: dict[str, dict]
+  visible_fraction: float
+
+
+def generate(model: nn.Module, params: Any, heldout_NxL: np.ndarray,
+             ecfg: ml_collections.ConfigDict, out_dir: str, tag: str) -> Samples:
   """Samples of every variant for the prompts cut from ``heldout_NxL`` (cached per variant in
-  ``out_dir``), their judge perplexity, entropy, tokens per call and t-tests."""
+  ``out_dir``, file names carrying ``tag``)."""
   if len(heldout_NxL) < 2:
     raise ValueError(f"gen_quality: {len(heldout_NxL)} held-out rows; the t-test needs >= 2")
-  if judge_model.max_len < heldout_NxL.shape[1]:
-    raise ValueError(f"the judge's max_len {judge_model.max_len} is shorter than the samples "
-                     f"({heldout_NxL.shape[1]} tokens)")
   visible_NxL = prompt_visible(heldout_NxL, ecfg.gen_visible_fraction, ecfg.seed,
                                model.num_special_tokens)
   prompts = [generation.Row(str(i), heldout_NxL[i], visible_NxL[i], heldout_NxL.shape[1])
              for i in range(len(heldout_NxL))]
-  scores, info = {}, {}
+  by_variant, info = {}, {}
   for variant in variants(ecfg):
     records = generation.generate_rows(
         model, params, prompts,
@@ -125,17 +132,50 @@ def evaluate(model: nn.Module, params: Any, judge_model: nn.Module, judge_params
         method=variant.method, k=variant.k, temperature=ecfg.temperature,
         batch_size=ecfg.batch_size, seed=ecfg.seed, desc=f"gen_quality {variant.name}",
         depth=ecfg.tree_depth, ngram=ecfg.ngram)
-    samples_NxL = np.stack([row.filled(records[row.key]["hidden"]) for row in prompts])
-    scores[variant.name] = score(judge_model, judge_params, samples_NxL, ecfg.batch_size)
+    by_variant[variant.name] = np.stack([row.filled(records[row.key]["hidden"])
+                                         for row in prompts])
     info[variant.name] = {"method": variant.method, "k": variant.k,
                           "tokens_per_call": generation.tokens_per_call(list(records.values()))}
-  scores["data"] = score(judge_model, judge_params, heldout_NxL, ecfg.batch_size)
-  info["data"] = {"method": "data", "k": 0, "tokens_per_call": None}
-  baseline = variants(ecfg)[0].name
-  return {"baseline": baseline, "num_prompts": len(heldout_NxL),
-          "visible_fraction": ecfg.gen_visible_fraction,
+  return Samples(np.asarray(heldout_NxL, np.int32), by_variant, info, ecfg.gen_visible_fraction)
+
+
+def judge(judge_model: nn.Module, judge_params: Any, samples: Samples, batch_size: int) -> dict:
+  """Judge perplexity, entropy and tokens per call of every variant and of the held-out rows
+  (``data``), with Welch's t-tests against the first variant (the baseline)."""
+  if judge_model.max_len < samples.heldout.shape[1]:
+    raise ValueError(f"the judge's max_len {judge_model.max_len} is shorter than the samples "
+                     f"({samples.heldout.shape[1]} tokens)")
+  scores = {name: score(judge_model, judge_params, rows, batch_size)
+            for name, rows in samples.by_variant.items()}
+  scores["data"] = score(judge_model, judge_params, samples.heldout, batch_size)
+  info = {**samples.info, "data": {"method": "data", "k": 0, "tokens_per_call": None}}
+  baseline = next(iter(samples.by_variant))
+  return {"baseline": baseline, "num_prompts": len(samples.heldout),
+          "visible_fraction": samples.visible_fraction,
           "methods": {name: {**info[name], **_row(scores[name], scores[baseline])}
                       for name in scores}}
+
+
+def write_samples(path: str, samples: Samples, tokenizer_proto: bytes) -> None:
+  """``samples`` and the serialized tokenizer they are written in, as one ``.npz``: what a
+  judge trained later (:mod:`asarm_jax.evaluation.judge_samples`) needs."""
+  names = list(samples.by_variant)
+  with open(f"{path}.tmp", "wb") as f:
+    np.savez_compressed(
+        f, heldout=samples.heldout, names=np.array(json.dumps(names)),
+        info=np.array(json.dumps(samples.info)), visible_fraction=samples.visible_fraction,
+        tokenizer=np.frombuffer(tokenizer_proto, np.uint8),
+        **{f"variant{i}": samples.by_variant[name] for i, name in enumerate(names)})
+  os.replace(f"{path}.tmp", path)
+
+
+def read_samples(path: str) -> tuple[Samples, bytes]:
+  """The samples of :func:`write_samples` and their serialized tokenizer."""
+  with np.load(path) as z:
+    names = json.loads(str(z["names"]))
+    samples = Samples(z["heldout"], {name: z[f"variant{i}"] for i, name in enumerate(names)},
+                      json.loads(str(z["info"])), float(z["visible_fraction"]))
+    return samples, z["tokenizer"].tobytes()
 
 
 def plot(result: dict, path: str) -> None:

@@ -6,9 +6,11 @@ middles through a resumable cache and scores them; file names under ``out_dir`` 
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import ml_collections
@@ -35,7 +37,9 @@ def humaneval_tasks(kind: str, max_tasks: int, seed: int) -> list[humaneval_infi
 def humaneval(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collections.ConfigDict,
               kind: str, out_dir: str, tag: str) -> dict:
   """pass@k of ``eval.num_samples`` middles per task; tasks whose middle does not fit
-  ``model.max_len`` count as failed."""
+  ``model.max_len`` count as failed. With ``eval.humaneval_execute=False`` the middles are only
+  written to ``{kind}_{tag}_middles.json`` (:func:`write_middles`), to be scored elsewhere by
+  ``python -m asarm_jax.evaluation.score_middles``; the report then has no pass@k."""
   tasks = humaneval_tasks(kind, ecfg.humaneval_max_tasks, ecfg.seed)
   done = infill_model.complete(
       model, params, tokenizer, tasks, os.path.join(out_dir, f"{kind}_{tag}_completions.jsonl"),
@@ -45,18 +49,43 @@ def humaneval(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collection
   report = {"num_tasks": len(tasks), "num_too_long": len(done.too_long),
             "num_truncated": done.num_truncated, "num_samples": ecfg.num_samples,
             "tokens_per_call": done.tokens_per_call}
-  scored = [t for t in tasks if t.task_id in done.by_task]
-  ks = [k for k in ecfg.pass_at if k <= ecfg.num_samples]
+  if not ecfg.humaneval_execute:
+    path = os.path.join(out_dir, f"{kind}_{tag}_middles.json")
+    write_middles(path, kind, ecfg, done.by_task, report)
+    return {**report, "middles": os.path.basename(path)}
+  return {**report, **score_humaneval(
+      tasks, done.by_task, [k for k in ecfg.pass_at if k <= ecfg.num_samples],
+      ecfg.sandbox_workers, ecfg.sandbox_timeout_s,
+      os.path.join(out_dir, f"{kind}_{tag}_scores.jsonl"))}
+
+
+def score_humaneval(tasks: Sequence[humaneval_infill.InfillTask],
+                    by_task: Mapping[str, Sequence[str]], ks: Sequence[int], workers: int,
+                    timeout_s: float, results_path: str) -> dict:
+  """``pass@k`` for each of ``ks`` over all ``tasks`` and the sandbox ``status_counts`` of the
+  middles ``by_task[task_id]``; a task without middles (too long to lay out) counts as failed."""
+  scored = [t for t in tasks if t.task_id in by_task]
   if not scored:
-    return {**report, **{f"pass@{k}": 0.0 for k in ks}, "status_counts": {}}
-  scores = humaneval_infill.score(
-      scored, done.by_task, k_values=ks, workers=ecfg.sandbox_workers,
-      timeout_s=ecfg.sandbox_timeout_s,
-      results_path=os.path.join(out_dir, f"{kind}_{tag}_scores.jsonl"))
+    return {**{f"pass@{k}": 0.0 for k in ks}, "status_counts": {}}
+  scores = humaneval_infill.score(scored, by_task, k_values=ks, workers=workers,
+                                  timeout_s=timeout_s, results_path=results_path)
   # pass@k is a mean over tasks: the unscored (too long) ones contribute 0.
   fitted = len(scored) / len(tasks)
-  return {**report, **{f"pass@{k}": scores[f"pass@{k}"] * fitted for k in ks},
+  return {**{f"pass@{k}": scores[f"pass@{k}"] * fitted for k in ks},
           "status_counts": scores["status_counts"]}
+
+
+def write_middles(path: str, kind: str, ecfg: ml_collections.ConfigDict,
+                  by_task: Mapping[str, Sequence[str]], report: Mapping[str, Any]) -> None:
+  """The generated middles of a HumanEval ``kind`` as one JSON document: what picks the tasks
+  (``humaneval_max_tasks``, ``seed``), ``pass_at``, the generation ``report`` and ``by_task``."""
+  report = {k: None if isinstance(v, float) and not math.isfinite(v) else v  # strict JSON
+            for k, v in report.items()}
+  document = {"kind": kind, "humaneval_max_tasks": ecfg.humaneval_max_tasks, "seed": ecfg.seed,
+              "pass_at": list(ecfg.pass_at), "report": report, "by_task": dict(by_task)}
+  with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+    json.dump(document, f)
+  os.replace(f"{path}.tmp", path)
 
 
 def text(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collections.ConfigDict,

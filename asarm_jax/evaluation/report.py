@@ -35,7 +35,14 @@ def _text(result: dict) -> str:
                  r["rougeL"], r["tokens_per_call"]] for setting, r in result.items()])
 
 
-def _gen_quality(result: dict) -> str:
+def gen_quality(result: dict) -> str:
+  """The generation-quality table (or, for samples not judged yet, their tokens per call)."""
+  if "baseline" not in result:  # eval.gen_samples_only: not judged yet
+    return (f"Samples in {result['samples']}, not judged ({result['num_prompts']} prompts with "
+            f"{result['visible_fraction']:g} of positions visible; judge them with python -m "
+            "asarm_jax.evaluation.judge_samples).\n\n"
+            + table(["method", "tokens/call"], [[name, r["tokens_per_call"]]
+                                                for name, r in result["methods"].items()]))
   header = ["method", "samples", "judge PPL", "PPL sd", "entropy", "t (PPL)", "p (PPL)",
             "t (entropy)", "p (entropy)", "tokens/call"]
   rows = [[name, r["num_samples"], r["judge_ppl"], r["judge_ppl_std"], r["entropy"], r["t_ppl"],
@@ -73,7 +80,7 @@ def markdown(results: dict) -> str:
   if "text_infill" in tasks:
     parts.append("## Text infilling (ROCStories protocol)\n\n" + _text(tasks["text_infill"]))
   if "gen_quality" in tasks:
-    parts.append("## Generation quality\n\n" + _gen_quality(tasks["gen_quality"]))
+    parts.append("## Generation quality\n\n" + gen_quality(tasks["gen_quality"]))
   if "density" in tasks:
     parts.append("## Held-out density\n\n" + _density(tasks["density"]))
   if "draft_acceptance" in tasks:

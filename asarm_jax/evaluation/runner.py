@@ -74,20 +74,33 @@ def _text_infill(ctx: Context) -> dict:
 
 
 def _gen_quality(ctx: Context) -> dict:
+  """Samples of every ``eval.gen_methods`` variant, written to ``gen_samples_{tag}.npz``, and
+  judged by ``eval.judge_workdir`` unless ``eval.gen_samples_only`` (then judge them later
+  with ``python -m asarm_jax.evaluation.judge_samples``)."""
   ecfg = ctx.config.eval
-  judge = inference.load(ecfg.judge_workdir)
-  if judge.tokenizer.serialized() != ctx.loaded.tokenizer.serialized():
+  judge = None if ecfg.gen_samples_only else inference.load(ecfg.judge_workdir)
+  if judge is not None and judge.tokenizer.serialized() != ctx.loaded.tokenizer.serialized():
     raise ValueError(f"the judge in {ecfg.judge_workdir} has another tokenizer; train it with "
                      "--config.data.data_dir set to the evaluated model's data dir")
   (heldout,) = data.heldout_batches(ctx.config.data, ctx.loaded.tokenizer, ctx.data_dir,
                                     batch_size=ecfg.gen_num_prompts, num_batches=1)
   tag = (f"step{ctx.loaded.step}_t{ecfg.temperature:g}_f{ecfg.gen_visible_fraction:g}"
          f"_seed{ecfg.seed}")
-  result = gen_quality.evaluate(ctx.loaded.model, ctx.loaded.params, judge.model, judge.params,
-                                heldout, ecfg, ctx.out_dir, tag)
+  if judge is not None and judge.model.max_len < heldout.shape[1]:  # fails before generating
+    raise ValueError(f"the judge's max_len {judge.model.max_len} is shorter than the samples "
+                     f"({heldout.shape[1]} tokens)")
+  samples = gen_quality.generate(ctx.loaded.model, ctx.loaded.params, heldout, ecfg,
+                                 ctx.out_dir, tag)
+  name = f"gen_samples_{tag}.npz"
+  gen_quality.write_samples(os.path.join(ctx.out_dir, name), samples,
+                            ctx.loaded.tokenizer.serialized())
+  if judge is None:
+    return {"samples": name, "num_prompts": len(heldout),
+            "visible_fraction": ecfg.gen_visible_fraction, "methods": samples.info}
+  result = gen_quality.judge(judge.model, judge.params, samples, ecfg.batch_size)
   gen_quality.plot(result, os.path.join(ctx.out_dir, "gen_quality.png"))
-  return {**result, "judge_workdir": ecfg.judge_workdir, "judge_step": judge.step,
-          "plot": "gen_quality.png"}
+  return {**result, "samples": name, "judge_workdir": ecfg.judge_workdir,
+          "judge_step": judge.step, "plot": "gen_quality.png"}
 
 
 TASKS: dict[str, Callable[[Context], dict]] = {
@@ -109,8 +122,9 @@ def validate(ecfg: ml_collections.ConfigDict) -> None:
   if bad:
     raise ValueError(f"unknown sampling methods {bad}; expected one of {sampling.METHODS}")
   if "gen_quality" in ecfg.tasks:
-    if not ecfg.judge_workdir:
-      raise ValueError("gen_quality needs eval.judge_workdir (train one with configs/judge_*.py)")
+    if not ecfg.judge_workdir and not ecfg.gen_samples_only:
+      raise ValueError("gen_quality needs eval.judge_workdir (train one with configs/judge_*.py), "
+                       "or eval.gen_samples_only to judge the samples later")
     if ecfg.gen_num_prompts < 2 or not ecfg.gen_methods:
       raise ValueError("gen_quality needs eval.gen_num_prompts >= 2 and some eval.gen_methods")
 

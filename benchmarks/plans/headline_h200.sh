@@ -12,7 +12,7 @@
 # benchmarks/h100_session.sh wait STAGE` (the copy the plan runs from), at once after the last.
 #
 # Stages (RUNS/stages.txt), each step's log and results under RUNS/out; STAGES (default all)
-# lists the ones to run (asarm always runs; gen and the causal density need causal):
+# lists the ones to run (asarm always runs; the causal density needs causal):
 #   profile    issue 16: where a batch-1 sampling call's time goes, cuDNN + dense bias and Pallas
 #              (IMPLS= skips it, once benchmarks/plans/recipe_h200.sh has measured it)
 #   asarm      the AS-ARM: LIMIT_S seconds of training after compilation (Pallas attention), the
@@ -23,14 +23,21 @@
 #   he_t0.2    HumanEval single-line at T=0.2 with every exact decoder of HE_METHODS
 #              (generation timed): the fastest one, and pass@1 agreeing between them; the
 #              shallow trees (tree:N:2) spend fewer query rows a call, which counts at batch 64
-#   density    held-out bits of both models; both on the prefix-only single-line tasks
-#   gen        generation quality at T=1, 5% visible, judged by the causal LM
+#   density    held-out bits of both models (and the AS-ARM's draft acceptance); both on the
+#              prefix-only single-line tasks
+#   gen        generation quality at T=1, 5% visible, judged by the causal LM; without it (STAGES
+#              not listing causal), only the samples, for python -m
+#              asarm_jax.evaluation.judge_samples --judge=A_CAUSAL_LM_TRAINED_LATER
 #   he_t1      HumanEval single-line at T=1, HE_METHOD (default: the fastest of he_t0.2 by
 #              generation time, else tree:8)
 #   multi_t0.2 HumanEval multi-line at T=0.2, HE_METHOD
 #   multi_t1   HumanEval multi-line at T=1, HE_METHOD
 #   sampling   time per sample of every method against the reference's call cost x calls
 #   done       (after packing the per-task HumanEval scores and the gen-quality plot)
+# HE_EXECUTE=0 leaves the HumanEval tests to the CPU machine (a few minutes of device time
+# saved): every HumanEval stage writes its middles, packed in eval_files.tgz, and
+#   python -m asarm_jax.evaluation.score_middles asarm/eval/*_middles.json
+# scores them there (docs/evaluation.md); the stages' JSON then has no pass@k.
 # MODEL (xlnet_base), LIMIT_S (300), STEPS (2200: the schedule ends near the limit at the
 # ~7.1 steps/s measured on 2026-12-03 at batch 64), LR and BATCH (the winners of
 # benchmarks/plans/recipe_h200.sh) and HE_MAX_TASKS (0: all) are the knobs; a CPU dry run
@@ -42,10 +49,13 @@
 # one session can train, with every HumanEval stage and no causal LM (run 2 of 2026-12-03,
 # 1446 s of device time; he_t0.2 took 185 s for its six decoders):
 #   LIMIT_S=780 STEPS=5600 STAGES="he_t0.2 density he_t1 multi_t0.2 multi_t1" IMPLS=
-# Run 3, the same with 1000 s of training, the last 200 s with the draft term (its restart and
-# compilation ~60 s) and four decoders in he_t0.2 (~125 s), estimated at ~1670 s of device time:
-#   LIMIT_S=1000 STEPS=7250 DRAFT_S=200 HE_METHODS=sequential:1,assd:5,assd_fused:5,tree:4:2
-#   STAGES="he_t0.2 density he_t1 multi_t0.2 multi_t1" IMPLS=
+# Run 3: 1100 s of training, the last 220 of them with the draft term (its restart and
+# compilation ~60 s), four decoders in he_t0.2, the HumanEval tests left to the CPU machine and
+# the gen-quality samples kept for a judge trained in a later session (causal_h200.sh, which
+# is also the causal LM of equal compute); estimated at ~1620 s of device time:
+#   LIMIT_S=1100 STEPS=8000 DRAFT_S=220 HE_EXECUTE=0
+#   HE_METHODS=sequential:1,assd:5,assd_fused:5,tree:4:2
+#   STAGES="he_t0.2 density gen he_t1 multi_t0.2 multi_t1" IMPLS=
 # (STEPS from ~7.4 steps/s at batch 64 in run 2, ~6% fewer with the draft term.)
 set -u
 source benchmarks/plans/common.sh
@@ -53,6 +63,7 @@ MODEL=${MODEL:-xlnet_base}
 export IMPL=${IMPL:-pallas} LIMIT_S=${LIMIT_S:-300} STEPS=${STEPS:-2200}
 export TRAIN_ARGS=$(recipe "${LR:-1.2e-3}" "${BATCH:-64}")  # the recipe plan's winner (benchmarks.md)
 export TRAIN_S=$((LIMIT_S + 240))  # the hard stop: startup and compilation come on top
+export EXECUTE=${HE_EXECUTE:-1}  # 0: HumanEval middles only, scored later on a CPU
 
 want() {  # NAME: whether STAGES (default: all) lists stage NAME
   [[ " ${STAGES:-all} " == *" all "* || " ${STAGES:-all} " == *" $1 "* ]]
@@ -88,16 +99,18 @@ if [ -z "${HE_METHOD:-}" ] && [ -f "$OUT/humaneval_single_line_t0.2.json" ]; the
 print(min(r, key=lambda spec: r[spec]["generation_s"]))' "$OUT/humaneval_single_line_t0.2.json")
 fi  # the fastest exact decoder of he_t0.2 decodes the later HumanEval stages
 if want density; then
-  RUN=asarm TASKS=density,humaneval_single_line_prefix METHOD=tree K=8 TEMP=0.2 evaluate asarm
+  RUN=asarm TASKS=density,draft_acceptance,humaneval_single_line_prefix METHOD=tree K=8 TEMP=0.2 \
+    evaluate asarm
   if [ -d "$RUNS/causal" ]; then
     RUN=causal TASKS=density,humaneval_single_line_prefix METHOD=sequential K=1 TEMP=0.2 \
       evaluate causal
   fi
   stage density
 fi
-if want gen && [ -d "$RUNS/causal" ]; then
-  RUN=asarm TASKS=gen_quality JUDGE=causal GEN_METHODS=sequential,assd,assd_fused,tree,parallel \
-    METHOD=sequential K=5 TEMP=1 evaluate gen
+if want gen; then  # without the causal LM, only the samples: a judge trained later scores them
+  GEN_SAMPLES_ONLY=$([ -d "$RUNS/causal" ] && echo 0 || echo 1) RUN=asarm TASKS=gen_quality \
+    JUDGE=causal GEN_METHODS=sequential,assd,assd_fused,tree,parallel METHOD=sequential K=5 \
+    TEMP=1 evaluate gen
   stage gen
 fi
 for KIND_TEMP in humaneval_single_line:1 humaneval_multi_line:0.2 humaneval_multi_line:1; do
@@ -113,5 +126,7 @@ if want sampling; then
   stage sampling
 fi
 (cd "$RUNS" && shopt -s nullglob && tar -czf "$OUT/eval_files.tgz" asarm/eval/*_scores.jsonl \
-  asarm/eval/gen_quality*.png causal/eval/*_scores.jsonl)
+  asarm/eval/*_middles.json asarm/eval/gen_quality*.png asarm/eval/gen_samples_*.npz \
+  causal/eval/*_scores.jsonl \
+  causal/eval/*_middles.json)
 stage done

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 20's causal LM of equal compute, for a headline AS-ARM trained in an earlier device
+# session (benchmarks/plans/headline_h200.sh with HE_EXECUTE=0 and no causal stage): the same
+# data, recipe, STEPS and LIMIT_S, trained left to right with nothing visible
+# (configs/judge.py), then its held-out bits and the prefix-only single-line tasks, and, as the
+# judge, the AS-ARM's generation-quality samples (SAMPLES: that session's
+# gen_samples_*.npz, an absolute path in the carried checkout). Run it like the headline plan:
+#
+#   SAMPLES=$PWD/docs/results/RUN/gen_samples_TAG.npz LIMIT_S=... STEPS=... \
+#     benchmarks/h100_session.sh background benchmarks/plans/causal_h200.sh
+#   benchmarks/h100_session.sh wait causal                # then density, judged, done
+#
+# Stages (RUNS/stages.txt; logs and results under RUNS/out):
+#   causal   LIMIT_S seconds of training after compilation
+#   density  held-out bits/token at 0/5/25/50% visible; the prefix-only single-line middles
+#            (sequential, T=0.2) for python -m asarm_jax.evaluation.score_middles (HE_EXECUTE=1
+#            runs the tests here instead)
+#   judged   judge perplexity and entropy of SAMPLES (gen_samples_TAG_judged.json and .png)
+#   done     (after packing the middles)
+# A CPU dry run: MODEL=demo IMPL=xla LIMIT_S=20 STEPS=40 BATCH=8 HE_MAX_TASKS=12 MAX_FILES=200
+# with SAMPLES from a dry run of the headline plan on the same MODEL and MAX_FILES.
+set -u
+source benchmarks/plans/common.sh
+MODEL=${MODEL:-xlnet_base}
+export IMPL=${IMPL:-pallas} LIMIT_S=${LIMIT_S:-300} STEPS=${STEPS:-2200}
+export TRAIN_ARGS=$(recipe "${LR:-1.2e-3}" "${BATCH:-64}") TRAIN_S=$((LIMIT_S + 240))
+export EXECUTE=${HE_EXECUTE:-0}
+mkdir -p "$RUNS/samples" && cp "$SAMPLES" "$RUNS/samples/"  # the carried tree goes away
+SAMPLES=$RUNS/samples/$(basename "$SAMPLES")
+
+stage start
+CONFIG=configs/$MODEL.py bash $S prepare > "$OUT/prepare.log" 2>&1
+CONFIG=configs/judge.py:$MODEL FRACTIONS="(0.0, 0.0)" RUN=causal bash $S train \
+  > "$OUT/train_causal.log" 2>&1
+stage causal
+RUN=causal TASKS=density,humaneval_single_line_prefix METHOD=sequential K=1 TEMP=0.2 \
+  evaluate causal
+stage density
+python3 -m asarm_jax.evaluation.judge_samples --judge="$RUNS/causal" "$SAMPLES" \
+  > "$OUT/judge_samples.log" 2>&1
+cp "${SAMPLES%.npz}_judged.json" "${SAMPLES%.npz}_judged.png" "$OUT/"
+stage judged
+(cd "$RUNS" && shopt -s nullglob && tar -czf "$OUT/eval_files.tgz" causal/eval/*_middles.json \
+  causal/eval/*_scores.jsonl)
+stage done
