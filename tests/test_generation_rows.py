@@ -70,3 +70,25 @@ def test_a_resumed_run_draws_no_batch_key_twice(tmp_path, fake):
   assert len(fake.batches) == 2 + 2  # only the five new rows were generated
   assert len(set(fake.keys)) == len(fake.keys)
   assert all(resumed[key] == record for key, record in first.items())
+
+
+def test_each_batch_is_dispatched_before_the_previous_one_is_written(tmp_path, fake,
+                                                                     monkeypatch):
+  path = tmp_path / "cache.jsonl"
+  written = []  # cache lines on disk when each batch is dispatched
+
+  def generate(*args, **kwargs):
+    written.append(len(path.read_text().splitlines()) if path.exists() else 0)
+    if len(written) == 3:
+      raise KeyboardInterrupt  # the run is stopped while dispatching its third batch
+    return fake(*args, **kwargs)
+
+  monkeypatch.setattr(sampling, "generate", generate)
+  rows = _rows([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+  with pytest.raises(KeyboardInterrupt):
+    _generate(rows, path)
+  assert written == [0, 0, BATCH]  # batch 1 is written only once batch 2 is in flight
+  assert len(generation.load_records(str(path))) == BATCH  # batch 2 is generated again
+  monkeypatch.setattr(sampling, "generate", fake)
+  records = _generate(rows, path)
+  assert len(fake.batches) == 2 + 3 and len(records) == len(rows)

@@ -1,10 +1,12 @@
 """Batched, resumable filling of many prompt rows, cached in a JSONL file.
 
-Every row has a key. A finished row is appended at once to the cache as ``{"key", "hidden",
-"num_calls", "num_generated"}`` (``hidden``: the generated tokens at the row's hidden positions,
-in position order), and a later call with the same file generates only the rows not yet there,
-so an interrupted evaluation resumes. The cache is only valid for one model, sampler and set of
-prompts: callers put those in its file name.
+Every row has a key. The rows of a finished batch are appended to the cache as ``{"key",
+"hidden", "num_calls", "num_generated"}`` (``hidden``: the generated tokens at the row's hidden
+positions, in position order), and a later call with the same file generates only the rows not
+yet there, so an interrupted evaluation resumes. The cache is only valid for one model, sampler
+and set of prompts: callers put those in its file name. Each batch is pulled to the host and
+written once the next one has been dispatched, so that the host's work overlaps the
+accelerator's (JAX dispatches asynchronously); an interruption loses at most two batches.
 
 Rows are batched in order of their number of hidden positions: a batch's loop runs until its
 longest row is done, so rows of like length share a batch (infilling middles run from one token
@@ -112,12 +114,8 @@ def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str,
   base_rng = jax.random.key(seed)
   with open(path, "a", encoding="utf-8") as f, tqdm.tqdm(total=len(todo), desc=desc,
                                                           unit="row") as bar:
-    for start in range(0, len(todo), batch_size):
-      batch = todo[start:start + batch_size]
-      tokens, visible, length = _batch_arrays(batch, batch_size)
-      out = sampling.generate(model, params, tokens, visible, batch_key(base_rng, batch[0].key),
-                              method=method, k=k, temperature=temperature, length_B=length,
-                              depth=depth, ngram=ngram)
+
+    def save(batch: Sequence[Row], out: sampling.Generation) -> None:
       filled, calls, generated = jax.device_get((out.tokens_BxL, out.num_calls_B,
                                                  out.num_generated_B))
       for b, row in enumerate(batch):
@@ -128,6 +126,18 @@ def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str,
         f.write(json.dumps(record) + "\n")
       f.flush()
       bar.update(len(batch))
+
+    pending = None  # the batch in flight: saved after the next one is dispatched
+    for start in range(0, len(todo), batch_size):
+      batch = todo[start:start + batch_size]
+      tokens, visible, length = _batch_arrays(batch, batch_size)
+      out = sampling.generate(model, params, tokens, visible, batch_key(base_rng, batch[0].key),
+                              method=method, k=k, temperature=temperature, length_B=length,
+                              depth=depth, ngram=ngram)
+      if pending is not None:
+        save(*pending)
+      pending = (batch, out)
+    save(*pending)
   return {row.key: records[row.key] for row in rows}
 
 
