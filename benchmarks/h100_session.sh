@@ -18,6 +18,8 @@
 #                                           # METHODS entry (method:k or tree:N:D, default
 #                                           # sequential:1,tree:8; D is 6 unless given),
 #                                           # generation timed after a compiling warm-up batch;
+#                                           # rows of HE_BATCH (64) per sampler call, into
+#                                           # OUT/KIND_tTEMP_bHE_BATCH.json;
 #                                           # HE_MAX_TASKS subsamples (0: all); EXECUTE=0
 #                                           # (here and in evaluate) writes the middles
 #                                           # (eval/*_middles.json) for score_middles on a
@@ -197,14 +199,15 @@ case "$1" in
     ;;
   humaneval)
     python3 - "$RUNS/$RUN" "${METHODS:-sequential:1,tree:8}" "${TEMP:-0.2}" "$OUT" \
-      "${KIND:-humaneval_single_line}" "${HE_MAX_TASKS:-0}" "${EXECUTE:-1}" <<'EOF' 2>&1 \
-      | quiet | grep -v "it/s\]$" | tee "$OUT/${KIND:-humaneval_single_line}_t${TEMP:-0.2}.log"
+      "${KIND:-humaneval_single_line}" "${HE_MAX_TASKS:-0}" "${EXECUTE:-1}" "${HE_BATCH:-64}" \
+      <<'EOF' 2>&1 | quiet | grep -v "it/s\]$" \
+      | tee "$OUT/${KIND:-humaneval_single_line}_t${TEMP:-0.2}_b${HE_BATCH:-64}.log"
 import json, os, sys, time
 from asarm_jax import inference
 from asarm_jax.evaluation import infill_model, runner
 from asarm_jax.evaluation.config import default_eval_config
-workdir, methods, temperature, out, kind, max_tasks, execute = sys.argv[1:]
-temperature, max_tasks = float(temperature), int(max_tasks)
+workdir, methods, temperature, out, kind, max_tasks, execute, batch = sys.argv[1:]
+temperature, max_tasks, batch = float(temperature), int(max_tasks), int(batch)
 config = inference.load(workdir).config
 report, seconds, complete = {}, [], infill_model.complete
 def timed(model, params, tokenizer, tasks, path, **kwargs):  # generation wall-clock only
@@ -223,13 +226,13 @@ for spec in methods.split(","):  # METHOD:K, or tree:N:D for a tree of depth D (
     sys.exit(f"bad METHODS entry {spec!r}: METHOD:K, or tree:N:D")
   config.eval = default_eval_config()
   config.eval.update(tasks=(kind,), method=method, k=int(k), temperature=temperature,
-                     batch_size=64, sandbox_workers=14, humaneval_max_tasks=max_tasks,
+                     batch_size=batch, sandbox_workers=14, humaneval_max_tasks=max_tasks,
                      humaneval_execute=execute == "1")
   if depth:
     config.eval.tree_depth = int(depth[0])
   report[spec] = runner.run(config, workdir)["tasks"][kind]
   report[spec]["warmup_s"], report[spec]["generation_s"] = seconds[-1]
-  json.dump(report, open(f"{out}/{kind}_t{temperature:g}.json", "w"), indent=1)
+  json.dump(report, open(f"{out}/{kind}_t{temperature:g}_b{batch}.json", "w"), indent=1)
 EOF
     ;;
   evaluate)

@@ -310,7 +310,7 @@ def test_runner_end_to_end_and_resume(workdir, monkeypatch, capsys):
   calls.clear()
   again = runner.run(config, work)
   assert calls == [] and again == results
-  path = os.path.join(eval_dir, "gen_assd_k2_step7_t1_f0.05_seed0.jsonl")
+  path = os.path.join(eval_dir, "gen_assd_k2_step7_t1_f0.05_seed0_b4.jsonl")
   with open(path) as f:
     lines = f.readlines()
   with open(path, "w") as f:

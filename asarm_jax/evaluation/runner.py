@@ -44,11 +44,13 @@ def _draft_acceptance(ctx: Context) -> dict:
 
 
 def _sampler_tag(ctx: Context) -> str:
-  """What generated completions depend on besides the task: checkpoint step and sampler (for
-  trees also their depth and prompt lookup, which change the calls a completion took)."""
+  """What generated completions depend on besides the task: checkpoint step, sampler (for
+  trees also their depth and prompt lookup, which change the calls a completion took) and batch
+  size (which sets the batches' random streams)."""
   e = ctx.config.eval
   tree = f"_d{e.tree_depth}_g{e.ngram}" if e.method == "tree" else ""
-  return f"step{ctx.loaded.step}_{e.method}_k{e.k}{tree}_t{e.temperature:g}_seed{e.seed}"
+  return (f"step{ctx.loaded.step}_{e.method}_k{e.k}{tree}_t{e.temperature:g}_seed{e.seed}"
+          f"_b{e.batch_size}")
 
 
 def _humaneval(kind: str) -> Callable[[Context], dict]:
@@ -85,7 +87,7 @@ def _gen_quality(ctx: Context) -> dict:
   (heldout,) = data.heldout_batches(ctx.config.data, ctx.loaded.tokenizer, ctx.data_dir,
                                     batch_size=ecfg.gen_num_prompts, num_batches=1)
   tag = (f"step{ctx.loaded.step}_t{ecfg.temperature:g}_f{ecfg.gen_visible_fraction:g}"
-         f"_seed{ecfg.seed}")
+         f"_seed{ecfg.seed}_b{ecfg.batch_size}")
   if judge is not None and judge.model.max_len < heldout.shape[1]:  # fails before generating
     raise ValueError(f"the judge's max_len {judge.model.max_len} is shorter than the samples "
                      f"({heldout.shape[1]} tokens)")

@@ -23,6 +23,8 @@
 #   he_t0.2    HumanEval single-line at T=0.2 with every exact decoder of HE_METHODS
 #              (generation timed): the fastest one, and pass@1 agreeing between them; the
 #              shallow trees (tree:N:2) spend fewer query rows a call, which counts at batch 64
+#   he_b1      HumanEval single-line at T=0.2 and batch 1, HE_B1_METHODS (sequential:1,
+#              assd_fused:5,tree:8; timed): latency-bound calls, where drafts cost little
 #   density    held-out bits of both models (and the AS-ARM's draft acceptance); both on the
 #              prefix-only single-line tasks
 #   gen        generation quality at T=1, 5% visible, judged by the causal LM; without it (STAGES
@@ -49,13 +51,14 @@
 # one session can train, with every HumanEval stage and no causal LM (run 2 of 2026-12-03,
 # 1446 s of device time; he_t0.2 took 185 s for its six decoders):
 #   LIMIT_S=780 STEPS=5600 STAGES="he_t0.2 density he_t1 multi_t0.2 multi_t1" IMPLS=
-# Run 3: 1100 s of training, the last 220 of them with the draft term (its restart and
-# compilation ~60 s), four decoders in he_t0.2, the HumanEval tests left to the CPU machine and
-# the gen-quality samples kept for a judge trained in a later session (causal_h200.sh, which
-# is also the causal LM of equal compute); estimated at ~1620 s of device time:
-#   LIMIT_S=1100 STEPS=8000 DRAFT_S=220 HE_EXECUTE=0
+# Run 3: 1050 s of training, the last 210 of them with the draft term (its restart and
+# compilation ~60 s), four decoders in he_t0.2 and three at batch 1 (~60 s), the HumanEval
+# tests left to the CPU machine and the gen-quality samples kept for a judge trained in a
+# later session (causal_h200.sh, which is also the causal LM of equal compute); estimated at
+# ~1650 s of device time:
+#   LIMIT_S=1050 STEPS=7650 DRAFT_S=210 HE_EXECUTE=0
 #   HE_METHODS=sequential:1,assd:5,assd_fused:5,tree:4:2
-#   STAGES="he_t0.2 density gen he_t1 multi_t0.2 multi_t1" IMPLS=
+#   STAGES="he_t0.2 he_b1 density gen he_t1 multi_t0.2 multi_t1" IMPLS=
 # (STEPS from ~7.4 steps/s at batch 64 in run 2, ~6% fewer with the draft term.)
 set -u
 source benchmarks/plans/common.sh
@@ -94,10 +97,15 @@ if want he_t0.2; then  # every exact decoder on the same tasks: the fastest, and
     bash $S humaneval > /dev/null 2>&1
   stage he_t0.2
 fi
-if [ -z "${HE_METHOD:-}" ] && [ -f "$OUT/humaneval_single_line_t0.2.json" ]; then
+if [ -z "${HE_METHOD:-}" ] && [ -f "$OUT/humaneval_single_line_t0.2_b64.json" ]; then
   HE_METHOD=$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))
-print(min(r, key=lambda spec: r[spec]["generation_s"]))' "$OUT/humaneval_single_line_t0.2.json")
+print(min(r, key=lambda spec: r[spec]["generation_s"]))' "$OUT/humaneval_single_line_t0.2_b64.json")
 fi  # the fastest exact decoder of he_t0.2 decodes the later HumanEval stages
+if want he_b1; then  # the same at batch 1, the reference implementation's only batch size
+  RUN=asarm TEMP=0.2 HE_BATCH=1 METHODS=${HE_B1_METHODS:-sequential:1,assd_fused:5,tree:8} \
+    bash $S humaneval > /dev/null 2>&1
+  stage he_b1
+fi
 if want density; then
   RUN=asarm TASKS=density,draft_acceptance,humaneval_single_line_prefix METHOD=tree K=8 TEMP=0.2 \
     evaluate asarm
