@@ -39,7 +39,9 @@
 # HE_EXECUTE=0 leaves the HumanEval tests to the CPU machine (a few minutes of device time
 # saved): every HumanEval stage writes its middles, packed in eval_files.tgz, and
 #   python -m asarm_jax.evaluation.score_middles asarm/eval/*_middles.json
-# scores them there (docs/evaluation.md); the stages' JSON then has no pass@k.
+# scores them there (docs/evaluation.md); the stages' JSON then has no pass@k, and
+#   python benchmarks/humaneval_table.py out/humaneval_single_line_t0.2_b64.json asarm/eval
+# prints a timed stage's decoder table (pass@1, tokens/call, wall-clock, McNemar).
 # MODEL (xlnet_base), LIMIT_S (300), STEPS (2200: the schedule ends near the limit at the
 # ~7.1 steps/s measured on 2026-12-03 at batch 64), LR and BATCH (the winners of
 # benchmarks/plans/recipe_h200.sh) and HE_MAX_TASKS (0: all) are the knobs; a CPU dry run
