@@ -1,8 +1,9 @@
 """The infilling benchmarks end to end: HumanEval (pass@k) and ROCStories-protocol text (ROUGE).
 
 Each function lays the tasks out (:mod:`~asarm_jax.evaluation.infill_model`), generates their
-middles through a resumable cache and scores them; file names under ``out_dir`` carry ``tag``
-(checkpoint step and sampler), so a changed model or sampler never reuses stale completions.
+middles through a resumable cache and scores them (HumanEval's middles may instead be written
+for scoring on another machine); file names under ``out_dir`` carry ``tag`` (checkpoint step,
+sampler, batch size), so a changed model or sampler never reuses stale completions.
 """
 from __future__ import annotations
 
