@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from asarm_jax.evaluation import compare_passes
+from asarm_jax.evaluation import compare_passes, score_middles
 
 
 def _existing(path: str) -> str:
@@ -30,7 +30,7 @@ def table(step_json: str, eval_dir: str) -> str:
     step = json.load(f)
   rows, base = [], None
   for spec, r in step.items():
-    stem = os.path.join(eval_dir, r["middles"][:-len("_middles.json")])
+    stem = os.path.join(eval_dir, score_middles.stem(r["middles"]))
     with open(_existing(f"{stem}_report.json"), encoding="utf-8") as f:
       report = json.load(f)
     passes = compare_passes.passes(_existing(f"{stem}_scores.jsonl"))

@@ -139,12 +139,17 @@ def generate(model: nn.Module, params: Any, heldout_NxL: np.ndarray,
   return Samples(np.asarray(heldout_NxL, np.int32), by_variant, info, ecfg.gen_visible_fraction)
 
 
+def check_judge_fits(judge_model: nn.Module, length: int) -> None:
+  """Raises unless the judge reads samples of ``length`` tokens."""
+  if judge_model.max_len < length:
+    raise ValueError(f"the judge's max_len {judge_model.max_len} is shorter than the samples "
+                     f"({length} tokens)")
+
+
 def judge(judge_model: nn.Module, judge_params: Any, samples: Samples, batch_size: int) -> dict:
   """Judge perplexity, entropy and tokens per call of every variant and of the held-out rows
   (``data``), with Welch's t-tests against the first variant (the baseline)."""
-  if judge_model.max_len < samples.heldout.shape[1]:
-    raise ValueError(f"the judge's max_len {judge_model.max_len} is shorter than the samples "
-                     f"({samples.heldout.shape[1]} tokens)")
+  check_judge_fits(judge_model, samples.heldout.shape[1])
   scores = {name: score(judge_model, judge_params, rows, batch_size)
             for name, rows in samples.by_variant.items()}
   scores["data"] = score(judge_model, judge_params, samples.heldout, batch_size)

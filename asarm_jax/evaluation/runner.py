@@ -88,9 +88,8 @@ def _gen_quality(ctx: Context) -> dict:
                                     batch_size=ecfg.gen_num_prompts, num_batches=1)
   tag = (f"step{ctx.loaded.step}_t{ecfg.temperature:g}_f{ecfg.gen_visible_fraction:g}"
          f"_seed{ecfg.seed}_b{ecfg.batch_size}")
-  if judge is not None and judge.model.max_len < heldout.shape[1]:  # fails before generating
-    raise ValueError(f"the judge's max_len {judge.model.max_len} is shorter than the samples "
-                     f"({heldout.shape[1]} tokens)")
+  if judge is not None:  # fails before generating
+    gen_quality.check_judge_fits(judge.model, heldout.shape[1])
   samples = gen_quality.generate(ctx.loaded.model, ctx.loaded.params, heldout, ecfg,
                                  ctx.out_dir, tag)
   name = f"gen_samples_{tag}.npz"

@@ -30,11 +30,9 @@ SAMPLES=$RUNS/samples/$(basename "$SAMPLES")
 
 stage start
 CONFIG=configs/$MODEL.py bash $S prepare > "$OUT/prepare.log" 2>&1
-CONFIG=configs/judge.py:$MODEL FRACTIONS="(0.0, 0.0)" RUN=causal bash $S train \
-  > "$OUT/train_causal.log" 2>&1
+train_causal
 stage causal
-RUN=causal TASKS=density,humaneval_single_line_prefix METHOD=sequential K=1 TEMP=0.2 \
-  evaluate causal
+evaluate_causal
 stage density
 python3 -m asarm_jax.evaluation.judge_samples --judge="$RUNS/causal" "$SAMPLES" \
   > "$OUT/judge_samples.log" 2>&1

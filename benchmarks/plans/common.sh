@@ -17,3 +17,14 @@ evaluate() {  # LABEL: the evaluate step on RUN (TASKS, METHOD, ... from the env
   OUT=$RUNS/scratch bash $S evaluate > "$OUT/evaluate_$1.log" 2>&1
   cp "$RUNS/$RUN/eval/results.json" "$OUT/eval_$1.json"
 }
+
+train_causal() {  # the causal LM of equal compute (configs/judge.py: left to right, nothing
+                  # visible) on MODEL's data, with the plan's recipe, STEPS and LIMIT_S
+  CONFIG=configs/judge.py:$MODEL FRACTIONS="(0.0, 0.0)" RUN=causal bash $S train \
+    > "$OUT/train_causal.log" 2>&1
+}
+
+evaluate_causal() {  # its held-out bits and the prefix-only single-line tasks (sequential, T=0.2)
+  RUN=causal TASKS=density,humaneval_single_line_prefix METHOD=sequential K=1 TEMP=0.2 \
+    evaluate causal
+}

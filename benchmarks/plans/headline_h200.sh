@@ -90,8 +90,7 @@ if [ "$DRAFT_S" -gt 0 ]; then  # the last DRAFT_S seconds resume with the draft 
 fi
 stage asarm
 if want causal; then
-  CONFIG=configs/judge.py:$MODEL FRACTIONS="(0.0, 0.0)" RUN=causal bash $S train \
-    > "$OUT/train_causal.log" 2>&1
+  train_causal
   stage causal
 fi
 if want he_t0.2; then  # every exact decoder on the same tasks: the fastest, and pass@1 agreement
@@ -112,8 +111,7 @@ if want density; then
   RUN=asarm TASKS=density,draft_acceptance,humaneval_single_line_prefix METHOD=tree K=8 TEMP=0.2 \
     evaluate asarm
   if [ -d "$RUNS/causal" ]; then
-    RUN=causal TASKS=density,humaneval_single_line_prefix METHOD=sequential K=1 TEMP=0.2 \
-      evaluate causal
+    evaluate_causal
   fi
   stage density
 fi
