@@ -16,6 +16,8 @@
 #            (sequential, T=0.2) for python -m asarm_jax.evaluation.score_middles (HE_EXECUTE=1
 #            runs the tests here instead)
 #   judged   judge perplexity and entropy of SAMPLES (gen_samples_TAG_judged.json and .png)
+#   overhead where a batch-1 infilling task's time goes beyond its network calls
+#            (benchmarks/task_overhead.py on the causal LM: the same architecture and sampler)
 #   done     (after packing the middles)
 # A CPU dry run: MODEL=demo IMPL=xla LIMIT_S=20 STEPS=40 BATCH=8 HE_MAX_TASKS=12 MAX_FILES=200
 # with SAMPLES from a dry run of the headline plan on the same MODEL and MAX_FILES.
@@ -38,6 +40,9 @@ python3 -m asarm_jax.evaluation.judge_samples --judge="$RUNS/causal" "$SAMPLES" 
   > "$OUT/judge_samples.log" 2>&1
 cp "${SAMPLES%.npz}_judged.json" "${SAMPLES%.npz}_judged.png" "$OUT/"
 stage judged
+python3 benchmarks/task_overhead.py --workdir="$RUNS/causal" --out="$OUT" \
+  > "$OUT/task_overhead.log" 2>&1
+stage overhead
 (cd "$RUNS" && shopt -s nullglob && tar -czf "$OUT/eval_files.tgz" causal/eval/*_middles.json \
   causal/eval/*_scores.jsonl)
 stage done
