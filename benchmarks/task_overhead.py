@@ -4,9 +4,9 @@
 
 HumanEval single-line at batch 1 (``docs/results.md``, run 3) costs about 7 ms per task beyond
 its network calls, half of sequential decoding's time; this splits it. Rows are held-out rows of
-the checkpoint's corpus (those of ``sampling_speed.py``), ``--length`` real tokens with ``h``
-hidden ones from position ``length // 2`` (the rest visible, like an infilling prompt), for h in
-``--hidden``. Any checkpoint of the same architecture will do: the number of calls of
+the checkpoint's corpus (those of ``sampling_speed.py``), ``--length`` real tokens (default:
+three quarters of ``seq_len``, 384 of 512) with ``h`` hidden ones from position ``length // 2``
+(the rest visible, like an infilling prompt), for h in ``--hidden``. Any checkpoint of the same architecture will do: the number of calls of
 sequential decoding is h whatever the weights. For every method of ``--methods`` and every h,
 ``--rows`` rows are decoded one at a time after an untimed compiling call, and per task:
 
@@ -37,7 +37,8 @@ from asarm_jax.evaluation import generation
 FLAGS = flags.FLAGS
 flags.DEFINE_list("methods", ["sequential:1", "assd_fused:5", "tree:8"], "method:k pairs.")
 flags.DEFINE_list("hidden", ["0", "1", "4", "16"], "Hidden tokens per row.")
-flags.DEFINE_integer("length", 400, "Real tokens per row (the rest of seq_len is padding).")
+flags.DEFINE_integer("length", 0, "Real tokens per row (the rest of seq_len is padding); "
+                     "0: three quarters of seq_len.")
 flags.DEFINE_integer("rows", 32, "Timed rows per (method, hidden).")
 flags.DEFINE_float("temperature", 0.2, "Sampling temperature.")
 
@@ -91,15 +92,19 @@ def main(_):
   loaded = inference.load(FLAGS.workdir)
   heldout = sampling_speed.heldout_rows(loaded, FLAGS.workdir)
   hidden = [int(h) for h in FLAGS.hidden]
+  length = FLAGS.length or 3 * heldout.shape[1] // 4
+  if not 2 * max(hidden) <= length <= heldout.shape[1]:
+    raise app.UsageError(f"--length={length} must be within the rows' {heldout.shape[1]} "
+                         "tokens and hold twice the largest --hidden")
   results, fits = [], {}
   for spec in FLAGS.methods:
     method, k = spec.split(":")
     k = int(k)
-    warmup = task_rows(heldout, max(hidden), 1, FLAGS.length)  # compiles, untimed
+    warmup = task_rows(heldout, max(hidden), 1, length)  # compiles, untimed
     time_calls(loaded, warmup, method, k, seed=99)
     time_rows(loaded, warmup, method, k)
     for h in hidden:
-      rows = task_rows(heldout, h, FLAGS.rows, FLAGS.length)
+      rows = task_rows(heldout, h, FLAGS.rows, length)
       result = {"method": method, "k": k, "hidden": h, **time_calls(loaded, rows, method, k, 0),
                 "rows_ms": time_rows(loaded, rows, method, k)}
       print(json.dumps(result), flush=True)
@@ -107,11 +112,11 @@ def main(_):
     points = [(r["hidden"], r["call_ms"]) for r in results if r["method"] == method]
     slope, fixed = np.polyfit(*zip(*points), 1)
     fits[spec] = {"fixed_ms": float(fixed), "per_hidden_token_ms": float(slope)}
-  row = task_rows(heldout, 1, 1, FLAGS.length)
+  row = task_rows(heldout, 1, 1, length)
   base = jax.random.key(0)
   report = {
       "date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
-      "workdir": FLAGS.workdir, "step": int(loaded.step), "length": FLAGS.length,
+      "workdir": FLAGS.workdir, "step": int(loaded.step), "length": length,
       "temperature": FLAGS.temperature, "results": results, "fits": fits,
       "batch_key_ms": per_task_ms(
           lambda: jax.block_until_ready(generation.batch_key(base, "SingleLine/HumanEval/0/L0")),

@@ -372,17 +372,23 @@ def _subsample(rows_per_group: int):
 
 def test_greedy_decoding_is_sequential_greedy(trained):
   """temperature=0: every exact method returns sequential greedy decoding's tokens for any
-  rng, and each generated token is the arg-max of its conditional under the density."""
+  rng, a row decoded alone the same tokens as among rows of other lengths, orders and prompts,
+  and each generated token is the arg-max of its conditional under the density."""
   model, params = trained
   tokens, visible, order, lengths = _subsample(20)
-  run = lambda method, k, seed, **kw: np.asarray(sampling.generate(
-      model, params, tokens, visible, jax.random.key(seed), method=method, k=k,
-      temperature=0.0, order_BxL=order, length_B=lengths, **kw).tokens_BxL)
+  run = lambda method, k, seed, rows=slice(None), **kw: np.asarray(sampling.generate(
+      model, params, tokens[rows], visible[rows], jax.random.key(seed), method=method, k=k,
+      temperature=0.0, order_BxL=order[rows], length_B=lengths[rows], **kw).tokens_BxL)
   greedy = run("sequential", 1, 0)
   for method, k, kw in [("sequential", 1, {}), ("assd", 3, {}), ("assd_fused", 3, {}),
                         ("tree", 7, dict(depth=3, ngram=1)),
                         ("tree", 3, dict(depth=2, ngram=0, cache=False))]:
     np.testing.assert_array_equal(run(method, k, 1, **kw), greedy, err_msg=method)
+  for method, k, kw in [("sequential", 1, {}), ("tree", 7, dict(depth=3, ngram=1))]:
+    for g in range(len(GROUPS)):  # batch 1 against the batch of every group
+      row = slice(20 * g, 20 * g + 1)
+      np.testing.assert_array_equal(run(method, k, 2, row, **kw), greedy[row],
+                                    err_msg=f"{method}, row {20 * g} alone")
   for g, (_, _, length) in enumerate(GROUPS.values()):
     rows = slice(20 * g, 20 * (g + 1))
     logp = _density(model, params, jnp.asarray(greedy[rows, :length]),

@@ -16,9 +16,15 @@
 #            (sequential, T=0.2) for python -m asarm_jax.evaluation.score_middles (HE_EXECUTE=1
 #            runs the tests here instead)
 #   judged   judge perplexity and entropy of SAMPLES (gen_samples_TAG_judged.json and .png)
+#   greedy   the prefix-only single-line tasks decoded greedily (T=0) at batch 64 and at batch 1:
+#            the same middles if a row decodes alone as it does among others, on the GPU in
+#            bf16 (run 3's batch-1 HumanEval passed 1.0 point more than its batch-64 runs)
 #   overhead where a batch-1 infilling task's time goes beyond its network calls
 #            (benchmarks/task_overhead.py on the causal LM: the same architecture and sampler)
 #   done     (after packing the middles)
+# Estimated device time (H200) at LIMIT_S=1050 STEPS=7650 (run 3's AS-ARM: the same tokens):
+# the machine's start ~90 s, prepare ~45 s, training ~1150 s with startup, the stages after it
+# ~4 minutes: about 1500 s of the session's 1800.
 # A CPU dry run: MODEL=demo IMPL=xla LIMIT_S=20 STEPS=40 BATCH=8 HE_MAX_TASKS=12 MAX_FILES=200
 # with SAMPLES from a dry run of the headline plan on the same MODEL and MAX_FILES.
 set -u
@@ -40,6 +46,11 @@ python3 -m asarm_jax.evaluation.judge_samples --judge="$RUNS/causal" "$SAMPLES" 
   > "$OUT/judge_samples.log" 2>&1
 cp "${SAMPLES%.npz}_judged.json" "${SAMPLES%.npz}_judged.png" "$OUT/"
 stage judged
+for BATCH_SIZE in 64 1; do
+  RUN=causal KIND=humaneval_single_line_prefix TEMP=0 METHODS=sequential:1 HE_BATCH=$BATCH_SIZE \
+    bash $S humaneval > /dev/null 2>&1
+done
+stage greedy
 python3 benchmarks/task_overhead.py --workdir="$RUNS/causal" --out="$OUT" \
   > "$OUT/task_overhead.log" 2>&1
 stage overhead

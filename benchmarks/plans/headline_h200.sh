@@ -133,8 +133,10 @@ if want sampling; then
   RUN=asarm SAMPLE_S=${SAMPLE_S:-60} bash $S sampling > /dev/null 2>&1
   stage sampling
 fi
+# the completions hold every row's calls: a batch waits for its slowest row
 (cd "$RUNS" && shopt -s nullglob && tar -czf "$OUT/eval_files.tgz" asarm/eval/*_scores.jsonl \
-  asarm/eval/*_middles.json asarm/eval/gen_quality*.png asarm/eval/gen_samples_*.npz \
+  asarm/eval/*_middles.json asarm/eval/*_completions.jsonl asarm/eval/gen_quality*.png \
+  asarm/eval/gen_samples_*.npz \
   causal/eval/*_scores.jsonl \
   causal/eval/*_middles.json)
 stage done
