@@ -16,7 +16,7 @@ import json
 import os
 from typing import Iterable, Mapping, Sequence, TextIO
 
-from asarm_jax.evaluation import metrics, sandbox
+from asarm_jax.evaluation import jsonio, metrics, sandbox
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,7 @@ def read_results(path: str) -> dict[tuple[str, int], dict]:
   """The records of a results file (JSONL, or gzipped JSONL if ``path`` ends in ``.gz``),
   keyed by (task_id, sample); a line cut short by an interrupted run is skipped."""
   done: dict[tuple[str, int], dict] = {}
-  with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+  with jsonio.open_text(path) as f:
     for line in f:
       try:
         record = json.loads(line)

@@ -8,7 +8,6 @@ sampler, batch size), so a changed model or sampler never reuses stale completio
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 from typing import Any, Mapping, Sequence
@@ -16,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import ml_collections
 
-from asarm_jax.evaluation import humaneval_infill, infill_model, text_infill
+from asarm_jax.evaluation import humaneval_infill, infill_model, jsonio, text_infill
 
 # The "_prefix" kinds hide the suffix from the model (it still runs in the tests): the same
 # tasks as a left-to-right LM can attempt them, for comparing an AS-ARM with a causal LM.
@@ -80,10 +79,9 @@ def write_middles(path: str, kind: str, ecfg: ml_collections.ConfigDict,
                   by_task: Mapping[str, Sequence[str]], report: Mapping[str, Any]) -> None:
   """The generated middles of a HumanEval ``kind`` as one JSON document: what picks the tasks
   (``humaneval_max_tasks``, ``seed``), ``pass_at``, the generation ``report`` and ``by_task``."""
-  report = {k: None if isinstance(v, float) and not math.isfinite(v) else v  # strict JSON
-            for k, v in report.items()}
   document = {"kind": kind, "humaneval_max_tasks": ecfg.humaneval_max_tasks, "seed": ecfg.seed,
-              "pass_at": list(ecfg.pass_at), "report": report, "by_task": dict(by_task)}
+              "pass_at": list(ecfg.pass_at), "report": jsonio.strict(dict(report)),
+              "by_task": dict(by_task)}
   with open(f"{path}.tmp", "w", encoding="utf-8") as f:
     json.dump(document, f)
   os.replace(f"{path}.tmp", path)

@@ -7,15 +7,14 @@ HumanEval score files (JSONL, resumed by a rerun), and ``gen_quality.png``.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Callable, NamedTuple
 
 import ml_collections
 
 from asarm_jax import data, inference, sampling
-from asarm_jax.evaluation import (density_eval, draft_eval, gen_quality, infill_eval, report,
-                                  text_infill)
+from asarm_jax.evaluation import (density_eval, draft_eval, gen_quality, infill_eval, jsonio,
+                                  report, text_infill)
 
 
 class Context(NamedTuple):
@@ -130,21 +129,10 @@ def validate(ecfg: ml_collections.ConfigDict) -> None:
       raise ValueError("gen_quality needs eval.gen_num_prompts >= 2 and some eval.gen_methods")
 
 
-def _json_safe(value: Any) -> Any:
-  """``value`` with NaN and infinities as ``None`` (strict JSON)."""
-  if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
 def _write(results: dict, out_dir: str) -> str:
   """Writes results.json and results.md atomically; returns the markdown."""
   text = report.markdown(results)
-  for name, content in (("results.json", json.dumps(_json_safe(results), indent=2) + "\n"),
+  for name, content in (("results.json", json.dumps(jsonio.strict(results), indent=2) + "\n"),
                         ("results.md", text)):
     path = os.path.join(out_dir, name)
     with open(f"{path}.tmp", "w", encoding="utf-8") as f:

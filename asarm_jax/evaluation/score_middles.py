@@ -15,12 +15,11 @@ and a markdown table is printed.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 from typing import Sequence
 
-from asarm_jax.evaluation import infill_eval
+from asarm_jax.evaluation import infill_eval, jsonio
 
 SUFFIXES = ("_middles.json.gz", "_middles.json")
 
@@ -37,7 +36,7 @@ def score_file(path: str, workers: int = 2, timeout_s: float = 5.0) -> dict:
   """The HumanEval report of one middles file (``num_tasks``, ``pass@k``, ``status_counts``,
   the generation's ``tokens_per_call``, ...); writes the scores and the report beside it."""
   base = stem(path)
-  with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+  with jsonio.open_text(path) as f:
     document = json.load(f)
   report, by_task = document["report"], document["by_task"]
   tasks = infill_eval.humaneval_tasks(document["kind"], document["humaneval_max_tasks"],
