@@ -22,6 +22,7 @@
 #   overhead where a batch-1 infilling task's time goes beyond its network calls
 #            (benchmarks/task_overhead.py on the causal LM: the same architecture and sampler)
 #   done     (after packing the middles)
+# STAGES (default all) lists the optional ones to run: judged, greedy, overhead.
 # Estimated device time (H200) at LIMIT_S=1050 STEPS=7650 (run 3's AS-ARM: the same tokens):
 # the machine's start ~90 s, prepare ~45 s, training ~1150 s with startup, the stages after it
 # ~4 minutes: about 1500 s of the session's 1800.
@@ -33,8 +34,10 @@ MODEL=${MODEL:-xlnet_base}
 export IMPL=${IMPL:-pallas} LIMIT_S=${LIMIT_S:-300} STEPS=${STEPS:-2200}
 export TRAIN_ARGS=$(recipe "${LR:-1.2e-3}" "${BATCH:-64}") TRAIN_S=$((LIMIT_S + 240))
 export EXECUTE=${HE_EXECUTE:-0}
-mkdir -p "$RUNS/samples" && cp "$SAMPLES" "$RUNS/samples/"  # the carried tree goes away
-SAMPLES=$RUNS/samples/$(basename "$SAMPLES")
+if want judged; then  # copied at once: the carried tree goes away
+  mkdir -p "$RUNS/samples" && cp "$SAMPLES" "$RUNS/samples/"
+  SAMPLES=$RUNS/samples/$(basename "$SAMPLES")
+fi
 
 stage start
 CONFIG=configs/$MODEL.py bash $S prepare > "$OUT/prepare.log" 2>&1
@@ -42,18 +45,24 @@ train_causal
 stage causal
 evaluate_causal
 stage density
-python3 -m asarm_jax.evaluation.judge_samples --judge="$RUNS/causal" "$SAMPLES" \
-  > "$OUT/judge_samples.log" 2>&1
-cp "${SAMPLES%.npz}_judged.json" "${SAMPLES%.npz}_judged.png" "$OUT/"
-stage judged
-for BATCH_SIZE in 64 1; do
-  RUN=causal KIND=humaneval_single_line_prefix TEMP=0 METHODS=sequential:1 HE_BATCH=$BATCH_SIZE \
-    bash $S humaneval > /dev/null 2>&1
-done
-stage greedy
-python3 benchmarks/task_overhead.py --workdir="$RUNS/causal" --out="$OUT" \
-  > "$OUT/task_overhead.log" 2>&1
-stage overhead
+if want judged; then
+  python3 -m asarm_jax.evaluation.judge_samples --judge="$RUNS/causal" "$SAMPLES" \
+    > "$OUT/judge_samples.log" 2>&1
+  cp "${SAMPLES%.npz}_judged.json" "${SAMPLES%.npz}_judged.png" "$OUT/"
+  stage judged
+fi
+if want greedy; then
+  for BATCH_SIZE in 64 1; do
+    RUN=causal KIND=humaneval_single_line_prefix TEMP=0 METHODS=sequential:1 \
+      HE_BATCH=$BATCH_SIZE bash $S humaneval > /dev/null 2>&1
+  done
+  stage greedy
+fi
+if want overhead; then
+  python3 benchmarks/task_overhead.py --workdir="$RUNS/causal" --out="$OUT" \
+    > "$OUT/task_overhead.log" 2>&1
+  stage overhead
+fi
 (cd "$RUNS" && shopt -s nullglob && tar -czf "$OUT/eval_files.tgz" causal/eval/*_middles.json \
   causal/eval/*_scores.jsonl)
 stage done

@@ -6,6 +6,10 @@ stage() {  # NAME: marks a stage done, for `h100_session.sh wait NAME`
   echo "$(date +%T) $*" >> "$RUNS/stages.txt"
 }
 
+want() {  # NAME: whether STAGES (default: all) lists stage NAME
+  [[ " ${STAGES:-all} " == *" all "* || " ${STAGES:-all} " == *" $1 "* ]]
+}
+
 recipe() {  # LR BATCH: the --config overrides of that recipe; warmup is 300 steps at batch 64,
             # the same number of tokens at other batch sizes
   echo "--config.optim.learning_rate=$1 --config.train.batch_size=$2

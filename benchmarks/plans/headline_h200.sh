@@ -70,10 +70,6 @@ export TRAIN_ARGS=$(recipe "${LR:-1.2e-3}" "${BATCH:-64}")  # the recipe plan's 
 export TRAIN_S=$((LIMIT_S + 240))  # the hard stop: startup and compilation come on top
 export EXECUTE=${HE_EXECUTE:-1}  # 0: HumanEval middles only, scored later on a CPU
 
-want() {  # NAME: whether STAGES (default: all) lists stage NAME
-  [[ " ${STAGES:-all} " == *" all "* || " ${STAGES:-all} " == *" $1 "* ]]
-}
-
 stage start
 if want profile; then
   IMPLS=${IMPLS-cudnn pallas} PROFILE_CONFIG=$MODEL bash $S profile > "$OUT/profile.log" 2>&1
