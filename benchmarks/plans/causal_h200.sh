@@ -16,9 +16,12 @@
 #            (sequential, T=0.2) for python -m asarm_jax.evaluation.score_middles (HE_EXECUTE=1
 #            runs the tests here instead)
 #   judged   judge perplexity and entropy of SAMPLES (gen_samples_TAG_judged.json and .png)
-#   greedy   the prefix-only single-line tasks decoded greedily (T=0) at batch 64 and at batch 1:
-#            the same middles if a row decodes alone as it does among others, on the GPU in
-#            bf16 (run 3's batch-1 HumanEval passed 1.0 point more than its batch-64 runs)
+#   greedy   the single-line infilling tasks (prefix, hidden span, suffix) decoded greedily (T=0)
+#            at batch 64 and at batch 1: the same middles if a row decodes alone as it does
+#            among others, on the GPU in bf16 (run 3's batch-1 HumanEval passed 1.0 point more
+#            than its batch-64 runs). The causal LM infills badly, but the sampler and masks are
+#            the AS-ARM's, which is what the check is about; benchmarks/compare_middles.py
+#            counts the identical middles
 #   overhead where a batch-1 infilling task's time goes beyond its network calls
 #            (benchmarks/task_overhead.py on the causal LM: the same architecture and sampler)
 #   done     (after packing the middles)
@@ -53,7 +56,7 @@ if want judged; then
 fi
 if want greedy; then
   for BATCH_SIZE in 64 1; do
-    RUN=causal KIND=humaneval_single_line_prefix TEMP=0 METHODS=sequential:1 \
+    RUN=causal KIND=humaneval_single_line TEMP=0 METHODS=sequential:1,tree:8 \
       HE_BATCH=$BATCH_SIZE bash $S humaneval > /dev/null 2>&1
   done
   stage greedy
