@@ -6,9 +6,10 @@ HumanEval single-line at batch 1 (``docs/results.md``, run 3) costs about 7 ms p
 its network calls, half of sequential decoding's time; this splits it. Rows are held-out rows of
 the checkpoint's corpus (those of ``sampling_speed.py``), ``--length`` real tokens (default:
 three quarters of ``seq_len``, 384 of 512) with ``h`` hidden ones from position ``length // 2``
-(the rest visible, like an infilling prompt), for h in ``--hidden``. Any checkpoint of the same architecture will do: the number of calls of
-sequential decoding is h whatever the weights. For every method of ``--methods`` and every h,
-``--rows`` rows are decoded one at a time after an untimed compiling call, and per task:
+(the rest visible, like an infilling prompt), for h in ``--hidden``. Any checkpoint of the same
+architecture will do: the number of calls of sequential decoding is h whatever the weights. For
+every method of ``--methods`` and every h, ``--rows`` rows are decoded one at a time after an
+untimed compiling call, and per task:
 
 * ``dispatch_ms``: until ``sampling.generate`` returns (argument checks, the compilation cache's
   key, the launch; JAX dispatches asynchronously, so not the device's work);
@@ -18,7 +19,9 @@ sequential decoding is h whatever the weights. For every method of ``--methods``
 
 and the host's pieces alone: ``batch_key_ms`` (a batch's random key) and ``arrays_ms`` (a
 batch's padded arrays). A straight line through ``call_ms`` against h gives each method's fixed
-cost and its cost per hidden token. Writes DIR/task_overhead.json and prints a table.
+cost and its cost per hidden token. Writes DIR/task_overhead.json and prints a table. With
+``--trace``, a profiler trace of 8 tasks of the first method, h = 0 then the largest h, is
+written under DIR/trace as Perfetto JSON: the host's and the device's timelines.
 """
 import datetime
 import json
@@ -41,6 +44,7 @@ flags.DEFINE_integer("length", 0, "Real tokens per row (the rest of seq_len is p
                      "0: three quarters of seq_len.")
 flags.DEFINE_integer("rows", 32, "Timed rows per (method, hidden).")
 flags.DEFINE_float("temperature", 0.2, "Sampling temperature.")
+flags.DEFINE_bool("trace", False, "Also write a profiler trace of a few tasks.")
 
 
 def task_rows(heldout: np.ndarray, hidden: int, count: int, length: int) -> list[generation.Row]:
@@ -112,6 +116,16 @@ def main(_):
     points = [(r["hidden"], r["call_ms"]) for r in results if r["method"] == method]
     slope, fixed = np.polyfit(*zip(*points), 1)
     fits[spec] = {"fixed_ms": float(fixed), "per_hidden_token_ms": float(slope)}
+  if FLAGS.trace:
+    method, k = FLAGS.methods[0].split(":")
+    trace_dir = os.path.join(FLAGS.out, "trace")
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for h in (0, max(hidden)):
+        time_calls(loaded, task_rows(heldout, h, 4, length), method, int(k), seed=7)
+    for folder, _, files in os.walk(trace_dir):  # the same timelines in bulkier formats
+      for name in files:
+        if name != "perfetto_trace.json.gz":
+          os.remove(os.path.join(folder, name))
   row = task_rows(heldout, 1, 1, length)
   base = jax.random.key(0)
   report = {

@@ -62,7 +62,7 @@ if want greedy; then
   stage greedy
 fi
 if want overhead; then
-  python3 benchmarks/task_overhead.py --workdir="$RUNS/causal" --out="$OUT" \
+  python3 benchmarks/task_overhead.py --workdir="$RUNS/causal" --out="$OUT" --trace \
     > "$OUT/task_overhead.log" 2>&1
   stage overhead
 fi
