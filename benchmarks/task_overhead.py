@@ -1,4 +1,4 @@
-"""Where a batch-1 infilling task's time goes: the fixed cost of one sampler invocation (not a test).
+"""Where a batch-1 infilling task's time goes: the fixed cost of a sampler invocation (not a test).
 
   python benchmarks/task_overhead.py --workdir=runs/causal --out=DIR
 
