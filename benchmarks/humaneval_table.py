@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from asarm_jax.evaluation import compare_passes, score_middles
+from asarm_jax.evaluation import compare_passes, jsonio, score_middles
 
 
 def _existing(path: str) -> str:
@@ -31,7 +31,7 @@ def table(step_json: str, eval_dir: str) -> str:
   rows, base = [], None
   for spec, r in step.items():
     stem = os.path.join(eval_dir, score_middles.stem(r["middles"]))
-    with open(_existing(f"{stem}_report.json"), encoding="utf-8") as f:
+    with jsonio.open_text(_existing(f"{stem}_report.json")) as f:
       report = json.load(f)
     passes = compare_passes.passes(_existing(f"{stem}_scores.jsonl"))
     if base is None:
