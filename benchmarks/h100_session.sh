@@ -105,11 +105,13 @@ EOF
 
 case "$1" in
   setup) ;;
-  background)  # from a copy of the checkout, with absolute paths, detached from this call
+  background)  # from a copy of the checkout, with absolute paths, detached from this call; its
+                # PYTHONPATH names the copy (the carried tree goes away: a script run by path
+                # lost `import asarm_jax` once a later call carried nothing)
     RUNS=$(realpath "$RUNS"); CODE="$RUNS/code"; LOG="$RUNS/$(basename "$2" .sh).log"
     rm -rf "$CODE" && mkdir -p "$CODE" && cp -r asarm_jax benchmarks configs launch tests setup.py "$CODE"/
     [ -f "$2" ] && JOB=(bash "$2") || JOB=(bash benchmarks/h100_session.sh "$2")
-    (cd "$CODE" && RUNS="$RUNS" OUT="$RUNS/out" setsid nohup "${JOB[@]}" > "$LOG" 2>&1 < /dev/null &)
+    (cd "$CODE" && RUNS="$RUNS" OUT="$RUNS/out" PYTHONPATH="/tmp/site:$CODE" setsid nohup "${JOB[@]}" > "$LOG" 2>&1 < /dev/null &)
     echo "started $2 in the background from $CODE: $LOG"
     ;;
   wait)
