@@ -1,5 +1,7 @@
 """Batching of `evaluation.generation.generate_rows`: by hidden count, with a fresh random stream
 per batch across resumes, and every record back under its own key."""
+import hashlib
+
 import jax
 import numpy as np
 import pytest
@@ -70,6 +72,23 @@ def test_a_resumed_run_draws_no_batch_key_twice(tmp_path, fake):
   assert len(fake.batches) == 2 + 2  # only the five new rows were generated
   assert len(set(fake.keys)) == len(fake.keys)
   assert all(resumed[key] == record for key, record in first.items())
+
+
+@pytest.mark.parametrize("base", [jax.random.key(7), jax.random.PRNGKey(7)],
+                         ids=["typed", "raw"])
+def test_a_batch_key_is_the_base_folded_with_its_rows_hash(base):
+  """Caches written by earlier versions resume on the same random streams: the key is
+  ``fold_in(fold_in(base, lo), hi)`` of the first row key's 64-bit BLAKE2b hash, both halves
+  little-endian, whatever computes it."""
+  for row_key in ("SingleLineInfilling/HumanEval/0/L0#0", "é", "x" * 300):
+    digest = hashlib.blake2b(row_key.encode(), digest_size=8).digest()
+    want = base
+    for half in (digest[:4], digest[4:]):
+      want = jax.random.fold_in(want, int.from_bytes(half, "little"))
+    got = generation.batch_key(base, row_key)
+    if jax.dtypes.issubdtype(got.dtype, jax.dtypes.prng_key):
+      got, want = jax.random.key_data(got), jax.random.key_data(want)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_each_batch_is_dispatched_before_the_previous_one_is_written(tmp_path, fake,

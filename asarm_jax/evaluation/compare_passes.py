@@ -10,8 +10,8 @@ the discordant pairs says whether they do. Prints a markdown table, each file ag
 """
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 from typing import Mapping, Sequence
 
 from asarm_jax.evaluation import humaneval_infill, metrics
@@ -53,9 +53,11 @@ def table(paths: Sequence[str]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: Sequence[str]) -> None:
-  print(table(argv))
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("files", nargs="+", help="BASE then OTHER results files (*.jsonl[.gz])")
+  print(table(parser.parse_args(argv).files))
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  main()
