@@ -12,7 +12,8 @@ every method of ``--methods`` and every h, ``--rows`` rows are decoded one at a 
 untimed compiling call, and per task:
 
 * ``dispatch_ms``: until ``sampling.generate`` returns (argument checks, the compilation cache's
-  key, the launch; JAX dispatches asynchronously, so not the device's work);
+  key, the launch; where JAX dispatches asynchronously, not the device's work, but on the GPU
+  a sampler's ``lax.while_loop`` keeps it until the loop ends: ``docs/results.md``);
 * ``call_ms``: until its result is ready, tasks one after another with nothing overlapped;
 * ``rows_ms``: ``generation.generate_rows`` at batch 1, the evaluation's loop (each task
   dispatched before the previous one is pulled and written).

@@ -69,7 +69,8 @@ def main(_):
   if FLAGS.child:
     print(json.dumps(time_variant()))
     return
-  report = {"config": config_flags.get_config_filename(FLAGS["config"]), "rows": FLAGS.rows, "variants": {}}
+  report = {"config": config_flags.get_config_filename(FLAGS["config"]), "rows": FLAGS.rows,
+            "variants": {}}
   for variant in FLAGS.variants:
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " "
                                       + XLA_FLAGS[variant]).strip())
