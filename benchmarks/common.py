@@ -19,6 +19,11 @@ def config_of(name: str, **model):
   return config
 
 
+def model_config(name: str, **model) -> dict:
+  """The ``config`` field of a record: the config file and the model keys given."""
+  return {"file": f"configs/{name}.py", **{f"model.{k}": v for k, v in model.items() if v}}
+
+
 def train_setup(name: str, batch_size: int = 0, **model):
   """``(config, jitted step, sharded state, tokens, rng)`` for configs/NAME.py (random tokens)."""
   config = config_of(name, **model)
@@ -74,8 +79,6 @@ def call_setup(config, batch: int, rows: int, calls: int):
   cache = cache._replace(positions_BxS=jnp.broadcast_to(jnp.arange(512, dtype=jnp.int32),
                                                           (batch, 512)))
   return call_loop(model, batch, rows, calls), (params, cache)
-
-
 
 
 def ms_per_call(loop, args: tuple, calls: int, repeats: int = 3) -> float:

@@ -1,22 +1,23 @@
-"""The floor for one sampling call: a plain causal transformer with a KV cache (not a test).
+"""The floor for one sampling call: a plain causal transformer with a KV cache.
 
-  python benchmarks/floor_model.py --batches=1,64 --rows=1,16,36,80,160
+  python -m benchmarks floor_model --batches=1,64 --rows=1,16,36,80,160
 
 12 layers, d=768, 12 heads, 3072 MLP, 32k vocabulary (110M, like xlnet_base), bf16, a
 512-slot KV cache written with ``dynamic_update_slice``, pre-LN, tied head on the new rows,
 and no mask other than "slot < filled". Calls run back to back inside one jitted
 ``lax.fori_loop``, so the figure is device time per call with no host round trip: what a
-compiled sampler of a 110M model should come near. ``benchmarks/call_cost.py`` times it
-beside our own call.
+compiled sampler of a 110M model should come near. :mod:`benchmarks.call_cost` times it
+beside our own call. One record per (batch, rows).
 """
 from __future__ import annotations
+
+import argparse
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 
-import common
+from benchmarks import cli, common, records
 
 LAYERS, WIDTH, HEADS, MLP, VOCAB, SLOTS = 12, 768, 12, 3072, 32000, 512
 
@@ -79,18 +80,17 @@ def ms_per_call(batch: int, rows: int, calls: int = 200, repeats: int = 3) -> fl
   return common.ms_per_call(loop, (params, cache, cache), calls, repeats)
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_list("batches", ["1", "64"], "Batch sizes.")
-flags.DEFINE_list("rows", ["1", "16", "36", "80", "160"], "New rows per sequence per call.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--batches", type=cli.list_of(int), default="1,64", help="batch sizes")
+  parser.add_argument("--rows", type=cli.list_of(int), default="1,16,36,80,160",
+                      help="new rows per sequence per call")
+  parser.add_argument("--calls", type=int, default=200, help="calls per timed loop")
 
 
-def main(_):
-  print("| rows | " + " | ".join(f"batch {b}" for b in FLAGS.batches) + " |")
-  print("|---|" + "---|" * len(FLAGS.batches))
-  for rows in map(int, FLAGS.rows):
-    cells = [f"{ms_per_call(int(b), rows):.3f} ms" for b in FLAGS.batches]
-    print(f"| {rows} | " + " | ".join(cells) + " |", flush=True)
-
-
-if __name__ == "__main__":
-  app.run(main)
+def run(batches: list[int] = (1,), rows: list[int] = (1,), calls: int = 200) -> list[dict]:
+  """Milliseconds per call of the floor model at every batch size and row count."""
+  return [records.make("floor_model", {"batch": batch, "rows": r, "calls": calls},
+                       {"ms_per_call": ms_per_call(batch, r, calls)},
+                       {"layers": LAYERS, "width": WIDTH, "heads": HEADS, "mlp": MLP,
+                        "vocab": VOCAB, "slots": SLOTS, "dtype": "bfloat16"})
+          for batch in batches for r in rows]

@@ -1,17 +1,19 @@
-"""Where device time goes: one training step and sampling calls, by part of the model (not a test).
+"""Where device time goes: one training step and sampling calls, by part of the model.
 
-  python benchmarks/profile_step.py --config=xlnet_base --out=DIR [--attention_impl=cudnn]
+  python -m benchmarks profile_step --config=xlnet_base [--attention_impl=cudnn] \
       [--train_step=false --calls=1:1,1:36]
 
-Runs the real jitted train step (``benchmarks/train_throughput.py``'s setup) and the cached
-sampling call (``benchmarks/call_cost.py``) under the JAX profiler. Every GPU kernel of the
+Runs the real jitted train step (:mod:`benchmarks.train_throughput`'s setup) and the cached
+sampling call (:mod:`benchmarks.call_cost`) under the JAX profiler. Every GPU kernel of the
 trace is mapped to the HLO instruction it ran and that instruction's source scope (flax module
 paths with ``flax_profile``, plus the named scopes ``alibi``, ``rotary``, ``attend``,
 ``log_probs`` and ``optimizer``), and device time is summed per part, forward and backward
-apart. Writes DIR/profile.json (parts and the top kernels) and prints markdown tables.
+apart. One record per profiled program (``train_step``, ``call_bB_rR``): device ms per part
+and the top kernels.
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import glob
 import gzip
@@ -22,17 +24,17 @@ import tempfile
 
 import flax
 import jax
-import numpy as np
-from absl import app, flags
 
-import common
+from benchmarks import cli, common, records
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "xlnet_base", "configs/ name.")
-flags.DEFINE_string("attention_impl", "", "Override model.attention_impl.")
-flags.DEFINE_bool("train_step", True, "Profile the training step (before the calls).")
-flags.DEFINE_list("calls", ["1:1", "1:36", "64:1", "64:36"], "Sampling calls (batch:rows).")
-flags.DEFINE_string("out", ".", "Output directory.")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", default="xlnet_base", help="configs/ name")
+  parser.add_argument("--attention_impl", default="", help="override model.attention_impl")
+  parser.add_argument("--train_step", type=cli.flag_bool, default=True,
+                      help="profile the training step (before the calls)")
+  parser.add_argument("--calls", type=cli.list_of(cli.pair), default="1:1,1:36,64:1,64:36",
+                      help="sampling calls (batch:rows)")
 
 # (part, regex over the op_name scope), first match wins.
 PARTS = (("optimizer", r"/optimizer"),
@@ -119,55 +121,40 @@ def breakdown(kernels: list[dict], scopes: dict[str, str], runs: int) -> dict:
           "arg_keys": sorted({key for e in kernels for key in e.get("args", {})})}
 
 
-def print_table(title: str, result: dict) -> None:
-  print(f"\n### {title}: {result['device_ms']:.2f} ms of kernels per run "
-        f"({result['unmapped_ms']:.2f} ms unmapped)\n\n| part | direction | ms | share |\n"
-        "|---|---|---|---|")
-  for key, ms in result["parts"].items():
-    part, direction = key.split(" | ")
-    print(f"| {part} | {direction} | {ms:.3f} | {100 * ms / result['device_ms']:.1f}% |")
-
-
-def profile_train_step(impl: str | None, results: dict) -> None:
-  config, step, state, tokens, rng = common.train_setup(FLAGS.config, attention_impl=impl)
+def profile_train_step(config_name: str, impl: str | None) -> dict:
+  """The breakdown of 3 runs of the real train step."""
+  _, step, state, tokens, rng = common.train_setup(config_name, attention_impl=impl)
   step = step.lower(state, tokens, rng).compile()  # one compile: its HLO is what runs
   scopes = hlo_scopes(step.as_text())
   for _ in range(3):
     state, _ = step(state, tokens, rng)
-  kernels = gpu_kernels(step, (state, tokens, rng), runs=3)
-  results["train_step"] = breakdown(kernels, scopes, runs=3)
-  print_table(f"train step, {FLAGS.config}, batch {config.train.batch_size}",
-              results["train_step"])
-  save(results)
+  return breakdown(gpu_kernels(step, (state, tokens, rng), runs=3), scopes, runs=3)
 
 
-def main(_):
+def profile_calls(config, batch: int, rows: int, calls: int = 50) -> dict:
+  """The breakdown of ``calls`` cached sampling calls of ``rows`` query rows, per call."""
+  loop, args = common.call_setup(config, batch, rows, calls=calls)
+  loop = loop.lower(*args).compile()
+  scopes = hlo_scopes(loop.as_text())
+  jax.block_until_ready(loop(*args))
+  kernels = gpu_kernels(loop, args, runs=1)
+  return {**breakdown(kernels, scopes, runs=calls), "kernels_per_call": len(kernels) / calls}
+
+
+def run(config: str = "xlnet_base", attention_impl: str = "", train_step: bool = True,
+        calls: list[tuple[int, int]] = ((1, 1),)) -> list[dict]:
+  """One record per profiled program: the train step (``train_step``) and each call shape."""
   flax.config.update("flax_profile", True)  # module paths in op_name
-  results = {}
-  impl = FLAGS.attention_impl or None
-  if FLAGS.train_step:
-    profile_train_step(impl, results)
-  config = common.config_of(FLAGS.config, attention_impl=impl)
-  for shape in FLAGS.calls:
-    batch, rows = map(int, shape.split(":"))
-    loop, args = common.call_setup(config, batch, rows, calls=50)
-    loop = loop.lower(*args).compile()
-    scopes = hlo_scopes(loop.as_text())
-    jax.block_until_ready(loop(*args))
-    kernels = gpu_kernels(loop, args, runs=1)
-    result = breakdown(kernels, scopes, runs=50)
-    result["kernels_per_call"] = len(kernels) / 50
-    results[f"call_b{batch}_r{rows}"] = result
-    print_table(f"sampling call, batch {batch}, {rows} query rows "
-                f"({result['kernels_per_call']:.0f} kernels per call)", result)
-    save(results)
-
-
-def save(results: dict) -> None:
-  os.makedirs(FLAGS.out, exist_ok=True)
-  with open(os.path.join(FLAGS.out, "profile.json"), "w") as f:
-    json.dump(results, f, indent=1)
-
-
-if __name__ == "__main__":
-  app.run(main)
+  impl = attention_impl or None
+  model = common.config_of(config, attention_impl=impl)
+  described = common.model_config(config, attention_impl=model.model.attention_impl)
+  made = []
+  if train_step:
+    made.append(records.make("profile_step", {"program": "train_step",
+                                              "batch": model.train.batch_size},
+                             profile_train_step(config, impl), described))
+  for batch, rows in calls:
+    made.append(records.make("profile_step", {"program": "call", "batch": batch, "rows": rows,
+                                              "calls": 50},
+                             profile_calls(model, batch, rows), described))
+  return made

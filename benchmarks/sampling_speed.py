@@ -1,61 +1,68 @@
-"""Sampling speed of every method on a trained checkpoint, side by side, plus the reference's call.
+"""Sampling speed of every method on a trained checkpoint, side by side, and the reference's call.
 
-  python benchmarks/sampling_speed.py --workdir=runs/xlnet_base --out=DIR [--reference] \
-      [--auto_table=asarm_jax/sampling/auto_table.json]
-  python benchmarks/sampling_speed.py --plot_from=DIR/NAME.json --out=docs/results  # NAME.png
+  python -m benchmarks sampling_speed --workdir=runs/xlnet_base [--reference=true] \
+      [--auto_table=asarm_jax/sampling/methods/auto_table.json]
 
 Prompts are held-out rows of the checkpoint's corpus (seq_len tokens) with a random 5% (and
 50%) of positions visible; the rest are generated left to right. Every configuration (batch,
-method, size) is compiled once by an untimed warm-up call, then timed at every visible
-fraction and temperature (the temperature is a traced argument: no recompilation). At batch 1
-each timing covers ``--batch1_prompts`` prompts decoded one after another. Configurations run
-in priority order until ``--budget_s`` is spent. ``--auto_table`` writes, for every measured
-(batch, visible, temperature), the fastest exact configuration: the table of ``method="auto"``.
-``--reference`` times one call of a randomly initialised HF ``XLNetLMHeadModel`` at base size
-(fp32, batch 1, perm_mask plus a k-row target_mapping): the reference implementation's cost.
+sampler spec) is compiled once by an untimed warm-up call, then timed at every visible fraction
+and temperature (the temperature is a traced argument: no recompilation). At batch 1 each
+timing covers ``--batch1_prompts`` prompts decoded one after another. Configurations run in
+priority order until ``--budget_s`` is spent. One record per (configuration, visible,
+temperature). ``--auto_table`` writes, for every measured (batch, visible, temperature), the
+fastest exact configuration: the table of ``method="auto"``. ``--reference=true`` adds a record
+of one call of a randomly initialised HF ``XLNetLMHeadModel`` at base size (fp32, batch 1,
+perm_mask plus a k-row target_mapping): the reference implementation's cost (needs torch and a
+GPU).
 """
-import datetime
+from __future__ import annotations
+
+import argparse
 import json
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 
 from asarm_jax import data, inference, sampling
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Trained workdir (checkpoints + data).")
-flags.DEFINE_string("out", ".", "Output directory.")
-flags.DEFINE_float("budget_s", 420.0, "Stop starting new configurations after this long.")
-flags.DEFINE_bool("reference", False, "Also time the HF XLNet reference call.")
-flags.DEFINE_string("plot_from", "", "Only plot from this JSON.")
-flags.DEFINE_string("attention_impl", "", "Attention kernel (xla or cudnn); default: the "
-                    "checkpoint's model.attention_impl.")
-flags.DEFINE_string("auto_table", "", "Write the table of method='auto' here.")
-flags.DEFINE_integer("batch1_prompts", 4, "Prompts per batch-1 timing.")
-flags.DEFINE_integer("depth", 6, "Tree depth D.")
-flags.DEFINE_integer("ngram", 2, "Prompt-lookup match length of the tree (0: off).")
-flags.DEFINE_list("batches", ["1", "64"], "Batch sizes of the grid to run.")
+from asarm_jax.sampling.spec import SamplerSpec
+from benchmarks import cli, records
 
 EXACT = ("sequential", "assd", "assd_fused", "tree")
-TREE_SIZES = (4, 8, 16, 32, 64)
-# (batch, method, k, extra generate() arguments), in priority order; each runs at every
-# visible fraction and temperature.
-GRID = ([(1, "sequential", 1, {}), (1, "tree", 16, {}), (1, "assd_fused", 5, {}),
-         (1, "assd", 5, {}), (1, "tree", 8, {}), (1, "tree", 32, {}), (1, "tree", 4, {}),
-         (1, "tree", 64, {}), (1, "tree", 16, {"ngram": 0}),
-         (64, "sequential", 1, {}), (64, "tree", 4, {}), (64, "tree", 8, {}),
-         (64, "assd_fused", 5, {}), (64, "assd", 5, {}), (64, "tree", 16, {}),
-         (64, "tree", 32, {}), (64, "tree", 64, {})])
+# (batch, spec fields) in priority order; each runs at every visible fraction and temperature.
+GRID = ([(1, dict(method="sequential")), (1, dict(method="tree", num_nodes=16)),
+         (1, dict(method="assd_fused", k=5)), (1, dict(method="assd", k=5)),
+         (1, dict(method="tree", num_nodes=8)), (1, dict(method="tree", num_nodes=32)),
+         (1, dict(method="tree", num_nodes=4)), (1, dict(method="tree", num_nodes=64)),
+         (1, dict(method="tree", num_nodes=16, ngram=0)),
+         (64, dict(method="sequential")), (64, dict(method="tree", num_nodes=4)),
+         (64, dict(method="tree", num_nodes=8)), (64, dict(method="assd_fused", k=5)),
+         (64, dict(method="assd", k=5)), (64, dict(method="tree", num_nodes=16)),
+         (64, dict(method="tree", num_nodes=32)), (64, dict(method="tree", num_nodes=64))])
 VISIBLE = (0.05, 0.5)
 TEMPERATURES = (1.0, 0.7, 0.2)
 
 
-def heldout_rows(loaded, workdir):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True, help="trained workdir (checkpoints + data)")
+  parser.add_argument("--budget_s", type=float, default=420.0,
+                      help="stop starting new configurations after this long")
+  parser.add_argument("--reference", type=cli.flag_bool, default=False,
+                      help="also time the HF XLNet reference call")
+  parser.add_argument("--attention_impl", default="",
+                      help="attention kernel; default: the checkpoint's model.attention_impl")
+  parser.add_argument("--auto_table", default="", help="write the table of method='auto' here")
+  parser.add_argument("--batch1_prompts", type=int, default=4, help="prompts per batch-1 timing")
+  parser.add_argument("--depth", type=int, default=6, help="tree depth D")
+  parser.add_argument("--ngram", type=int, default=2,
+                      help="prompt-lookup match length of the tree (0: off)")
+  parser.add_argument("--batches", type=cli.list_of(int), default="1,64",
+                      help="batch sizes of the grid to run")
+
+
+def heldout_rows(loaded: inference.Loaded, workdir: str) -> np.ndarray:
   """64 held-out rows of ``seq_len`` tokens (read once for the whole grid)."""
   config = loaded.config
   return data.heldout_batches(config.data, loaded.tokenizer,
@@ -63,7 +70,8 @@ def heldout_rows(loaded, workdir):
                               batch_size=64, num_batches=1)[0]
 
 
-def prompts(rows, batch, fraction, seed=0):
+def prompts(rows: np.ndarray, batch: int, fraction: float, seed: int = 0):
+  """``(tokens, visible)`` of ``batch`` rows with a random ``fraction`` of positions visible."""
   tokens = np.resize(rows, (batch, rows.shape[1]))
   rs = np.random.default_rng(seed)
   visible = np.zeros(tokens.shape, bool)
@@ -72,71 +80,82 @@ def prompts(rows, batch, fraction, seed=0):
   return jnp.asarray(tokens), jnp.asarray(visible)
 
 
-def decode(loaded, batches, method, k, temperature, extra, seed):
+def decode(loaded: inference.Loaded, batches: list, spec: SamplerSpec, seed: int):
   """Decodes every (tokens, visible) batch in turn; returns (seconds, generated, calls)."""
   generated = calls = 0
   t0 = time.perf_counter()
   for i, (tokens, visible) in enumerate(batches):
     out = sampling.generate(loaded.model, loaded.params, tokens, visible,
-                            jax.random.PRNGKey(seed + i), method=method, k=k,
-                            temperature=temperature, **extra)
+                            jax.random.PRNGKey(seed + i), spec=spec)
     out = jax.device_get((out.num_generated_B, out.num_calls_B))
     generated, calls = generated + out[0], calls + out[1]
   return time.perf_counter() - t0, generated, calls
 
 
-def run_grid(loaded, workdir):
-  results, start = [], time.perf_counter()
+def run_grid(loaded: inference.Loaded, workdir: str, budget_s: float, batch1_prompts: int,
+             depth: int, ngram: int, batches: list[int]) -> list[dict]:
+  """One record per timed (configuration, visible fraction, temperature)."""
+  made, start = [], time.perf_counter()
   rows = heldout_rows(loaded, workdir)
-  for batch, method, k, extra in GRID:
-    if str(batch) not in FLAGS.batches:
+  config = {"workdir": workdir, "step": int(loaded.step),
+            "attention_impl": loaded.model.attention_impl}
+  for batch, fields in GRID:
+    if batch not in batches:
       continue
-    extra = {**({"depth": FLAGS.depth, "ngram": FLAGS.ngram} if method == "tree" else {}),
-             **extra}
-    if time.perf_counter() - start > FLAGS.budget_s:
-      print(f"budget spent; skipping batch {batch} {method} k={k} {extra}", flush=True)
+    base = SamplerSpec(**{"depth": depth, "ngram": ngram, **fields})
+    if time.perf_counter() - start > budget_s:
+      print(f"budget spent; skipping batch {batch} {base.describe()}", flush=True)
       continue
-    count = FLAGS.batch1_prompts if batch == 1 else 1
+    count = batch1_prompts if batch == 1 else 1
     for fraction in VISIBLE:
-      batches = [prompts(np.roll(rows, -i, 0), batch, fraction, seed=i) for i in range(count)]
+      prompt_batches = [prompts(np.roll(rows, -i, 0), batch, fraction, seed=i)
+                        for i in range(count)]
       if fraction == VISIBLE[0]:  # compile and warm up, untimed
-        decode(loaded, batches[:1], method, k, 1.0, extra, seed=100)
+        decode(loaded, prompt_batches[:1], base, seed=100)
       for temperature in TEMPERATURES:
-        seconds, generated, calls = decode(loaded, batches, method, k, temperature, extra, 1)
-        row = {"batch": batch, "method": method, "k": k, **extra, "visible": fraction,
-               "temperature": temperature, "prompts": count * batch,
-               "tokens_per_call": float(generated.sum() / calls.sum()),
-               "mean_calls": float(calls.mean()), "mean_generated": float(generated.mean()),
-               "seconds": seconds, "seconds_per_sample": seconds / (count * batch),
-               "tokens_per_s": float(generated.sum() / seconds),
-               "ms_per_call": 1e3 * seconds / float(calls.max())}  # batch 1: summed
-        print(json.dumps(row), flush=True)
-        results.append(row)
-  return results
+        spec = base.replace(temperature=temperature)
+        seconds, generated, calls = decode(loaded, prompt_batches, spec, seed=1)
+        made.append(records.make(
+            "sampling_speed", {"batch": batch, **cli.spec_settings(spec), "visible": fraction,
+                               "prompts": count * batch},
+            {"tokens_per_call": float(generated.sum() / calls.sum()),
+             "mean_calls": float(calls.mean()), "mean_generated": float(generated.mean()),
+             "seconds": seconds, "seconds_per_sample": seconds / (count * batch),
+             "tokens_per_s": float(generated.sum() / seconds),
+             "ms_per_call": 1e3 * seconds / float(calls.max())},  # batch 1: summed
+            config))
+        print(json.dumps(made[-1]["settings"] | made[-1]["metrics"]), flush=True)
+  return made
 
 
-def auto_table(results, command):
+def fastest_table(made: list[dict]) -> dict:
   """The fastest exact configuration at every measured (batch, visible, temperature)."""
   entries = []
-  settings = sorted({(r["batch"], r["visible"], r["temperature"]) for r in results})
-  for batch, visible, temperature in settings:
-    rows = [r for r in results if (r["batch"], r["visible"], r["temperature"]) ==
-            (batch, visible, temperature) and r["method"] in EXACT]
-    best = max(rows, key=lambda r: r["tokens_per_s"])
-    sequential = [r for r in rows if r["method"] == "sequential"]
+  keys = lambda r: (r["settings"]["batch"], r["settings"]["visible"],
+                    r["settings"]["temperature"])
+  for batch, visible, temperature in sorted({keys(r) for r in made}):
+    same = [r for r in made if keys(r) == (batch, visible, temperature)
+            and r["settings"]["method"] in EXACT]
+    best = max(same, key=lambda r: r["metrics"]["tokens_per_s"])
+    sequential = [r for r in same if r["settings"]["method"] == "sequential"]
+    s = best["settings"]
     entries.append({
         "batch": batch, "visible": visible, "temperature": temperature,
-        "best": {"method": best["method"], "k": best["k"], "depth": best.get("depth", 0),
-                 "ngram": best.get("ngram", 0)},
-        "tokens_per_s": best["tokens_per_s"], "tokens_per_call": best["tokens_per_call"],
-        "speedup_vs_sequential": (best["tokens_per_s"] / sequential[0]["tokens_per_s"]
+        "best": {"method": s["method"], "k": s.get("num_nodes", s.get("k", 1)),
+                 "depth": s.get("depth", 0), "ngram": s.get("ngram", 0)},
+        "tokens_per_s": best["metrics"]["tokens_per_s"],
+        "tokens_per_call": best["metrics"]["tokens_per_call"],
+        "speedup_vs_sequential": (best["metrics"]["tokens_per_s"]
+                                  / sequential[0]["metrics"]["tokens_per_s"]
                                   if sequential else None)})
-  return {"device": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),
-          "command": command, "entries": entries}
+  first = made[0]
+  return {"device": first["accelerator"], "date": first["date"], "commit": first["commit"],
+          "entries": entries}
 
 
-def reference_call_ms(k=5, length=512, repeats=20):
-  import torch  # pylint: disable=g-import-not-at-top
+def reference_call_ms(k: int = 5, length: int = 512, repeats: int = 20) -> float:
+  """Median milliseconds of one call of HF's XLNet at base size, as the paper's code runs it."""
+  import torch  # pylint: disable=g-import-not-at-top  (GPU machines only)
   from transformers import XLNetConfig, XLNetLMHeadModel  # pylint: disable=g-import-not-at-top
   model = XLNetLMHeadModel(XLNetConfig()).cuda().eval()  # base size, random weights, fp32
   ids = torch.randint(5, 32000, (1, length)).cuda()
@@ -156,58 +175,18 @@ def reference_call_ms(k=5, length=512, repeats=20):
   return 1e3 * float(np.median(times))
 
 
-def plot(results, out):
-  """Tokens per call against the tree's node budget, per temperature (batch 1), with the
-  chain methods as horizontal lines."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, len(VISIBLE), figsize=(11, 4), sharey=True)
-  colors = dict(zip(TEMPERATURES, ("C0", "C1", "C2")))
-  for ax, fraction in zip(axes, VISIBLE):
-    for temperature in TEMPERATURES:
-      same = [r for r in results if r["batch"] == 1 and r["visible"] == fraction
-              and r["temperature"] == temperature]
-      pts = sorted((r["k"], r["tokens_per_call"]) for r in same
-                   if r["method"] == "tree" and r.get("ngram", 0) == FLAGS.ngram)
-      if pts:
-        ax.plot(*zip(*pts), marker="o", color=colors[temperature], label=f"tree, T={temperature}")
-      for r in same:
-        if r["method"] == "assd_fused":
-          ax.axhline(r["tokens_per_call"], color=colors[temperature], ls=":",
-                     label=f"assd_fused k=5, T={temperature}")
-    ax.axhline(1.0, color="gray", ls="--", label="sequential")
-    ax.set_xscale("log", base=2)
-    ax.set_title(f"{int(100 * fraction)}% visible, batch 1")
-    ax.set_xlabel("tree nodes N")
-  axes[0].set_ylabel("tokens per network call")
-  axes[0].legend(fontsize=7)
-  fig.tight_layout()
-  name = os.path.splitext(os.path.basename(FLAGS.plot_from))[0]
-  fig.savefig(os.path.join(out, f"{name}.png"), dpi=120)
-
-
-def main(_):
-  os.makedirs(FLAGS.out, exist_ok=True)
-  if FLAGS.plot_from:
-    with open(FLAGS.plot_from) as f:
-      plot(json.load(f)["results"], FLAGS.out)
-    return
-  loaded = inference.load(FLAGS.workdir, FLAGS.attention_impl or None)
-  report = {"device": jax.devices()[0].device_kind, "step": loaded.step,
-            "attention": loaded.model.attention_impl,
-            "params_M": sum(x.size for x in jax.tree_util.tree_leaves(loaded.params)) / 1e6}
-  if FLAGS.reference:
-    report["reference_call_ms"] = reference_call_ms()
-    print("reference call ms", report["reference_call_ms"], flush=True)
-  report["results"] = run_grid(loaded, FLAGS.workdir)
-  with open(os.path.join(FLAGS.out, "sampling_speed.json"), "w") as f:
-    json.dump(report, f, indent=1)
-  if FLAGS.auto_table:
-    command = "python benchmarks/sampling_speed.py " + " ".join(sys.argv[1:])
-    with open(FLAGS.auto_table, "w") as f:
-      json.dump(auto_table(report["results"], command), f, indent=1)
-
-
-if __name__ == "__main__":
-  app.run(main)
+def run(workdir: str, budget_s: float = 420.0, reference: bool = False, attention_impl: str = "",
+        auto_table: str = "", batch1_prompts: int = 4, depth: int = 6, ngram: int = 2,
+        batches: list[int] = (1, 64)) -> list[dict]:
+  """The grid's records (and the reference call's, first, with ``reference``)."""
+  loaded = inference.load(workdir, attention_impl or None)
+  made = []
+  if reference:
+    made.append(records.make("sampling_speed_reference", {"k": 5, "length": 512, "batch": 1},
+                             {"call_ms": reference_call_ms()},
+                             {"model": "transformers.XLNetLMHeadModel, base size, fp32"}))
+  grid = run_grid(loaded, workdir, budget_s, batch1_prompts, depth, ngram, list(batches))
+  if auto_table:
+    with open(auto_table, "w", encoding="utf-8") as f:
+      json.dump(fastest_table(grid), f, indent=1)
+  return made + grid

@@ -1,51 +1,58 @@
-"""Where a batch-1 infilling task's time goes: the fixed cost of a sampler invocation (not a test).
+"""Where a batch-1 infilling task's time goes: the fixed cost of a sampler invocation.
 
-  python benchmarks/task_overhead.py --workdir=runs/causal --out=DIR
+  python -m benchmarks task_overhead --workdir=runs/causal [--trace=DIR]
 
-HumanEval single-line at batch 1 (``docs/results.md``, run 3) costs about 7 ms per task beyond
-its network calls, half of sequential decoding's time; this splits it. Rows are held-out rows of
-the checkpoint's corpus (those of ``sampling_speed.py``), ``--length`` real tokens (default:
+HumanEval single-line at batch 1 costs about 7 ms per task beyond its network calls, half of
+sequential decoding's time; this splits it. Rows are held-out rows of the checkpoint's corpus
+(those of :mod:`benchmarks.sampling_speed`), ``--length`` real tokens (default:
 three quarters of ``seq_len``, 384 of 512) with ``h`` hidden ones from position ``length // 2``
 (the rest visible, like an infilling prompt), for h in ``--hidden``. Any checkpoint of the same
 architecture will do: the number of calls of sequential decoding is h whatever the weights. For
-every method of ``--methods`` and every h, ``--rows`` rows are decoded one at a time after an
+every sampler of ``--specs`` and every h, ``--rows`` rows are decoded one at a time after an
 untimed compiling call, and per task:
 
 * ``dispatch_ms``: until ``sampling.generate`` returns (argument checks, the compilation cache's
   key, the launch; where JAX dispatches asynchronously, not the device's work, but on the GPU
-  a sampler's ``lax.while_loop`` keeps it until the loop ends: ``docs/results.md``);
+  a sampler's ``lax.while_loop`` keeps it until the loop ends);
 * ``call_ms``: until its result is ready, tasks one after another with nothing overlapped;
 * ``rows_ms``: ``generation.generate_rows`` at batch 1, the evaluation's loop (each task
   dispatched before the previous one is pulled and written).
 
 and the host's pieces alone: ``batch_key_ms`` (a batch's random key) and ``arrays_ms`` (a
 batch's padded arrays). A straight line through ``call_ms`` against h gives each method's fixed
-cost and its cost per hidden token. Writes DIR/task_overhead.json and prints a table. With
-``--trace``, a profiler trace of 8 tasks of the first method, h = 0 then the largest h, is
-written under DIR/trace as Perfetto JSON: the host's and the device's timelines.
+cost and its cost per hidden token. Records: one ``task_overhead`` per (sampler, h), one
+``task_overhead_fit`` per sampler and one ``task_overhead_host`` for the host's pieces. With
+``--trace=DIR``, a profiler trace of 8 tasks of the first sampler, h = 0 then the largest h, is
+written under DIR as Perfetto JSON (:mod:`benchmarks.trace_summary` reads it).
 """
-import datetime
-import json
+from __future__ import annotations
+
+import argparse
 import os
 import tempfile
 import time
 
 import jax
 import numpy as np
-from absl import app, flags
 
-import sampling_speed
 from asarm_jax import inference, sampling
 from asarm_jax.evaluation import generation
+from asarm_jax.sampling.spec import SamplerSpec
+from benchmarks import cli, records, sampling_speed
 
-FLAGS = flags.FLAGS
-flags.DEFINE_list("methods", ["sequential:1", "assd_fused:5", "tree:8"], "method:k pairs.")
-flags.DEFINE_list("hidden", ["0", "1", "4", "16"], "Hidden tokens per row.")
-flags.DEFINE_integer("length", 0, "Real tokens per row (the rest of seq_len is padding); "
-                     "0: three quarters of seq_len.")
-flags.DEFINE_integer("rows", 32, "Timed rows per (method, hidden).")
-flags.DEFINE_float("temperature", 0.2, "Sampling temperature.")
-flags.DEFINE_bool("trace", False, "Also write a profiler trace of a few tasks.")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True, help="trained workdir")
+  parser.add_argument("--specs", type=cli.list_of(str), default="sequential,assd_fused:5,tree:8",
+                      help="samplers: method[:k] or tree:N[:D]")
+  parser.add_argument("--hidden", type=cli.list_of(int), default="0,1,4,16",
+                      help="hidden tokens per row")
+  parser.add_argument("--length", type=int, default=0, help="real tokens per row (the rest of "
+                      "seq_len is padding); 0: three quarters of seq_len")
+  parser.add_argument("--rows", type=int, default=32, help="timed rows per (sampler, hidden)")
+  parser.add_argument("--temperature", type=float, default=0.2, help="sampling temperature")
+  parser.add_argument("--trace", default="", help="also write a profiler trace of a few tasks "
+                      "under this folder")
 
 
 def task_rows(heldout: np.ndarray, hidden: int, count: int, length: int) -> list[generation.Row]:
@@ -66,16 +73,15 @@ def per_task_ms(fn, count: int) -> float:
   return 1e3 * (time.perf_counter() - start) / count
 
 
-def time_calls(loaded, rows, method: str, k: int, seed: int) -> dict:
+def time_calls(loaded: inference.Loaded, rows: list[generation.Row], spec: SamplerSpec,
+               seed: int) -> dict:
   """Median dispatch and call milliseconds of ``rows`` decoded one at a time, and their calls."""
   dispatch, total, calls = [], [], 0
   for i, row in enumerate(rows):
-    tokens, visible, length = generation._batch_arrays([row], 1)
+    tokens, visible, length = generation._batch_arrays([row], 1)  # pylint: disable=protected-access
     start = time.perf_counter()
     out = sampling.generate(loaded.model, loaded.params, tokens, visible,
-                            jax.random.key(seed + i), method=method, k=k,
-                            temperature=FLAGS.temperature, length_B=length, depth=FLAGS.depth,
-                            ngram=FLAGS.ngram)
+                            jax.random.key(seed + i), spec=spec, length_B=length)
     dispatch.append(time.perf_counter() - start)
     calls += int(jax.device_get(out.num_calls_B)[0])
     total.append(time.perf_counter() - start)
@@ -83,73 +89,60 @@ def time_calls(loaded, rows, method: str, k: int, seed: int) -> dict:
           "call_ms": 1e3 * float(np.median(total)), "calls_per_task": calls / len(rows)}
 
 
-def time_rows(loaded, rows, method: str, k: int) -> float:
+def time_rows(loaded: inference.Loaded, rows: list[generation.Row], spec: SamplerSpec) -> float:
   """Milliseconds per task of ``generation.generate_rows`` at batch 1 (a fresh cache file)."""
   with tempfile.TemporaryDirectory() as tmp:
     start = time.perf_counter()
     generation.generate_rows(loaded.model, loaded.params, rows, os.path.join(tmp, "rows.jsonl"),
-                             method=method, k=k, temperature=FLAGS.temperature, batch_size=1,
-                             seed=0, desc=f"{method}:{k}", depth=FLAGS.depth, ngram=FLAGS.ngram)
+                             spec=spec, batch_size=1, seed=0, desc=spec.describe())
     return 1e3 * (time.perf_counter() - start) / len(rows)
 
 
-def main(_):
-  loaded = inference.load(FLAGS.workdir)
-  heldout = sampling_speed.heldout_rows(loaded, FLAGS.workdir)
-  hidden = [int(h) for h in FLAGS.hidden]
-  length = FLAGS.length or 3 * heldout.shape[1] // 4
+def run(workdir: str, specs: list[str] = ("sequential",), hidden: list[int] = (0, 4),
+        length: int = 0, rows: int = 32, temperature: float = 0.2,
+        trace: str = "") -> list[dict]:
+  """Per-task milliseconds of every (sampler, hidden count), their line fits, the host's part."""
+  loaded = inference.load(workdir)
+  heldout = sampling_speed.heldout_rows(loaded, workdir)
+  length = length or 3 * heldout.shape[1] // 4
   if not 2 * max(hidden) <= length <= heldout.shape[1]:
-    raise app.UsageError(f"--length={length} must be within the rows' {heldout.shape[1]} "
-                         "tokens and hold twice the largest --hidden")
-  results, fits = [], {}
-  for spec in FLAGS.methods:
-    method, k = spec.split(":")
-    k = int(k)
+    raise ValueError(f"--length={length} must be within the rows' {heldout.shape[1]} "
+                     "tokens and hold twice the largest --hidden")
+  config = {"workdir": workdir, "step": int(loaded.step)}
+  made = []
+  for text in specs:
+    spec = cli.parse_spec(text).replace(temperature=temperature)
     warmup = task_rows(heldout, max(hidden), 1, length)  # compiles, untimed
-    time_calls(loaded, warmup, method, k, seed=99)
-    time_rows(loaded, warmup, method, k)
+    time_calls(loaded, warmup, spec, seed=99)
+    time_rows(loaded, warmup, spec)
+    points = []
     for h in hidden:
-      rows = task_rows(heldout, h, FLAGS.rows, length)
-      result = {"method": method, "k": k, "hidden": h, **time_calls(loaded, rows, method, k, 0),
-                "rows_ms": time_rows(loaded, rows, method, k)}
-      print(json.dumps(result), flush=True)
-      results.append(result)
-    points = [(r["hidden"], r["call_ms"]) for r in results if r["method"] == method]
+      timed = {**time_calls(loaded, task_rows(heldout, h, rows, length), spec, 0),
+               "rows_ms": time_rows(loaded, task_rows(heldout, h, rows, length), spec)}
+      points.append((h, timed["call_ms"]))
+      made.append(records.make("task_overhead", {**cli.spec_settings(spec),
+                                                 "hidden": h, "rows": rows, "length": length},
+                               timed, config))
     slope, fixed = np.polyfit(*zip(*points), 1)
-    fits[spec] = {"fixed_ms": float(fixed), "per_hidden_token_ms": float(slope)}
-  if FLAGS.trace:
-    method, k = FLAGS.methods[0].split(":")
-    trace_dir = os.path.join(FLAGS.out, "trace")
-    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    made.append(records.make("task_overhead_fit", {**cli.spec_settings(spec),
+                                                   "hidden": list(hidden), "length": length},
+                             {"fixed_ms": float(fixed), "per_hidden_token_ms": float(slope)},
+                             config))
+  if trace:
+    spec = cli.parse_spec(specs[0]).replace(temperature=temperature)
+    with jax.profiler.trace(trace, create_perfetto_trace=True):
       for h in (0, max(hidden)):
-        time_calls(loaded, task_rows(heldout, h, 4, length), method, int(k), seed=7)
-    for folder, _, files in os.walk(trace_dir):  # the same timelines in bulkier formats
+        time_calls(loaded, task_rows(heldout, h, 4, length), spec, seed=7)
+    for folder, _, files in os.walk(trace):  # the same timelines in bulkier formats
       for name in files:
         if name != "perfetto_trace.json.gz":
           os.remove(os.path.join(folder, name))
   row = task_rows(heldout, 1, 1, length)
   base = jax.random.key(0)
-  report = {
-      "date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
-      "workdir": FLAGS.workdir, "step": int(loaded.step), "length": length,
-      "temperature": FLAGS.temperature, "results": results, "fits": fits,
-      "batch_key_ms": per_task_ms(
-          lambda: jax.block_until_ready(generation.batch_key(base, "SingleLine/HumanEval/0/L0")),
-          200),
-      "arrays_ms": per_task_ms(lambda: generation._batch_arrays(row, 1), 200)}
-  os.makedirs(FLAGS.out, exist_ok=True)
-  with open(os.path.join(FLAGS.out, "task_overhead.json"), "w") as f:
-    json.dump(report, f, indent=1)
-  print("| method | hidden | calls | dispatch | call | generate_rows |")
-  print("|---|---|---|---|---|---|")
-  for r in results:
-    print(f"| {r['method']}:{r['k']} | {r['hidden']} | {r['calls_per_task']:.1f} | "
-          f"{r['dispatch_ms']:.2f} ms | {r['call_ms']:.2f} ms | {r['rows_ms']:.2f} ms |")
-  for spec, fit in fits.items():
-    print(f"{spec}: fixed {fit['fixed_ms']:.2f} ms + {fit['per_hidden_token_ms']:.3f} ms per "
-          "hidden token")
-  print(f"batch key {report['batch_key_ms']:.3f} ms, arrays {report['arrays_ms']:.3f} ms")
-
-
-if __name__ == "__main__":
-  app.run(main)
+  key = lambda: jax.block_until_ready(generation.batch_key(base, "SingleLine/HumanEval/0/L0"))
+  made.append(records.make(
+      "task_overhead_host", {"repeats": 200},
+      {"batch_key_ms": per_task_ms(key, 200),
+       "arrays_ms": per_task_ms(lambda: generation._batch_arrays(row, 1), 200)},  # pylint: disable=protected-access
+      config))
+  return made

@@ -1,23 +1,33 @@
-"""Where a profiler trace's time goes, thread by thread (not a test).
+"""Where a profiler trace's time goes, thread by thread.
 
-  python benchmarks/trace_summary.py DIR/trace [--top=8] [--within=time_calls]
+  python -m benchmarks trace_summary --trace=DIR [--top=8] [--within=time_calls]
 
 Reads the Perfetto JSON (``perfetto_trace.json.gz``) that ``jax.profiler.trace(...,
-create_perfetto_trace=True)`` writes, e.g. ``benchmarks/task_overhead.py --trace``. For every
-thread (the Python main thread, the runtime's threads, each GPU stream) it prints the events,
-the busy time (the union of its events' intervals, so nested Python calls count once) as a
+create_perfetto_trace=True)`` writes, e.g. ``python -m benchmarks task_overhead --trace=DIR``.
+One record per thread (the Python main thread, the runtime's threads, each GPU stream): its
+events, the busy time (the union of its events' intervals, so nested Python calls count once) as a
 share of the trace's span, and the event names with the most time (nested time included).
 A device stream busy for a small share of the span, beside a busy host thread, means the
 device waits on the host. ``--within NAME`` narrows the span to the events whose name contains
-NAME (``time_calls`` for ``task_overhead.py``: the decoded tasks, not the profiler's own start
-and stop).
+NAME (``time_calls`` for :mod:`benchmarks.task_overhead`: the decoded tasks, not the
+profiler's own start and stop).
 """
+from __future__ import annotations
+
 import argparse
 import collections
 import glob
 import gzip
 import json
 import os
+
+from benchmarks import records
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--trace", required=True, help="folder holding perfetto_trace.json.gz")
+  parser.add_argument("--top", type=int, default=8, help="event names listed per thread")
+  parser.add_argument("--within", default="", help="narrow the span to events named like this")
 
 
 def busy_us(intervals: list[tuple[float, float]], low: float, high: float) -> float:
@@ -31,51 +41,41 @@ def busy_us(intervals: list[tuple[float, float]], low: float, high: float) -> fl
   return total
 
 
-def summary(path: str, top: int, within: str = "") -> str:
+def summary(path: str, top: int, within: str = "") -> list[dict]:
+  """One record per thread of the trace at ``path``: events, busy time, its top event names."""
   with gzip.open(path, "rt", encoding="utf-8") as f:
     events = json.load(f)["traceEvents"]
   names = {}
   for e in events:
     if e.get("ph") == "M" and e["name"] in ("process_name", "thread_name"):
       names[(e["pid"], e.get("tid"))] = e["args"]["name"]
-  spans = [e for e in events if e.get("ph") == "X"]
-  if not spans:
-    return f"{path}: no events"
-  marks = [e for e in spans if within in e["name"]]
+  marks = [e for e in events if e.get("ph") == "X" and within in e["name"]]
   if not marks:
-    return f"{path}: no event named like {within!r}"
+    raise ValueError(f"{path}: no complete events" + (f" named like {within!r}" if within else ""))
   low = min(e["ts"] for e in marks)
   high = max(e["ts"] + e["dur"] for e in marks)
-  window = high - low
   by_thread = collections.defaultdict(list)
-  for e in spans:
-    if e["ts"] < high and e["ts"] + e["dur"] > low:
+  for e in events:
+    if e.get("ph") == "X" and e["ts"] < high and e["ts"] + e["dur"] > low:
       by_thread[(e["pid"], e["tid"])].append(e)
-  lines = [f"{path}: span {window / 1e3:.2f} ms" + (f" (within {within})" if within else "")]
+  made = []
   for (pid, tid), group in sorted(by_thread.items(), key=lambda kv: -len(kv[1])):
     busy = busy_us([(e["ts"], e["ts"] + e["dur"]) for e in group], low, high)
-    lines.append(f"\n{names.get((pid, None), pid)} / {names.get((pid, tid), tid)}: "
-                 f"{len(group)} events, busy {busy / 1e3:.2f} ms ({100 * busy / window:.0f}%)")
     totals = collections.Counter()
     for e in group:
       totals[e["name"]] += e["dur"]
-    for name, dur in totals.most_common(top):
-      lines.append(f"  {dur / 1e3:9.2f} ms  {name[:100]}")
-  return "\n".join(lines)
+    made.append(records.make(
+        "trace_summary", {"trace": path, "within": within,
+                          "thread": f"{names.get((pid, None), pid)} / {names.get((pid, tid), tid)}"},
+        {"span_ms": (high - low) / 1e3, "events": len(group), "busy_ms": busy / 1e3,
+         "busy_share": busy / (high - low),
+         "top_ms": {name[:100]: dur / 1e3 for name, dur in totals.most_common(top)}}))
+  return made
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("trace_dir")
-  parser.add_argument("--top", type=int, default=8)
-  parser.add_argument("--within", default="", help="narrow the span to events named like this")
-  args = parser.parse_args()
-  paths = glob.glob(os.path.join(args.trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+def run(trace: str, top: int = 8, within: str = "") -> list[dict]:
+  """The records of every ``perfetto_trace.json.gz`` under the folder ``trace``."""
+  paths = glob.glob(os.path.join(trace, "**", "perfetto_trace.json.gz"), recursive=True)
   if not paths:
-    raise SystemExit(f"no perfetto_trace.json.gz under {args.trace_dir}")
-  for path in sorted(paths):
-    print(summary(path, args.top, args.within))
-
-
-if __name__ == "__main__":
-  main()
+    raise ValueError(f"no perfetto_trace.json.gz under {trace}")
+  return [record for path in sorted(paths) for record in summary(path, top, within)]

@@ -1,34 +1,38 @@
-"""Training throughput and MFU of the sharded train step (not a test).
+"""Training throughput and MFU of the sharded train step.
 
-  python benchmarks/train_throughput.py --configs=code_small,xlnet_base \
-      --attention_impls=cudnn,pallas --out=DIR [--check=false]
+  python -m benchmarks train_throughput --configs=xlnet_base --attention_impls=cudnn,pallas \
+      [--check=false]
 
 Random tokens (throughput does not depend on them), the real jitted step with donation and
 the configured mesh; MFU counts the two-stream FLOPs (asarm_jax/flops.py). Every config is
 measured with each attention implementation side by side, after the loss and gradients of one
 batch under each (bf16) are compared with float32 XLA attention (same params, same batch), so a
 faster kernel that computes something else is caught; one that fails to run is reported and not
-timed. Prints a markdown table (with the peak memory XLA plans for the step) and writes
-DIR/train_throughput.json.
+timed. One record per (config, implementation), with the peak memory XLA plans for the step
+and the gradient agreement.
 """
-import json
-import os
+from __future__ import annotations
+
+import argparse
 import time
 
 import jax
 import numpy as np
-from absl import app, flags
 
-import common
 from asarm_jax import flops, models, train
+from benchmarks import cli, common, records
 
-FLAGS = flags.FLAGS
-flags.DEFINE_list("configs", ["code_small", "xlnet_base"], "configs/ names to measure.")
-flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")
-flags.DEFINE_integer("batch_size", 0, "Override train.batch_size (0: the config's).")
-flags.DEFINE_list("attention_impls", ["xla"], "model.attention_impl values to compare.")
-flags.DEFINE_string("out", ".", "Output directory.")
-flags.DEFINE_bool("check", True, "Check gradient agreement first (skip: time every impl).")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--configs", type=cli.list_of(str), default="code_small,xlnet_base",
+                      help="configs/ names to measure")
+  parser.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
+  parser.add_argument("--batch_size", type=int, default=0,
+                      help="override train.batch_size (0: the config's)")
+  parser.add_argument("--attention_impls", type=cli.list_of(str), default="xla",
+                      help="model.attention_impl values to compare")
+  parser.add_argument("--check", type=cli.flag_bool, default=True,
+                      help="check gradient agreement first (false: time every implementation)")
 
 
 def loss_and_grads(config, model, tokens):
@@ -41,8 +45,9 @@ def loss_and_grads(config, model, tokens):
   return float(loss), flat
 
 
-def measure(name, attention_impl):
-  config, step, state, tokens, rng = common.train_setup(name, FLAGS.batch_size,
+def measure(name: str, attention_impl: str, steps: int, batch_size: int) -> dict:
+  """Step time, tokens/s, MFU and planned peak memory of configs/NAME.py with one kernel."""
+  config, step, state, tokens, rng = common.train_setup(name, batch_size,
                                                        attention_impl=attention_impl)
   seq_len, batch = config.data.seq_len, config.train.batch_size
   # Peak device memory of the step as XLA planned it: live arguments (state, batch) plus the
@@ -55,24 +60,22 @@ def measure(name, attention_impl):
     state, metrics = step(state, tokens, rng)
   jax.block_until_ready(metrics)
   start = time.perf_counter()
-  for _ in range(FLAGS.steps):
+  for _ in range(steps):
     state, metrics = step(state, tokens, rng)
   jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / FLAGS.steps
+  seconds = (time.perf_counter() - start) / steps
   num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   tokens_per_s = batch * seq_len / seconds
   flops_per_s = flops.train_flops_per_token(config.model, seq_len) * tokens_per_s
   peak = flops.peak_flops_per_device()
-  return {"config": name, "attention": attention_impl, "params_M": num_params / 1e6,
-          "batch": batch, "seq_len": seq_len,
+  return {"params_M": num_params / 1e6, "batch": batch, "seq_len": seq_len,
           "dtype": config.model.dtype, "step_ms": 1e3 * seconds, "tokens_per_s": tokens_per_s,
           "model_tflops_per_s": flops_per_s / 1e12,
           "mfu": flops_per_s / (peak * jax.device_count()) if peak else None,
-          "peak_memory_gib": peak_gib,
-          "device": jax.devices()[0].device_kind, "num_devices": jax.device_count()}
+          "peak_memory_gib": peak_gib, "num_devices": jax.device_count()}
 
 
-def agreement(name):
+def agreement(name: str, attention_impls: list[str]) -> dict:
   """Loss and relative gradient error of every implementation against float32 XLA attention
   (same params, same batch): the bf16 XLA row is the noise floor a fused kernel should match."""
   def run(impl, dtype):
@@ -83,7 +86,7 @@ def agreement(name):
 
   ref_loss, ref_grads = run("xla", "float32")
   out = {}
-  for impl in FLAGS.attention_impls:
+  for impl in attention_impls:
     try:
       loss, grads = run(impl, "bfloat16")
     except Exception as e:  # pylint: disable=broad-except  (a kernel this device lacks)
@@ -97,24 +100,20 @@ def agreement(name):
   return out
 
 
-def main(_):
-  checks = {name: agreement(name) if FLAGS.check else {} for name in FLAGS.configs}
-  rows = [measure(name, impl) for name in FLAGS.configs for impl in FLAGS.attention_impls
-          if impl in checks[name] or not FLAGS.check]  # a failed implementation is not timed
-  for row in rows:
-    row["agreement"] = checks[row["config"]].get(row["attention"])
-  os.makedirs(FLAGS.out, exist_ok=True)
-  with open(os.path.join(FLAGS.out, "train_throughput.json"), "w") as f:
-    json.dump(rows, f, indent=1)
-  print("| config | attention | params | batch x len | step | tokens/s | model TFLOP/s | MFU | "
-        "peak memory | device |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
-  for r in rows:
-    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
-    print(f"| {r['config']} | {r['attention']} | {r['params_M']:.1f}M | {r['batch']}x{r['seq_len']} | "
-          f"{r['step_ms']:.1f} ms | {r['tokens_per_s']:,.0f} | {r['model_tflops_per_s']:.1f} | "
-          f"{mfu} | {r['peak_memory_gib'] or 0:.1f} GiB | {r['device']} x{r['num_devices']} |")
-
-
-if __name__ == "__main__":
-  app.run(main)
+def run(configs: list[str] = ("demo",), steps: int = 20, batch_size: int = 0,
+        attention_impls: list[str] = ("xla",), check: bool = True) -> list[dict]:
+  """One record per (config, implementation); an implementation that fails the check (or
+  does not run) is not timed."""
+  made = []
+  for name in configs:
+    checks = agreement(name, attention_impls) if check else {}
+    for impl in attention_impls:
+      if check and impl not in checks:
+        continue
+      measured = measure(name, impl, steps, batch_size)
+      made.append(records.make(
+          "train_throughput", {"steps": steps, "batch_size": measured.pop("batch"),
+                               "seq_len": measured.pop("seq_len")},
+          {**measured, "agreement": checks.get(impl)},
+          common.model_config(name, attention_impl=impl)))
+  return made

@@ -1,0 +1,12 @@
+"""Benchmarks of asarm_jax, one module each, run as ``python -m benchmarks NAME [--flags]``.
+
+Every benchmark module has ``add_arguments(parser)`` (argparse flags) and ``run(**flags) ->
+list[record]`` (:mod:`benchmarks.records`). ``python -m benchmarks experiment NAME`` runs the
+staged experiments of :mod:`benchmarks.experiments`; ``python -m benchmarks report`` rewrites
+the docs' tables from the committed records. ``docs/benchmarks.md`` says what each measures.
+"""
+
+BENCHMARKS = ("call_cost", "decoders", "floor_model", "hf_xlnet", "humaneval", "profile_step",
+              "sampling_speed", "task_overhead", "tokens_per_call", "trace_summary",
+              "train_throughput", "while_loop_graphs")
+TOOLS = ("experiment", "report")

@@ -1,0 +1,49 @@
+"""The one flag style of the benchmarks: argparse, ``--name=value``, lists comma-separated."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable, TypeVar
+
+from asarm_jax.sampling.spec import SamplerSpec
+
+T = TypeVar("T")
+
+
+def list_of(kind: Callable[[str], T]) -> Callable[[str], list[T]]:
+  """An argparse ``type`` for a comma-separated list, e.g. ``--batches=1,64``."""
+  def parse(text: str) -> list[T]:
+    return [kind(item) for item in text.split(",") if item]
+  parse.__name__ = f"list of {getattr(kind, '__name__', 'values')}"
+  return parse
+
+
+def pair(text: str) -> tuple[int, int]:
+  """``"64:36"`` -> ``(64, 36)``: a ``batch:rows`` shape."""
+  first, second = text.split(":")
+  return int(first), int(second)
+
+
+def flag_bool(text: str) -> bool:
+  """``--flag=true`` / ``--flag=false``."""
+  if text.lower() not in ("true", "false", "1", "0"):
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+  return text.lower() in ("true", "1")
+
+
+def parse_spec(text: str, depth: int = 6, ngram: int = 2) -> SamplerSpec:
+  """A sampler written ``method[:k]``, or ``tree:N[:D]`` (node budget N, depth D, else
+  ``depth``), as a spec; e.g. ``sequential``, ``assd_fused:5``, ``tree:8``, ``tree:4:2``."""
+  method, *sizes = text.split(":")
+  if len(sizes) > (2 if method == "tree" else 1) or not all(s.isdigit() for s in sizes):
+    raise ValueError(f"bad sampler {text!r}: METHOD[:K], or tree:N[:D]")
+  if method == "tree":
+    return SamplerSpec(method="tree", num_nodes=int(sizes[0]) if sizes else 8,
+                       depth=int(sizes[1]) if len(sizes) > 1 else depth, ngram=ngram)
+  return SamplerSpec(method=method, k=int(sizes[0]) if sizes else 1)
+
+
+def spec_settings(spec: SamplerSpec) -> dict:
+  """The fields of ``spec`` that its method uses: a record's settings."""
+  size = {"tree": dict(num_nodes=spec.num_nodes, depth=spec.depth, ngram=spec.ngram),
+          "sequential": {}}.get(spec.method, dict(k=spec.k))
+  return {"method": spec.method, **size, "temperature": spec.temperature}
