@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from asarm_jax.sampling import core
+from asarm_jax.sampling.spec import SamplerSpec
 
 _OPEN = "<mask:"
 _COUNT = re.compile(r"[0-9]+")
@@ -102,10 +103,11 @@ def encode_batch(texts: list[str], tokenizer: Any, *, vocab_size: int, max_len: 
 
 
 def sample_text(model: Any, params: Any, tokenizer: Any, texts: list[str], rng: jax.Array, *,
-                method: str = "assd", k: int = 5, temperature: float = 1.0,
-                depth: int = 6, ngram: int = 2,
-                length: int | None = None) -> list[dict[str, Any]]:
+                spec: SamplerSpec | None = None, length: int | None = None,
+                **loose: Any) -> list[dict[str, Any]]:
   """Fills the ``<mask:N>`` spans of every prompt in one :func:`core.generate` call.
+
+  The sampler is ``spec``, or :func:`core.generate`'s loose keywords (``method``, ``k``, ...).
 
   Prompts are checked and padded by :func:`encode_batch` (``length`` defaults to the longest),
   so prompts of different sizes share one compiled loop. A prompt without a span is returned
@@ -120,8 +122,8 @@ def sample_text(model: Any, params: Any, tokenizer: Any, texts: list[str], rng: 
     logging.warning("prompt %d has no <mask:N> span: nothing to generate, returned unchanged.", b)
   filled_BxL, calls_B, generated_B = tokens_BxL, hidden_B, hidden_B  # all zero if nothing hidden
   if hidden_B.any():
-    out = core.generate(model, params, tokens_BxL, visible_BxL, rng, method=method, k=k,
-                        temperature=temperature, depth=depth, ngram=ngram, length_B=length_B)
+    out = core.generate(model, params, tokens_BxL, visible_BxL, rng, spec=spec,
+                        length_B=length_B, **loose)
     filled_BxL, calls_B, generated_B = (np.asarray(x) for x in (
         out.tokens_BxL, out.num_calls_B, out.num_generated_B))
   results = []

@@ -12,8 +12,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from asarm_jax.masks import MAX_TREE_NODES
+
 METHODS = ("sequential", "parallel", "assd", "assd_fused", "tree", "auto")
-MAX_TREE_NODES = 64  # the tree attention's node bits hold at most this many nodes
 FIELDS = ("method", "k", "num_nodes", "depth", "ngram", "temperature")
 
 

@@ -1,0 +1,61 @@
+"""``assd_fused``: one call per round verifies the pending block and drafts the next one.
+
+The call's query rows are the ``k + 1`` density rows of the pending block, then, for every
+possible acceptance length ``a = 0..k``, the ``k`` draft rows for the ranks after ``a``
+accepted drafts and one residual/bonus token, conditioned on exactly those ``a`` accepted
+drafts (``num_decoded = n + a`` for those rows). After acceptance the rows of the realised
+``a`` become the next pending block, on device. Such a block does not see its preceding
+residual token, so its first draft is no longer exact; the always-committed residual/bonus
+token keeps every call productive instead. A call is counted for every unfinished row except
+an exact lone draft, so the prefill's call is paid back by the first round, which accepts its
+exact first draft and adds a residual or bonus token.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from asarm_jax.sampling import drafts
+from asarm_jax.sampling import state as state_lib
+from asarm_jax.sampling.network import Network
+from asarm_jax.sampling.spec import SamplerSpec
+from asarm_jax.sampling.state import State
+
+
+def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: bool) -> State:
+  return drafts.first_block(net, params, state, spec.k, use_cache)
+
+
+def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:  # pylint: disable=redefined-builtin
+  rng, rng_draft, rng_verify = jax.random.split(state.rng, 3)
+  k, n_B, block, num_target_B = spec.k, state.num_decoded_B, state.carry, state.num_target_B
+  batch, length = state.tokens_rank_BxL.shape
+  target_BxK1, valid_BxK1 = state_lib.targets(n_B, num_target_B, k + 1)
+  num_valid_B = valid_BxK1[:, :k].sum(-1).astype(jnp.int32)
+  has_bonus_B = target_BxK1[:, -1] < num_target_B
+  drafted_rank_BxL = state_lib.write(state.tokens_rank_BxL, n_B, block.drafts_BxK, num_valid_B)
+  # Content rows: the uncached residual/bonus rank (num_cached = n - 1, or n after the
+  # prefill) and the drafts. Query rows: k + 1 density rows, then for each acceptance length
+  # a = 0..k the k draft rows of ranks n+a+1.. given ranks < n+a.
+  a_A = jnp.arange(k + 1, dtype=jnp.int32)
+  draft_target_BxAK = ((n_B[:, None] + a_A + 1)[:, :, None]
+                       + jnp.arange(k, dtype=jnp.int32)).reshape(batch, -1)
+  target_BxT = jnp.concatenate([target_BxK1, draft_target_BxAK], 1)
+  valid_BxT = jnp.concatenate([valid_BxK1, draft_target_BxAK < num_target_B[:, None]], 1)
+  limit_BxT = jnp.concatenate([jnp.full_like(target_BxK1, length),
+                               jnp.repeat(n_B[:, None] + a_A, k, axis=1)], 1)
+  logp_BxTxV, cache = state_lib.call(net, params, state, drafted_rank_BxL, target_BxT,
+                                     valid_BxT, limit_BxT, state.num_cached_B, k + 1)
+  tokens_BxK1, num_new_B, num_accepted_B = drafts.verify(
+      rng_verify, block, logp_BxTxV[:, :k + 1], num_valid_B, has_bonus_B)
+  logq_next_BxAxKxV = logp_BxTxV[:, k + 1:].reshape((batch, k + 1, k) + logp_BxTxV.shape[2:])
+  logq_next_BxKxV = jnp.take_along_axis(logq_next_BxAxKxV, num_accepted_B[:, None, None, None],
+                                        1)[:, 0]
+  needed_B = state_lib.live(state) & ~(block.exact_first_B & (num_valid_B == 1))
+  block = drafts.Block(state_lib.draw(rng_draft, logq_next_BxKxV), logq_next_BxKxV,
+                       jnp.zeros_like(needed_B))
+  state = state.replace(cache=cache, num_calls_B=state.num_calls_B + needed_B, carry=block,
+                        rng=rng)
+  return state_lib.commit(state, tokens_BxK1, num_new_B, n_B + num_accepted_B)

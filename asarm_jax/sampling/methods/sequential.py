@@ -1,0 +1,29 @@
+"""``sequential`` (``k = 1``) and ``parallel``: commit the pending block, draft the next one.
+
+``sequential`` is exact because the first draft row's mask (``s < n``) is the density rule
+for rank ``n``; ``parallel`` commits ``k`` conditionally independent drafts and is NOT exact.
+One call per round; every call is counted for rows with tokens left.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from asarm_jax.sampling import drafts
+from asarm_jax.sampling import state as state_lib
+from asarm_jax.sampling.network import Network
+from asarm_jax.sampling.spec import SamplerSpec
+from asarm_jax.sampling.state import State
+
+
+def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: bool) -> State:
+  return drafts.first_block(net, params, state, spec.k, use_cache)
+
+
+def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:  # pylint: disable=redefined-builtin
+  rng, rng_draft, _ = jax.random.split(state.rng, 3)
+  _, valid_BxK = state_lib.targets(state.num_decoded_B, state.num_target_B, spec.k)
+  state = state_lib.commit(state, state.carry.drafts_BxK, valid_BxK.sum(-1), state.num_cached_B)
+  return drafts.next_block(net, params, state, spec.k, rng_draft, state.num_cached_B,
+                           spec.k).replace(rng=rng)
