@@ -313,16 +313,21 @@ def test_sampler_tag_separates_every_setting_that_changes_completions():
   also depth and prompt lookup) must never reuse another setting's completions."""
   import types  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from asarm_jax import sampling  # pylint: disable=g-import-not-at-top
   from asarm_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
   from asarm_jax.evaluation.config import default_eval_config  # pylint: disable=g-import-not-at-top
 
-  def tag(step=1, **changes):
+  def tag(step=1, seed=0, batch_size=16, **changes):
     ecfg = default_eval_config()
-    ecfg.update({"method": "tree", **changes})
+    ecfg.update(seed=seed, batch_size=batch_size)
     config = ml_collections.ConfigDict({"eval": ecfg})
-    ctx = runner.Context(types.SimpleNamespace(step=step), config, "", "")
+    spec = sampling.SamplerSpec(**{"method": "tree", **changes})
+    ctx = runner.Context(types.SimpleNamespace(step=step), config, spec, "", "")
     return runner._sampler_tag(ctx)  # pylint: disable=protected-access
-  settings = [{}, {"step": 2}, {"method": "assd"}, {"k": 3}, {"temperature": 0.5}, {"seed": 1},
-              {"tree_depth": 3}, {"ngram": 0}]
+  settings = [{}, {"step": 2}, {"method": "assd"}, {"method": "assd", "k": 3},
+              {"temperature": 0.5}, {"seed": 1}, {"batch_size": 4}, {"num_nodes": 3},
+              {"depth": 3}, {"ngram": 0}]
   tags = [tag(**s) for s in settings]
   assert len(set(tags)) == len(tags), tags
+  # Settings the method does not read leave the tag (and the cache) as it is.
+  assert tag(k=3) == tag() and tag(method="assd", depth=2, num_nodes=3) == tag(method="assd")

@@ -38,10 +38,11 @@ def _config(root: str):
   c.eval.update(
       tasks=("humaneval_single_line", "humaneval_multi_line", "humaneval_single_line_prefix",
              "text_infill", "gen_quality", "density", "draft_acceptance"),
-      batch_size=4, method="assd", k=2, humaneval_max_tasks=2, num_samples=2, pass_at=(1, 2, 10),
+      batch_size=4, humaneval_max_tasks=2, num_samples=2, pass_at=(1, 2, 10),
       text_max_stories=2, gen_num_prompts=2, gen_methods=("sequential", "assd", "parallel"),
       gen_parallel_ks=(2,), density_fractions=(0.0, 0.5), density_batches=1,
       draft_fractions=(0.5,), draft_temperatures=(1.0, 0.5), draft_depth=2, draft_cuts=2)
+  c.sample.update(method="assd", k=2, temperature=1.0)
   return c
 
 
@@ -117,8 +118,7 @@ def test_layout_hides_reference_length_and_keeps_context(workdir, tasks):
 def _oracle(references):
   """A stand-in for ``sampling.generate`` that writes each row's reference middle (looked up by
   the row's tokens) into its hidden positions."""
-  def generate(model, params, tokens_BxL, visible_BxL, rng, *, method, k, temperature,
-               length_B, depth, ngram):
+  def generate(model, params, tokens_BxL, visible_BxL, rng, *, spec, length_B):
     out, visible = np.array(tokens_BxL), np.asarray(visible_BxL)
     for b in range(len(out)):
       if out[b].tobytes() in references:
@@ -137,7 +137,7 @@ def test_reference_middles_pass_through_layout_and_decoding(workdir, tasks, tmp_
     references[layout.tokens.tobytes()] = tokenizer.encode(task.middle)
   monkeypatch.setattr(sampling, "generate", _oracle(references))
   done = infill_model.complete(model, params, tokenizer, tasks, str(tmp_path / "c.jsonl"),
-                               num_samples=2, method="assd", k=2, temperature=1.0,
+                               spec=sampling.SamplerSpec("assd", k=2), num_samples=2,
                                batch_size=4, seed=0, desc="oracle")
   assert done.by_task == {t.task_id: [t.middle, t.middle] for t in tasks}
   assert done.too_long == [] and done.num_truncated == len(tasks)  # prompts exceed 96 tokens
@@ -207,11 +207,12 @@ def test_prompt_visible_fraction_and_specials():
 def test_validate_rejects_bad_configs():
   ecfg = eval_config.default_eval_config()
   runner.validate(ecfg)
-  for key, value, match in [("tasks", ("density", "nope"), "unknown"),
-                            ("method", "beam", "sampling methods"),
-                            ("tasks", ("gen_quality",), "judge_workdir")]:
+  for changes, match in [(dict(tasks=("density", "nope")), "unknown"),
+                         (dict(tasks=("gen_quality",), gen_samples_only=True,
+                               gen_methods=("beam",)), "sampling methods"),
+                         (dict(tasks=("gen_quality",)), "judge_workdir")]:
     bad = eval_config.default_eval_config()
-    bad[key] = value
+    bad.update(changes)
     with pytest.raises(ValueError, match=match):
       runner.validate(bad)
 
@@ -222,7 +223,7 @@ def test_stories_from_csv(tmp_path):
                   + "".join(f"id{i},T,A {i}.,B.,C.,D.,E.\n" for i in range(3)), encoding="utf-8")
   config = _config("/nonexistent")
   config.eval.update(rocstories_csv=str(path), text_max_stories=2)
-  got = runner.stories(runner.Context(None, config, "", ""))
+  got = runner.stories(runner.Context(None, config, None, "", ""))
   assert [s.story_id for s in got] == ["id0", "id1"] and got[1].sentences[0] == "A 1."
 
 
@@ -231,7 +232,7 @@ def _counting(monkeypatch):
   real = sampling.generate
 
   def generate(*args, **kwargs):
-    calls.append(kwargs["method"])
+    calls.append(kwargs["spec"].method)
     return real(*args, **kwargs)
 
   monkeypatch.setattr(sampling, "generate", generate)

@@ -41,8 +41,9 @@ class FakeGenerate:
 
 
 def _generate(rows, path):
-  return generation.generate_rows(None, None, rows, str(path), method="sequential", k=1,
-                                  temperature=1.0, batch_size=BATCH, seed=0, desc="test")
+  return generation.generate_rows(None, None, rows, str(path),
+                                  spec=sampling.SamplerSpec("sequential"), batch_size=BATCH,
+                                  seed=0, desc="test")
 
 
 @pytest.fixture

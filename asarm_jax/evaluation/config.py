@@ -7,7 +7,8 @@ import ml_collections
 def default_eval_config() -> ml_collections.ConfigDict:
   """Defaults for :func:`asarm_jax.evaluation.runner.run` (see ``docs/evaluation.md``).
 
-  Task names: ``density``, ``draft_acceptance``, ``humaneval_single_line``,
+  The sampler of every generating task is ``config.sample``'s
+  (:class:`asarm_jax.sampling.SamplerSpec`). Task names: ``density``, ``draft_acceptance``, ``humaneval_single_line``,
   ``humaneval_multi_line`` (and their ``_prefix`` variants), ``text_infill`` and ``gen_quality``
   (which needs ``judge_workdir``). Sequence fields are tuples so that
   ``--config.eval.tasks="('density',)"`` can override them.
@@ -16,12 +17,6 @@ def default_eval_config() -> ml_collections.ConfigDict:
       tasks=("density", "humaneval_single_line", "humaneval_multi_line"),
       seed=0,
       batch_size=16,             # rows per sampler / density call
-      # Sampler of the infilling tasks (a name of sampling.METHODS).
-      method="assd",
-      k=5,                       # drafts per round, or the node budget of "tree"
-      temperature=1.0,           # 0: greedy
-      tree_depth=6,              # "tree": depth D and prompt-lookup match length
-      ngram=2,
       # HumanEval infilling.
       humaneval_max_tasks=0,     # a deterministic subsample of this many tasks, 0 = all
       num_samples=1,             # completions per task

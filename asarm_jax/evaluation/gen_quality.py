@@ -24,28 +24,24 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from asarm_jax import density
+from asarm_jax import density, sampling
 from asarm_jax.evaluation import generation, metrics
 
 
 class Variant(NamedTuple):
   name: str
-  method: str
-  k: int
+  spec: sampling.SamplerSpec
 
 
-def variants(ecfg: ml_collections.ConfigDict) -> list[Variant]:
-  """``parallel`` once per ``eval.gen_parallel_ks``, every other method once with ``eval.k``
-  (``sequential`` ignores it)."""
-  out = []
+def variants(ecfg: ml_collections.ConfigDict, spec: sampling.SamplerSpec) -> list[Variant]:
+  """``parallel`` once per ``eval.gen_parallel_ks``, every other method of ``eval.gen_methods``
+  once with the settings of ``spec`` (its method replaced)."""
+  specs = []
   for method in ecfg.gen_methods:
-    if method == "parallel":
-      out += [Variant(f"parallel(k={k})", method, k) for k in ecfg.gen_parallel_ks]
-    elif method == "sequential":
-      out.append(Variant(method, method, 1))
-    else:
-      out.append(Variant(f"{method}(k={ecfg.k})", method, ecfg.k))
-  return out
+    specs += ([spec.replace(method=method, k=k) for k in ecfg.gen_parallel_ks]
+              if method == "parallel" else [spec.replace(method=method)])
+  size = lambda s: {"sequential": "", "tree": f"(N={s.num_nodes})"}.get(s.method, f"(k={s.k})")
+  return [Variant(s.method + size(s), s) for s in specs]
 
 
 def prompt_visible(tokens_NxL: np.ndarray, fraction: float, seed: int,
@@ -115,8 +111,9 @@ class Samples(NamedTuple):
 
 
 def generate(model: nn.Module, params: Any, heldout_NxL: np.ndarray,
-             ecfg: ml_collections.ConfigDict, out_dir: str, tag: str) -> Samples:
-  """Samples of every variant for the prompts cut from ``heldout_NxL`` (cached per variant in
+             ecfg: ml_collections.ConfigDict, spec: sampling.SamplerSpec, out_dir: str,
+             tag: str) -> Samples:
+  """Samples of every variant (:func:`variants`) for the prompts cut from ``heldout_NxL`` (cached per variant in
   ``out_dir``, file names carrying ``tag``)."""
   if len(heldout_NxL) < 2:
     raise ValueError(f"gen_quality: {len(heldout_NxL)} held-out rows; the t-test needs >= 2")
@@ -125,16 +122,14 @@ def generate(model: nn.Module, params: Any, heldout_NxL: np.ndarray,
   prompts = [generation.Row(str(i), heldout_NxL[i], visible_NxL[i], heldout_NxL.shape[1])
              for i in range(len(heldout_NxL))]
   by_variant, info = {}, {}
-  for variant in variants(ecfg):
+  for variant in variants(ecfg, spec):
     records = generation.generate_rows(
-        model, params, prompts,
-        os.path.join(out_dir, f"gen_{variant.method}_k{variant.k}_{tag}.jsonl"),
-        method=variant.method, k=variant.k, temperature=ecfg.temperature,
-        batch_size=ecfg.batch_size, seed=ecfg.seed, desc=f"gen_quality {variant.name}",
-        depth=ecfg.tree_depth, ngram=ecfg.ngram)
+        model, params, prompts, os.path.join(out_dir, f"gen_{variant.spec.tag()}_{tag}.jsonl"),
+        spec=variant.spec, batch_size=ecfg.batch_size, seed=ecfg.seed,
+        desc=f"gen_quality {variant.name}")
     by_variant[variant.name] = np.stack([row.filled(records[row.key]["hidden"])
                                          for row in prompts])
-    info[variant.name] = {"method": variant.method, "k": variant.k,
+    info[variant.name] = {"method": variant.spec.method, "k": variant.spec.k,
                           "tokens_per_call": generation.tokens_per_call(list(records.values()))}
   return Samples(np.asarray(heldout_NxL, np.int32), by_variant, info, ecfg.gen_visible_fraction)
 

@@ -7,8 +7,7 @@ yet there, so an interrupted evaluation resumes. The cache is only valid for one
 and set of prompts: callers put those in its file name. Each batch is pulled to the host and
 written once the next one has been dispatched, so that the host's work overlaps the
 accelerator's where the dispatch returns before the work is done (on the GPU, a sampler's
-``lax.while_loop`` keeps it until the loop ends: ``docs/results.md``, "The fixed cost of a
-batch-1 task"); an interruption loses at most two batches.
+``lax.while_loop`` keeps it until the loop ends); an interruption loses at most two batches.
 
 Rows are batched in order of their number of hidden positions: a batch's loop runs until its
 longest row is done, so rows of like length share a batch (infilling middles run from one token
@@ -102,12 +101,11 @@ def _fold_in_each(rng: jax.Array, data_N: jax.Array) -> jax.Array:
   return rng
 
 
-def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str, *, method: str,
-                  k: int, temperature: float, batch_size: int, seed: int, desc: str,
-                  depth: int = 6, ngram: int = 2) -> dict[str, dict]:
+def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str, *,
+                  spec: sampling.SamplerSpec, batch_size: int, seed: int,
+                  desc: str) -> dict[str, dict]:
   """Fills every row (all of one width ``L``), ``batch_size`` rows per ``sampling.generate``
-  call (``method``, ``k``, ``temperature``, and ``depth``, ``ngram`` for "tree"), skipping rows
-  already in the cache at ``path``; rows are batched by their number of hidden positions
+  call with the sampler ``spec``, skipping rows already in the cache at ``path``; rows are batched by their number of hidden positions
   (stable, so ties keep their order). Returns the record of every row."""
   if len({row.key for row in rows}) != len(rows):
     raise ValueError(f"{desc}: row keys are not unique")
@@ -142,8 +140,7 @@ def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str,
       batch = todo[start:start + batch_size]
       tokens, visible, length = _batch_arrays(batch, batch_size)
       out = sampling.generate(model, params, tokens, visible, batch_key(base_rng, batch[0].key),
-                              method=method, k=k, temperature=temperature, length_B=length,
-                              depth=depth, ngram=ngram)
+                              spec=spec, length_B=length)
       if pending is not None:
         save(*pending)
       pending = (batch, out)

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import ml_collections
 
+from asarm_jax import sampling
 from asarm_jax.evaluation import humaneval_infill, infill_model, jsonio, text_infill
 
 # The "_prefix" kinds hide the suffix from the model (it still runs in the tests): the same
@@ -35,20 +36,19 @@ def humaneval_tasks(kind: str, max_tasks: int, seed: int) -> list[humaneval_infi
 
 
 def humaneval(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collections.ConfigDict,
-              kind: str, out_dir: str, tag: str) -> dict:
-  """pass@k of ``eval.num_samples`` middles per task; tasks whose middle does not fit
+              spec: sampling.SamplerSpec, kind: str, out_dir: str, tag: str) -> dict:
+  """pass@k of ``eval.num_samples`` middles per task sampled with ``spec``; tasks whose middle does not fit
   ``model.max_len`` count as failed. With ``eval.humaneval_execute=False`` the middles are only
   written to ``{kind}_{tag}_middles.json`` (:func:`write_middles`), to be scored elsewhere by
   ``python -m asarm_jax.evaluation.score_middles``; the report then has no pass@k."""
   tasks = humaneval_tasks(kind, ecfg.humaneval_max_tasks, ecfg.seed)
   done = infill_model.complete(
       model, params, tokenizer, tasks, os.path.join(out_dir, f"{kind}_{tag}_completions.jsonl"),
-      num_samples=ecfg.num_samples, method=ecfg.method, k=ecfg.k, temperature=ecfg.temperature,
-      batch_size=ecfg.batch_size, seed=ecfg.seed, desc=kind, depth=ecfg.tree_depth,
-      ngram=ecfg.ngram, show_suffix=not kind.endswith("_prefix"))
+      spec=spec, num_samples=ecfg.num_samples, batch_size=ecfg.batch_size, seed=ecfg.seed,
+      desc=kind, show_suffix=not kind.endswith("_prefix"))
   report = {"num_tasks": len(tasks), "num_too_long": len(done.too_long),
             "num_truncated": done.num_truncated, "num_samples": ecfg.num_samples,
-            "tokens_per_call": done.tokens_per_call}
+            "tokens_per_call": done.tokens_per_call, "generate_seconds": done.seconds}
   if not ecfg.humaneval_execute:
     path = os.path.join(out_dir, f"{kind}_{tag}_middles.json")
     write_middles(path, kind, ecfg, done.by_task, report)
@@ -88,7 +88,8 @@ def write_middles(path: str, kind: str, ecfg: ml_collections.ConfigDict,
 
 
 def text(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collections.ConfigDict,
-         stories: Sequence[text_infill.Story], out_dir: str, tag: str) -> dict:
+         spec: sampling.SamplerSpec, stories: Sequence[text_infill.Story], out_dir: str,
+         tag: str) -> dict:
   """ROUGE-1/2/L of one middle per story, for every setting of ``eval.text_settings``.
 
   A story whose hidden span does not fit ``model.max_len`` scores an empty prediction.
@@ -102,9 +103,8 @@ def text(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collections.Con
     name = setting.replace("/", "of")
     done = infill_model.complete(
         model, params, tokenizer, tasks, os.path.join(out_dir, f"text_{name}_{tag}.jsonl"),
-        num_samples=1, method=ecfg.method, k=ecfg.k, temperature=ecfg.temperature,
-        batch_size=ecfg.batch_size, seed=ecfg.seed, desc=f"text_infill {setting}",
-        depth=ecfg.tree_depth, ngram=ecfg.ngram)
+        spec=spec, num_samples=1, batch_size=ecfg.batch_size, seed=ecfg.seed,
+        desc=f"text_infill {setting}")
     predictions = [done.by_task.get(t.task_id, [""])[0] for t in tasks]
     report[setting] = {"num_tasks": len(tasks), "num_too_long": len(done.too_long),
                        "num_truncated": done.num_truncated,

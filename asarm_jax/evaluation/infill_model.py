@@ -11,11 +11,13 @@ cannot be laid out.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, NamedTuple, Protocol, Sequence
 
 import flax.linen as nn
 import numpy as np
 
+from asarm_jax import sampling
 from asarm_jax.evaluation import generation
 
 
@@ -67,29 +69,34 @@ def lay_out(tokenizer: Any, task: Task, max_len: int, show_suffix: bool = True) 
 
 class Completions(NamedTuple):
   """``by_task[task_id]``: sampled middles of every task that fits; ``too_long``: ids of the
-  others; ``num_truncated``: tasks whose prefix or suffix was cut."""
+  others; ``num_truncated``: tasks whose prefix or suffix was cut; ``seconds``: wall time spent
+  generating the rows that were not cached yet (compilation included: warm up on other rows
+  first to time the steady state); ``num_generated_rows``: how many rows that was."""
   by_task: dict[str, list[str]]
   too_long: list[str]
   num_truncated: int
   tokens_per_call: float
+  seconds: float
+  num_generated_rows: int
 
 
 def complete(model: nn.Module, params: Any, tokenizer: Any, tasks: Sequence[Task],
-             cache_path: str, *, num_samples: int, method: str, k: int, temperature: float,
-             batch_size: int, seed: int, desc: str, depth: int = 6, ngram: int = 2,
-             show_suffix: bool = True) -> Completions:
-  """``num_samples`` middles per task, generated in rows of ``model.max_len`` through the
-  resumable cache at ``cache_path`` (keys ``task_id#sample``); ``depth`` and ``ngram`` shape
-  the trees of ``method="tree"``; ``show_suffix=False`` hides the suffix (:func:`lay_out`)."""
+             cache_path: str, *, spec: sampling.SamplerSpec, num_samples: int, batch_size: int,
+             seed: int, desc: str, show_suffix: bool = True) -> Completions:
+  """``num_samples`` middles per task, sampled with ``spec`` in rows of ``model.max_len``
+  through the resumable cache at ``cache_path`` (keys ``task_id#sample``);
+  ``show_suffix=False`` hides the suffix (:func:`lay_out`)."""
   layouts = {task.task_id: lay_out(tokenizer, task, model.max_len, show_suffix)
              for task in tasks}
   fitting = [t.task_id for t in tasks if layouts[t.task_id] is not None]
   rows = [generation.Row(f"{task_id}#{s}", layouts[task_id].tokens, layouts[task_id].visible,
                          layouts[task_id].length)
           for task_id in fitting for s in range(num_samples)]
-  records = generation.generate_rows(model, params, rows, cache_path, method=method, k=k,
-                                     temperature=temperature, batch_size=batch_size, seed=seed,
-                                     desc=desc, depth=depth, ngram=ngram)
+  num_cached = len(generation.load_records(cache_path).keys() & {row.key for row in rows})
+  start = time.perf_counter()
+  records = generation.generate_rows(model, params, rows, cache_path, spec=spec,
+                                     batch_size=batch_size, seed=seed, desc=desc)
+  seconds = time.perf_counter() - start
   by_task = {task_id: [tokenizer.decode(records[f"{task_id}#{s}"]["hidden"])
                        for s in range(num_samples)] for task_id in fitting}
   return Completions(
@@ -97,4 +104,5 @@ def complete(model: nn.Module, params: Any, tokenizer: Any, tasks: Sequence[Task
       too_long=[t.task_id for t in tasks if layouts[t.task_id] is None],
       num_truncated=sum(1 for task_id in fitting if layouts[task_id].prefix_dropped
                         or layouts[task_id].suffix_dropped),
-      tokens_per_call=generation.tokens_per_call(list(records.values())))
+      tokens_per_call=generation.tokens_per_call(list(records.values())),
+      seconds=seconds, num_generated_rows=len(rows) - num_cached)

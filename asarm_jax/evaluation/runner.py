@@ -6,6 +6,7 @@ HumanEval score files (JSONL, resumed by a rerun), and ``gen_quality.png``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable, NamedTuple
@@ -18,9 +19,10 @@ from asarm_jax.evaluation import (density_eval, draft_eval, gen_quality, infill_
 
 
 class Context(NamedTuple):
-  """What every task needs: the loaded model, the run's config and its directories."""
+  """What every task needs: the loaded model, the run's config and sampler, its directories."""
   loaded: inference.Loaded
   config: ml_collections.ConfigDict
+  spec: sampling.SamplerSpec
   data_dir: str
   out_dir: str
 
@@ -43,19 +45,18 @@ def _draft_acceptance(ctx: Context) -> dict:
 
 
 def _sampler_tag(ctx: Context) -> str:
-  """What generated completions depend on besides the task: checkpoint step, sampler (for
-  trees also their depth and prompt lookup, which change the calls a completion took) and batch
-  size (which sets the batches' random streams)."""
+  """What generated completions depend on besides the task: checkpoint step, sampler (every
+  setting that changes the samples or the calls they took), seed and batch size (which sets
+  the batches' random streams)."""
   e = ctx.config.eval
-  tree = f"_d{e.tree_depth}_g{e.ngram}" if e.method == "tree" else ""
-  return (f"step{ctx.loaded.step}_{e.method}_k{e.k}{tree}_t{e.temperature:g}_seed{e.seed}"
-          f"_b{e.batch_size}")
+  return f"step{ctx.loaded.step}_{ctx.spec.tag()}_seed{e.seed}_b{e.batch_size}"
 
 
 def _humaneval(kind: str) -> Callable[[Context], dict]:
   def task(ctx: Context) -> dict:
     return infill_eval.humaneval(ctx.loaded.model, ctx.loaded.params, ctx.loaded.tokenizer,
-                                 ctx.config.eval, kind, ctx.out_dir, _sampler_tag(ctx))
+                                 ctx.config.eval, ctx.spec, kind, ctx.out_dir,
+                                 _sampler_tag(ctx))
   return task
 
 
@@ -71,7 +72,8 @@ def stories(ctx: Context) -> list[text_infill.Story]:
 
 def _text_infill(ctx: Context) -> dict:
   return infill_eval.text(ctx.loaded.model, ctx.loaded.params, ctx.loaded.tokenizer,
-                          ctx.config.eval, stories(ctx), ctx.out_dir, _sampler_tag(ctx))
+                          ctx.config.eval, ctx.spec, stories(ctx), ctx.out_dir,
+                          _sampler_tag(ctx))
 
 
 def _gen_quality(ctx: Context) -> dict:
@@ -85,11 +87,11 @@ def _gen_quality(ctx: Context) -> dict:
                      "--config.data.data_dir set to the evaluated model's data dir")
   (heldout,) = data.heldout_batches(ctx.config.data, ctx.loaded.tokenizer, ctx.data_dir,
                                     batch_size=ecfg.gen_num_prompts, num_batches=1)
-  tag = (f"step{ctx.loaded.step}_t{ecfg.temperature:g}_f{ecfg.gen_visible_fraction:g}"
+  tag = (f"step{ctx.loaded.step}_t{ctx.spec.temperature:g}_f{ecfg.gen_visible_fraction:g}"
          f"_seed{ecfg.seed}_b{ecfg.batch_size}")
   if judge is not None:  # fails before generating
     gen_quality.check_judge_fits(judge.model, heldout.shape[1])
-  samples = gen_quality.generate(ctx.loaded.model, ctx.loaded.params, heldout, ecfg,
+  samples = gen_quality.generate(ctx.loaded.model, ctx.loaded.params, heldout, ecfg, ctx.spec,
                                  ctx.out_dir, tag)
   name = f"gen_samples_{tag}.npz"
   gen_quality.write_samples(os.path.join(ctx.out_dir, name), samples,
@@ -117,7 +119,7 @@ def validate(ecfg: ml_collections.ConfigDict) -> None:
   unknown = [t for t in ecfg.tasks if t not in TASKS]
   if unknown or not ecfg.tasks:
     raise ValueError(f"eval.tasks has unknown {unknown}; expected names of {sorted(TASKS)}")
-  methods = [ecfg.method] + (list(ecfg.gen_methods) if "gen_quality" in ecfg.tasks else [])
+  methods = list(ecfg.gen_methods) if "gen_quality" in ecfg.tasks else []
   bad = [m for m in methods if m not in sampling.METHODS]
   if bad:
     raise ValueError(f"unknown sampling methods {bad}; expected one of {sampling.METHODS}")
@@ -144,9 +146,11 @@ def _write(results: dict, out_dir: str) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the newest checkpoint of ``workdir`` on ``config.eval.tasks``; writes
   ``WORKDIR/eval/results.{json,md}``, prints the markdown and returns the results dict
-  ``{"workdir", "step", "eval", "tasks": {name: result}}``."""
+  ``{"workdir", "step", "eval", "sample", "tasks": {name: result}}``; the sampler of every
+  generating task is ``config.sample``'s."""
   ecfg = config.eval
   validate(ecfg)
+  spec = sampling.SamplerSpec.from_config(config.sample)
   loaded = inference.load(workdir)
   saved, current = (json.loads(c.model.to_json_best_effort()) for c in (loaded.config, config))
   saved.setdefault("arch", "two_stream")  # written before model.arch existed
@@ -155,8 +159,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      f"({sorted(k for k in current if saved.get(k) != current[k])})")
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
-  ctx = Context(loaded, config, config.data.data_dir or os.path.join(workdir, "data"), out_dir)
-  results = {"workdir": workdir, "step": loaded.step, "eval": ecfg.to_dict(), "tasks": {}}
+  ctx = Context(loaded, config, spec, config.data.data_dir or os.path.join(workdir, "data"), out_dir)
+  results = {"workdir": workdir, "step": loaded.step, "eval": ecfg.to_dict(),
+             "sample": dataclasses.asdict(spec), "tasks": {}}
   for name in ecfg.tasks:
     print(f"=== eval task {name} (step {loaded.step})", flush=True)
     results["tasks"][name] = TASKS[name](ctx)
