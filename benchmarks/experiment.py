@@ -126,7 +126,8 @@ def start_detached(argv: list[str], runs: str) -> None:
   shutil.rmtree(code, ignore_errors=True)
   for name in CODE:
     (shutil.copytree if os.path.isdir(name) else shutil.copy)(name, os.path.join(code, name))
-  log = open(os.path.join(runs, "experiment.log"), "a", encoding="utf-8")  # pylint: disable=consider-using-with
+  # The log stays open for the child; this process returns at once.
+  log = open(os.path.join(runs, "experiment.log"), "a", encoding="utf-8")  # pylint: disable=R1732
   subprocess.Popen([sys.executable, "-m", "benchmarks", "experiment", *argv], cwd=code,
                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                    start_new_session=True,

@@ -138,11 +138,12 @@ def run(workdir: str, specs: list[str] = ("sequential",), hidden: list[int] = (0
         if name != "perfetto_trace.json.gz":
           os.remove(os.path.join(folder, name))
   row = task_rows(heldout, 1, 1, length)
+  arrays = lambda: generation._batch_arrays(row, 1)  # pylint: disable=protected-access
   base = jax.random.key(0)
   key = lambda: jax.block_until_ready(generation.batch_key(base, "SingleLine/HumanEval/0/L0"))
   made.append(records.make(
       "task_overhead_host", {"repeats": 200},
       {"batch_key_ms": per_task_ms(key, 200),
-       "arrays_ms": per_task_ms(lambda: generation._batch_arrays(row, 1), 200)},  # pylint: disable=protected-access
+       "arrays_ms": per_task_ms(arrays, 200)},
       config))
   return made

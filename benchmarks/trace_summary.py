@@ -64,9 +64,9 @@ def summary(path: str, top: int, within: str = "") -> list[dict]:
     totals = collections.Counter()
     for e in group:
       totals[e["name"]] += e["dur"]
+    thread = f"{names.get((pid, None), pid)} / {names.get((pid, tid), tid)}"
     made.append(records.make(
-        "trace_summary", {"trace": path, "within": within,
-                          "thread": f"{names.get((pid, None), pid)} / {names.get((pid, tid), tid)}"},
+        "trace_summary", {"trace": path, "within": within, "thread": thread},
         {"span_ms": (high - low) / 1e3, "events": len(group), "busy_ms": busy / 1e3,
          "busy_share": busy / (high - low),
          "top_ms": {name[:100]: dur / 1e3 for name, dur in totals.most_common(top)}}))

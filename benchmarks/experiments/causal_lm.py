@@ -3,7 +3,7 @@ and time limit, trained left to right with nothing visible (``configs/judge.py``
 the judge of the headline's generation-quality samples.
 
   python -m benchmarks experiment causal_lm --runs=/tmp/runs --out=$OUT --detach=true \
-      --set samples=$PWD/docs/results/files/2026-12-03/headline/gen_samples_step7650_t1_f0.05_seed0_b64.npz
+      --set samples=$PWD/docs/archive/results/run3_2026-12-03/gen_samples_step7650_t1_f0.05_seed0_b64.npz
 
 Stages: ``prepare``; ``causal`` (training); ``density`` (held-out bits and the prefix-only
 single-line tasks, sequential at T=0.2); ``judged`` (the headline's samples judged, where
