@@ -268,7 +268,9 @@ def _draft_problem(seed=7, batch=3, length=LENGTH):
 def test_draft_rows_are_the_samplers_draft_rows():
   """The objective's draft rows score exactly what the sampler's draft call proposes (the same
   query_mask limit), and cut points stay among the hidden ranks."""
-  from asarm_jax.sampling import core  # pylint: disable=g-import-not-at-top
+  from asarm_jax import sampling  # pylint: disable=g-import-not-at-top
+  from asarm_jax.sampling import drafts  # pylint: disable=g-import-not-at-top
+  from asarm_jax.sampling import state as state_lib  # pylint: disable=g-import-not-at-top
   model = tiny_model(tie_embeddings=False)
   params = init(model)
   tokens, visible, order, sigma, (target, valid, limit) = _draft_problem()
@@ -279,10 +281,10 @@ def test_draft_rows_are_the_samplers_draft_rows():
   target, valid, limit = map(np.asarray, (target, valid, limit))
   assert valid.any() and (limit[valid] >= m.repeat(valid.sum(1))).all()
   assert ((target - limit)[valid] >= 1).all() and ((target - limit)[valid] <= 3).all()
-  state = core.init_state(tokens, visible, jnp.asarray(order, jnp.float32),
-                          jnp.full((3,), LENGTH, jnp.int32), jax.random.PRNGKey(0))
-  draft = jax.jit(lambda n: core.draft_log_probs(model, params, state.replace(num_decoded_B=n),
-                                                 LENGTH, 1.0))
+  state = state_lib.init_state(tokens, visible, jnp.asarray(order, jnp.float32),
+                               jnp.full((3,), LENGTH, jnp.int32), jax.random.PRNGKey(0))
+  draft = jax.jit(lambda n: drafts.draft_log_probs(
+      sampling.ModelNetwork(model), params, state.replace(num_decoded_B=n), LENGTH))
   for b, k in zip(*np.nonzero(valid)):
     logq = draft(jnp.full((3,), limit[b, k], jnp.int32))
     want = logq[b, target[b, k] - limit[b, k], tokens_rank[b, target[b, k]]]

@@ -1,10 +1,9 @@
-"""Tests of asarm_jax.sampling: exactness by exhaustive enumeration, call counts, traces, prompts.
+"""Tests of asarm_jax.sampling on a trained network: exactness, caches, traces, greedy, prompts.
 
-The exactness tests compare N samples of every completion of a small prompt with the joint that
-``density.log_prob`` assigns to all V^h completions (chi-square goodness of fit, cells with
-expected count < 5 pooled, level fixed in advance at ``ALPHA``). The model is trained for a few
-steps on a Markov chain so that its joint is far from a product of marginals: ``parallel``
-(which samples that product) must be rejected by the very same test.
+The model is trained for a few steps on a Markov chain so that its joint is far from a product
+of marginals. Two exactness runs compare its samples with the joint that ``density.log_prob``
+assigns to all V^h completions (``tests/sampling_cases.py``); every other method and setting is
+checked on an analytic joint in ``test_exactness.py``, where the same test rejects ``parallel``.
 """
 from __future__ import annotations
 
@@ -21,12 +20,13 @@ import pytest
 import scipy.stats
 
 from asarm_jax import density, forward, models, objectives, sampling
-from asarm_jax.sampling import auto, core
-
-NUM_SPECIAL, VOCAB, LENGTH = 4, 6, 6  # 6 samplable ids [4, 10).
-ALPHA = 1e-3
-ROWS_PER_GROUP = 10_000
-
+from asarm_jax.sampling import core, drafts
+from asarm_jax.sampling import state as state_lib
+from asarm_jax.sampling.methods import auto
+from asarm_jax.sampling.methods import tree as tree_method
+from tests.sampling_cases import (ALPHA, GROUPS, LENGTH, NUM_SPECIAL, ROWS_PER_GROUP, RUNS, VOCAB,
+                                  batch, check_prompt_padding_and_calls, generate_run,
+                                  group_arrays, hidden, p_values)
 
 def _markov_batch(rs: np.random.Generator, batch: int) -> jnp.ndarray:
   """x_{i+1} = x_i + 1 (mod VOCAB) with probability 0.8, else uniform."""
@@ -61,41 +61,17 @@ def trained():
   return model, params
 
 
-# Prompt groups sharing one batch: (visible tokens by position, order seed or None, length).
-GROUPS = {
-    "left_to_right": ({0: 4, 1: 5}, None, LENGTH),
-    "infill": ({0: 7, 3: 4}, None, LENGTH),
-    "random_order_a": ({1: 9, 4: 6, 5: 7}, 11, LENGTH),
-    "random_order_b": ({2: 5, 5: 8}, 12, LENGTH),
-    "padded": ({0: 6}, None, 5),  # position 5 is padding.
-}
-PAD_TOKEN = 9
-
-
-def _group_arrays(visible_tokens, order_seed, length):
-  """One row of a group: tokens, visible, order (``1 x LENGTH``)."""
-  tokens = np.full((1, LENGTH), NUM_SPECIAL, np.int32)
-  tokens[0, length:] = PAD_TOKEN
-  visible = np.zeros((1, LENGTH), bool)
-  for pos, tok in visible_tokens.items():
-    tokens[0, pos], visible[0, pos] = tok, True
-  order = (np.zeros((1, LENGTH), np.float32) if order_seed is None else
-           np.asarray(sampling.random_order(jax.random.key(order_seed), (1, LENGTH))))
-  return tokens, visible, order
-
-
-def _hidden(visible_tokens, length):
-  return [i for i in range(length) if i not in visible_tokens]
+REAL_RUNS = ("assd_fused_k3", "tree_n7_ngram")  # the rest run on the analytic joint
 
 
 def _exact_joint(model, params, group, temperature):
   """Probabilities of all VOCAB^h completions (lexicographic over hidden positions)."""
-  visible_tokens, order_seed, length = group
-  tokens, visible, order = _group_arrays(*group)
-  hidden = _hidden(visible_tokens, length)
-  fills = np.array(list(itertools.product(range(VOCAB), repeat=len(hidden)))) + NUM_SPECIAL
+  visible_tokens, _, length = group
+  tokens, visible, order = group_arrays(*group)
+  hidden_positions = hidden(visible_tokens, length)
+  fills = np.array(list(itertools.product(range(VOCAB), repeat=len(hidden_positions))))
   tokens_CxL = np.repeat(tokens, len(fills), 0)
-  tokens_CxL[:, hidden] = fills
+  tokens_CxL[:, hidden_positions] = fills + NUM_SPECIAL
   logp_CxL = density.log_prob(model, params, jnp.asarray(tokens_CxL[:, :length]),
                               jnp.asarray(np.repeat(visible[:, :length], len(fills), 0)),
                               jnp.asarray(np.repeat(order[:, :length], len(fills), 0)),
@@ -105,119 +81,23 @@ def _exact_joint(model, params, group, temperature):
   return probs / probs.sum()
 
 
-def _cells(tokens_NxL, visible_tokens, length):
-  """Cell index of each sample: its hidden tokens read as a base-VOCAB number."""
-  digits = tokens_NxL[:, _hidden(visible_tokens, length)] - NUM_SPECIAL
-  assert digits.min() >= 0 and digits.max() < VOCAB
-  return digits @ (VOCAB ** np.arange(digits.shape[1])[::-1])
-
-
-def chi_square(cells_N: np.ndarray, probs_C: np.ndarray) -> tuple[float, int, float]:
-  """Pearson goodness of fit; cells with expected count < 5 are pooled (smallest first)."""
-  observed = np.bincount(cells_N, minlength=len(probs_C))
-  expected = len(cells_N) * probs_C
-  order = np.argsort(expected)
-  observed, expected = observed[order], expected[order]
-  cut = int((expected < 5).sum())
-  while 0 < cut < len(expected) and expected[:cut].sum() < 5:
-    cut += 1
-  if cut:
-    observed = np.r_[observed[:cut].sum(), observed[cut:]]
-    expected = np.r_[expected[:cut].sum(), expected[cut:]]
-  stat = float(((observed - expected) ** 2 / expected).sum())
-  dof = len(expected) - 1
-  return stat, dof, float(scipy.stats.chi2.sf(stat, dof))
-
-
-def _batch():
-  """All groups stacked, ``ROWS_PER_GROUP`` rows each."""
-  parts = [_group_arrays(*group) for group in GROUPS.values()]
-  tokens, visible, order = (np.repeat(np.concatenate(p), ROWS_PER_GROUP, 0) for p in zip(*parts))
-  lengths = np.repeat([group[2] for group in GROUPS.values()], ROWS_PER_GROUP).astype(np.int32)
-  return tokens, visible, order, lengths
-
-
-RUNS = {  # name: (method, k, temperature, cache, extra generate() arguments)
-    "sequential": ("sequential", 1, 1.0, True, {}),
-    "sequential_nocache": ("sequential", 1, 1.0, False, {}),
-    "assd_k2": ("assd", 2, 1.0, True, {}),
-    "assd_k3": ("assd", 3, 1.0, True, {}),
-    "assd_k3_nocache": ("assd", 3, 1.0, False, {}),
-    "assd_k3_t0.7": ("assd", 3, 0.7, True, {}),
-    "assd_fused_k2": ("assd_fused", 2, 1.0, True, {}),
-    "assd_fused_k3": ("assd_fused", 3, 1.0, True, {}),
-    "assd_fused_k3_nocache": ("assd_fused", 3, 1.0, False, {}),
-    "assd_fused_k3_t0.7": ("assd_fused", 3, 0.7, True, {}),
-    # Tree decoding: node budgets 1, 3 and 7, prompt lookup on and off, cache on and off.
-    "tree_n1": ("tree", 1, 1.0, True, dict(depth=3, ngram=0)),
-    "tree_n3_t0.5": ("tree", 3, 0.5, True, dict(depth=3, ngram=0)),
-    "tree_n7_ngram": ("tree", 7, 1.0, True, dict(depth=3, ngram=1)),
-    "tree_n7_ngram_nocache": ("tree", 7, 1.0, False, dict(depth=3, ngram=1)),
-    "parallel_k3": ("parallel", 3, 1.0, True, {}),
-}
-
-
-@pytest.fixture(scope="module")
-def samples(trained):
-  """One ``generate`` call per run over every group; also the exact joints."""
+@pytest.mark.parametrize("run", REAL_RUNS)
+def test_samples_of_the_network_follow_its_joint(trained, run):
+  """The trained network's samples against its own density (the analytic joint covers every
+  method in ``test_exactness.py``; these two are the most intricate calls and caches)."""
   model, params = trained
-  tokens, visible, order, lengths = _batch()
-  out = {}
-  for i, (name, (method, k, temperature, cache, extra)) in enumerate(RUNS.items()):
-    gen = sampling.generate(model, params, tokens, visible, jax.random.key(100 + i),
-                            method=method, k=k, temperature=temperature, order_BxL=order,
-                            length_B=lengths, cache=cache, **extra)
-    out[name] = jax.tree.map(np.asarray, gen)
-  joints = {(name, t): _exact_joint(model, params, group, t)
-            for name, group in GROUPS.items() for t in {r[2] for r in RUNS.values()}}
-  return tokens, visible, out, joints
+  gen = generate_run(model, params, run, seed=100 + list(RUNS).index(run))
+  check_prompt_padding_and_calls(gen, run)
+  joints = {name: _exact_joint(model, params, group, RUNS[run][2])
+            for name, group in GROUPS.items()}
+  p = p_values(gen, joints)
+  assert all(value > ALPHA for value in p.values()), p
 
 
-def _group_rows(name):
-  g = list(GROUPS).index(name)
-  return slice(g * ROWS_PER_GROUP, (g + 1) * ROWS_PER_GROUP)
-
-
-@pytest.mark.parametrize("group", list(GROUPS))
-@pytest.mark.parametrize("run", [r for r in RUNS if not r.startswith("parallel")])
-def test_exact_methods_match_the_joint(samples, run, group):
-  _, _, out, joints = samples
-  visible_tokens, _, length = GROUPS[group]
-  cells = _cells(out[run].tokens_BxL[_group_rows(group)], visible_tokens, length)
-  stat, dof, p = chi_square(cells, joints[group, RUNS[run][2]])
-  print(f"\n{run:>13} {group:>15}: chi2={stat:8.1f} dof={dof:4d} p={p:.3g}")
-  assert p > ALPHA
-
-
-@pytest.mark.parametrize("group", list(GROUPS))
-def test_parallel_is_rejected(samples, group):
-  _, _, out, joints = samples
-  visible_tokens, _, length = GROUPS[group]
-  cells = _cells(out["parallel_k3"].tokens_BxL[_group_rows(group)], visible_tokens, length)
-  stat, dof, p = chi_square(cells, joints[group, 1.0])
-  print(f"\n  parallel_k3 {group:>15}: chi2={stat:8.1f} dof={dof:4d} p={p:.3g}")
-  assert p < ALPHA
-
-
-def test_prompt_and_padding_are_untouched_and_calls_bounded(samples):
-  tokens, visible, out, _ = samples
-  lengths = np.repeat([group[2] for group in GROUPS.values()], ROWS_PER_GROUP)
-  kept = visible | (np.arange(LENGTH) >= lengths[:, None])
-  hidden_count = LENGTH - kept.sum(-1)
-  for name, gen in out.items():
-    np.testing.assert_array_equal(gen.tokens_BxL[kept], tokens[kept])
-    assert (gen.tokens_BxL[~kept] >= NUM_SPECIAL).all()
-    np.testing.assert_array_equal(gen.num_generated_B, hidden_count)
-    assert (gen.num_calls_B <= gen.num_generated_B).all(), name
-    assert (gen.num_calls_B >= 1).all()
-    print(f"\n{name:>13}: tokens/call={hidden_count.sum() / gen.num_calls_B.sum():.3f}")
-  np.testing.assert_array_equal(out["sequential"].num_calls_B, hidden_count)
-  np.testing.assert_array_equal(out["sequential_nocache"].num_calls_B, hidden_count)
-  k3 = out["parallel_k3"].num_calls_B
-  np.testing.assert_array_equal(k3, -(-hidden_count // 3))  # ceil(h / k): one call per round.
-
-
-_draft_log_probs = jax.jit(core.draft_log_probs, static_argnums=(0, 3, 4))
+_draft_log_probs = jax.jit(
+    lambda model, params, state, k, temperature: drafts.draft_log_probs(
+        sampling.ModelNetwork(model), params, state.replace(temperature=jnp.float32(temperature)),
+        k), static_argnums=(0, 3, 4))
 _density = jax.jit(density.log_prob, static_argnums=0,
                    static_argnames=("temperature", "independent"))
 
@@ -233,7 +113,7 @@ def test_first_draft_marginal_is_the_density_conditional(trained):
   expected = _density(model, params, tokens, visible, order, temperature=0.8)
   independent = _density(model, params, tokens, visible, order, temperature=0.8,
                          independent=True)
-  state = core.init_state(tokens, visible, order, length, jax.random.key(0))
+  state = state_lib.init_state(tokens, visible, order, length, jax.random.key(0))
   gather = lambda x_BxR, index_BxK: jnp.take_along_axis(x_BxR, index_BxK, 1)
   for n in range(1, LENGTH):  # Row 0 of the draft call at pointer n is the conditional of rank n.
     state_n = state.replace(num_decoded_B=jnp.maximum(state.num_visible_B, n))
@@ -319,7 +199,7 @@ def test_padding_values_do_not_change_real_logits(trained):
   visible = jnp.asarray([[1, 0, 0, 0, 1, 1], [0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 1, 0]], bool)
   order = sampling.random_order(jax.random.key(5), tokens.shape)
   length = jnp.asarray([4, 4, 4])  # padding marked visible in rows 0 and 2: still padding.
-  states = [core.init_state(t, visible, order, length, jax.random.key(0))
+  states = [state_lib.init_state(t, visible, order, length, jax.random.key(0))
             for t in (tokens, tokens_other_pad)]
   np.testing.assert_array_equal(states[0].num_target_B, [4, 4, 4])
   for n in (1, 2, 3):
@@ -331,20 +211,6 @@ def test_padding_values_do_not_change_real_logits(trained):
   np.testing.assert_array_equal(outs[0].tokens_BxL[:, :4], outs[1].tokens_BxL[:, :4])
   np.testing.assert_array_equal(outs[1].tokens_BxL[:, 4:], tokens_other_pad[:, 4:])
   np.testing.assert_array_equal(outs[0].num_generated_B, [3, 3, 3])
-
-
-def test_sequential_is_assd_with_k1(trained):
-  """True by construction: at k = 1 every method runs the same round (commit the first draft,
-  whose draft mask is the density rule), so outputs are identical under the same rng."""
-  model, params = trained
-  tokens, visible, order, lengths = (x[::ROWS_PER_GROUP // 2] for x in _batch())
-  outs = [sampling.generate(model, params, tokens, visible, jax.random.key(9), method=m, k=k,
-                            order_BxL=order, length_B=lengths)
-          for m, k in (("sequential", 4), ("assd", 1), ("parallel", 1))]
-  np.testing.assert_array_equal(outs[0].num_calls_B, outs[0].num_generated_B)
-  for other in outs[1:]:
-    np.testing.assert_array_equal(outs[0].tokens_BxL, other.tokens_BxL)
-    np.testing.assert_array_equal(outs[0].num_calls_B, other.num_calls_B)
 
 
 def test_invalid_arguments_raise(trained):
@@ -367,7 +233,7 @@ def test_invalid_arguments_raise(trained):
 
 def _subsample(rows_per_group: int):
   """``rows_per_group`` rows of every group of :func:`_batch` (group ``g`` first)."""
-  return tuple(x[::ROWS_PER_GROUP // rows_per_group] for x in _batch())
+  return tuple(x[::ROWS_PER_GROUP // rows_per_group] for x in batch())
 
 
 def test_greedy_decoding_is_sequential_greedy(trained):
@@ -404,10 +270,10 @@ def test_auto_runs_the_configuration_it_chooses(trained):
   tokens, visible, order, lengths = _subsample(4)
   real = np.arange(LENGTH) < lengths[:, None]
   choice = auto.choose(len(tokens), (visible & real).sum() / real.sum(), 0.2)
-  run = lambda **kw: np.asarray(sampling.generate(
-      model, params, tokens, visible, jax.random.key(3), temperature=0.2, order_BxL=order,
-      length_B=lengths, **kw).tokens_BxL)
-  np.testing.assert_array_equal(run(method="auto"), run(**choice._asdict()))
+  run = lambda spec: np.asarray(sampling.generate(
+      model, params, tokens, visible, jax.random.key(3), spec=spec, order_BxL=order,
+      length_B=lengths).tokens_BxL)
+  np.testing.assert_array_equal(run(sampling.SamplerSpec("auto", temperature=0.2)), run(choice))
 
 
 def _path(tree, b, node):
@@ -426,12 +292,13 @@ def test_tree_call_rows_are_exact_conditionals_of_each_path(trained, cache):
   model, params = trained
   tokens, visible, order, lengths = _subsample(4)
   batch, num_nodes, depth = tokens.shape[0], 5, 3
-  state = core.init_state(jnp.asarray(tokens), jnp.asarray(visible), jnp.asarray(order),
-                          jnp.asarray(lengths), jax.random.key(0), 1, 1,
-                          model.init_cache(batch, LENGTH + num_nodes) if cache else None)
-  state = core.tree_prefill(model, params, state, num_nodes, depth, 1, jnp.float32(1.0))
-  logits = np.asarray(core.tree_call(model, params, state, num_nodes, depth)[0])
-  tree = jax.tree.map(np.asarray, state.tree)
+  net, spec = sampling.ModelNetwork(model), sampling.SamplerSpec("tree", num_nodes=num_nodes,
+                                                                  depth=depth, ngram=1)
+  state = state_lib.init_state(jnp.asarray(tokens), jnp.asarray(visible), jnp.asarray(order),
+                               jnp.asarray(lengths), jax.random.key(0))
+  state = tree_method.init(net, params, spec, state, cache)
+  logits = np.asarray(tree_method.call(net, params, spec, state)[0])
+  tree = jax.tree.map(np.asarray, state.carry)
   n, num_target = np.asarray(state.num_decoded_B), np.asarray(state.num_target_B)
   checked = 0
   for node in range(-1, num_nodes):
@@ -458,13 +325,13 @@ def test_tree_cache_holds_exactly_the_committed_content(trained):
   model, params = trained
   tokens, visible, order, lengths = _subsample(4)
   batch, num_nodes, depth = tokens.shape[0], 7, 3
-  state = core.init_state(jnp.asarray(tokens), jnp.asarray(visible), jnp.asarray(order),
-                          jnp.asarray(lengths), jax.random.key(0), 1, 1,
-                          model.init_cache(batch, LENGTH + num_nodes))
-  temperature = jnp.float32(1.0)
-  state = core.tree_prefill(model, params, state, num_nodes, depth, 1, temperature)
+  net, spec = sampling.ModelNetwork(model), sampling.SamplerSpec("tree", num_nodes=num_nodes,
+                                                                  depth=depth, ngram=1)
+  state = state_lib.init_state(jnp.asarray(tokens), jnp.asarray(visible), jnp.asarray(order),
+                               jnp.asarray(lengths), jax.random.key(0))
+  state = tree_method.init(net, params, spec, state, True)
   for _ in range(2):
-    state = core.tree_round(model, params, state, num_nodes, depth, 1, temperature)
+    state = tree_method.round(net, params, spec, state)
   _, fresh = forward.call(model, params, state.tokens_rank_BxL, state.perm_BxL,
                           state.num_visible_B, state.num_decoded_B[:, None],
                           jnp.zeros((batch, 1), bool), state.num_decoded_B,

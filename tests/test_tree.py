@@ -1,4 +1,4 @@
-"""Tests of asarm_jax.sampling.tree: tree shape from proposals, prompt lookup, the walk."""
+"""Tests of asarm_jax.sampling.candidate_tree: tree shape from proposals, prompt lookup, the walk."""
 from __future__ import annotations
 
 import itertools
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asarm_jax.sampling import tree as tree_lib
+from asarm_jax.sampling import candidate_tree as tree_lib
 
 
 def _paths(tree: tree_lib.Tree, b: int) -> list[tuple[int, ...]]:
@@ -112,13 +112,15 @@ def test_build_drops_nodes_past_the_last_rank():
 def test_auto_table_choice():
   """``method="auto"`` reads the committed table: each measured setting maps to its fastest
   configuration, and a request takes the nearest setting (batch on a log scale first)."""
-  from asarm_jax.sampling import auto  # pylint: disable=g-import-not-at-top
+  from asarm_jax.sampling.methods import auto  # pylint: disable=g-import-not-at-top
   entries = auto.load_table()
   assert {e["batch"] for e in entries} >= {1, 64} and all(
       e["best"]["method"] in ("sequential", "assd", "assd_fused", "tree") for e in entries)
   for e in entries:
     got = auto.choose(e["batch"], e["visible"], e["temperature"])
-    assert got.method == e["best"]["method"] and got.k == e["best"]["k"]
+    size = got.num_nodes if got.method == "tree" else got.k
+    assert got.method == e["best"]["method"] and size == e["best"]["k"]
+    assert got.temperature == e["temperature"]
   near = min(entries, key=lambda e: (abs(np.log2(e["batch"]) - np.log2(48)),
                                      abs(e["visible"] - 0.3), abs(e["temperature"] - 0.25)))
   assert auto.choose(48, 0.3, 0.25).method == near["best"]["method"]
