@@ -1,7 +1,14 @@
 """Orbax checkpoints: train state, data-iterator state, config and tokenizer, in one step dir.
 
-Every checkpoint carries a fingerprint of its arrays (in ``meta``), checked on restore: Orbax
-notices truncated or missing files, but not overwritten bytes inside an array file.
+The ``state`` item is a tree with a ``params`` entry: the whole train state
+(:class:`asarm_jax.state.TrainState`) from training, or ``{"params": ...}`` alone from the
+converter. :meth:`Checkpointer.restore_latest_params` reads the ``params`` subtree alone (an
+Orbax partial restore), so that reading weights never needs an optimizer.
+
+Every checkpoint carries fingerprints of its arrays and of its parameters (in ``meta``),
+checked on restore: Orbax notices truncated or missing files, but not overwritten bytes inside
+an array file. (Checkpoints written before the parameters' own fingerprint existed restore their
+parameters alone without that check.)
 """
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ import base64
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -32,6 +39,12 @@ class Restored(NamedTuple):
   step: int
   state: Any
   data_state: dict
+  meta: dict
+
+
+class RestoredParams(NamedTuple):
+  step: int
+  params: Any
   meta: dict
 
 
@@ -82,7 +95,8 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_state: dict, meta: dict, force: bool = False) -> None:
     """Starts saving ``step``; raises :class:`SaveError` if this or the previous save failed."""
     self.wait()
-    meta = dict(meta, fingerprint=int(fingerprint(state)))
+    meta = dict(meta, fingerprint=int(fingerprint(state)),
+                params_fingerprint=int(fingerprint(_params_of(state))))
     self.pending = step
     with self._failure_of(step):
       self.manager.save(step, args=ocp.args.Composite(
@@ -94,17 +108,26 @@ class Checkpointer:
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
-    expected = out.meta.get("fingerprint")
-    if expected is not None and int(fingerprint(out.state)) != expected:
-      raise ValueError("its arrays do not match the fingerprint written with them")
+    _check_fingerprint(out.state, out.meta.get("fingerprint"))
     return Restored(step, out.state, out.data, out.meta)
 
-  def _newest_readable(self, abstract_state: Any) -> tuple[Restored | None, list[int]]:
-    """The newest checkpoint that restores, and the newer steps that did not (newest first)."""
+  def _restore_params(self, step: int, abstract_params: Any) -> RestoredParams:
+    """The ``params`` subtree of step ``step`` alone; raises as :meth:`_restore` does."""
+    item = {"params": abstract_params}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+        meta=ocp.args.JsonRestore()))
+    _check_fingerprint(out.state["params"], out.meta.get("params_fingerprint"))
+    return RestoredParams(step, out.state["params"], out.meta)
+
+  def _newest_readable(self, restore: Callable[[int], Any]) -> tuple[Any, list[int]]:
+    """The newest checkpoint that ``restore(step)`` reads, and the newer steps that did not
+    (newest first)."""
     unreadable = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
-        return self._restore(step, abstract_state), unreadable
+        return restore(step), unreadable
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("Checkpoint at step %d is unreadable (%s); skipped.", step, cause(e))
         unreadable.append(step)
@@ -116,7 +139,13 @@ class Checkpointer:
     A checkpoint that fails to read (truncated or corrupted files) is skipped with a warning and
     the next older one is tried. Nothing is moved or deleted.
     """
-    return self._newest_readable(abstract_state)[0]
+    return self._newest_readable(lambda step: self._restore(step, abstract_state))[0]
+
+  def restore_latest_params(self, abstract_params: Any) -> RestoredParams | None:
+    """:meth:`restore_latest` of the parameters alone, onto ``abstract_params`` (the
+    ``{'params': ...}`` tree of :func:`asarm_jax.state.abstract_params`); the optimizer state
+    and the data position are not read."""
+    return self._newest_readable(lambda step: self._restore_params(step, abstract_params))[0]
 
   def resume(self, abstract_state: Any, corrupt_dir: str) -> Restored | None:
     """:meth:`restore_latest` for the process that goes on saving: the unreadable checkpoints
@@ -126,7 +155,7 @@ class Checkpointer:
     Returns None if there is no checkpoint; raises ``RuntimeError`` (moving nothing) if there
     are checkpoints but none restores, e.g. after a change of the state's structure.
     """
-    restored, unreadable = self._newest_readable(abstract_state)
+    restored, unreadable = self._newest_readable(lambda step: self._restore(step, abstract_state))
     if restored is None and unreadable:
       raise CheckpointError(f"none of the {len(unreadable)} checkpoints in "
                             f"{self.manager.directory} restores (see the warnings above); move "
@@ -190,6 +219,17 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _params_of(state: Any) -> Any:
+  """The ``params`` entry of a saved state: a train state's field or a mapping's key."""
+  return state["params"] if isinstance(state, Mapping) else state.params
+
+
+def _check_fingerprint(tree: Any, expected: int | None) -> None:
+  """Raises ``ValueError`` if ``tree`` does not match the ``expected`` fingerprint (if any)."""
+  if expected is not None and int(fingerprint(tree)) != expected:
+    raise ValueError("its arrays do not match the fingerprint written with them")
 
 
 def cause(error: BaseException, limit: int = 240) -> str:

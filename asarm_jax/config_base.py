@@ -1,17 +1,22 @@
 """The complete default config; every file in configs/ starts from it and changes a few keys.
 
+This is the one place of every default: the code reads the keys without restating them.
 Configs are locked by ``main.py`` (``config_flags``), so a misspelt ``--config.x=...`` override
-is an error rather than a silently ignored key.
+is an error rather than a silently ignored key. :func:`complete` reads the config of a
+checkpoint written by an older version.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+from typing import Any
 
 import ml_collections
 
 from asarm_jax.data import default_data_config
 from asarm_jax.evaluation.config import default_eval_config
+from asarm_jax.sampling.spec import SamplerSpec
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -59,14 +64,35 @@ def base_config() -> ml_collections.ConfigDict:
       ("vocab", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
       ("kv", None), ("position", None), ("norm", None))))
 
-  # method: a name of sampling.METHODS. k: drafts per round (assd, assd_fused, parallel) or the
-  # node budget N of the tree (tree). tree_depth: the tree's depth D; ngram: length of the
-  # prompt-lookup match that adds a candidate chain to the tree (0: off). temperature 0 = greedy.
+  # The sampler of --mode=sample, of the infills shown after training and of --mode=eval: the
+  # fields of sampling.spec.SamplerSpec. method: a name of sampling.METHODS; k: drafts per round
+  # (parallel, assd, assd_fused); num_nodes: the tree's node budget N and depth its depth D
+  # (tree); ngram: length of the prompt-lookup match that adds a candidate chain to the tree
+  # (0: off); temperature 0 = greedy. prompt / prompt_file: what --mode=sample fills;
+  # num_examples held-out snippets with the middle example_mask_fraction hidden after training.
   c.sample = ml_collections.ConfigDict(dict(
-      method="assd_fused", k=5, temperature=1.0, tree_depth=6, ngram=2, prompt="",
+      method="assd_fused", k=5, num_nodes=8, depth=6, ngram=2, temperature=1.0, prompt="",
       prompt_file="", num_examples=3, example_mask_fraction=0.25))
   c.eval = default_eval_config()
   return c
+
+
+def complete(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The config a checkpoint carries (``meta["config"]``, a dict), with the keys added since it
+  was written at their defaults; its own keys keep their values (also keys this version lacks,
+  such as the xlnet arch's). Its sampler keys are read as :class:`SamplerSpec` reads them
+  (``tree_depth`` is ``depth``; a tree's ``k`` is ``num_nodes``)."""
+  config = base_config().copy_and_resolve_references()
+  for name, value in saved.items():
+    if isinstance(value, dict) and isinstance(config.get(name), ml_collections.ConfigDict):
+      config[name].update(value)
+    else:
+      config[name] = value
+  if "sample" in saved:
+    if "tree_depth" in config.sample:
+      del config.sample["tree_depth"]
+    config.sample.update(dataclasses.asdict(SamplerSpec.from_config(saved["sample"])))
+  return config
 
 
 def from_file(path: str) -> ml_collections.ConfigDict:

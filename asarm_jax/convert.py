@@ -4,9 +4,11 @@
 
 Reads ``config.json``, ``model.safetensors`` (through ``safetensors.numpy``: no torch) or
 ``pytorch_model.bin`` (imports torch, only then) and ``spiece.model``; writes OUT/checkpoints/0,
-an Orbax checkpoint with the config and tokenizer that ``--mode=sample`` and
+an Orbax checkpoint of the parameters alone (no optimizer state) with the config and tokenizer
+that ``--mode=sample``, ``--mode=eval``, ``config.init_from`` and
 :func:`asarm_jax.inference.load` read, and OUT/config.py, the config to pass as ``--config`` (for
-``--mode=eval``, which requires the checkpoint's model block). Nothing is downloaded.
+``--mode=eval``, which requires the checkpoint's model block). To train from the weights, start
+a new workdir with ``--config.init_from=OUT`` (or the HF folder). Nothing is downloaded.
 
 Tokenizer adapter: our tokenizers keep ``<pad>, <unk>, </s> (eos), <mask>`` at ids 0..3 and
 never sample ids below ``model.num_special_tokens``. XLNet's SentencePiece has
@@ -26,6 +28,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+
+from asarm_jax import checkpoint, config_base, data, models, state
 
 OURS_FIRST = ("<pad>", "<unk>", "</s>", "<mask>")  # our PAD_ID, UNK_ID, EOS_ID, MASK_ID
 
@@ -146,7 +150,6 @@ def _parse(spiece: bytes) -> Any:
 def full_config(model: dict[str, Any]) -> ml_collections.ConfigDict:
   """The default config with the converted model block (data.vocab_size and data.seq_len are
   what model.vocab_size and model.max_len refer to)."""
-  from asarm_jax import config_base  # pylint: disable=g-import-not-at-top
   config = config_base.base_config()
   config.data.vocab_size = model["vocab_size"]
   config.data.seq_len = model["max_len"]
@@ -190,23 +193,20 @@ def load(hf_dir: str, max_len: int = 512) -> tuple[dict[str, Any], dict[str, Any
 
 def convert(hf_dir: str, workdir: str, max_len: int = 512) -> ml_collections.ConfigDict:
   """Writes ``workdir`` (checkpoint step 0) from the HF folder ``hf_dir``; returns its config."""
-  from asarm_jax import checkpoint, data, models, optim, train  # pylint: disable=g-import-not-at-top
   model_block, params, spiece = load(hf_dir, max_len)
   tokenizer = data.Tokenizer.from_serialized(spiece)
   config = full_config(model_block)
   model = models.build(config.model)
-  expected = jax.eval_shape(model.init, jax.random.key(0), *models.example_inputs(1, 2, 1))
-  mismatch = train.first_mismatch(params, expected)
+  mismatch = state.first_mismatch(params, state.abstract_params(model, config.data.seq_len))
   if mismatch:
     raise ValueError(f"converted parameters do not fit the xlnet model of {config.model}: "
                      f"{mismatch}")
   params = jax.tree_util.tree_map(jnp.asarray, params)
-  tx = optim.make_optimizer(config.optim, config.train.num_steps)
-  state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None,
                                  async_save=False)
   try:
-    ckpt.save(0, state, {}, checkpoint.meta_for(config, tokenizer.serialized()), force=True)
+    ckpt.save(0, {"params": params}, {}, checkpoint.meta_for(config, tokenizer.serialized()),
+              force=True)
     ckpt.wait()
   finally:
     ckpt.close()

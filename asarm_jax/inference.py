@@ -1,7 +1,10 @@
-"""Loading a trained AS-ARM from a workdir and sampling from it (``--mode=sample``)."""
+"""Loading a trained AS-ARM from a workdir and sampling from it (``--mode=sample``).
+
+:func:`load` reads a checkpoint's parameters alone (with the config and tokenizer it carries):
+no optimizer is built. The sampler is ``config.sample``'s :class:`SamplerSpec`.
+"""
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Callable
@@ -14,7 +17,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from asarm_jax import checkpoint, data, models, optim, sampling, sharding, train
+from asarm_jax import checkpoint, config_base, data, models, sampling, state
+from asarm_jax.sampling.spec import SamplerSpec
 
 
 class Loaded(NamedTuple):
@@ -45,10 +49,10 @@ def load(workdir: str, attention_impl: str | None = None) -> Loaded:
       raise _none_readable(ckpt, directory)
   finally:
     ckpt.close()
-  config, state = restored
-  logging.info("loaded step %d from %s", state.step, directory)
-  tokenizer = data.Tokenizer.from_serialized(checkpoint.tokenizer_bytes(state.meta))
-  return Loaded(models.build(config.model), state.state.params, tokenizer, config, state.step)
+  config, model, found = restored
+  logging.info("loaded step %d from %s", found.step, directory)
+  tokenizer = data.Tokenizer.from_serialized(checkpoint.tokenizer_bytes(found.meta))
+  return Loaded(model, found.params, tokenizer, config, found.step)
 
 
 def load_tokenizer(workdir: str) -> data.Tokenizer:
@@ -66,20 +70,16 @@ def load_tokenizer(workdir: str) -> data.Tokenizer:
 
 
 def _restore(ckpt: checkpoint.Checkpointer, meta: dict, attention_impl: str | None
-             ) -> tuple[ml_collections.ConfigDict, checkpoint.Restored] | None:
-  """``(config, restored)`` of the newest readable checkpoint, on this process's first device."""
-  config = ml_collections.ConfigDict(meta["config"])
+             ) -> tuple[ml_collections.ConfigDict, nn.Module, checkpoint.RestoredParams] | None:
+  """``(config, model, restored)`` of the newest checkpoint whose parameters read, on this
+  process's first device (whatever mesh it was written from)."""
+  config = config_base.complete(meta["config"])
   if attention_impl is not None:
     config.model.attention_impl = attention_impl
   model = models.build(config.model)
-  tx = optim.make_optimizer(config.optim, config.train.num_steps)
-  abstract = jax.eval_shape(functools.partial(train.create_state, model, tx,
-                                              seq_len=config.data.seq_len), jax.random.PRNGKey(0))
-  # Whatever mesh the checkpoint was written from.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  restored = ckpt.restore_latest(sharding.with_shardings(
-      abstract, jax.tree_util.tree_map(lambda _: device, abstract)))
-  return None if restored is None else (config, restored)
+  restored = ckpt.restore_latest_params(
+      state.on_one_device(state.abstract_params(model, config.data.seq_len)))
+  return None if restored is None else (config, model, restored)
 
 
 def _none_readable(ckpt: checkpoint.Checkpointer, directory: str) -> Exception:
@@ -99,12 +99,6 @@ def _prompts(sample: ml_collections.ConfigDict) -> list[str]:
     with open(sample.prompt_file, encoding="utf-8") as f:
       return [p.strip("\n") for p in f.read().split("\n---\n") if p.strip()]
   return [sample.prompt]
-
-
-def _sampler(sample: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The keyword arguments of ``sampling.generate`` that ``config.sample`` sets."""
-  return dict(method=sample.method, k=sample.k, temperature=sample.temperature,
-              depth=sample.tree_depth, ngram=sample.ngram)
 
 
 def marked(tokens: np.ndarray, visible: np.ndarray, decode: Callable[[list[int]], str]) -> str:
@@ -142,7 +136,9 @@ def sample_prompts(config: ml_collections.ConfigDict, workdir: str,
   for line in ignored_overrides(overrides or {}, loaded.config):
     logging.warning("%s does not apply to the trained checkpoint; sampling uses the "
                     "checkpoint's value.", line)
-  filled_BxL, visible_BxL, length_B, calls_B = _fill(loaded, _prompts(config.sample), config)
+  spec = SamplerSpec.from_config(config.sample)
+  filled_BxL, visible_BxL, length_B, calls_B = _fill(loaded, _prompts(config.sample), spec,
+                                                     config.seed)
   results = []
   for b, size in enumerate(length_B):
     hidden, calls = int((~visible_BxL[b, :size]).sum()), int(calls_B[b])
@@ -150,14 +146,14 @@ def sample_prompts(config: ml_collections.ConfigDict, workdir: str,
       logging.warning("prompt %d has no <mask:N> span: nothing to generate.", b)
     per_call = hidden / calls if calls else 0.0
     text = marked(filled_BxL[b, :size], visible_BxL[b, :size], loaded.tokenizer.decode)
-    print(f"{text}\n--- {_describe(config.sample)}: {hidden} tokens in {calls} calls, "
+    print(f"{text}\n--- {spec.describe()}: {hidden} tokens in {calls} calls, "
           f"{per_call:.2f} tokens/call\n", flush=True)
     results.append({"text": text, "num_generated": hidden, "num_calls": calls,
                     "tokens_per_call": per_call})
   return results
 
 
-def _fill(loaded: Loaded, texts: list[str], config: ml_collections.ConfigDict
+def _fill(loaded: Loaded, texts: list[str], spec: SamplerSpec, seed: int
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """``(filled_BxL, visible_BxL, length_B, calls_B)``: the prompts ``texts`` padded to the
   model's context (one compiled shape) and their hidden slots generated in one call (none if no
@@ -168,18 +164,15 @@ def _fill(loaded: Loaded, texts: list[str], config: ml_collections.ConfigDict
   if not (~visible_BxL & (np.arange(tokens_BxL.shape[1]) < length_B[:, None])).any():
     return tokens_BxL, visible_BxL, length_B, np.zeros(len(texts), np.int32)
   out = sampling.generate(loaded.model, loaded.params, jnp.asarray(tokens_BxL),
-                          jnp.asarray(visible_BxL), jax.random.PRNGKey(config.seed),
-                          length_B=jnp.asarray(length_B), **_sampler(config.sample))
+                          jnp.asarray(visible_BxL), jax.random.PRNGKey(seed),
+                          length_B=jnp.asarray(length_B), spec=spec)
   return np.asarray(out.tokens_BxL), visible_BxL, length_B, np.asarray(out.num_calls_B)
-
-
-def _describe(sample: ml_collections.ConfigDict) -> str:
-  return f"{sample.method} (k={sample.k}), temperature {sample.temperature:g}"
 
 
 def show_infills(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Hides a middle span of a few held-out snippets and prints the model's infill beside it."""
   loaded = load(workdir)
+  spec = SamplerSpec.from_config(config.sample)
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
   length = loaded.model.max_len
   encoded = ((doc, loaded.tokenizer.encode(doc["text"]))
@@ -194,14 +187,14 @@ def show_infills(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   visible_BxL[:, start:start + hidden] = False
   out = sampling.generate(loaded.model, loaded.params, jnp.asarray(tokens_BxL),
                           jnp.asarray(visible_BxL), jax.random.PRNGKey(config.seed),
-                          **_sampler(config.sample))
+                          spec=spec)
   decode = lambda ids: loaded.tokenizer.decode([int(t) for t in ids])
   results = []
   for i, doc in enumerate(documents):
     filled = np.asarray(out.tokens_BxL[i])
     calls = int(out.num_calls_B[i])
     print(f"=== {doc['path']}: {hidden} hidden tokens filled in {calls} calls "
-          f"({hidden / max(calls, 1):.2f} tokens/call, {_describe(config.sample)})")
+          f"({hidden / max(calls, 1):.2f} tokens/call, {spec.describe()})")
     print(decode(filled[:start]) + "\u27e6" + decode(filled[start:start + hidden]) + "\u27e7"
           + decode(filled[start + hidden:]))
     print(f"--- original middle:\n{decode(tokens_BxL[i, start:start + hidden])}\n")

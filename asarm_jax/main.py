@@ -75,15 +75,16 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str,
         overrides: dict[str, Any]) -> None:
   """Checks ``config`` for ``mode`` (and the command line's ``overrides``), then runs it."""
   validation.check_overrides(config, overrides)
-  validation.validate_config(config, mode)
-  validation.check_inputs(config, mode)
-  if mode == "train":
+  if mode == "train":  # checks the config itself, before it writes anything
     result = train.train_and_evaluate(config, workdir)
     if result["completed"] and config.sample.num_examples:
       inference.show_infills(config, workdir)
-  elif mode == "sample":
+    return
+  validation.validate_config(config, mode)
+  validation.check_inputs(config, mode)
+  if mode == "sample":
     inference.sample_prompts(config, workdir, overrides)
-  elif mode == "eval":
+  else:
     from asarm_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
     runner.run(config, workdir)  # (its scoring packages load only when asked for)
 

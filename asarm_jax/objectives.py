@@ -101,9 +101,10 @@ def joint_loss(model: nn.Module, params: Any, tokens_BxL: Array, rng: jax.Array,
 
 
 def from_config(model: nn.Module, objective: Any) -> Callable[..., tuple[Array, dict]]:
-  """``(params, tokens_BxL, rng) -> (loss, metrics)`` for a ``config.objective`` block."""
+  """``(params, tokens_BxL, rng) -> (loss, metrics)`` for a ``config.objective`` block (every
+  key is read: the config base holds their defaults)."""
   return functools.partial(
       joint_loss, model, fraction_range=tuple(objective.fraction_range),
       random_order=objective.random_order, parallel=objective.parallel,
-      draft_weight=objective.get("draft_weight", 0.0), draft_depth=objective.get("draft_depth", 0),
-      draft_cuts=objective.get("draft_cuts", 0))
+      draft_weight=objective.draft_weight, draft_depth=objective.draft_depth,
+      draft_cuts=objective.draft_cuts)

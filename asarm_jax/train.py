@@ -1,91 +1,32 @@
-"""Training: one sharded ``jax.jit`` step, Orbax checkpoints, exact resume, held-out evaluation."""
+"""Training: the step (one sharded ``jax.jit`` call) and the loop (exact resume from Orbax
+checkpoints, held-out evaluation, saves).
+
+The train state and its construction are :mod:`asarm_jax.state`; fine-tuning starts
+(``config.init_from``) are :mod:`asarm_jax.init_from`; the console, ``metrics.jsonl`` and the
+stop on a signal are :mod:`asarm_jax.run_io`.
+"""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
-import signal
-import sys
 import time
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from asarm_jax import (checkpoint, data, flops, models, objectives, optim, sharding,
-                       validation)
+from asarm_jax import (checkpoint, config_base, data, flops, init_from, models, objectives, optim,
+                       run_io, sharding, validation)
 from asarm_jax.metric_writer import MetricWriter
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
-def init_params(model: nn.Module, rng: jax.Array, seq_len: int) -> Any:
-  """``{'params': ...}`` for ``model`` (the form ``model.apply`` and every caller take)."""
-  return {"params": model.init(rng, *models.example_inputs(1, seq_len, seq_len))["params"]}
-
-
-def create_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                 seq_len: int) -> TrainState:
-  params = init_params(model, rng, seq_len)
-  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-
-
-def first_mismatch(params: Any, expected: Any) -> str | None:
-  """The first difference of tree structure or shape between ``params`` and ``expected``
-  (arrays or ``ShapeDtypeStruct``s), as one line; None if they fit."""
-  flat = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-  want = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
-  name = jax.tree_util.keystr
-  for path in sorted(set(flat) | set(want), key=name):
-    if path not in flat or path not in want:
-      return f"{name(path)} is {'missing' if path not in flat else 'not in the model'}"
-    got, expected = tuple(flat[path].shape), tuple(want[path].shape)
-    if got != expected:
-      return f"{name(path)} has shape {got}, the model {expected}"
-  return None
-
-
-def init_source(config: ml_collections.ConfigDict
-                ) -> tuple[data.Tokenizer, Callable[[], Any]] | None:
-  """``(tokenizer, read_params)`` of ``config.init_from`` (a workdir's newest checkpoint, or an
-  HF XLNet folder converted in memory), or None when it is unset. The parameters are read only
-  when ``read_params()`` is called: a run that resumes from its own checkpoint never needs them."""
-  path = config.get("init_from", "")
-  if not path:
-    return None
-  # pylint: disable=g-import-not-at-top  (inference imports this module)
-  from asarm_jax import convert, inference
-  if os.path.isfile(os.path.join(path, "config.json")):
-    return (data.Tokenizer.from_serialized(convert.tokenizer_model(path)),
-            lambda: convert.load(path, config.data.seq_len)[1])
-  return inference.load_tokenizer(path), lambda: inference.load(path).params
-
-
-def state_from(source_params: Any, tx: optax.GradientTransformation, abstract: TrainState,
-               shardings: TrainState, origin: str) -> TrainState:
-  """A step-0 state (fresh optimizer) whose parameters are ``source_params``, cast and placed
-  like ``abstract``'s; raises a one-line ``ValueError`` if they do not fit the model."""
-  mismatch = first_mismatch(source_params, abstract.params)
-  if mismatch:
-    raise ValueError(f"init_from={origin!r}: its parameters do not fit config.model: {mismatch}")
-  params = jax.tree_util.tree_map(lambda x, a: jnp.asarray(x, a.dtype), source_params,
-                                  abstract.params)
-  fresh = lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p))
-  return jax.jit(fresh, out_shardings=shardings)(params)
+# init_params and create_state are also this module's names (train.create_state, as before).
+from asarm_jax.state import TrainState, abstract_state, create_state, init_params
 
 
 def loss_fn(model: nn.Module, objective: ml_collections.ConfigDict) -> Callable:
@@ -98,22 +39,20 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   """``(state, tokens_BxL, base_rng) -> (state, metrics)``; gradient accumulation via scan.
 
   ``config.train.debug_nan_steps`` (a test hook, default none) makes the loss of those steps
-  (counted from 1, as logged) NaN, to exercise the non-finite guard of :mod:`asarm_jax.optim`.
+  (counted from 1, as logged) NaN, to exercise the non-finite guard of :mod:`asarm_jax.optim`;
+  the step compiles that code only when the hook is set.
   """
-  compute_loss = loss_fn(model, config.objective)
+  compute_loss = _with_nan_steps(loss_fn(model, config.objective),
+                                 tuple(config.train.debug_nan_steps))
   accumulation = config.optim.accumulation_steps
   schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
-  nan_steps = jnp.asarray(tuple(config.train.get("debug_nan_steps", ())), jnp.int32)
 
   def train_step(state: TrainState, tokens_BxL: jax.Array, base_rng: jax.Array):
     rng = jax.random.fold_in(base_rng, state.step)
-    poison = jnp.where(jnp.isin(state.step + 1, nan_steps), jnp.nan, 1.0)
     micro_AxMxL = tokens_BxL.reshape((accumulation, -1) + tokens_BxL.shape[1:])
     def grads_and_metrics(micro_MxL, micro_rng):
-      def poisoned_loss(params):
-        loss, metrics = compute_loss(params, micro_MxL, micro_rng)
-        return loss * poison, dict(metrics, loss=loss * poison)
-      (_, metrics), grads = jax.value_and_grad(poisoned_loss, has_aux=True)(state.params)
+      loss = lambda params: compute_loss(params, micro_MxL, micro_rng, state.step)
+      (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
       return grads, metrics
 
     def accumulate(total, inputs):
@@ -138,6 +77,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   return train_step
 
 
+def _with_nan_steps(compute_loss: Callable, steps: tuple[int, ...]) -> Callable:
+  """``(params, tokens_BxL, rng, step) -> (loss, metrics)``: ``compute_loss``, whose loss is NaN
+  at ``steps`` (counted from 1; the test hook ``train.debug_nan_steps``). Without steps, the
+  step is not read and nothing is added to the compiled step."""
+  if not steps:
+    return lambda params, tokens_BxL, rng, step: compute_loss(params, tokens_BxL, rng)
+  nan_steps = jnp.asarray(steps, jnp.int32)
+
+  def poisoned(params, tokens_BxL, rng, step):
+    loss, metrics = compute_loss(params, tokens_BxL, rng)
+    poison = jnp.where(jnp.isin(step + 1, nan_steps), jnp.nan, 1.0)
+    return loss * poison, dict(metrics, loss=loss * poison)
+  return poisoned
+
+
 def make_eval_step(model: nn.Module, fractions: tuple[float, ...]) -> Callable:
   """``(params, tokens_BxL) -> {bits_per_token@f}``: held-out joint loss at fixed fractions."""
   def eval_step(params, tokens_BxL):
@@ -148,38 +102,6 @@ def make_eval_step(model: nn.Module, fractions: tuple[float, ...]) -> Callable:
       out[f"bits_per_token@{fraction:g}"] = metrics["bits_per_token"]
     return out
   return eval_step
-
-
-class _StopRequest:
-  """Turns SIGTERM/SIGINT into a flag voted on in the next step (save, then exit 0)."""
-
-  def __init__(self):
-    self.requested = False
-    self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning("Signal %d received: saving a checkpoint at the next step boundary.", signum)
-    self.requested = True
-
-  def restore(self):
-    for s, handler in self.previous.items():
-      signal.signal(s, handler)
-
-
-# Processes agree on stopping at every step (each step reduces every process's stop vote, see
-# _with_stop_vote), so all of them save the same step; a signal stops the run at most two steps
-# after the one running when it arrives, whatever train.log_every.
-STOP_AGREEMENT_EVERY = 1
-
-
-def _with_stop_vote(train_step: Callable) -> Callable:
-  """``(state, batch, rng, votes) -> (state, metrics, stop)``: ``train_step`` that also reduces
-  the processes' stop votes (a batch-sharded bool array, each process filling its own rows) to
-  one replicated bool, so every process reads the same answer without a host collective."""
-  def step(state, tokens_BxL, base_rng, votes_B):
-    state, metrics = train_step(state, tokens_BxL, base_rng)
-    return state, metrics, jnp.any(votes_B)
-  return step
 
 
 def gathered_data_state(iterator: Any) -> dict:
@@ -205,53 +127,16 @@ def own_data_state(saved: dict) -> dict:
   return states[jax.process_index() % len(states)]
 
 
-class _Trace:
-  """``WORKDIR/metrics.jsonl``: one line ``{"step": s, <train metrics>}`` per logged step, floats
-  in full precision (process 0 only; NaN is written ``NaN``).
-
-  Opening it keeps only the lines of steps ``<= start_step`` (the restored checkpoint's), and
-  drops a line torn by a kill, so the file is always the trace of the run that survived.
-  """
-
-  def __init__(self, path: str, start_step: int):
-    self.path = path
-    self.file = None
-    if jax.process_index() != 0:
-      return
-    kept = []
-    if os.path.exists(path):
-      with open(path) as f:
-        for line in f:
-          try:
-            record = json.loads(line)
-          except json.JSONDecodeError:
-            continue
-          if record["step"] <= start_step:
-            kept.append(json.dumps(record) + "\n")
-    with open(path + ".tmp", "w") as f:
-      f.writelines(kept)
-    os.replace(path + ".tmp", path)
-    self.file = open(path, "a")
-
-  def write(self, step: int, metrics: dict[str, float]) -> None:
-    if self.file is not None:
-      self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-      self.file.flush()
-
-  def close(self) -> None:
-    if self.file is not None:
-      self.file.close()
-
-
 def check_compatible(meta: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume a checkpoint written with a different model or data config."""
-  saved = json.loads(json.dumps(meta["config"]))
-  saved.get("model", {}).setdefault("arch", "two_stream")  # written before model.arch existed
+  # Keys added since the checkpoint was written take their defaults (config_base.complete).
+  saved = config_base.complete(meta["config"])
   for block in ("model", "data"):
+    saved_block = json.loads(saved[block].to_json_best_effort())
     current = json.loads(config[block].to_json_best_effort())
-    if saved.get(block) != current:
-      diff = sorted(k for k in set(saved.get(block, {})) | set(current)
-                    if saved.get(block, {}).get(k) != current.get(k))
+    if saved_block != current:
+      diff = sorted(k for k in set(saved_block) | set(current)
+                    if saved_block.get(k) != current.get(k))
       raise ValueError(f"{workdir} holds a checkpoint from a different config.{block} "
                        f"(differs in {', '.join(diff)}); use another --workdir.")
 
@@ -280,7 +165,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   os.makedirs(workdir, exist_ok=True)
   logging.info("seed %d, PRNG implementation %s", config.seed, jax.config.jax_default_prng_impl)
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
-  source = init_source(config)
+  source = init_from.source(config)
   tokenizer = data.prepare(config.data, data_dir, None if source is None else source[0])
   if tokenizer.vocab_size != config.model.vocab_size:
     raise ValueError(f"model.vocab_size={config.model.vocab_size} but the tokenizer has "
@@ -294,17 +179,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   global_batch = config.train.batch_size
   local_batch = global_batch // jax.process_count()
 
-  init = functools.partial(create_state, model, tx, seq_len=seq_len)
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-  state_sharding = sharding.state_shardings(mesh, abstract, config.mesh.rules)
-  abstract = sharding.with_shardings(abstract, state_sharding)  # restores onto this mesh
+  abstract, state_sharding = abstract_state(model, tx, seq_len, mesh, config.mesh.rules)
 
   iterator = data.train_iterator(config.data, tokenizer, data_dir, batch_size=local_batch,
                                  seed=config.seed, shard_index=jax.process_index(),
                                  shard_count=jax.process_count())
   replicated = sharding.replicated(mesh)
   batched = sharding.batch_sharding(mesh)
-  train_step = jax.jit(_with_stop_vote(make_train_step(model, tx, config)),
+  train_step = jax.jit(run_io.with_stop_vote(make_train_step(model, tx, config)),
                        in_shardings=(state_sharding, batched, replicated, batched),
                        out_shardings=(state_sharding, replicated, replicated), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(model, tuple(config.train.eval_fractions)),
@@ -326,10 +208,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     cleanup.callback(ckpt.wait)  # runs before close: pending saves complete
     restored = ckpt.resume(abstract, os.path.join(workdir, "checkpoints_corrupt"))
     if restored is None and source is not None:
-      state = state_from(source[1](), tx, abstract, state_sharding, config.init_from)
+      state = init_from.start_state(source[1](), tx, abstract, state_sharding, config.init_from)
       logging.info("Starting from the weights of %s.", config.init_from)
     elif restored is None:
-      state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
+      state = jax.jit(lambda rng: create_state(model, tx, rng, seq_len),
+                      out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
     else:
       state = restored.state
       iterator.set_state(own_data_state(restored.data_state))
@@ -339,16 +222,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     writer = cleanup.enter_context(contextlib.closing(
         MetricWriter(workdir, purge_step=start + 1 if start else None)))
     trace = cleanup.enter_context(contextlib.closing(
-        _Trace(os.path.join(workdir, "metrics.jsonl"), start)))
-    progress = cleanup.enter_context(contextlib.closing(_Progress(start, num_steps)))
-    stop = _StopRequest()  # before this point there is nothing to save: signals act as usual
+        run_io.Trace(os.path.join(workdir, "metrics.jsonl"), start)))
+    progress = cleanup.enter_context(contextlib.closing(run_io.Progress(start, num_steps)))
+    stop = run_io.StopRequest()  # before this point there is nothing to save: signals act as usual
     cleanup.callback(stop.restore)
 
     step = saved_step = start
     last, skipped = {}, int(state.opt_state.skipped)
     tick, tick_step = time.perf_counter(), step
     agreed_stop = None  # the previous step's vote: read one step late, so dispatch runs ahead
-    time_limit, clock = config.train.get("time_limit_s", 0.0), None
+    time_limit, clock = config.train.time_limit_s, None
     while step < num_steps:
       batch = sharding.global_batch(mesh, next(iterator))
       votes = sharding.global_batch(mesh, np.full(local_batch, stop.requested))
@@ -388,7 +271,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         totals = [jax.device_get(eval_step(state.params, b)) for b in heldout]
         evals = {k: float(np.mean([t[k] for t in totals])) for k in totals[0]}
         writer.write(step, evals, prefix="heldout")
-        progress.note(logging.INFO, "[heldout] step %d | %s", step, _format(evals))
+        progress.note(logging.INFO, "[heldout] step %d | %s", step, run_io.summary(evals))
         last.update({f"heldout/{k}": v for k, v in evals.items()})
       if saving:
         _report_saved(ckpt, progress, block=True)
@@ -408,12 +291,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                       "command to resume.", step)
     elif jax.process_index() == 0:
       logging.info("done: %d steps in %s | workdir %s | checkpoint step %d | metrics %s | "
-                   "tensorboard --logdir %s", step - start, _duration(progress.elapsed()),
+                   "tensorboard --logdir %s", step - start, run_io.duration(progress.elapsed()),
                    workdir, step, trace.path, writer.logdir)
   return dict(last, step=step, completed=step >= num_steps)
 
 
-def _report_saved(ckpt: checkpoint.Checkpointer, progress: _Progress, block: bool) -> None:
+def _report_saved(ckpt: checkpoint.Checkpointer, progress: run_io.Progress, block: bool) -> None:
   """Confirms the pending save ("saved step N"); without ``block`` only once it has finished
   (and only with one process, so that all processes wait at the same points). Raises
   :class:`checkpoint.SaveError` if it failed."""
@@ -421,73 +304,6 @@ def _report_saved(ckpt: checkpoint.Checkpointer, progress: _Progress, block: boo
     return
   saved = ckpt.wait()
   progress.note(logging.INFO, "saved step %d", saved)
-
-
-class _Progress:
-  """Training progress on the console (process 0): a tqdm bar with step, loss, tokens/s and ETA
-  where stderr is a terminal, else a line ``[train] step N/M | loss | tokens/s | ETA`` per
-  logged step."""
-
-  def __init__(self, start: int, total: int, stream: TextIO | None = None):
-    self.stream = stream or sys.stderr
-    self.start, self.total = start, total
-    self.began = time.perf_counter()
-    self.enabled = jax.process_index() == 0
-    self.bar = None
-    if self.enabled and self.stream.isatty():
-      self.bar = tqdm.tqdm(total=total, initial=start, unit="step", file=self.stream,
-                           dynamic_ncols=True, desc="train")
-
-  def elapsed(self) -> float:
-    return time.perf_counter() - self.began
-
-  def advance(self, step: int) -> None:
-    if self.bar is not None:
-      self.bar.update(step - self.bar.n)
-
-  def log(self, step: int, metrics: dict[str, float]) -> None:
-    """Shows the loss, the joint term's bits/token and the throughput of a logged step."""
-    bits = f" | bits {metrics['bits_per_token']:.4g}" if "bits_per_token" in metrics else ""
-    summary = f"loss {metrics['loss']:.4g}{bits} | {_rate(metrics['tokens_per_s'])} tokens/s"
-    if self.bar is not None:
-      self.bar.set_postfix_str(summary)
-    elif self.enabled:
-      remaining = (self.total - step) * self.elapsed() / max(step - self.start, 1)
-      logging.info("[train] step %d/%d | %s | ETA %s", step, self.total, summary,
-                   _duration(remaining))
-
-  def note(self, level: int, message: str, *args: Any) -> None:
-    """Logs a line (process 0) without breaking the bar."""
-    if not self.enabled:
-      return
-    if self.bar is not None:
-      self.bar.clear()
-    logging.log(level, message, *args)
-    if self.bar is not None:
-      self.bar.refresh()
-
-  def close(self) -> None:
-    if self.bar is not None:
-      self.bar.close()
-      self.bar = None
-
-
-def _format(metrics: dict[str, float]) -> str:
-  return " | ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-
-
-def _rate(value: float) -> str:
-  return f"{value / 1000:.1f}k" if value >= 1000 else f"{value:.0f}"
-
-
-def _duration(seconds: float) -> str:
-  """``1h02m``, ``3m05s`` or ``12s``."""
-  seconds = int(round(seconds))
-  if seconds >= 3600:
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-  if seconds >= 60:
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-  return f"{seconds}s"
 
 
 def _check_guard(state: TrainState, step: int, config: ml_collections.ConfigDict,

@@ -10,8 +10,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from asarm_jax import models, optim, sampling, sharding
+from asarm_jax import models, optim, sharding
 from asarm_jax.data import builders
+from asarm_jax.sampling.spec import SamplerSpec
 
 MODES = ("train", "sample", "eval")
 
@@ -20,13 +21,11 @@ _POSITIVE_INTS = (
     "model.max_len", "data.seq_len", "data.vocab_size", "data.tokenizer_max_chars",
     "train.batch_size", "train.num_steps", "train.log_every", "train.eval_every",
     "train.checkpoint_every", "train.keep_checkpoints", "optim.accumulation_steps",
-    "optim.max_consecutive_nonfinite", "sample.k", "sample.tree_depth", "eval.k",
-    "eval.tree_depth")
+    "optim.max_consecutive_nonfinite")
 _NON_NEGATIVE_INTS = ("seed", "data.max_files", "train.eval_batches", "optim.warmup_steps",
-                      "sample.num_examples", "sample.ngram", "eval.ngram")
+                      "sample.num_examples")
 _POSITIVE_NUMBERS = ("optim.learning_rate", "optim.grad_clip")
-# Temperatures (0 is greedy decoding) and the training-time limit (0 is none).
-_NON_NEGATIVE_NUMBERS = ("sample.temperature", "eval.temperature", "train.time_limit_s")
+_NON_NEGATIVE_NUMBERS = ("train.time_limit_s",)  # 0 is no limit
 _STRING_TUPLES = ("data.source_dirs", "data.exclude_patterns", "data.extensions")
 
 
@@ -84,10 +83,8 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   if model.d_model % model.num_heads:
     raise ValueError(f"model.num_heads={model.num_heads} does not divide "
                      f"model.d_model={model.d_model}.")
-  arch = model.get("arch", "two_stream")
-  if arch not in models.ARCHS:
-    raise ValueError(f"model.arch={arch!r}: expected one of {models.ARCHS}.")
-  if arch == "two_stream" and (model.d_model // model.num_heads) % 2:
+  _one_of("model.arch", model.arch, models.ARCHS)
+  if model.arch == "two_stream" and (model.d_model // model.num_heads) % 2:
     raise ValueError(f"model.num_heads={model.num_heads} gives an odd head size "
                      f"{model.d_model // model.num_heads} (model.d_model={model.d_model}); "
                      "RoPE needs an even one.")
@@ -134,9 +131,18 @@ def _check_fractions(config: ml_collections.ConfigDict) -> None:
   _in_unit_interval("train.eval_fractions", eval_fractions, eval_fractions)
   mask_fraction = config.sample.example_mask_fraction
   _in_unit_interval("sample.example_mask_fraction", mask_fraction, (mask_fraction,))
-  nan_steps = config.train.get("debug_nan_steps", ())
+  nan_steps = config.train.debug_nan_steps
   if any(not _is_int(s) for s in nan_steps):
     raise ValueError(f"train.debug_nan_steps={nan_steps!r}: expected a tuple of ints.")
+
+
+def _check_sampler(sample: ml_collections.ConfigDict) -> None:
+  """The sampler keys of ``config.sample``, checked by :class:`SamplerSpec` itself; its message
+  ``name=value; expected ...`` becomes ``sample.name=value: expected ...``."""
+  try:
+    SamplerSpec.from_config(sample)
+  except ValueError as e:
+    raise ValueError("sample." + str(e).replace("; expected", ": expected", 1)) from None
 
 
 def _check_prompt_file(sample: ml_collections.ConfigDict) -> None:
@@ -166,7 +172,7 @@ def validate_config(config: ml_collections.ConfigDict, mode: str = "train") -> N
   _check_data(config.data)
   _check_fractions(config)
   _one_of("optim.schedule", config.optim.schedule, optim.SCHEDULES)
-  _one_of("sample.method", config.sample.method, sampling.METHODS)
+  _check_sampler(config.sample)
   if mode == "sample" and not (config.sample.prompt or config.sample.prompt_file):
     raise ValueError("sample.prompt='': expected text with <mask:N> spans (or set "
                      "sample.prompt_file=PATH).")
@@ -189,7 +195,7 @@ def check_inputs(config: ml_collections.ConfigDict, mode: str = "train") -> None
     _check_prompt_file(config.sample)
   else:
     _check_source_dirs(config.data)
-  if mode == "train" and config.get("init_from"):
+  if mode == "train" and config.init_from:
     _check_init_from(config.init_from)
 
 

@@ -24,7 +24,8 @@ import jax
 import pytest
 from tensorboardX.proto import event_pb2
 
-from asarm_jax import checkpoint, data, inference, main, models, optim, train, validation
+from asarm_jax import (checkpoint, data, inference, main, models, optim, run_io, train,
+                       validation)
 from tests.helpers import copy_stdlib_files, demo_config, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,7 +133,7 @@ def test_a_training_run_reads_cleanly_and_sampling_marks_spans(corpus, tmp_path)
   filled, report = stdout.split("\n--- ")
   assert re.fullmatch(r"def add\(a, b\):\n\u27e6[^\u27e6]*\u27e7\n    return a\u27e6[^\u27e6]*"
                       r"\u27e7\n", filled, re.S), filled
-  assert re.fullmatch(r"assd_fused \(k=2\), temperature 1: 7 tokens in \d+ calls, "
+  assert re.fullmatch(r"assd_fused k=2 T=1: 7 tokens in \d+ calls, "
                       r"\d\.\d\d tokens/call\n\n", report)
 
 
@@ -141,7 +142,7 @@ def test_progress_is_a_bar_on_a_terminal():
     def isatty(self):
       return True
   stream = Terminal()
-  progress = train._Progress(10, 100, stream)  # pylint: disable=protected-access
+  progress = run_io.Progress(10, 100, stream)
   progress.advance(30)
   progress.log(30, {"loss": 5.25, "bits_per_token": 7.5, "tokens_per_s": 12345.0})
   progress.close()
@@ -361,7 +362,8 @@ def test_all_checkpoints_unreadable_says_so_and_where(tmp_path):
      r"prompts separated by lines of ---."),
     ("sample", {"sample.prompt": "a<mask:2>"},
      r"no checkpoint under .*/w/checkpoints; train first \(--mode=train\)."),
-    ("eval", {"eval.temperature": -1.0}, r"eval.temperature=-1.0: expected a finite number >= 0."),
+    ("eval", {"sample.temperature": -1.0},
+     r"sample.temperature=-1.0: expected a finite number >= 0."),
 ])
 def test_bad_input_on_the_command_line_is_one_line_and_writes_nothing(
     corpus, tmp_path, mode, changes, expected):
@@ -398,11 +400,12 @@ def test_verbose_shows_the_traceback(corpus, tmp_path):
     ("sample", {"sample.temperature": -1.0, "sample.prompt": "a<mask:2>"},
      r"sample.temperature=-1.0: expected a finite number >= 0."),
     ("sample", {"sample.prompt": ""}, r"sample.prompt='': expected text with <mask:N> spans .*"),
-    ("sample", {"sample.tree_depth": 0}, r"sample.tree_depth=0: expected an int >= 1."),
+    ("sample", {"sample.depth": 0}, r"sample.depth=0: expected an int >= 1."),
     ("sample", {"sample.ngram": -2}, r"sample.ngram=-2: expected an int >= 0."),
-    ("eval", {"eval.k": 0}, r"eval.k=0: expected an int >= 1."),
-    ("eval", {"eval.tree_depth": 0}, r"eval.tree_depth=0: expected an int >= 1."),
-    ("eval", {"eval.ngram": -1}, r"eval.ngram=-1: expected an int >= 0."),
+    ("sample", {"sample.num_nodes": 65}, r"sample.num_nodes=65: a tree has at most 64 nodes."),
+    ("eval", {"sample.k": 0}, r"sample.k=0: expected an int >= 1."),
+    ("eval", {"sample.depth": 0}, r"sample.depth=0: expected an int >= 1."),
+    ("eval", {"sample.ngram": -1}, r"sample.ngram=-1: expected an int >= 0."),
 ])
 def test_bad_input_of_every_mode_is_refused_before_anything_is_written(
     corpus, tmp_path, mode, changes, expected):
@@ -424,13 +427,12 @@ def test_bad_input_of_every_mode_is_refused_before_anything_is_written(
 
 
 def test_greedy_temperature_and_the_methods_list_are_read_at_validation(corpus, monkeypatch):
-  config = demo_config(overrides_for(corpus, **{"sample.temperature": 0.0,
-                                                "eval.temperature": 0.0}))
+  config = demo_config(overrides_for(corpus, **{"sample.temperature": 0.0}))
   validation.validate_config(config, "train")  # 0 = greedy decoding
   config.sample.method = "beam"
   with pytest.raises(ValueError, match="sample.method='beam'"):
     validation.validate_config(config)
-  monkeypatch.setattr("asarm_jax.sampling.METHODS", ("sequential", "beam"))
+  monkeypatch.setattr("asarm_jax.sampling.spec.METHODS", ("sequential", "beam"))
   validation.validate_config(config)
 
 

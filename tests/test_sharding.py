@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from asarm_jax import checkpoint, data, inference, models, optim, sharding, train
+from asarm_jax import checkpoint, data, inference, models, optim, run_io, sharding, train
 from asarm_jax.config_base import base_config
 from tests.helpers import copy_stdlib_files, demo_config, read_trace, tiny_config
 
@@ -300,7 +300,7 @@ def test_two_processes_read_their_own_shards_then_resume_on_one_device(tmp_path)
 
 def test_two_processes_stop_together_on_one_signal_and_resume_exactly(tmp_path):
   """SIGTERM reaches only process 1 of 2: both stop at the same step (the next multiple of
-  train.STOP_AGREEMENT_EVERY), save it and exit 0; the same command resumes every process at its
+  run_io.STOP_AGREEMENT_EVERY), save it and exit 0; the same command resumes every process at its
   own data position, so the loss of every step equals an uninterrupted 2-process run's."""
   tmp = str(tmp_path)
   copy_stdlib_files(f"{tmp}/src")
@@ -322,7 +322,7 @@ def test_two_processes_stop_together_on_one_signal_and_resume_exactly(tmp_path):
   procs[1].send_signal(signal.SIGTERM)
   logs = wait_all(procs, stopped)
   step = read_trace(stopped)[-1]["step"]
-  assert step < num_steps and step % train.STOP_AGREEMENT_EVERY == 0
+  assert step < num_steps and step % run_io.STOP_AGREEMENT_EVERY == 0
   for log in logs:
     assert f"Stopped at step {step} after a signal" in log
   ckpt = checkpoint.Checkpointer(f"{stopped}/checkpoints", 1)

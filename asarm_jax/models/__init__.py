@@ -1,8 +1,10 @@
 """Model construction from an ml_collections config."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,18 +22,19 @@ ARCHS = ("two_stream", "xlnet")
 def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer | XLNetTransformer:
   """Builds the model of ``config`` (the ``config.model`` block).
 
-  ``arch`` (default "two_stream") picks :class:`TwoStreamTransformer` or, with "xlnet",
-  :class:`XLNetTransformer` (HF XLNet's network, see :func:`build_xlnet`).
+  ``arch`` picks :class:`TwoStreamTransformer` or, with "xlnet", :class:`XLNetTransformer` (HF
+  XLNet's network, see :func:`build_xlnet`). Each key of the block that names a field of the
+  module sets it (``dtype`` and ``param_dtype`` by name, e.g. "bfloat16"); a key the block lacks
+  keeps the module's own default. The config base (:mod:`asarm_jax.config_base`) holds every
+  key with its default; nothing is restated here.
 
-  Keys: vocab_size, num_layers, d_model, num_heads, d_ff, and optionally max_len, rope_base, alibi,
-  tie_embeddings, num_special_tokens, causal_prompt, dtype ("bfloat16" for bf16 compute),
-  param_dtype and attention_impl (:mod:`asarm_jax.models.attention`). ``"pallas"`` (the fused
-  kernel; per shard under a mesh) applies only on GPUs and ``"cudnn"`` only on GPUs with 16-bit
-  compute; both fall back to the reference ``"xla"`` elsewhere, so a checkpoint trained with
-  either loads and samples anywhere: the implementation never changes the parameters.
+  ``attention_impl`` (:mod:`asarm_jax.models.attention`): ``"pallas"`` (the fused kernel; per
+  shard under a mesh) applies only on GPUs and ``"cudnn"`` only on GPUs with 16-bit compute;
+  both fall back to the reference ``"xla"`` elsewhere, so a checkpoint trained with either
+  loads and samples anywhere: the implementation never changes the parameters.
   Initialise with ``model.init(rng, *models.example_inputs(B, L, K))``.
   """
-  arch = config.get("arch", "two_stream")
+  arch = config.arch if "arch" in config else ARCHS[0]
   if arch not in ARCHS:
     raise ValueError(f"model.arch={arch!r}: expected one of {ARCHS}")
   if arch == "xlnet":
@@ -39,38 +42,37 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer | XLNetTran
   if config.d_model % config.num_heads or (config.d_model // config.num_heads) % 2:
     raise ValueError(f"model.num_heads={config.num_heads} must divide model.d_model="
                      f"{config.d_model} into an even head size (RoPE rotates pairs).")
-  return TwoStreamTransformer(
-      vocab_size=config.vocab_size, num_layers=config.num_layers, d_model=config.d_model,
-      num_heads=config.num_heads, d_ff=config.d_ff,
-      rope_base=config.get("rope_base", 10_000.0), alibi=config.get("alibi", True),
-      max_len=config.get("max_len", 2048),
-      tie_embeddings=config.get("tie_embeddings", True),
-      num_special_tokens=config.get("num_special_tokens", 4),
-      causal_prompt=config.get("causal_prompt", False),
-      dtype=_DTYPES[config.get("dtype", "float32")],
-      param_dtype=_DTYPES[config.get("param_dtype", "float32")],
-      attention_impl=_attention_impl(config))
+  fields = _fields(TwoStreamTransformer, config)
+  fields["attention_impl"] = _usable_attention(
+      fields.get("attention_impl", TwoStreamTransformer.attention_impl),
+      fields.get("dtype", TwoStreamTransformer.dtype))
+  return TwoStreamTransformer(**fields)
 
 
 def build_xlnet(config: ml_collections.ConfigDict) -> XLNetTransformer:
-  """:class:`XLNetTransformer` of ``config``: the keys of :func:`build` (not rope_base, alibi,
-  tie_embeddings; attention_impl is always "xla") plus HF's clamp_len, activation (HF's
-  ff_activation) and layer_norm_eps, whose defaults are xlnet-base-cased's."""
+  """:class:`XLNetTransformer` of ``config``: the keys of :func:`build` but rope_base, alibi,
+  tie_embeddings and attention_impl (always "xla"), plus HF's clamp_len, activation (HF's
+  ff_activation) and layer_norm_eps, whose module defaults are xlnet-base-cased's."""
   if config.d_model % config.num_heads:
     raise ValueError(f"model.num_heads={config.num_heads} must divide model.d_model="
                      f"{config.d_model}.")
-  activation = config.get("activation", "gelu")
-  if activation not in ACTIVATIONS:
-    raise ValueError(f"model.activation={activation!r}: expected one of {tuple(ACTIVATIONS)}")
-  return XLNetTransformer(
-      vocab_size=config.vocab_size, num_layers=config.num_layers, d_model=config.d_model,
-      num_heads=config.num_heads, d_ff=config.d_ff, max_len=config.get("max_len", 512),
-      clamp_len=config.get("clamp_len", -1), activation=activation,
-      layer_norm_eps=config.get("layer_norm_eps", 1e-12),
-      num_special_tokens=config.get("num_special_tokens", 4),
-      causal_prompt=config.get("causal_prompt", False),
-      dtype=_DTYPES[config.get("dtype", "float32")],
-      param_dtype=_DTYPES[config.get("param_dtype", "float32")])
+  fields = _fields(XLNetTransformer, config, fixed=("attention_impl", "tie_embeddings"))
+  if fields.get("activation", XLNetTransformer.activation) not in ACTIVATIONS:
+    raise ValueError(f"model.activation={fields['activation']!r}: expected one of "
+                     f"{tuple(ACTIVATIONS)}")
+  return XLNetTransformer(**fields)
+
+
+def _fields(module: type[nn.Module], config: ml_collections.ConfigDict,
+            fixed: tuple[str, ...] = ()) -> dict[str, Any]:
+  """The keys of ``config`` that name fields of ``module`` (but ``fixed`` ones), dtypes as
+  jnp dtypes."""
+  names = {f.name for f in dataclasses.fields(module)} - {"parent", "name", *fixed}
+  fields = {name: config[name] for name in names if name in config}
+  for name in ("dtype", "param_dtype"):
+    if name in fields:
+      fields[name] = _DTYPES[fields[name]]
+  return fields
 
 
 # The leaves that Dense, DenseGeneral and Embed cast to the compute dtype on every call.
@@ -94,13 +96,13 @@ def compute_params(model: TwoStreamTransformer | XLNetTransformer, params: Any) 
   return jax.tree_util.tree_map_with_path(cast, params)
 
 
-def _attention_impl(config: ml_collections.ConfigDict) -> str:
-  impl = config.get("attention_impl", "xla")
+def _usable_attention(impl: str, dtype: Any) -> str:
+  """``impl`` where it runs (see :func:`build`), else ``"xla"``."""
   if impl not in attention.IMPLEMENTATIONS:
     raise ValueError(f"model.attention_impl={impl!r}: expected one of "
                      f"{attention.IMPLEMENTATIONS}")
   on_gpu = jax.default_backend() == "gpu"
-  usable = on_gpu and (impl != "cudnn" or config.get("dtype") in ("bfloat16", "float16"))
+  usable = on_gpu and (impl != "cudnn" or dtype in (jnp.bfloat16, jnp.float16))
   return impl if usable else "xla"
 
 

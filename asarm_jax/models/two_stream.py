@@ -205,8 +205,9 @@ class TwoStreamTransformer(nn.Module):
   causal_prompt: bool = False  # read by the callers' mask builder, not by the module.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  # asarm_jax.models.attention.IMPLEMENTATIONS; the parameters are the same for all.
-  attention_impl: str = "xla"
+  # asarm_jax.models.attention.IMPLEMENTATIONS; the parameters are the same for all. The
+  # config base's default; models.build replaces it by "xla" where the kernel does not run.
+  attention_impl: str = "pallas"
 
   @nn.compact
   def __call__(self, tokens_BxL: Array, positions_BxL: Array, target_positions_BxK: Array,
