@@ -124,7 +124,7 @@ def _oracle(references):
       if out[b].tobytes() in references:
         out[b][np.flatnonzero(~visible[b][:length_B[b]])] = references[out[b].tobytes()]
     hidden = (~visible).sum(1)
-    return sampling.Generation(out, np.maximum(hidden, 1), hidden)
+    return sampling.Generation(out, np.maximum(hidden, 1), hidden, np.int32(1))
   return generate
 
 

@@ -37,7 +37,8 @@ class FakeGenerate:
     self.batches.append([int(h) for h in hidden])
     self.keys.append(tuple(np.asarray(jax.random.key_data(rng)).tolist()))
     filled = np.where(visible, tokens, tokens[:, :1] * 1000 + hidden[:, None])
-    return sampling.Generation(tokens_BxL=filled, num_calls_B=hidden, num_generated_B=hidden)
+    return sampling.Generation(tokens_BxL=filled, num_calls_B=hidden, num_generated_B=hidden,
+                               num_network_calls=np.int32(1))
 
 
 def _generate(rows, path):

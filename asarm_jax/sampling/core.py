@@ -39,10 +39,13 @@ Array = jnp.ndarray
 @flax.struct.dataclass
 class Generation:
   """``tokens_BxL``: prompts with every real hidden position filled (padding untouched);
-  ``num_calls_B``: network calls per row; ``num_generated_B``: tokens generated per row."""
+  ``num_calls_B``: network calls counted per row; ``num_generated_B``: tokens generated per
+  row; ``num_network_calls``: network calls the batch made (a scalar: the prefill plus each
+  round's calls, for every row at once, finished rows included)."""
   tokens_BxL: Array
   num_calls_B: Array
   num_generated_B: Array
+  num_network_calls: Array
 
 
 def _loop(net: Network, spec: SamplerSpec, use_cache: bool, params: Any, tokens_BxL: Array,
@@ -53,11 +56,14 @@ def _loop(net: Network, spec: SamplerSpec, use_cache: bool, params: Any, tokens_
   params = net.prepare(params)  # once, not in every call of the loop
   state = state_lib.init_state(tokens_BxL, visible_BxL, order_BxL, length_B, rng, temperature)
   state = method.init(net, params, spec, state, use_cache)
-  state = jax.lax.while_loop(lambda s: jnp.any(state_lib.live(s)),
-                             lambda s: method.round(net, params, spec, s), state)
+  state, num_rounds = jax.lax.while_loop(
+      lambda carry: jnp.any(state_lib.live(carry[0])),
+      lambda carry: (method.round(net, params, spec, carry[0]), carry[1] + 1),
+      (state, jnp.int32(0)))
   return Generation(tokens_BxL=ordering.to_position_space(state.tokens_rank_BxL, state.perm_BxL),
                     num_calls_B=state.num_calls_B,
-                    num_generated_B=state.num_target_B - state.num_visible_B)
+                    num_generated_B=state.num_target_B - state.num_visible_B,
+                    num_network_calls=1 + num_rounds * method.CALLS_PER_ROUND)
 
 
 _serial = itertools.count()

@@ -20,6 +20,8 @@ from asarm_jax.sampling.network import Network
 from asarm_jax.sampling.spec import SamplerSpec
 from asarm_jax.sampling.state import State
 
+CALLS_PER_ROUND = 2  # network calls of one round, for the whole batch
+
 def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: bool) -> State:
   return drafts.first_block(net, params, state, spec.k, use_cache)
 

@@ -55,6 +55,8 @@ def _proposal_log_probs(net: Network, logits_BxDxV: Array, temperature: Array) -
                                 jnp.where(temperature > 0, temperature, 1.0))
 
 
+CALLS_PER_ROUND = 1  # network calls of one round, for the whole batch
+
 def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: bool) -> State:
   """The first call: the prompt's content, the exact conditional of rank ``m`` (drawn and
   committed, so the call pays for itself) and ``D`` draft rows for the ranks after it, which
