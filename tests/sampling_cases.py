@@ -141,8 +141,10 @@ def check_prompt_padding_and_calls(gen, run: str) -> None:
   assert (gen.num_calls_B <= gen.num_generated_B).all(), run
   assert (gen.num_calls_B >= 1).all()
   method, k = RUNS[run][:2]
+  assert gen.num_calls_B.max() <= gen.num_network_calls  # a row counts only calls made
   if method == "sequential":
     np.testing.assert_array_equal(gen.num_calls_B, hidden_count)
+    assert gen.num_network_calls == hidden_count.max() + 1  # the last round drafts for no row
   if method == "parallel":
     np.testing.assert_array_equal(gen.num_calls_B, -(-hidden_count // k))  # one per round
   print(f"{run}: tokens/call={hidden_count.sum() / gen.num_calls_B.sum():.3f}")
