@@ -159,11 +159,13 @@ def test_middles_scored_elsewhere_match_scoring_here(workdir, tmp_path, monkeypa
   here_dir, device_dir, cpu_dir = (tmp_path / name for name in ("here", "device", "cpu"))
   for d in (here_dir, device_dir, cpu_dir):
     d.mkdir()
-  here = infill_eval.humaneval(model, params, tokenizer, ecfg, kind, str(here_dir), "tag")
+  spec = sampling.SamplerSpec("assd", k=2)
+  here = infill_eval.humaneval(model, params, tokenizer, ecfg, spec, kind, str(here_dir), "tag")
   assert 0 < here["pass@1"] < 1 and here["num_too_long"] > 0  # the case is not trivial
 
   ecfg.humaneval_execute = False
-  written = infill_eval.humaneval(model, params, tokenizer, ecfg, kind, str(device_dir), "tag")
+  written = infill_eval.humaneval(model, params, tokenizer, ecfg, spec, kind, str(device_dir),
+                                  "tag")
   assert "pass@1" not in written and not list(device_dir.glob("*_scores.jsonl"))
   moved = cpu_dir / (written["middles"] + ".gz")  # brought back, compressed
   with open(device_dir / written["middles"], "rb") as src, gzip.open(moved, "wb") as dst:
@@ -311,7 +313,7 @@ def test_runner_end_to_end_and_resume(workdir, monkeypatch, capsys):
   calls.clear()
   again = runner.run(config, work)
   assert calls == [] and again == results
-  path = os.path.join(eval_dir, "gen_assd_k2_step7_t1_f0.05_seed0_b4.jsonl")
+  path = os.path.join(eval_dir, "gen_assd_k2_t1_step7_t1_f0.05_seed0_b4.jsonl")
   with open(path) as f:
     lines = f.readlines()
   with open(path, "w") as f:

@@ -48,7 +48,7 @@ def humaneval(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collection
       desc=kind, show_suffix=not kind.endswith("_prefix"))
   report = {"num_tasks": len(tasks), "num_too_long": len(done.too_long),
             "num_truncated": done.num_truncated, "num_samples": ecfg.num_samples,
-            "tokens_per_call": done.tokens_per_call, "generate_seconds": done.seconds}
+            "tokens_per_call": done.tokens_per_call}
   if not ecfg.humaneval_execute:
     path = os.path.join(out_dir, f"{kind}_{tag}_middles.json")
     write_middles(path, kind, ecfg, done.by_task, report)
