@@ -94,6 +94,7 @@ def test_samples_of_the_network_follow_its_joint(trained, run):
   assert all(value > ALPHA for value in p.values()), p
 
 
+_call = jax.jit(forward.call, static_argnums=0)  # eager calls would dispatch op by op
 _draft_log_probs = jax.jit(
     lambda model, params, state, k, temperature: drafts.draft_log_probs(
         sampling.ModelNetwork(model), params, state.replace(temperature=jnp.float32(temperature)),
@@ -148,19 +149,19 @@ def test_cached_and_uncached_logits_agree(trained, causal_prompt):
   num_visible = jnp.full((batch,), m, jnp.int32)
   garbage = tokens_rank.at[:, m:].set(NUM_SPECIAL)
   rank = lambda first, num: jnp.full((batch, 1), first, jnp.int32) + jnp.arange(num)
-  _, cache = forward.call(model, params, garbage, perm, num_visible, rank(m, 2),
+  _, cache = _call(model, params, garbage, perm, num_visible, rank(m, 2),
                           jnp.ones((batch, 2), bool), jnp.full((batch,), m), cache=model.init_cache(
                               batch, LENGTH), content_rank_BxR=rank(0, LENGTH))
   for n in range(m, LENGTH):
     if n > m:  # cache the content of rank n - 1, committed last
-      _, cache = forward.call(model, params, tokens_rank, perm, num_visible, rank(n, 1),
+      _, cache = _call(model, params, tokens_rank, perm, num_visible, rank(n, 1),
                               jnp.ones((batch, 1), bool), jnp.full((batch,), n), cache=cache,
                               content_rank_BxR=rank(n - 1, 1))
     targets = rank(n, LENGTH - n)
     valid = jnp.ones_like(targets, bool)
-    full = forward.call(model, params, tokens_rank, perm, num_visible, targets, valid,
+    full = _call(model, params, tokens_rank, perm, num_visible, targets, valid,
                         jnp.full((batch,), n))
-    cached, _ = forward.call(model, params, tokens_rank, perm, num_visible, targets, valid,
+    cached, _ = _call(model, params, tokens_rank, perm, num_visible, targets, valid,
                              jnp.full((batch,), n), cache=cache, content_rank_BxR=rank(n, 0))
     np.testing.assert_allclose(np.asarray(cached), np.asarray(full), atol=1e-5, rtol=1e-5)
 
@@ -296,8 +297,9 @@ def test_tree_call_rows_are_exact_conditionals_of_each_path(trained, cache):
                                                                   depth=depth, ngram=1)
   state = state_lib.init_state(jnp.asarray(tokens), jnp.asarray(visible), jnp.asarray(order),
                                jnp.asarray(lengths), jax.random.key(0))
-  state = tree_method.init(net, params, spec, state, cache)
-  logits = np.asarray(tree_method.call(net, params, spec, state)[0])
+  state = jax.jit(tree_method.init, static_argnums=(0, 2, 4))(net, params, spec, state, cache)
+  call = jax.jit(tree_method.call, static_argnums=(0, 2))
+  logits = np.asarray(call(net, params, spec, state)[0])
   tree = jax.tree.map(np.asarray, state.carry)
   n, num_target = np.asarray(state.num_decoded_B), np.asarray(state.num_target_B)
   checked = 0
@@ -309,7 +311,7 @@ def test_tree_call_rows_are_exact_conditionals_of_each_path(trained, cache):
       tokens_rank[b, n[b]:n[b] + len(path)] = path
     first = n + np.asarray([len(p) for p in paths])
     targets = first[:, None] + np.arange(depth + 1)
-    want = forward.call(model, params, jnp.asarray(tokens_rank), state.perm_BxL,
+    want = _call(model, params, jnp.asarray(tokens_rank), state.perm_BxL,
                         state.num_visible_B, jnp.asarray(np.minimum(targets, LENGTH - 1)),
                         jnp.ones(targets.shape, bool), jnp.asarray(first))
     use = (targets < num_target[:, None]) & np.asarray(
@@ -329,10 +331,11 @@ def test_tree_cache_holds_exactly_the_committed_content(trained):
                                                                   depth=depth, ngram=1)
   state = state_lib.init_state(jnp.asarray(tokens), jnp.asarray(visible), jnp.asarray(order),
                                jnp.asarray(lengths), jax.random.key(0))
-  state = tree_method.init(net, params, spec, state, True)
+  state = jax.jit(tree_method.init, static_argnums=(0, 2, 4))(net, params, spec, state, True)
+  tree_round = jax.jit(tree_method.round, static_argnums=(0, 2))
   for _ in range(2):
-    state = tree_method.round(net, params, spec, state)
-  _, fresh = forward.call(model, params, state.tokens_rank_BxL, state.perm_BxL,
+    state = tree_round(net, params, spec, state)
+  _, fresh = _call(model, params, state.tokens_rank_BxL, state.perm_BxL,
                           state.num_visible_B, state.num_decoded_B[:, None],
                           jnp.zeros((batch, 1), bool), state.num_decoded_B,
                           cache=model.init_cache(batch, LENGTH),
