@@ -113,8 +113,8 @@ class Samples(NamedTuple):
 def generate(model: nn.Module, params: Any, heldout_NxL: np.ndarray,
              ecfg: ml_collections.ConfigDict, spec: sampling.SamplerSpec, out_dir: str,
              tag: str) -> Samples:
-  """Samples of every variant (:func:`variants`) for the prompts cut from ``heldout_NxL`` (cached per variant in
-  ``out_dir``, file names carrying ``tag``)."""
+  """Samples of every variant (:func:`variants`) for the prompts cut from ``heldout_NxL``
+  (cached per variant in ``out_dir``, file names carrying ``tag``)."""
   if len(heldout_NxL) < 2:
     raise ValueError(f"gen_quality: {len(heldout_NxL)} held-out rows; the t-test needs >= 2")
   visible_NxL = prompt_visible(heldout_NxL, ecfg.gen_visible_fraction, ecfg.seed,

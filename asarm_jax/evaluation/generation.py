@@ -105,8 +105,8 @@ def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str,
                   spec: sampling.SamplerSpec, batch_size: int, seed: int,
                   desc: str) -> dict[str, dict]:
   """Fills every row (all of one width ``L``), ``batch_size`` rows per ``sampling.generate``
-  call with the sampler ``spec``, skipping rows already in the cache at ``path``; rows are batched by their number of hidden positions
-  (stable, so ties keep their order). Returns the record of every row."""
+  call with the sampler ``spec``, skipping rows already in the cache at ``path``; rows are
+  batched by their number of hidden positions (stable, so ties keep their order). Returns the record of every row."""
   if len({row.key for row in rows}) != len(rows):
     raise ValueError(f"{desc}: row keys are not unique")
   records = load_records(path)

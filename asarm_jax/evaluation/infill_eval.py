@@ -37,8 +37,8 @@ def humaneval_tasks(kind: str, max_tasks: int, seed: int) -> list[humaneval_infi
 
 def humaneval(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collections.ConfigDict,
               spec: sampling.SamplerSpec, kind: str, out_dir: str, tag: str) -> dict:
-  """pass@k of ``eval.num_samples`` middles per task sampled with ``spec``; tasks whose middle does not fit
-  ``model.max_len`` count as failed. With ``eval.humaneval_execute=False`` the middles are only
+  """pass@k of ``eval.num_samples`` middles per task sampled with ``spec``; tasks whose middle
+  does not fit ``model.max_len`` count as failed. With ``eval.humaneval_execute=False`` the middles are only
   written to ``{kind}_{tag}_middles.json`` (:func:`write_middles`), to be scored elsewhere by
   ``python -m asarm_jax.evaluation.score_middles``; the report then has no pass@k."""
   tasks = humaneval_tasks(kind, ecfg.humaneval_max_tasks, ecfg.seed)

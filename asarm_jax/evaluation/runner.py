@@ -159,7 +159,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      f"({sorted(k for k in current if saved.get(k) != current[k])})")
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
-  ctx = Context(loaded, config, spec, config.data.data_dir or os.path.join(workdir, "data"), out_dir)
+  data_dir = config.data.data_dir or os.path.join(workdir, "data")
+  ctx = Context(loaded, config, spec, data_dir, out_dir)
   results = {"workdir": workdir, "step": loaded.step, "eval": ecfg.to_dict(),
              "sample": dataclasses.asdict(spec), "tasks": {}}
   for name in ecfg.tasks:

@@ -31,7 +31,8 @@ class Block:
 
 
 def draft_log_probs(net: Network, params: Any, state: State, k: int) -> Array:
-  """Uncached draft call: ``log q_i`` (``B x k x V``) for ranks ``n..n+k-1``, given ranks ``< n``."""
+  """Uncached draft call: ``log q_i`` (``B x k x V``) for ranks ``n..n+k-1`` given the ranks
+  ``< n``, at the state's temperature."""
   target_BxK, valid_BxK = state_lib.targets(state.num_decoded_B, state.num_target_B, k)
   return state_lib.call(net, params, state.replace(cache=None), state.tokens_rank_BxL,
                         target_BxK, valid_BxK, state.num_decoded_B, state.num_decoded_B, 0)[0]

@@ -30,7 +30,7 @@ def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: 
   return drafts.first_block(net, params, state, spec.k, use_cache)
 
 
-def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:  # pylint: disable=redefined-builtin
+def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   rng, rng_draft, rng_verify = jax.random.split(state.rng, 3)
   k, n_B, block, num_target_B = spec.k, state.num_decoded_B, state.carry, state.num_target_B
   batch, length = state.tokens_rank_BxL.shape

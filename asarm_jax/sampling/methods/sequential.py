@@ -23,7 +23,7 @@ def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: 
   return drafts.first_block(net, params, state, spec.k, use_cache)
 
 
-def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:  # pylint: disable=redefined-builtin
+def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   rng, rng_draft, _ = jax.random.split(state.rng, 3)
   _, valid_BxK = state_lib.targets(state.num_decoded_B, state.num_target_B, spec.k)
   state = state_lib.commit(state, state.carry.drafts_BxK, valid_BxK.sum(-1), state.num_cached_B)

@@ -121,7 +121,7 @@ def call(net: Network, params: Any, spec: SamplerSpec, state: State) -> tuple[Ar
   return logits.reshape(batch, num_nodes + 1, depth + 1, -1), cache
 
 
-def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:  # pylint: disable=redefined-builtin
+def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   """Every exact row of :func:`call` gets a fresh draw; the walk commits the path it follows
   and the first draw off the tree; the stop node's draft rows propose the next tree."""
   rng, rng_draw = jax.random.split(state.rng)
