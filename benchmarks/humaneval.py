@@ -18,7 +18,7 @@ import os
 
 from asarm_jax import inference
 from asarm_jax.evaluation import infill_eval, infill_model
-from asarm_jax.evaluation.config import default_eval_config
+from asarm_jax.config_base import default_eval_config
 from benchmarks import cli, records
 
 

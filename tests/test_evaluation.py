@@ -315,7 +315,7 @@ def test_sampler_tag_separates_every_setting_that_changes_completions():
   import ml_collections  # pylint: disable=g-import-not-at-top
   from asarm_jax import sampling  # pylint: disable=g-import-not-at-top
   from asarm_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
-  from asarm_jax.evaluation.config import default_eval_config  # pylint: disable=g-import-not-at-top
+  from asarm_jax.config_base import default_eval_config  # pylint: disable=g-import-not-at-top
 
   def tag(step=1, seed=0, batch_size=16, **changes):
     ecfg = default_eval_config()

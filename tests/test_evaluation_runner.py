@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from asarm_jax import checkpoint, data, density, inference, models, optim, sampling, train
-from asarm_jax.config_base import base_config, from_file
+from asarm_jax.config_base import base_config, default_eval_config, from_file
 from asarm_jax.data import builders
-from asarm_jax.evaluation import (compare_passes, config as eval_config, gen_quality,
+from asarm_jax.evaluation import (compare_passes, gen_quality,
                                   humaneval_infill, infill_eval, infill_model,
                                   judge_samples, runner, score_middles)
 
@@ -31,7 +31,7 @@ SENTENCES = ["The old lighthouse keeper climbed the stairs every evening.",
 def _config(root: str):
   c = base_config()
   if "eval" not in c:
-    c.eval = eval_config.default_eval_config()
+    c.eval = default_eval_config()
   c.data.update(source_dirs=(root,), heldout_fraction=0.3, vocab_size=400, seq_len=SEQ_LEN,
                 tokenizer_max_chars=300_000)
   c.model.update(num_layers=1, d_model=32, num_heads=2, d_ff=64)
@@ -147,7 +147,7 @@ def test_reference_middles_pass_through_layout_and_decoding(workdir, tasks, tmp_
 
 def test_middles_scored_elsewhere_match_scoring_here(workdir, tmp_path, monkeypatch, capsys):
   _, _, tokenizer, model, params = workdir
-  kind, ecfg = "humaneval_multi_line", eval_config.default_eval_config()
+  kind, ecfg = "humaneval_multi_line", default_eval_config()
   ecfg.update(humaneval_max_tasks=6, seed=1, num_samples=2, pass_at=(1, 2, 10), batch_size=4)
   tasks = infill_eval.humaneval_tasks(kind, 6, 1)
   references = {}  # every other task gets its reference middle; the others keep <mask> ids
@@ -207,13 +207,13 @@ def test_prompt_visible_fraction_and_specials():
 
 
 def test_validate_rejects_bad_configs():
-  ecfg = eval_config.default_eval_config()
+  ecfg = default_eval_config()
   runner.validate(ecfg)
   for changes, match in [(dict(tasks=("density", "nope")), "unknown"),
                          (dict(tasks=("gen_quality",), gen_samples_only=True,
                                gen_methods=("beam",)), "sampling methods"),
                          (dict(tasks=("gen_quality",)), "judge_workdir")]:
-    bad = eval_config.default_eval_config()
+    bad = default_eval_config()
     bad.update(changes)
     with pytest.raises(ValueError, match=match):
       runner.validate(bad)

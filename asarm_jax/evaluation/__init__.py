@@ -6,7 +6,7 @@
 * :mod:`~asarm_jax.evaluation.text_infill`: ROCStories-protocol text infilling and ROUGE.
 * :mod:`~asarm_jax.evaluation.metrics`: pass@k, unigram entropy, Welch's t-test.
 * :mod:`~asarm_jax.evaluation.runner`: ``--mode=eval``, the tasks of ``config.eval.tasks``
-  (:mod:`~asarm_jax.evaluation.config`), built from ``infill_model`` / ``infill_eval``
+  (defaults in :func:`asarm_jax.config_base.default_eval_config`), built from ``infill_model`` / ``infill_eval``
   (HumanEval and text infilling with a model), ``gen_quality`` (judge perplexity, entropy,
   t-tests), ``density_eval``, ``generation`` (resumable batched sampling) and ``report``.
 
