@@ -38,7 +38,7 @@ import numpy as np
 from asarm_jax import inference, sampling
 from asarm_jax.evaluation import generation
 from asarm_jax.sampling.spec import SamplerSpec
-from benchmarks import cli, records, sampling_speed
+from benchmarks import cli, records, sampling_speed, trace_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,10 +133,7 @@ def run(workdir: str, specs: list[str] = ("sequential",), hidden: list[int] = (0
     with jax.profiler.trace(trace, create_perfetto_trace=True):
       for h in (0, max(hidden)):
         time_calls(loaded, task_rows(heldout, h, 4, length), spec, seed=7)
-    for folder, _, files in os.walk(trace):  # the same timelines in bulkier formats
-      for name in files:
-        if name != "perfetto_trace.json.gz":
-          os.remove(os.path.join(folder, name))
+    trace_summary.keep_perfetto_only(trace)
   row = task_rows(heldout, 1, 1, length)
   arrays = lambda: generation._batch_arrays(row, 1)  # pylint: disable=protected-access
   base = jax.random.key(0)

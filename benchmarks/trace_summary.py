@@ -41,19 +41,33 @@ def busy_us(intervals: list[tuple[float, float]], low: float, high: float) -> fl
   return total
 
 
-def summary(path: str, top: int, within: str = "") -> list[dict]:
-  """One record per thread of the trace at ``path``: events, busy time, its top event names."""
+def load(path: str) -> tuple[list[dict], dict]:
+  """The events of the Perfetto JSON at ``path`` and the names of its processes (keyed
+  ``(pid, None)``) and threads (keyed ``(pid, tid)``)."""
   with gzip.open(path, "rt", encoding="utf-8") as f:
     events = json.load(f)["traceEvents"]
   names = {}
   for e in events:
     if e.get("ph") == "M" and e["name"] in ("process_name", "thread_name"):
       names[(e["pid"], e.get("tid"))] = e["args"]["name"]
+  return events, names
+
+
+def span(events: list[dict], within: str = "") -> tuple[float, float]:
+  """``(low, high)`` in us: from the first start to the last end of the complete events whose
+  name contains ``within`` (all of them by default)."""
   marks = [e for e in events if e.get("ph") == "X" and within in e["name"]]
   if not marks:
-    raise ValueError(f"{path}: no complete events" + (f" named like {within!r}" if within else ""))
-  low = min(e["ts"] for e in marks)
-  high = max(e["ts"] + e["dur"] for e in marks)
+    raise ValueError("no complete events" + (f" named like {within!r}" if within else ""))
+  return min(e["ts"] for e in marks), max(e["ts"] + e["dur"] for e in marks)
+
+
+def summary(path: str, top: int, within: str = "",
+            loaded: tuple[list[dict], dict] | None = None) -> list[dict]:
+  """One record per thread of the trace at ``path`` (or of ``loaded``, its :func:`load`
+  already read): events, busy time, its top event names."""
+  events, names = loaded or load(path)
+  low, high = span(events, within)
   by_thread = collections.defaultdict(list)
   for e in events:
     if e.get("ph") == "X" and e["ts"] < high and e["ts"] + e["dur"] > low:
@@ -71,6 +85,15 @@ def summary(path: str, top: int, within: str = "") -> list[dict]:
          "busy_share": busy / (high - low),
          "top_ms": {name[:100]: dur / 1e3 for name, dur in totals.most_common(top)}}))
   return made
+
+
+def keep_perfetto_only(folder: str) -> None:
+  """Deletes every file under ``folder`` but ``perfetto_trace.json.gz``: the profiler's other
+  files hold the same timelines in bulkier formats."""
+  for parent, _, files in os.walk(folder):
+    for name in files:
+      if name != "perfetto_trace.json.gz":
+        os.remove(os.path.join(parent, name))
 
 
 def run(trace: str, top: int = 8, within: str = "") -> list[dict]:
