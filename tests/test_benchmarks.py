@@ -1,9 +1,11 @@
 """The benchmarks package: every experiment's dry run, the record schema, the docs' tables."""
 import os
 
+import jax
 import pytest
 
-from benchmarks import cli, experiment, records, report
+from asarm_jax.sampling import methods
+from benchmarks import cli, decode_profile, experiment, records, report
 from benchmarks.experiments import EXPERIMENTS
 
 
@@ -78,3 +80,86 @@ def test_sampler_flags(text, fields):
   assert all(getattr(spec, k) == v for k, v in fields.items())
   with pytest.raises(ValueError):
     cli.parse_spec("tree:8:2:1")
+
+
+XLNET_BASE = decode_profile.Sizes(num_layers=12, d_model=768, d_ff=3072, vocab_size=32000,
+                                  weight_bytes=220e6)  # 110M parameters in bf16
+
+
+def test_roofline_of_xlnet_base_calls():
+  """The figures of ../shared/README.md: a batch-1 call reads 220 MB of weights (46 us at
+  4.8 TB/s); a batch-64 call reads a 1.2 GB cache at 512 visible slots (0.25 ms), and 64 x 15
+  query rows are about 0.2 TFLOP (0.27 ms at 790 TFLOP/s)."""
+  ms = lambda cost: decode_profile.roofline_ms(*cost, 4.8e12, 790e12)
+  one = decode_profile.call_cost(XLNET_BASE, decode_profile.Shape(1, 1, 268), batch=1)
+  weights_ms = decode_profile.roofline_ms(XLNET_BASE.weight_bytes, 0, 4.8e12, 790e12)
+  assert weights_ms == pytest.approx(0.046, rel=0.01)
+  assert one[0] == pytest.approx(220e6 + 269 * 12 * 2 * 768 * 2)  # + 10 MB of cache
+  assert ms(one) == pytest.approx(0.048, rel=0.01)
+  full = decode_profile.call_cost(XLNET_BASE, decode_profile.Shape(1, 1, 512), batch=64)
+  cache = 64 * 512 * 12 * 2 * 768 * 2
+  assert full[0] == pytest.approx(220e6 + cache * 513 / 512) and cache == pytest.approx(1.208e9,
+                                                                                       rel=1e-3)
+  assert cache / 4.8e12 * 1e3 == pytest.approx(0.25, rel=0.01)
+  wide = decode_profile.call_cost(XLNET_BASE, decode_profile.Shape(1, 15, 512), batch=64)
+  assert 0.18e12 < wide[1] < 0.24e12 and 0.23 < wide[1] / 790e12 * 1e3 < 0.3
+  assert ms(wide) == pytest.approx(1e3 * wide[0] / 4.8e12)  # still memory-bound
+
+
+@pytest.mark.parametrize("text", ["sequential", "assd:5", "assd_fused:5", "tree:4:2"])
+def test_roofline_per_call_averages_the_prefill_and_the_rounds(text):
+  spec = cli.parse_spec(text)
+  prefill, rounds = decode_profile.call_shapes(spec, prompt=25, length=512)
+  assert len(rounds) == methods.STRATEGIES[spec.method].CALLS_PER_ROUND
+  assert prefill.content == 25 and prefill.slots == 25
+  args = (XLNET_BASE, spec, 64, 25, 512)
+  just_prefill = decode_profile.roofline(*args, 1, 4.8e12, 790e12)
+  assert just_prefill["flops_per_call"] == decode_profile.call_cost(XLNET_BASE, prefill, 64)[1]
+  calls = 1 + 1000 * len(rounds)
+  long = decode_profile.roofline(*args, calls, 4.8e12, 790e12)
+  each = [decode_profile.call_cost(XLNET_BASE, shape, 64) for shape in rounds]
+  assert long["bytes_per_call"] == pytest.approx(sum(b for b, _ in each) / len(rounds), rel=1e-3)
+
+
+def test_decode_profile_runs_on_the_cpu():
+  made = decode_profile.run(config="demo", specs=["sequential", "tree:4:2"], batches=[1, 2],
+                            length=16, repeats=1, compile_workers=2)
+  profiles = [r for r in made if r["name"] == "decode_profile"]
+  assert [(r["settings"]["spec"], r["settings"]["batch"]) for r in profiles] == [
+      ("sequential", 1), ("sequential", 2), ("tree:4:2", 1), ("tree:4:2", 2)]
+  assert {r["name"] for r in made} == {"decode_profile", "trace_summary"}
+  for r in profiles:
+    records.validate(r)
+    m = r["metrics"]
+    assert r["settings"] | {"spec": 0, "batch": 0} == {"spec": 0, "batch": 0, "visible": 0.05,
+                                                       "temperature": 0.2, "length": 16}
+    assert m["num_network_calls"] >= 2 and 0 < m["tokens_per_call"] <= 3
+    assert m["wall_ms_per_call"] > 0 and m["roofline_ms"] > 0 and m["flops_per_call"] > 0
+    assert m["wall_ratio"] == pytest.approx(m["wall_ms_per_call"] / m["roofline_ms"])
+    if jax.default_backend() == "cpu":  # no GPU streams: the device's fields are null
+      assert all(m[k] is None for k in ("gpu_ms_per_call", "gpu_busy_ms_per_call",
+                                        "kernels_per_call", "top_kernels", "ratio"))
+
+
+def test_gpu_kernels_are_the_streams_within_the_call():
+  meta = lambda pid, tid, kind, name: {"ph": "M", "pid": pid, "tid": tid, "name": kind,
+                                       "args": {"name": name}}
+  event = lambda tid, name, ts, dur, pid=2: {"ph": "X", "pid": pid, "tid": tid, "name": name,
+                                             "ts": ts, "dur": dur}
+  events = [meta(1, None, "process_name", "/host:CPU"), meta(1, 1, "thread_name", "python"),
+            meta(2, None, "process_name", "/device:GPU:0"),
+            meta(2, 7, "thread_name", "Stream #7(Compute)"),
+            meta(2, 9, "thread_name", "XLA Ops"),
+            event(1, decode_profile.WITHIN, 100, 100, pid=1),
+            event(7, "gemm", 50, 10),  # before the call
+            event(7, "gemm", 110, 30), event(7, "attention", 130, 20), event(7, "gemm", 160, 10),
+            event(9, "fusion.1", 110, 60)]  # a derived line, not a kernel
+  names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e["ph"] == "M"}
+  kernels = decode_profile.device_kernels(events, names)
+  assert [e["name"] for e in kernels] == ["gemm", "attention", "gemm"]
+  m = decode_profile.kernel_metrics(kernels, calls=2, top=8)
+  assert m["gpu_ms_per_call"] == pytest.approx(0.030)  # 60 us over 2 calls
+  assert m["gpu_busy_ms_per_call"] == pytest.approx(0.025)  # [110, 150) and [160, 170)
+  assert m["kernels_per_call"] == 1.5
+  assert m["top_kernels"] == [{"kernel": "gemm", "ms": 0.02, "share": 2 / 3},
+                              {"kernel": "attention", "ms": 0.01, "share": 1 / 3}]
