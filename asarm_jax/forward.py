@@ -48,7 +48,8 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
       the content rows of ranks ``content_rank_BxR`` are computed (written into the cache;
       ranks ``>= L`` are dropped), every row attends over the cache, and ``(logits,
       new_cache)`` is returned. Cached slots must hold the content of the ranks the masks let
-      rows see. Slots ``>= L`` have no rank: only ``tree`` rows may see them.
+      rows see. Slots ``>= L`` have no rank: only ``tree`` rows may see slots ``L..L+N-1``
+      (a cache may have more slots than it needs, e.g. rounded to the kernel's key blocks).
     tree: optional :class:`TreeRows` (needs ``cache`` with ``S = L + N`` and ``num_decoded``
       of shape ``B``): its N content rows are computed after the ``content_rank_BxR`` rows.
   """
@@ -80,7 +81,9 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
     row_node_BxT = jnp.concatenate([jnp.full(content_rank_BxR.shape, -1, jnp.int32), node_BxN,
                                     jnp.where(target_valid_BxK, tree.target_node_BxK, -1)], 1)
     nodes = dict(row_nodes_BxTx2=masks.node_bits(row_node_BxT, tree.ancestors_BxNxN),
-                 key_node_BxS=jnp.where(key_rank_BxS >= length, key_rank_BxS - length, -1))
+                 key_node_BxS=jnp.where((key_rank_BxS >= length)
+                                        & (key_rank_BxS < length + num_nodes),
+                                        key_rank_BxS - length, -1))
     tokens_BxR = jnp.concatenate([tokens_BxR, tree.tokens_BxN], 1)
     positions_BxR = jnp.concatenate(
         [positions_BxR, jnp.take_along_axis(perm_BxL, jnp.clip(tree.rank_BxN, 0, length - 1), 1)],

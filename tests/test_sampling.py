@@ -420,3 +420,29 @@ def test_sample_text(trained):
   with pytest.raises(sampling.PromptError):
     sampling.sample_text(model, params, ToyTokenizer(), ["abcdefg"], jax.random.key(0),
                          length=LENGTH)
+
+
+class _RoundedCacheNetwork(sampling.ModelNetwork):
+  """A network whose caches have spare slots past those asked for (as the fused kernel's
+  whole key blocks give)."""
+
+  def init_cache(self, batch, num_slots):
+    return self.model.init_cache(batch, num_slots + 70)
+
+
+def test_spare_cache_slots_change_nothing(trained):
+  """Slots past ``L + N`` have no rank and hold no node: with 70 spare slots, the prefill and
+  a call of a 40-node tree (node bits in both words) give the same logits, cached or not."""
+  model, params = trained
+  tokens, visible, order, lengths = (jnp.asarray(x) for x in _subsample(4))
+  spec = sampling.SamplerSpec("tree", num_nodes=40, depth=2, ngram=0)
+  init = jax.jit(tree_method.init, static_argnums=(0, 2, 4))
+  call = jax.jit(tree_method.call, static_argnums=(0, 2))
+  for cache in (True, False):
+    logits = []
+    for net in (sampling.ModelNetwork(model), _RoundedCacheNetwork(model)):
+      state = state_lib.init_state(tokens, visible, order, lengths, jax.random.key(4))
+      state = init(net, params, spec, state, cache)
+      logits.append(np.asarray(call(net, params, spec, state)[0]))
+    assert np.asarray(state.carry.valid_BxN)[:, 32:].any()  # nodes in the second word
+    np.testing.assert_allclose(logits[0], logits[1], atol=1e-6)

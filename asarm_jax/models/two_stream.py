@@ -253,7 +253,14 @@ class TwoStreamTransformer(nn.Module):
     return logits if cache is None else (logits, Cache(key_positions_BxS, tuple(new_layers)))
 
   def init_cache(self, batch: int, length: int) -> Cache:
-    """An empty rank-indexed KV cache: per layer, keys and values ``B x L x N x H``."""
+    """An empty rank-indexed KV cache: per layer, keys and values ``B x S x N x H``.
+
+    ``S`` is ``length`` rounded up to whole key blocks of the fused kernel when it is in use
+    (:data:`asarm_jax.models.attention.BLOCK_K`), so that no call pads, i.e. copies, the
+    cache; the extra slots have ranks ``>= length``, which no limit reaches.
+    """
+    if self.attention_impl == "pallas":
+      length = -(-length // attention.BLOCK_K) * attention.BLOCK_K
     shape = (batch, length, self.num_heads, self.d_model // self.num_heads)
     return Cache(jnp.zeros((batch, length), jnp.int32),
                  tuple(LayerCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
