@@ -1,4 +1,5 @@
 """Helpers shared by the test modules."""
+import contextlib
 import functools
 import glob
 import json
@@ -6,7 +7,10 @@ import os
 import shutil
 import sysconfig
 
+import jax
 import ml_collections
+import pytest
+from jax._src import compilation_cache as _compilation_cache
 
 from asarm_jax.config_base import base_config, from_file
 
@@ -53,3 +57,50 @@ def read_trace(workdir: str) -> list[dict]:
   with open(path) as f:
     lines = f.read().split("\n")[:-1]
   return [json.loads(line) for line in lines]
+
+
+# Every compile is cached, however short (the defaults skip compiles under 1 s, most of ours).
+_CACHE_SETTINGS = {"jax_persistent_cache_min_compile_time_secs": 0.0,
+                   "jax_persistent_cache_min_entry_size_bytes": -1}
+
+
+def compilation_cache_env(path: str) -> dict[str, str]:
+  """Environment of a subprocess that reads and fills the persistent compilation cache ``path``
+  (runs of the same computation then compile it once; the executables are the same)."""
+  return {"JAX_COMPILATION_CACHE_DIR": path,
+          **{name.upper(): str(value) for name, value in _CACHE_SETTINGS.items()}}
+
+
+def subprocess_env(**changes: str) -> dict[str, str]:
+  """``os.environ`` for a subprocess on CPU, with ``changes``, that shares this process's
+  persistent compilation cache if it has one."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **changes)
+  if jax.config.jax_compilation_cache_dir:
+    env.update(compilation_cache_env(jax.config.jax_compilation_cache_dir))
+  return env
+
+
+@contextlib.contextmanager
+def compilation_cache(path: str):
+  """This process reads and fills the persistent compilation cache ``path`` inside the block;
+  the previous settings are back after it."""
+  settings = dict(_CACHE_SETTINGS, jax_compilation_cache_dir=path)
+  before = {name: getattr(jax.config, name) for name in settings}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+  _compilation_cache.reset_cache()  # (the cache is set up once, at the first compile)
+  try:
+    yield path
+  finally:
+    for name, value in before.items():
+      jax.config.update(name, value)
+    _compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+  """An autouse fixture for a test module to import: its in-process compiles go through one
+  persistent cache per test worker (:func:`compilation_cache`); yields the cache's path, for
+  subprocesses (:func:`compilation_cache_env`)."""
+  with compilation_cache(str(tmp_path_factory.getbasetemp() / "jax_cache")) as path:
+    yield path
