@@ -26,7 +26,8 @@ from tensorboardX.proto import event_pb2
 
 from asarm_jax import (checkpoint, data, inference, main, models, optim, run_io, train,
                        validation)
-from tests.helpers import copy_stdlib_files, demo_config, tiny_config
+from tests.helpers import (copy_stdlib_files, demo_config, shared_compilation_cache,  # pylint: disable=unused-import
+                           subprocess_env, tiny_config)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISE = ("FolderConfig", "Downloading", "\x1b[", "Summary name", "Traceback", "Event loop",
@@ -52,7 +53,7 @@ def cli(workdir: str, overrides: dict, *extra: str, prelude: str = "") -> tuple[
             "run_name='__main__', alter_sys=True)"] if prelude else ["-m", "asarm_jax.main"])
   out = subprocess.run([sys.executable, *entry, "--config=configs/demo.py",
                         f"--workdir={workdir}", *args, *extra],
-                       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                       cwd=ROOT, env=subprocess_env(), capture_output=True,
                        text=True, timeout=300)
   return out.returncode, out.stdout, out.stderr
 
