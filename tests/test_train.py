@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from asarm_jax import checkpoint, models, optim, train
-from tests.helpers import tiny_config
+from tests.helpers import shared_compilation_cache  # pylint: disable=unused-import
+from tests.helpers import subprocess_env, tiny_config
 
 
 def batches(n, config, seed=0):
@@ -23,7 +24,8 @@ def setup(config):
   model = models.build(config.model)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   step = jax.jit(train.make_train_step(model, tx, config))
-  state = train.create_state(model, tx, jax.random.PRNGKey(0), config.data.seq_len)
+  state = jax.jit(lambda rng: train.create_state(model, tx, rng, config.data.seq_len))(
+      jax.random.PRNGKey(0))
   return step, state
 
 
@@ -101,7 +103,8 @@ SHARDED_SCRIPT = textwrap.dedent("""
       mesh = Mesh(np.asarray(devices).reshape(len(devices), 1, 1), sharding.MESH_AXES)
       model = models.build(config.model)
       tx = optim.make_optimizer(config.optim, config.train.num_steps)
-      state = train.create_state(model, tx, jax.random.PRNGKey(0), config.data.seq_len)
+      state = jax.jit(lambda rng: train.create_state(model, tx, rng, config.data.seq_len))(
+          jax.random.PRNGKey(0))
       shardings = sharding.state_shardings(mesh, state)
       step = jax.jit(train.make_train_step(model, tx, config),
                      in_shardings=(shardings, sharding.batch_sharding(mesh),
@@ -122,8 +125,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_step_on_8_fake_devices_matches_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=root,
                        capture_output=True, text=True, timeout=600)
