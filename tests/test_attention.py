@@ -43,7 +43,7 @@ def test_kernel_matches_reference_values_and_gradients(rows, keys, alibi, tree):
   def loss(implementation):
     return lambda *xs: (attention.attend(*xs, *fixed, alibi, implementation) * weights).sum()
 
-  grad = lambda impl: jax.value_and_grad(loss(impl), argnums=range(5))(*differentiable)
+  grad = lambda impl: jax.jit(jax.value_and_grad(loss(impl), argnums=range(5)))(*differentiable)
   for expected, got in zip(jax.tree_util.tree_leaves(grad("xla")),
                            jax.tree_util.tree_leaves(grad("pallas"))):
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5 * float(jnp.abs(expected).max()))
@@ -57,7 +57,8 @@ def test_kernel_skips_no_visible_key():
   visibility = visibility._replace(
       key_rank_BxS=jnp.broadcast_to(jnp.arange(keys)[::-1], visibility.key_rank_BxS.shape),
       row_limit_BxT=jnp.full(visibility.row_limit_BxT.shape, 3, jnp.int32))
-  out = lambda impl: attention.attend(*differentiable, visibility, qpos, kpos, True, impl)
+  out = lambda impl: jax.jit(lambda *xs: attention.attend(*xs, visibility, qpos, kpos, True,
+                                                         impl))(*differentiable)
   np.testing.assert_allclose(out("pallas"), out("xla"), rtol=2e-5, atol=2e-5)
 
 
