@@ -5,6 +5,7 @@ Multi-device checks run in subprocesses on 8 fake CPU devices (several checks pe
 pay the start-up once). See docs/scaling.md.
 """
 import os
+import shutil
 import socket
 import signal
 import subprocess
@@ -20,7 +21,8 @@ import pytest
 
 from asarm_jax import checkpoint, data, inference, models, optim, run_io, sharding, train
 from asarm_jax.config_base import base_config
-from tests.helpers import copy_stdlib_files, demo_config, read_trace, tiny_config
+from tests.helpers import (copy_stdlib_files, demo_config, read_trace,  # pylint: disable=unused-import
+                           shared_compilation_cache, subprocess_env, tiny_config)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUTS = {"fsdp": (2, 4, 1), "tensor": (2, 1, 4), "mixed": (2, 2, 2)}  # (data, fsdp, tensor)
@@ -28,8 +30,7 @@ LAYOUTS = {"fsdp": (2, 4, 1), "tensor": (2, 1, 4), "mixed": (2, 2, 2)}  # (data,
 
 def run_script(script: str, *args: str, devices: int = 8) -> str:
   """Runs ``script`` with ``devices`` fake CPU devices; returns its stdout, which must end in OK."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
+  env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   out = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
   assert out.stdout.strip().endswith("OK"), out.stdout[-2000:] + out.stderr[-4000:]
@@ -71,6 +72,7 @@ LAYOUT_SCRIPT = textwrap.dedent("""
     from tests.test_sharding import LAYOUTS
     assert jax.device_count() == 8, jax.devices()
     config = tiny_config(batch_size=16)
+    config.model.num_layers = 1  # every kind of parameter; a second block compiles longer
     rules = config.mesh.rules
     rng = np.random.default_rng(0)
     batches = [rng.integers(4, 40, (16, 16), dtype=np.int32) for _ in range(2)]
@@ -111,7 +113,7 @@ LAYOUT_SCRIPT = textwrap.dedent("""
     for layout, sizes in LAYOUTS.items():
       state, value, grads, new, metrics = run(sizes)
       params = state.params
-      names = ("block_0/mlp_in/kernel", "embed/embedding", "block_1/attention/query/kernel")
+      names = ("block_0/mlp_in/kernel", "embed/embedding", "block_0/attention/query/kernel")
       assert [shard_shape(params, n) for n in names] == expected[layout], layout
       assert len(params["params"]["embed"]["embedding"].addressable_shards) == 8
       assert state.step.sharding.is_fully_replicated
@@ -160,6 +162,7 @@ RESTORE_SCRIPT = textwrap.dedent("""
     from asarm_jax import checkpoint, models, optim, sampling, sharding, train
     from tests.helpers import tiny_config
     config = tiny_config(batch_size=16)
+    config.model.num_layers = 1  # every kind of parameter; a second block compiles longer
     model = models.build(config.model)
     tx = optim.make_optimizer(config.optim, config.train.num_steps)
     init = functools.partial(train.create_state, model, tx, seq_len=16)
@@ -214,12 +217,18 @@ def test_restore_across_meshes_and_sampling_with_sharded_params(tmp_path):
   assert out.count("restored") == 3 and out.count("same tokens") == 2
 
 
-def two_process_overrides(tmp: str, num_steps: int) -> dict:
-  """configs/demo.py overrides: a tiny model on ~30 stdlib files, a 2x2x2 mesh, batch 8."""
+# Steps of the two-process runs. A row reads 128 tokens a step: by step 12 the two processes'
+# data positions differ (each row stream reads its own documents), which resuming must respect.
+NUM_STEPS = 40
+
+
+def two_process_overrides(tmp: str, num_steps: int = NUM_STEPS) -> dict:
+  """configs/demo.py overrides: a tiny model on ~30 stdlib files, a 2x2x2 mesh, batch 8, every
+  step logged, a checkpoint at the end (or at a stop) only."""
   return {"model.num_layers": 1, "model.d_model": 32, "model.num_heads": 2, "model.d_ff": 64,
-          "data.vocab_size": 512, "data.seq_len": 32, "data.source_dirs": (f"{tmp}/src",),
+          "data.vocab_size": 512, "data.seq_len": 128, "data.source_dirs": (f"{tmp}/src",),
           "data.data_dir": f"{tmp}/data", "train.batch_size": 8, "train.num_steps": num_steps,
-          "train.checkpoint_every": 2, "train.log_every": 1, "train.eval_batches": 0,
+          "train.checkpoint_every": 1000, "train.log_every": 1, "train.eval_batches": 0,
           "sample.num_examples": 0, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
 
 
@@ -233,10 +242,10 @@ def launch_two_processes(overrides: dict, workdir: str) -> list[subprocess.Popen
           for k, v in overrides.items()]
   procs = []
   for i in range(2):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu", SLURM_JOB_ID="1", SLURM_STEP_NODELIST="localhost",
-               SLURM_NTASKS="2", SLURM_STEP_NUM_NODES="1", SLURM_PROCID=str(i),
-               SLURM_LOCALID=str(i), JAX_COORDINATOR_PORT=str(port))
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                         SLURM_JOB_ID="1", SLURM_STEP_NODELIST="localhost",
+                         SLURM_NTASKS="2", SLURM_STEP_NUM_NODES="1", SLURM_PROCID=str(i),
+                         SLURM_LOCALID=str(i), JAX_COORDINATOR_PORT=str(port))
     env.pop("ASARM_MULTIHOST", None)
     flag = ["--multihost"] if i == 0 else []
     if i == 1:
@@ -259,74 +268,80 @@ def wait_all(procs: list[subprocess.Popen], workdir: str) -> list[str]:
   return logs
 
 
-def test_two_processes_read_their_own_shards_then_resume_on_one_device(tmp_path):
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  """``(overrides, workdir, logs, trace)`` of one uninterrupted ``NUM_STEPS``-step run of 2
+  processes (``main --multihost`` / ``ASARM_MULTIHOST=1`` under a faked SLURM step of 2 tasks
+  with 4 CPU devices each). Tests copy the workdir rather than change it."""
+  tmp = str(tmp_path_factory.mktemp("two_processes"))
+  copy_stdlib_files(f"{tmp}/src")
+  overrides = two_process_overrides(tmp)
+  data.prepare(demo_config(overrides).data, f"{tmp}/data")  # once, before the processes
+  logs = wait_all(launch_two_processes(overrides, f"{tmp}/straight"), f"{tmp}/straight")
+  return overrides, f"{tmp}/straight", logs, read_trace(f"{tmp}/straight")
+
+
+def test_two_processes_read_their_own_shards_then_resume_on_one_device(two_process_run, tmp_path):
   """``main --multihost`` / ``ASARM_MULTIHOST=1`` under a (faked) SLURM step of 2 tasks with 4
   CPU devices each: the global batch is [process 0's rows; process 1's rows], only process 0
   logs, and the checkpoint of the 8-device mesh resumes in this 1-device process."""
-  tmp = str(tmp_path)
-  copy_stdlib_files(f"{tmp}/src")
-  overrides = two_process_overrides(tmp, num_steps=2)
-  config = demo_config(overrides)
-  tokenizer = data.prepare(config.data, config.data.data_dir)  # once, before the processes
-  logs = wait_all(launch_two_processes(overrides, f"{tmp}/work"), f"{tmp}/work")
-  assert "[train] step 2" in logs[0] and "[train] step" not in logs[1]  # process 0 logs
-  trace = read_trace(f"{tmp}/work")
-  assert [r["step"] for r in trace] == [1, 2]  # written once, by process 0
+  overrides, source, logs, trace = two_process_run
+  workdir = str(tmp_path / "work")
+  shutil.copytree(source, workdir)
+  assert f"[train] step {NUM_STEPS}" in logs[0] and "[train] step" not in logs[1]  # process 0 logs
+  assert [r["step"] for r in trace] == list(range(1, NUM_STEPS + 1))  # written once, by process 0
 
   # Step 1 on one device with the batch made of each process's first local batch, in order.
+  config = demo_config(overrides)
+  tokenizer = data.prepare(config.data, config.data.data_dir)
   rows = [next(data.train_iterator(config.data, tokenizer, config.data.data_dir, batch_size=4,
                                    seed=config.seed, shard_index=i, shard_count=2))
           for i in range(2)]
   assert not np.array_equal(rows[0], rows[1])
   model = models.build(config.model)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
-  state = train.create_state(model, tx, jax.random.PRNGKey(config.seed), config.data.seq_len)
+  state = jax.jit(lambda rng: train.create_state(model, tx, rng, config.data.seq_len))(
+      jax.random.PRNGKey(config.seed))
   _, metrics = jax.jit(train.make_train_step(model, tx, config))(
       state, np.concatenate(rows), jax.random.PRNGKey(config.seed + 1))
   np.testing.assert_allclose(float(metrics["loss"]), trace[0]["loss"], rtol=1e-5)
 
   # Topology change: the checkpoint of 2 processes x 4 devices loads here, on one device, for
   # sampling, and training goes on from it.
-  loaded = inference.load(f"{tmp}/work")
-  assert loaded.step == 2 and len(loaded.params["params"]["embed"]["embedding"].devices()) == 1
+  loaded = inference.load(workdir)
+  assert loaded.step == NUM_STEPS
+  assert len(loaded.params["params"]["embed"]["embedding"].devices()) == 1
   result = train.train_and_evaluate(
-      demo_config(dict(overrides, **{"train.num_steps": 4, "mesh.data": -1, "mesh.fsdp": 1,
-                                     "mesh.tensor": 1})), f"{tmp}/work")
-  assert result["completed"] and result["step"] == 4
-  resumed = read_trace(f"{tmp}/work")
-  assert [r["step"] for r in resumed] == [1, 2, 3, 4]
-  assert resumed[:2] == trace  # kept: it resumed from step 2 (a fresh start rewrites step 1)
+      demo_config(dict(overrides, **{"train.num_steps": NUM_STEPS + 2, "mesh.data": -1,
+                                     "mesh.fsdp": 1, "mesh.tensor": 1})), workdir)
+  assert result["completed"] and result["step"] == NUM_STEPS + 2
+  resumed = read_trace(workdir)
+  assert [r["step"] for r in resumed] == list(range(1, NUM_STEPS + 3))
+  assert resumed[:NUM_STEPS] == trace  # kept: it resumed from the last step (a fresh start
+  # rewrites step 1)
 
 
-def test_two_processes_stop_together_on_one_signal_and_resume_exactly(tmp_path):
+def test_two_processes_stop_together_on_one_signal_and_resume_exactly(two_process_run, tmp_path):
   """SIGTERM reaches only process 1 of 2: both stop at the same step (the next multiple of
   run_io.STOP_AGREEMENT_EVERY), save it and exit 0; the same command resumes every process at its
   own data position, so the loss of every step equals an uninterrupted 2-process run's."""
-  tmp = str(tmp_path)
-  copy_stdlib_files(f"{tmp}/src")
-  num_steps = 200
-  overrides = dict(two_process_overrides(tmp, num_steps), **{"train.checkpoint_every": 1000})
-  data.prepare(demo_config(overrides).data, f"{tmp}/data")
-  straight, stopped = f"{tmp}/straight", f"{tmp}/stopped"
-  wait_all(launch_two_processes(overrides, straight), straight)
-  expected = read_trace(straight)
-  assert [r["step"] for r in expected] == list(range(1, num_steps + 1))
-
+  overrides, _, _, expected = two_process_run
+  stopped = str(tmp_path / "stopped")
   procs = launch_two_processes(overrides, stopped)
   deadline = time.time() + 300
-  # Step 120: each of a process's 4 rows has read 3840 tokens, past its first document (a row
-  # stream reads its own documents, so the processes' positions then differ).
-  while len(read_trace(stopped)) < 120 and time.time() < deadline:
-    assert procs[1].poll() is None, "process 1 exited before step 120"
+  # Step 20: the processes' data positions differ from step 12 on (see NUM_STEPS).
+  while len(read_trace(stopped)) < 20 and time.time() < deadline:
+    assert procs[1].poll() is None, "process 1 exited before step 20"
     time.sleep(0.005)
   procs[1].send_signal(signal.SIGTERM)
   logs = wait_all(procs, stopped)
   step = read_trace(stopped)[-1]["step"]
-  assert step < num_steps and step % run_io.STOP_AGREEMENT_EVERY == 0
+  assert 20 <= step < NUM_STEPS and step % run_io.STOP_AGREEMENT_EVERY == 0
   for log in logs:
     assert f"Stopped at step {step} after a signal" in log
   ckpt = checkpoint.Checkpointer(f"{stopped}/checkpoints", 1)
   try:
+    assert ckpt.all_steps() == [step]
     saved = ckpt.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
   finally:
     ckpt.close()
