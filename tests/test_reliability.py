@@ -28,7 +28,8 @@ import pytest
 
 from asarm_jax import checkpoint, data, inference, models, optim, sampling, train, validation
 from asarm_jax.sampling import core, prompt
-from tests.helpers import copy_stdlib_files, demo_config, read_trace
+from tests.helpers import (copy_stdlib_files, demo_config, read_trace,  # pylint: disable=unused-import
+                           shared_compilation_cache, subprocess_env)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 40  # of the subprocess runs
@@ -95,12 +96,13 @@ def assert_trees_equal(a, b) -> None:
 # --- Preemption: real processes, exact resume ---------------------------------------------------
 
 
-def launch(overrides: dict, workdir: str, cache: str) -> subprocess.Popen:
+def launch(overrides: dict, workdir: str) -> subprocess.Popen:
   """``python -m asarm_jax.main`` on configs/demo.py with ``overrides``; output to WORKDIR.log.
-  Runs share the persistent compilation cache ``cache`` (the same executables, fewer compiles)."""
+  Runs share this process's persistent compilation cache (the same executables, fewer
+  compiles)."""
   args = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
           for k, v in overrides.items()]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache)
+  env = subprocess_env()
   with open(f"{workdir}.log", "ab") as log:  # not a pipe: a full pipe would block the child
     return subprocess.Popen(
         [sys.executable, "-m", "asarm_jax.main", "--config=configs/demo.py",
@@ -127,13 +129,18 @@ def test_preempted_runs_resume_to_the_uninterrupted_run_exactly(tiny):
   metric of every step equals the uninterrupted run's (so separate runs from scratch agree too,
   up to the kill), and so do the final state and data position."""
   overrides, tmp = tiny
-  cache = f"{tmp}/jax_cache"
   rng = random.Random(0)
   signals = {"term": signal.SIGTERM, "int": signal.SIGINT, "kill": signal.SIGKILL}
   steps = {"term": rng.randint(4, 20), "int": rng.randint(4, 20), "kill": rng.randint(8, 30)}
   straight = f"{tmp}/straight"
   runs = {name: f"{tmp}/{name}" for name in signals}
-  procs = {w: launch(overrides, w, cache) for w in (straight, *runs.values())}
+  # The uninterrupted run first, alone until its first step is logged: it fills the compilation
+  # cache, and the other runs start from it instead of compiling the same step again.
+  procs = {straight: launch(overrides, straight)}
+  deadline = time.time() + 300
+  while not read_trace(straight) and procs[straight].poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  procs.update({w: launch(overrides, w) for w in runs.values()})
   signal_at({runs[n]: (procs[runs[n]], steps[n], signals[n]) for n in signals})
   rcs = {w: p.wait(timeout=300) for w, p in procs.items()}
   logs = {}
@@ -154,7 +161,7 @@ def test_preempted_runs_resume_to_the_uninterrupted_run_exactly(tiny):
   complete = restore(runs["kill"], config)  # the newest complete checkpoint, if any
   stopped["kill"] = complete.step if complete else None
 
-  resumed = {w: launch(overrides, w, cache) for w in runs.values()}
+  resumed = {w: launch(overrides, w) for w in runs.values()}
   assert all(p.wait(timeout=300) == 0 for p in resumed.values())
   for name, step in stopped.items():
     with open(f"{runs[name]}.log") as f:
@@ -369,7 +376,7 @@ def small_model():
   config = ml_collections.ConfigDict(dict(vocab_size=128, num_layers=1, d_model=16,
                                           num_heads=2, d_ff=32, max_len=12))
   model = models.build(config)
-  return model, model.init(jax.random.key(0), *models.example_inputs(1, 8, 2))
+  return model, jax.jit(model.init)(jax.random.key(0), *models.example_inputs(1, 8, 2))
 
 
 def test_prompt_validation_messages(small_model):
@@ -481,7 +488,7 @@ def test_sample_cli_round_trips_a_prompt_with_two_mask_spans(tiny, trained, tmp_
   out = subprocess.run(
       [sys.executable, "-m", "asarm_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
        "--mode=sample", *args, f"--config.sample.prompt={prompt}", "--config.sample.k=2"],
-      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+      cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
       timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   text, report = out.stdout.split("\n--- ")
