@@ -163,3 +163,28 @@ def test_gpu_kernels_are_the_streams_within_the_call():
   assert m["kernels_per_call"] == 1.5
   assert m["top_kernels"] == [{"kernel": "gemm", "ms": 0.02, "share": 2 / 3},
                               {"kernel": "attention", "ms": 0.01, "share": 1 / 3}]
+
+
+def test_a_finished_stage_is_skipped_on_rerun_and_packed(tmp_path, monkeypatch):
+  """Stages run in order, each marks itself done; a rerun runs only what is not done, and
+  every run packs RUNS/out, the records and the done-markers into OUT/NAME.tgz."""
+  import sys  # pylint: disable=g-import-not-at-top
+  import tarfile  # pylint: disable=g-import-not-at-top
+  from benchmarks.experiments import stages as stage_lib  # pylint: disable=g-import-not-at-top
+  counts = tmp_path / "counts.txt"
+  touch = lambda name: stage_lib.Command(
+      (sys.executable, "-c", f"open({str(counts)!r}, 'a').write({name!r})"))
+  built = [stage_lib.Stage("first", (touch("1"),)), stage_lib.Stage("second", (touch("2"),))]
+  monkeypatch.setattr(experiment, "build", lambda *args: built)
+  monkeypatch.setattr(experiment, "knobs_of", lambda *args: {})
+  runs, out = tmp_path / "runs", tmp_path / "out"
+  main = lambda stages: experiment.main("recipe", str(runs), str(out), stages, [], dry_run=False,
+                                        detach=False, wait="", wait_s=0)
+  main(["first"])
+  assert counts.read_text() == "1" and experiment.done_stages(str(runs)) == {"first"}
+  main([])
+  main([])
+  assert counts.read_text() == "12" and experiment.done_stages(str(runs)) == {"first", "second"}
+  with tarfile.open(out / "recipe.tgz") as tar:
+    names = tar.getnames()
+  assert "stages.jsonl" in names and "out/second/0.log" in names
