@@ -17,6 +17,13 @@ from asarm_jax.config_base import base_config, from_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def model_config(**keys) -> ml_collections.ConfigDict:
+  """The config base's ``model`` block with ``keys`` changed (every other key its default)."""
+  config = base_config().model
+  config.update(keys)
+  return config
+
+
 def demo_config(overrides: dict) -> ml_collections.ConfigDict:
   """configs/demo.py with ``overrides`` applied, as ``--config.KEY=VALUE`` would."""
   config = from_file(f"{ROOT}/configs/demo.py")

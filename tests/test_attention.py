@@ -6,6 +6,7 @@ import pytest
 
 from asarm_jax import forward, masks, models, ordering
 from asarm_jax.models import attention
+from tests.helpers import model_config
 
 
 def random_call(seed, rows, keys, tree, heads=3, dim=16, batch=2):
@@ -64,9 +65,9 @@ def test_kernel_skips_no_visible_key():
 
 def test_model_logits_and_cache_agree_across_implementations():
   """The two-stream model with the kernel gives the reference's logits, cached and not."""
-  config = dict(vocab_size=40, num_layers=2, d_model=32, num_heads=2, d_ff=64, max_len=64)
-  reference = models.TwoStreamTransformer(**config, attention_impl="xla")
-  fused = models.TwoStreamTransformer(**config, attention_impl="pallas")
+  reference = models.build(model_config(vocab_size=40, num_layers=2, d_model=32, num_heads=2,
+                                        d_ff=64, max_len=64, attention_impl="xla"))
+  fused = reference.clone(attention_impl="pallas")
   length = 12
   params = reference.init(jax.random.key(0), *models.example_inputs(2, length, length))
   rng = np.random.default_rng(1)

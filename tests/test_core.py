@@ -2,19 +2,19 @@
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from asarm_jax import density, forward, masks, models, objectives, ordering
+from tests.helpers import model_config
 
 VOCAB, LENGTH = 40, 8
 
 
 def tiny_model(tie_embeddings=True, causal_prompt=False, layers=2):
-  return models.build(ml_collections.ConfigDict(dict(
+  return models.build(model_config(
       vocab_size=VOCAB, num_layers=layers, d_model=32, num_heads=4, d_ff=64,
-      tie_embeddings=tie_embeddings, causal_prompt=causal_prompt)))
+      tie_embeddings=tie_embeddings, causal_prompt=causal_prompt))
 
 
 def init(model, batch=2, length=LENGTH, seed=0):
@@ -387,9 +387,9 @@ def test_compute_params_change_no_output(arch):
   """The samplers cast weight matrices and embeddings to bf16 once before their loop; a bf16
   model must give bit-identical logits either way, and the leaves the modules compute with in
   float32 (LayerNorm, XLNet's relative biases, the sink) stay float32."""
-  model = models.build(ml_collections.ConfigDict(dict(
+  model = models.build(model_config(
       arch=arch, vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4, d_ff=64,
-      dtype="bfloat16")))
+      dtype="bfloat16"))
   # Init leaves LayerNorm at 1 and 0, exact in bf16: perturb every leaf so a wrong cast shows.
   leaves, treedef = jax.tree.flatten(init(model))
   keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
@@ -411,3 +411,11 @@ def test_compute_params_change_no_output(arch):
                                                  sigma.num_visible_B, targets, valid, decoded))
   for decoded in (None, sigma.num_visible_B + 1):  # sigma-causal rows, then draft rows
     np.testing.assert_array_equal(call(cast, decoded), call(params, decoded))
+
+
+def test_a_model_block_lacking_a_key_is_an_error():
+  """Defaults live in the config base only: the model restates none."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  partial = {k: v for k, v in model_config().items() if k != "alibi"}
+  with pytest.raises(ValueError, match=r"lacks \['alibi'\]"):
+    models.build(ml_collections.ConfigDict(partial))

@@ -11,6 +11,7 @@ import pytest
 import scipy.stats
 
 from asarm_jax.evaluation import compare_passes, humaneval_infill, metrics, sandbox, text_infill
+from tests.helpers import model_config
 
 MECHANISMS = sorted({"guard", sandbox.network_isolation()})
 
@@ -286,12 +287,11 @@ def test_draft_acceptance_is_one_exactly_when_drafts_are_the_conditionals():
   zeroed, so a draft row and the exact row of a rank coincide), below 1 with real attention;
   greedy (T=0) rates are 0 or 1 per row, so their means lie in [0, 1]."""
   import jax  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from asarm_jax import models  # pylint: disable=g-import-not-at-top
   from asarm_jax.evaluation import draft_eval  # pylint: disable=g-import-not-at-top
-  model = models.build(ml_collections.ConfigDict(dict(
-      vocab_size=24, num_layers=2, d_model=32, num_heads=4, d_ff=64, max_len=16)))
+  model = models.build(model_config(
+      vocab_size=24, num_layers=2, d_model=32, num_heads=4, d_ff=64, max_len=16))
   params = model.init(jax.random.key(0), *models.example_inputs(1, 16, 4))
   params = jax.tree.map(lambda x: x * 8 if x.ndim > 1 else x, params)  # sharper rows
   batches = [np.asarray(jax.random.randint(jax.random.key(1), (4, 16), 4, 24))]

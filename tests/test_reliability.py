@@ -28,7 +28,7 @@ import pytest
 
 from asarm_jax import checkpoint, data, inference, models, optim, sampling, train, validation
 from asarm_jax.sampling import core, prompt
-from tests.helpers import (copy_stdlib_files, demo_config, read_trace,  # pylint: disable=unused-import
+from tests.helpers import (copy_stdlib_files, demo_config, model_config, read_trace,  # pylint: disable=unused-import
                            shared_compilation_cache, subprocess_env)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -373,9 +373,8 @@ class CharTokenizer:
 
 @pytest.fixture(scope="module")
 def small_model():
-  config = ml_collections.ConfigDict(dict(vocab_size=128, num_layers=1, d_model=16,
-                                          num_heads=2, d_ff=32, max_len=12))
-  model = models.build(config)
+  model = models.build(model_config(vocab_size=128, num_layers=1, d_model=16, num_heads=2,
+                                    d_ff=32, max_len=12))
   return model, jax.jit(model.init)(jax.random.key(0), *models.example_inputs(1, 8, 2))
 
 

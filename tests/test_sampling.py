@@ -13,7 +13,6 @@ import hypothesis
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -23,6 +22,7 @@ from asarm_jax import density, forward, models, objectives, sampling
 from asarm_jax.sampling import core, drafts
 from asarm_jax.sampling import state as state_lib
 from asarm_jax.sampling.methods import auto
+from tests.helpers import model_config
 from asarm_jax.sampling.methods import tree as tree_method
 from tests.sampling_cases import (ALPHA, GROUPS, LENGTH, NUM_SPECIAL, ROWS_PER_GROUP, RUNS, VOCAB,
                                   batch, check_prompt_padding_and_calls, generate_run,
@@ -40,10 +40,8 @@ def _markov_batch(rs: np.random.Generator, batch: int) -> jnp.ndarray:
 
 @pytest.fixture(scope="module")
 def trained():
-  config = ml_collections.ConfigDict(dict(vocab_size=VOCAB + NUM_SPECIAL, num_layers=2,
-                                          d_model=32, num_heads=2, d_ff=64,
-                                          num_special_tokens=NUM_SPECIAL))
-  model = models.build(config)
+  model = models.build(model_config(vocab_size=VOCAB + NUM_SPECIAL, num_layers=2, d_model=32,
+                                    num_heads=2, d_ff=64, num_special_tokens=NUM_SPECIAL))
   params = model.init(jax.random.key(0), *models.example_inputs(1, LENGTH, 2))
   optimizer = optax.adam(5e-3)
 

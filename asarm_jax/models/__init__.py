@@ -23,10 +23,10 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer | XLNetTran
   """Builds the model of ``config`` (the ``config.model`` block).
 
   ``arch`` picks :class:`TwoStreamTransformer` or, with "xlnet", :class:`XLNetTransformer` (HF
-  XLNet's network, see :func:`build_xlnet`). Each key of the block that names a field of the
-  module sets it (``dtype`` and ``param_dtype`` by name, e.g. "bfloat16"); a key the block lacks
-  keeps the module's own default. The config base (:mod:`asarm_jax.config_base`) holds every
-  key with its default; nothing is restated here.
+  XLNet's network, see :func:`build_xlnet`). Every field of the module is a key of the block
+  (``dtype`` and ``param_dtype`` by name, e.g. "bfloat16"): the config base
+  (:mod:`asarm_jax.config_base`) holds every key with its default, and a block that lacks one
+  is an error; nothing is restated here.
 
   ``attention_impl`` (:mod:`asarm_jax.models.attention`): ``"pallas"`` (the fused kernel; per
   shard under a mesh) applies only on GPUs and ``"cudnn"`` only on GPUs with 16-bit compute;
@@ -43,9 +43,12 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer | XLNetTran
     raise ValueError(f"model.num_heads={config.num_heads} must divide model.d_model="
                      f"{config.d_model} into an even head size (RoPE rotates pairs).")
   fields = _fields(TwoStreamTransformer, config)
-  fields["attention_impl"] = _usable_attention(
-      fields.get("attention_impl", TwoStreamTransformer.attention_impl),
-      fields.get("dtype", TwoStreamTransformer.dtype))
+  missing = {f.name for f in dataclasses.fields(TwoStreamTransformer)} - {"parent", "name",
+                                                                          *fields}
+  if missing:
+    raise ValueError(f"config.model lacks {sorted(missing)}: start from "
+                     "asarm_jax.config_base.base_config().model")
+  fields["attention_impl"] = _usable_attention(fields["attention_impl"], fields["dtype"])
   return TwoStreamTransformer(**fields)
 
 

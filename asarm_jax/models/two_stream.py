@@ -192,22 +192,23 @@ class TwoStreamTransformer(nn.Module):
   ``(logits, new_cache)``. Initialise with
   ``model.init(rng, *example_inputs(batch, length, num_targets))``.
   """
+  # Every field is a key of config.model; its default lives in asarm_jax.config_base only.
   vocab_size: int
   num_layers: int
   d_model: int
   num_heads: int
   d_ff: int
-  rope_base: float = 10_000.0
-  alibi: bool = True
-  max_len: int = 2048  # positions must be < max_len
-  tie_embeddings: bool = True
-  num_special_tokens: int = 4  # ids [0, num_special_tokens) are never sampled.
-  causal_prompt: bool = False  # read by the callers' mask builder, not by the module.
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  # asarm_jax.models.attention.IMPLEMENTATIONS; the parameters are the same for all. The
-  # config base's default; models.build replaces it by "xla" where the kernel does not run.
-  attention_impl: str = "pallas"
+  rope_base: float
+  alibi: bool
+  max_len: int  # positions must be < max_len
+  tie_embeddings: bool
+  num_special_tokens: int  # ids [0, num_special_tokens) are never sampled.
+  causal_prompt: bool  # read by the callers' mask builder, not by the module.
+  dtype: Any
+  param_dtype: Any
+  # asarm_jax.models.attention.IMPLEMENTATIONS; the parameters are the same for all;
+  # models.build replaces it by "xla" where the kernel does not run.
+  attention_impl: str
 
   @nn.compact
   def __call__(self, tokens_BxL: Array, positions_BxL: Array, target_positions_BxK: Array,
