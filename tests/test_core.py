@@ -1,4 +1,6 @@
 """Core: the mask builder, leakage (via gradients), the chain rule and the causal special case."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -93,13 +95,19 @@ def input_gradients(model, params, tokens_1xL, visible_1xL, order):
   Tokens in a row are distinct and the head is untied, so the gradient with respect to the
   embedding row of token x_i is the gradient with respect to position i's content input.
   """
+  return np.asarray(_input_gradients(model, params, jnp.asarray(tokens_1xL),
+                                     jnp.asarray(visible_1xL), order))
+
+
+@functools.partial(jax.jit, static_argnums=0)  # one compile, not op-by-op dispatch per row
+def _input_gradients(model, params, tokens_1xL, visible_1xL, order):
   def logp_j(table, j):
     p = jax.tree_util.tree_map(lambda x: x, params)
     p["params"]["embed"]["embedding"] = table
     return density.log_prob(model, p, tokens_1xL, visible_1xL, order)[0, j]
   table = params["params"]["embed"]["embedding"]
   grads = jax.vmap(jax.grad(logp_j), in_axes=(None, 0))(table, jnp.arange(LENGTH))
-  return np.asarray(jnp.abs(grads[:, tokens_1xL[0]]).sum(-1))  # L x L
+  return jnp.abs(grads[:, tokens_1xL[0]]).sum(-1)  # L x L
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -144,7 +152,7 @@ def test_content_stream_never_sees_sigma_later_tokens(seed):
                               cache=model.init_cache(1, LENGTH), content_rank_BxR=rank)
       return jnp.sum(cache.layers[-1].key[0, r] ** 2)
     table = params["params"]["embed"]["embedding"]
-    grads = jax.vmap(jax.grad(key_norm), in_axes=(None, 0))(table, jnp.arange(LENGTH))
+    grads = jax.jit(jax.vmap(jax.grad(key_norm), in_axes=(None, 0)))(table, jnp.arange(LENGTH))
     grads = np.asarray(jnp.abs(grads[:, tokens_rank[0]]).sum(-1))  # rows: key rank; cols: rank
     for r in range(LENGTH):
       for s in range(LENGTH):
@@ -176,6 +184,9 @@ def test_draft_targets_see_only_decoded_tokens():
 # ---------------------------------------------------------------------------------------------
 # Chain rule and the causal special case.
 
+_call = jax.jit(forward.call, static_argnums=0)  # one compile, not op-by-op dispatch
+
+
 @pytest.mark.parametrize("random_order", [False, True])
 def test_log_prob_equals_one_token_at_a_time(random_order):
   model = tiny_model()
@@ -190,8 +201,8 @@ def test_log_prob_equals_one_token_at_a_time(random_order):
     later = jnp.arange(LENGTH)[None] > t
     scrambled = jnp.where(later, 4 + (tokens_rank * 7) % (VOCAB - 4), tokens_rank)
     target = jnp.full((4, 1), t, jnp.int32)
-    logits = forward.call(model, params, scrambled, sigma.perm_BxL, sigma.num_visible_B,
-                          target, target >= sigma.num_visible_B[:, None])
+    logits = _call(model, params, scrambled, sigma.perm_BxL, sigma.num_visible_B, target,
+                   target >= sigma.num_visible_B[:, None])
     logp = jax.nn.log_softmax(jnp.where(jnp.arange(VOCAB) < 4, -jnp.inf, logits), -1)
     step = jnp.take_along_axis(logp[:, 0], tokens_rank[:, t:t + 1], -1)[:, 0]
     total += np.where(t >= np.asarray(sigma.num_visible_B), np.asarray(step), 0.0)
