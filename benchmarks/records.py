@@ -41,7 +41,11 @@ def accelerator() -> str:
 
 
 def commit() -> str:
-  """The git revision of this checkout, or ``"unknown"`` outside one."""
+  """``$BENCHMARK_COMMIT`` if set (a copy of the tree whose git history is not its own, such as
+  the device machine's, gets it from the launching side), else the git revision of this
+  checkout, or ``"unknown"`` outside one."""
+  if os.environ.get("BENCHMARK_COMMIT"):
+    return os.environ["BENCHMARK_COMMIT"]
   try:
     return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                           check=True, cwd=os.path.dirname(os.path.abspath(__file__))
