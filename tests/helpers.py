@@ -82,6 +82,8 @@ def subprocess_env(**changes: str) -> dict[str, str]:
   """``os.environ`` for a subprocess on CPU, with ``changes``, that shares this process's
   persistent compilation cache if it has one."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", **changes)
+  if "XLA_FLAGS" in changes:  # keep the session's flags (tests/conftest.py) too
+    env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {changes['XLA_FLAGS']}".strip()
   if jax.config.jax_compilation_cache_dir:
     env.update(compilation_cache_env(jax.config.jax_compilation_cache_dir))
   return env
