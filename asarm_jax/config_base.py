@@ -23,8 +23,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
 
   The sampler of every generating task is ``config.sample``'s
   (:class:`asarm_jax.sampling.SamplerSpec`). Task names: ``density``, ``draft_acceptance``,
-  ``humaneval_single_line``, ``humaneval_multi_line`` (and their ``_prefix`` variants), ``text_infill`` and ``gen_quality``
-  (which needs ``judge_workdir``). Sequence fields are tuples so that
+  ``humaneval_single_line``, ``humaneval_multi_line`` (and their ``_prefix`` variants),
+  ``text_infill`` and ``gen_quality`` (which needs ``judge_workdir``). Sequence fields are tuples so that
   ``--config.eval.tasks="('density',)"`` can override them.
   """
   return ml_collections.ConfigDict(dict(

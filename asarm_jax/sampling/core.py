@@ -108,10 +108,7 @@ def compiled_spec(spec: SamplerSpec) -> SamplerSpec:
   temperature is left out: it is a traced argument."""
   if spec.method == "sequential" or (spec.k == 1 and spec.method in ("assd", "parallel")):
     return SamplerSpec(method="sequential", k=1)
-  if spec.method == "tree":
-    return SamplerSpec(method="tree", num_nodes=spec.num_nodes, depth=spec.depth,
-                       ngram=spec.ngram)
-  return SamplerSpec(method=spec.method, k=spec.k)
+  return SamplerSpec(method=spec.method, **spec.sizes())
 
 
 def _resolve(spec: SamplerSpec | None, loose: dict[str, Any]) -> SamplerSpec:

@@ -16,6 +16,10 @@ from asarm_jax.masks import MAX_TREE_NODES
 
 METHODS = ("sequential", "parallel", "assd", "assd_fused", "tree", "auto")
 FIELDS = ("method", "k", "num_nodes", "depth", "ngram", "temperature")
+# The size settings each method reads besides the temperature (the others read ``k``), and
+# how describe() and tag() write each one.
+_SIZES = {"sequential": (), "auto": (), "tree": ("num_nodes", "depth", "ngram")}
+_NAMES = {"k": ("k", "k"), "num_nodes": ("N", "n"), "depth": ("D", "d"), "ngram": ("ngram", "g")}
 
 
 def _int_at_least(name: str, value: Any, low: int) -> None:
@@ -91,14 +95,16 @@ class SamplerSpec:
   def replace(self, **changes: Any) -> "SamplerSpec":
     return dataclasses.replace(self, **changes)
 
+  def sizes(self) -> dict[str, int]:
+    """The size settings the method reads besides the temperature, e.g. ``{"k": 5}``."""
+    return {name: getattr(self, name) for name in _SIZES.get(self.method, ("k",))}
+
   def describe(self) -> str:
     """One short line, e.g. ``assd_fused k=5 T=1`` or ``tree N=8 D=6 ngram=2 T=0.2``."""
-    size = {"tree": f" N={self.num_nodes} D={self.depth} ngram={self.ngram}",
-            "sequential": "", "auto": ""}.get(self.method, f" k={self.k}")
-    return f"{self.method}{size} T={self.temperature:g}"
+    sizes = "".join(f" {_NAMES[n][0]}={v}" for n, v in self.sizes().items())
+    return f"{self.method}{sizes} T={self.temperature:g}"
 
   def tag(self) -> str:
     """A file-name part that names every setting that changes the samples or their calls."""
-    size = {"tree": f"_n{self.num_nodes}_d{self.depth}_g{self.ngram}", "sequential": "",
-            "auto": ""}.get(self.method, f"_k{self.k}")
-    return f"{self.method}{size}_t{self.temperature:g}"
+    sizes = "".join(f"_{_NAMES[n][1]}{v}" for n, v in self.sizes().items())
+    return f"{self.method}{sizes}_t{self.temperature:g}"

@@ -71,12 +71,12 @@ def targets(first_B: Array, num_target_B: Array, num: int) -> tuple[Array, Array
 
 def call(net: Network, params: Any, state: State, tokens_rank_BxL: Array, target_BxK: Array,
          valid_BxK: Array, num_decoded: Array | None, content_start_B: Array,
-         num_content: int, temperature: Array | None = None) -> tuple[Array, Any]:
-  """One network call: tempered log-probs ``B x K x V`` of the target rows, and the cache.
+         num_content: int) -> tuple[Array, Any]:
+  """One network call: log-probs ``B x K x V`` of the target rows at the state's temperature,
+  and the cache.
 
   Cached: only content ranks ``content_start..content_start+num_content-1`` are computed.
-  Uncached: every content row is, and the content arguments are ignored. ``temperature``
-  defaults to the state's.
+  Uncached: every content row is, and the content arguments are ignored.
   """
   args = (params, tokens_rank_BxL, state.perm_BxL, state.num_visible_B, target_BxK, valid_BxK,
           num_decoded)
@@ -85,8 +85,7 @@ def call(net: Network, params: Any, state: State, tokens_rank_BxL: Array, target
   else:
     content_rank_BxR = content_start_B[:, None] + jnp.arange(num_content, dtype=jnp.int32)
     logits, cache = net(*args, cache=state.cache, content_rank_BxR=content_rank_BxR)
-  temperature = state.temperature if temperature is None else temperature
-  return distribution.log_probs(logits, net.num_special_tokens, temperature), cache
+  return distribution.log_probs(logits, net.num_special_tokens, state.temperature), cache
 
 
 def write(tokens_rank_BxL: Array, num_decoded_B: Array, new_BxC: Array,
