@@ -57,7 +57,7 @@ def fake(monkeypatch):
 def test_rows_are_batched_by_hidden_count_and_recorded_under_their_keys(tmp_path, fake):
   counts = [5, 1, 9, 2, 5, 7, 1, 3]
   rows = _rows(counts)
-  records = _generate(rows, tmp_path / "cache.jsonl")
+  records = _generate(rows, tmp_path / "cache.jsonl").records
   real = [[h for h in batch if h] for batch in fake.batches]  # padding rows hide nothing
   assert [h for batch in real for h in batch] == sorted(counts)
   assert all(max(a) <= min(b) for a, b in zip(real, real[1:]))
@@ -72,8 +72,10 @@ def test_a_resumed_run_draws_no_batch_key_twice(tmp_path, fake):
   first = _generate(rows[:5], path)  # an interrupted run: half the rows are cached
   resumed = _generate(rows, path)
   assert len(fake.batches) == 2 + 2  # only the five new rows were generated
+  assert (first.num_generated, resumed.num_generated) == (5, 5)
   assert len(set(fake.keys)) == len(fake.keys)
-  assert all(resumed[key] == record for key, record in first.items())
+  assert all(resumed.records[key] == record for key, record in first.records.items())
+  assert _generate(rows, path).num_generated == 0 and len(fake.batches) == 4
 
 
 @pytest.mark.parametrize("base", [jax.random.key(7), jax.random.PRNGKey(7)],
@@ -111,5 +113,5 @@ def test_each_batch_is_dispatched_before_the_previous_one_is_written(tmp_path, f
   assert written == [0, 0, BATCH]  # batch 1 is written only once batch 2 is in flight
   assert len(generation.load_records(str(path))) == BATCH  # batch 2 is generated again
   monkeypatch.setattr(sampling, "generate", fake)
-  records = _generate(rows, path)
+  records = _generate(rows, path).records
   assert len(fake.batches) == 2 + 3 and len(records) == len(rows)

@@ -126,7 +126,7 @@ def generate(model: nn.Module, params: Any, heldout_NxL: np.ndarray,
     records = generation.generate_rows(
         model, params, prompts, os.path.join(out_dir, f"gen_{variant.spec.tag()}_{tag}.jsonl"),
         spec=variant.spec, batch_size=ecfg.batch_size, seed=ecfg.seed,
-        desc=f"gen_quality {variant.name}")
+        desc=f"gen_quality {variant.name}").records
     by_variant[variant.name] = np.stack([row.filled(records[row.key]["hidden"])
                                          for row in prompts])
     info[variant.name] = {"method": variant.spec.method, "k": variant.spec.k,

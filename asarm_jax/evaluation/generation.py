@@ -22,7 +22,8 @@ import hashlib
 import json
 import math
 import os
-from typing import Any, Sequence
+import time
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -101,12 +102,19 @@ def _fold_in_each(rng: jax.Array, data_N: jax.Array) -> jax.Array:
   return rng
 
 
+class Filled(NamedTuple):
+  """``records[key]``: the record of every row; ``num_generated``: how many rows were not in
+  the cache; ``seconds``: the wall time of generating those (compilation included)."""
+  records: dict[str, dict]
+  num_generated: int
+  seconds: float
+
+
 def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str, *,
-                  spec: sampling.SamplerSpec, batch_size: int, seed: int,
-                  desc: str) -> dict[str, dict]:
+                  spec: sampling.SamplerSpec, batch_size: int, seed: int, desc: str) -> Filled:
   """Fills every row (all of one width ``L``), ``batch_size`` rows per ``sampling.generate``
   call with the sampler ``spec``, skipping rows already in the cache at ``path``; rows are
-  batched by their number of hidden positions (stable, so ties keep their order). Returns the record of every row."""
+  batched by their number of hidden positions (stable, so ties keep their order)."""
   if len({row.key for row in rows}) != len(rows):
     raise ValueError(f"{desc}: row keys are not unique")
   records = load_records(path)
@@ -117,7 +125,8 @@ def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str,
   todo = sorted((row for row in rows if row.key not in records), key=Row.num_hidden)
   print(f"{desc}: {len(rows) - len(todo)} rows cached, {len(todo)} to generate", flush=True)
   if not todo:
-    return {row.key: records[row.key] for row in rows}
+    return Filled({row.key: records[row.key] for row in rows}, 0, 0.0)
+  start_s = time.perf_counter()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   base_rng = jax.random.key(seed)
   with open(path, "a", encoding="utf-8") as f, tqdm.tqdm(total=len(todo), desc=desc,
@@ -145,7 +154,8 @@ def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str,
         save(*pending)
       pending = (batch, out)
     save(*pending)
-  return {row.key: records[row.key] for row in rows}
+  return Filled({row.key: records[row.key] for row in rows}, len(todo),
+                time.perf_counter() - start_s)
 
 
 def tokens_per_call(records: Sequence[dict]) -> float:

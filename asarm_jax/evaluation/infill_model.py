@@ -11,7 +11,6 @@ cannot be laid out.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, NamedTuple, Protocol, Sequence
 
 import flax.linen as nn
@@ -92,11 +91,9 @@ def complete(model: nn.Module, params: Any, tokenizer: Any, tasks: Sequence[Task
   rows = [generation.Row(f"{task_id}#{s}", layouts[task_id].tokens, layouts[task_id].visible,
                          layouts[task_id].length)
           for task_id in fitting for s in range(num_samples)]
-  num_cached = len(generation.load_records(cache_path).keys() & {row.key for row in rows})
-  start = time.perf_counter()
-  records = generation.generate_rows(model, params, rows, cache_path, spec=spec,
-                                     batch_size=batch_size, seed=seed, desc=desc)
-  seconds = time.perf_counter() - start
+  filled = generation.generate_rows(model, params, rows, cache_path, spec=spec,
+                                    batch_size=batch_size, seed=seed, desc=desc)
+  records = filled.records
   by_task = {task_id: [tokenizer.decode(records[f"{task_id}#{s}"]["hidden"])
                        for s in range(num_samples)] for task_id in fitting}
   return Completions(
@@ -105,4 +102,4 @@ def complete(model: nn.Module, params: Any, tokenizer: Any, tasks: Sequence[Task
       num_truncated=sum(1 for task_id in fitting if layouts[task_id].prefix_dropped
                         or layouts[task_id].suffix_dropped),
       tokens_per_call=generation.tokens_per_call(list(records.values())),
-      seconds=seconds, num_generated_rows=len(rows) - num_cached)
+      seconds=filled.seconds, num_generated_rows=filled.num_generated)
