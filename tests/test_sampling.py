@@ -294,7 +294,8 @@ def _tree_start(net, params, num_nodes: int, depth: int, cache: bool, ngram: int
   """The spec and the state after the first tree call, on 4 rows of every group."""
   spec = sampling.SamplerSpec("tree", num_nodes=num_nodes, depth=depth, ngram=ngram)
   tokens, visible, order, lengths = (jnp.asarray(x) for x in _subsample(4))
-  state = state_lib.init_state(tokens, visible, order, lengths, jax.random.key(seed))
+  keys = jax.random.split(jax.random.key(seed), len(tokens))
+  state = state_lib.init_state(tokens, visible, order, lengths, keys)
   return spec, _tree_init(net, params, spec, state, cache)
 
 

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asarm_jax import ordering
 from asarm_jax.sampling import methods
+from asarm_jax.sampling import queue as queue_lib
 from asarm_jax.sampling import state as state_lib
 from asarm_jax.sampling.methods import auto
 from asarm_jax.sampling.network import Network, as_network
@@ -48,37 +48,58 @@ class Generation:
   num_network_calls: Array
 
 
-def _loop(net: Network, spec: SamplerSpec, use_cache: bool, params: Any, tokens_BxL: Array,
-          visible_BxL: Array, order_BxL: Array, length_B: Array, rng: jax.Array,
-          temperature: Array) -> Generation:
-  """Prefill, then the method's rounds until every row is finished."""
+def _row_keys(rng: jax.Array, num_rows: int) -> jax.Array:
+  """One key per row: ``rng`` itself if it holds ``N`` keys, else ``fold_in(rng, i)`` for row
+  ``i``."""
+  if rng.ndim:
+    return rng
+  return jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.arange(num_rows, dtype=jnp.uint32))
+
+
+def _loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int, params: Any,
+          tokens_NxL: Array, visible_NxL: Array, order_NxL: Array, length_N: Array,
+          rng: jax.Array, temperature: Array) -> Generation:
+  """The first ``S`` rows' prefill, then rounds (with slots refilled from the queue) until every
+  row is finished."""
   method = methods.STRATEGIES[spec.method]
   params = net.prepare(params)  # once, not in every call of the loop
-  state = state_lib.init_state(tokens_BxL, visible_BxL, order_BxL, length_B, rng, temperature)
-  state = method.init(net, params, spec, state, use_cache)
-  state, num_rounds = jax.lax.while_loop(
-      lambda carry: jnp.any(state_lib.live(carry[0])),
-      lambda carry: (method.round(net, params, spec, carry[0]), carry[1] + 1),
-      (state, jnp.int32(0)))
-  return Generation(tokens_BxL=ordering.to_position_space(state.tokens_rank_BxL, state.perm_BxL),
-                    num_calls_B=state.num_calls_B,
-                    num_generated_B=state.num_target_B - state.num_visible_B,
-                    num_network_calls=1 + num_rounds * method.CALLS_PER_ROUND)
+  num_rows = tokens_NxL.shape[0]
+  rows = queue_lib.Rows(tokens_NxL, visible_NxL, order_NxL, length_N,
+                        _row_keys(rng, num_rows))
+  state, queue = queue_lib.start(net, params, spec, method, use_cache, rows, num_slots,
+                                 temperature)
+
+  def unfinished(carry):
+    state, queue, _ = carry
+    return jnp.any(state_lib.live(state)) | queue_lib.waiting(queue)
+
+  def round(carry):
+    state, queue, num_rounds = carry
+    if num_slots < num_rows:
+      state, queue = queue_lib.refill(net, params, spec, method, use_cache, state, queue)
+    return method.round(net, params, spec, state), queue, num_rounds + 1
+
+  state, queue, num_rounds = jax.lax.while_loop(unfinished, round,
+                                                (state, queue, jnp.int32(0)))
+  queue = queue_lib.write_out(queue, state, jnp.ones((num_slots,), bool))
+  return Generation(tokens_BxL=queue.tokens_NxL, num_calls_B=queue.num_calls_N,
+                    num_generated_B=queue.num_generated_N,
+                    num_network_calls=1 + queue.num_prefills + num_rounds * method.CALLS_PER_ROUND)
 
 
 _serial = itertools.count()
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(net: Network, spec: SamplerSpec, use_cache: bool,
+def _compiled(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
               signature: Any) -> Callable[..., Generation]:
   """The jitted loop of one configuration; ``signature`` (shapes and dtypes of the arguments)
   is in the key so that the loop is traced exactly once per entry, which chex asserts. The
   temperature is a traced argument: changing it never recompiles."""
 
-  def loop(params, tokens_BxL, visible_BxL, order_BxL, length_B, rng, temperature):
-    return _loop(net, spec, use_cache, params, tokens_BxL, visible_BxL, order_BxL, length_B,
-                 rng, temperature)
+  def loop(params, tokens_NxL, visible_NxL, order_NxL, length_N, rng, temperature):
+    return _loop(net, spec, use_cache, num_slots, params, tokens_NxL, visible_NxL, order_NxL,
+                 length_N, rng, temperature)
 
   # chex keys its trace counter on the function's name: give each entry its own counter.
   loop.__name__ = f"sample_{spec.tag()}_{next(_serial)}".replace(".", "_")
@@ -123,20 +144,45 @@ def _resolve(spec: SamplerSpec | None, loose: dict[str, Any]) -> SamplerSpec:
   return SamplerSpec.from_kwargs(**args)
 
 
+def _check_slots(slots: Any, num_rows: int) -> int:
+  if slots is None:
+    return num_rows
+  if isinstance(slots, bool) or not isinstance(slots, (int, np.integer)):
+    raise ValueError(f"slots={slots!r}: expected an int from 1 to the number of rows "
+                     f"({num_rows}).")
+  if not 1 <= slots <= num_rows:
+    raise ValueError(f"slots={slots}: expected 1 to the number of rows ({num_rows}).")
+  return int(slots)
+
+
+def _row_rng(rng: Any, num_rows: int) -> jax.Array:
+  """A typed key, or ``N`` of them."""
+  rng = jnp.asarray(rng)
+  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng)
+  if rng.shape not in ((), (num_rows,)):
+    raise ValueError(f"rng holds keys of shape {rng.shape}; expected one key or one per row "
+                     f"({num_rows},).")
+  return rng
+
+
 def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible_BxL: Array,
              rng: jax.Array, *, spec: SamplerSpec | None = None, method: str | None = None,
              k: int | None = None, temperature: float | None = None, depth: int | None = None,
              ngram: int | None = None, order_BxL: Array | None = None,
-             length_B: Array | None = None, cache: bool = True) -> Generation:
-  """Fills every hidden, non-padding position of ``tokens_BxL``.
+             length_B: Array | None = None, cache: bool = True,
+             slots: int | None = None) -> Generation:
+  """Fills every hidden, non-padding position of ``tokens_BxL``, in one dispatch.
 
   Args:
     model: a flax AS-ARM (``models.build``) or any :class:`~asarm_jax.sampling.network.Network`.
-    tokens_BxL: int tokens; values at hidden positions are ignored.
+    tokens_BxL: int tokens of ``B`` rows; values at hidden positions are ignored.
     visible_BxL: bool, True on the prompt (kept unchanged).
-    rng: a PRNG key (typed or raw ``uint32[2]``).
+    rng: a PRNG key (typed or raw ``uint32[2]``), or ``B`` of them (one per row). Row ``b``
+      draws only from its own key, ``rng[b]`` or else ``fold_in(rng, b)``: its sample never
+      depends on ``slots``, on its slot or on the other rows.
     spec: the sampler (:class:`~asarm_jax.sampling.spec.SamplerSpec`). ``method="auto"``
-      takes the fastest exact spec measured for this batch size, visible fraction and
+      takes the fastest exact spec measured for this number of slots, visible fraction and
       temperature (:mod:`asarm_jax.sampling.methods.auto`).
     method, k, temperature, depth, ngram: instead of ``spec``, the same settings as loose
       keywords (default ``assd``, ``k=5``, ``temperature=1``, ``depth=6``, ``ngram=2``);
@@ -146,9 +192,13 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
     length_B: optional real lengths; positions ``>= length_B`` are padding: never generated,
       never attended to by real positions, returned unchanged.
     cache: keep a KV cache of the content stream (same distribution, much less compute).
+    slots: rows decoded at once (default: all ``B``). With ``S < B`` slots, continuous
+      batching (:mod:`asarm_jax.sampling.queue`): a slot whose row is finished takes the next
+      row inside the loop.
 
-  At temperature 0 every exact method returns sequential greedy decoding's tokens (on the CPU
-  in float32; in bf16 near-ties may round differently per call shape).
+  At temperature 0 every exact method returns sequential greedy decoding's tokens, and any
+  ``slots`` returns the same tokens and counts as decoding each row alone (on the CPU in
+  float32; in bf16 near-ties may round differently per call shape).
 
   Returns:
     :class:`Generation` with ``tokens_BxL`` (``B x L``), ``num_calls_B`` and ``num_generated_B``.
@@ -159,20 +209,20 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
   if tokens_BxL.ndim != 2:
     raise ValueError(f"tokens_BxL has shape {tokens_BxL.shape}; expected (batch, length).")
   shape = tokens_BxL.shape
+  num_slots = _check_slots(slots, shape[0])
   tokens_BxL = _check("tokens_BxL", tokens_BxL, shape, "iu", "an integer dtype")
   visible_BxL = _check("visible_BxL", visible_BxL, shape, "b", "bool")
   order_BxL = (jnp.zeros(shape, jnp.float32) if order_BxL is None else
                _check("order_BxL", order_BxL, shape, "iuf", "an integer or float dtype"))
   length_B = (jnp.full(shape[:1], shape[1], jnp.int32) if length_B is None else
               _check("length_B", length_B, shape[:1], "iu", "an integer dtype"))
-  rng = jnp.asarray(rng)
-  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    rng = jax.random.wrap_key_data(rng)
+  rng = _row_rng(rng, shape[0])
   if spec.method == "auto":
     real_BxL = np.arange(shape[1]) < np.asarray(length_B)[:, None]
     fraction = float((np.asarray(visible_BxL) & real_BxL).sum() / max(real_BxL.sum(), 1))
-    spec = auto.choose(shape[0], fraction, float(spec.temperature))
+    spec = auto.choose(num_slots, fraction, float(spec.temperature))
   order_dtype = jnp.float32 if np.dtype(order_BxL.dtype).kind == "f" else jnp.int32
   args = (params, tokens_BxL.astype(jnp.int32), visible_BxL, order_BxL.astype(order_dtype),
           length_B.astype(jnp.int32), rng, jnp.float32(spec.temperature))
-  return _compiled(as_network(model), compiled_spec(spec), bool(cache), _signature(args))(*args)
+  return _compiled(as_network(model), compiled_spec(spec), bool(cache), num_slots,
+                   _signature(args))(*args)

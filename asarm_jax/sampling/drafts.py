@@ -38,7 +38,7 @@ def draft_log_probs(net: Network, params: Any, state: State, k: int) -> Array:
                         target_BxK, valid_BxK, state.num_decoded_B, state.num_decoded_B, 0)[0]
 
 
-def next_block(net: Network, params: Any, state: State, k: int, rng: jax.Array,
+def next_block(net: Network, params: Any, state: State, k: int, rng_B: jax.Array,
                content_start_B: Array, num_content: int) -> State:
   """The draft call for the block after the committed ranks; caches ``num_content`` ranks from
   ``content_start`` (the committed tokens not cached yet). Counts a call for live rows."""
@@ -46,7 +46,7 @@ def next_block(net: Network, params: Any, state: State, k: int, rng: jax.Array,
   target_BxK, valid_BxK = state_lib.targets(n_B, state.num_target_B, k)
   logq_BxKxV, cache = state_lib.call(net, params, state, state.tokens_rank_BxL, target_BxK,
                                      valid_BxK, n_B, content_start_B, num_content)
-  block = Block(state_lib.draw(rng, logq_BxKxV), logq_BxKxV, jnp.ones_like(n_B, bool))
+  block = Block(state_lib.draw(rng_B, logq_BxKxV), logq_BxKxV, jnp.ones_like(n_B, bool))
   return state.replace(carry=block, num_cached_B=n_B, cache=cache,
                        num_calls_B=state.num_calls_B + state_lib.live(state))
 
@@ -54,10 +54,10 @@ def next_block(net: Network, params: Any, state: State, k: int, rng: jax.Array,
 def first_block(net: Network, params: Any, state: State, k: int, use_cache: bool) -> State:
   """The prefill: a cache of one slot per rank (if ``use_cache``) that gets the whole
   prompt's content, and the first block of ``k`` drafts, each given the prompt only."""
-  rng, rng_draft = jax.random.split(state.rng)
+  rng_B, rng_draft_B = state_lib.split(state.rng_B, 2)
   batch, length = state.tokens_rank_BxL.shape
-  state = state.replace(rng=rng, cache=net.init_cache(batch, length) if use_cache else None)
-  return next_block(net, params, state, k, rng_draft,
+  state = state.replace(rng_B=rng_B, cache=net.init_cache(batch, length) if use_cache else None)
+  return next_block(net, params, state, k, rng_draft_B,
                     jnp.zeros_like(state.num_decoded_B), state.tokens_rank_BxL.shape[1])
 
 
@@ -66,7 +66,7 @@ def _row(x_BxKxV: Array, index_B: Array) -> Array:
   return jnp.take_along_axis(x_BxKxV, index_B[:, None, None], 1)[:, 0]
 
 
-def verify(rng: jax.Array, block: Block, logp_BxK1xV: Array, num_valid_B: Array,
+def verify(rng_B: jax.Array, block: Block, logp_BxK1xV: Array, num_valid_B: Array,
            has_bonus_B: Array) -> tuple[Array, Array, Array]:
   """Speculative rejection sampling of the block's ``k`` drafts against the density rows.
 
@@ -79,14 +79,14 @@ def verify(rng: jax.Array, block: Block, logp_BxK1xV: Array, num_valid_B: Array,
   were accepted (``B``).
   """
   drafts_BxK, logq_BxKxV = block.drafts_BxK, block.logq_BxKxV
-  batch, k = drafts_BxK.shape
-  rng_accept, rng_residual, rng_bonus = jax.random.split(rng, 3)
+  k = drafts_BxK.shape[1]
+  rng_accept_B, rng_residual_B, rng_bonus_B = state_lib.split(rng_B, 3)
   logp_BxKxV = logp_BxK1xV[:, :k]
   logp_BxKxV = logp_BxKxV.at[:, 0].set(
       jnp.where(block.exact_first_B[:, None], logq_BxKxV[:, 0], logp_BxKxV[:, 0]))
   logq_x_BxK = jnp.take_along_axis(logq_BxKxV, drafts_BxK[..., None], -1)[..., 0]
   logp_x_BxK = jnp.take_along_axis(logp_BxKxV, drafts_BxK[..., None], -1)[..., 0]
-  u_BxK = jax.random.uniform(rng_accept, (batch, k))  # in [0, 1): ratio 1 always accepts.
+  u_BxK = state_lib.uniform(rng_accept_B, k)  # in [0, 1): ratio 1 always accepts.
   accept_BxK = u_BxK < jnp.exp(jnp.minimum(logp_x_BxK - logq_x_BxK, 0.0))
   accept_BxK &= jnp.arange(k) < num_valid_B[:, None]
   num_accepted_B = jnp.cumprod(accept_BxK, axis=1).sum(1).astype(jnp.int32)
@@ -96,8 +96,8 @@ def verify(rng: jax.Array, block: Block, logp_BxK1xV: Array, num_valid_B: Array,
   residual_BxV = jnp.maximum(p_BxV - jnp.exp(_row(logq_BxKxV, first_rejected_B)), 0.0)
   has_mass_Bx1 = residual_BxV.sum(-1, keepdims=True) > 0
   residual_BxV = jnp.where(has_mass_Bx1, residual_BxV, p_BxV)
-  residual_B = jax.random.categorical(rng_residual, jnp.log(residual_BxV))
-  bonus_B = jax.random.categorical(rng_bonus, logp_BxK1xV[:, k])
+  residual_B = state_lib.draw(rng_residual_B, jnp.log(residual_BxV))
+  bonus_B = state_lib.draw(rng_bonus_B, logp_BxK1xV[:, k])
 
   rejected_B = num_accepted_B < num_valid_B
   fix_B = jnp.where(rejected_B, residual_B, bonus_B).astype(drafts_BxK.dtype)

@@ -29,14 +29,14 @@ class State:
   num_target_B: Array  # the row is finished when n reaches this rank.
   num_calls_B: Array  # network calls spent on the row.
   num_cached_B: Array  # the cache holds the content of ranks < num_cached (cached mode).
-  rng: jax.Array
+  rng_B: jax.Array  # each row's own key: a row's draws never depend on its neighbours.
   temperature: Array  # float32 scalar; 0 is greedy.
   cache: Any  # None: every call recomputes all content rows.
   carry: Any = None  # the method's own state (pending drafts, a candidate tree, ...).
 
 
 def init_state(tokens_BxL: Array, visible_BxL: Array, order_BxL: Array, length_B: Array,
-               rng: jax.Array, temperature: Array | float = 1.0, cache: Any = None) -> State:
+               rng_B: jax.Array, temperature: Array | float = 1.0, cache: Any = None) -> State:
   """Rank-space state before any token is generated; positions ``>= length_B`` are padding.
 
   Padding is neither prompt nor target: it gets the ranks after every hidden position, so the
@@ -54,7 +54,7 @@ def init_state(tokens_BxL: Array, visible_BxL: Array, order_BxL: Array, length_B
                num_decoded_B=sigma.num_visible_B,
                num_target_B=real_BxL.sum(-1).astype(jnp.int32),
                num_calls_B=jnp.zeros((batch,), jnp.int32),
-               num_cached_B=jnp.zeros((batch,), jnp.int32), rng=rng,
+               num_cached_B=jnp.zeros((batch,), jnp.int32), rng_B=rng_B,
                temperature=jnp.asarray(temperature, jnp.float32), cache=cache)
 
 
@@ -104,6 +104,17 @@ def commit(state: State, tokens_BxC: Array, num_new_B: Array, num_cached_B: Arra
       num_decoded_B=state.num_decoded_B + num_new_B, num_cached_B=num_cached_B)
 
 
-def draw(rng: jax.Array, logp_BxKxV: Array) -> Array:
-  """One token per row of ``logp`` (int32 ``B x K``)."""
-  return jax.random.categorical(rng, logp_BxKxV).astype(jnp.int32)
+def split(rng_B: jax.Array, num: int) -> tuple[jax.Array, ...]:
+  """``num`` new keys per row (each ``B``), split from each row's own key."""
+  keys_BxN = jax.vmap(lambda key: jax.random.split(key, num))(rng_B)
+  return tuple(keys_BxN[:, i] for i in range(num))
+
+
+def draw(rng_B: jax.Array, logp_BxKxV: Array) -> Array:
+  """One token per row of ``logp`` (int32 ``B x ...``), row ``b`` from its key ``rng_B[b]``."""
+  return jax.vmap(jax.random.categorical)(rng_B, logp_BxKxV).astype(jnp.int32)
+
+
+def uniform(rng_B: jax.Array, num: int) -> Array:
+  """float32 ``B x num`` in ``[0, 1)``, row ``b`` from its key ``rng_B[b]``."""
+  return jax.vmap(lambda key: jax.random.uniform(key, (num,)))(rng_B)

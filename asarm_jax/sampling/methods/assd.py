@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from asarm_jax.sampling import drafts
@@ -27,7 +26,7 @@ def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: 
 
 
 def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
-  rng, rng_draft, rng_verify = jax.random.split(state.rng, 3)
+  rng_B, rng_draft_B, rng_verify_B = state_lib.split(state.rng_B, 3)
   k, n_B, block = spec.k, state.num_decoded_B, state.carry
   target_BxK1, valid_BxK1 = state_lib.targets(n_B, state.num_target_B, k + 1)
   num_valid_B = valid_BxK1[:, :k].sum(-1).astype(jnp.int32)
@@ -36,9 +35,9 @@ def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   # The pending drafts' content (ranks n..n+k-1, cached from n) and k + 1 density rows.
   logp_BxK1xV, cache = state_lib.call(net, params, state, drafted_rank_BxL, target_BxK1,
                                       valid_BxK1, None, n_B, k)
-  tokens_BxK1, num_new_B, num_accepted_B = drafts.verify(rng_verify, block, logp_BxK1xV,
+  tokens_BxK1, num_new_B, num_accepted_B = drafts.verify(rng_verify_B, block, logp_BxK1xV,
                                                          num_valid_B, has_bonus_B)
   state = state.replace(cache=cache, num_calls_B=state.num_calls_B + (num_valid_B >= 2))
   state = state_lib.commit(state, tokens_BxK1, num_new_B, n_B + num_accepted_B)
-  return drafts.next_block(net, params, state, k, rng_draft, state.num_cached_B,
-                           1).replace(rng=rng)
+  return drafts.next_block(net, params, state, k, rng_draft_B, state.num_cached_B,
+                           1).replace(rng_B=rng_B)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from asarm_jax.sampling import drafts
@@ -31,7 +30,7 @@ def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: 
 
 
 def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
-  rng, rng_draft, rng_verify = jax.random.split(state.rng, 3)
+  rng_B, rng_draft_B, rng_verify_B = state_lib.split(state.rng_B, 3)
   k, n_B, block, num_target_B = spec.k, state.num_decoded_B, state.carry, state.num_target_B
   batch, length = state.tokens_rank_BxL.shape
   target_BxK1, valid_BxK1 = state_lib.targets(n_B, num_target_B, k + 1)
@@ -51,13 +50,13 @@ def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   logp_BxTxV, cache = state_lib.call(net, params, state, drafted_rank_BxL, target_BxT,
                                      valid_BxT, limit_BxT, state.num_cached_B, k + 1)
   tokens_BxK1, num_new_B, num_accepted_B = drafts.verify(
-      rng_verify, block, logp_BxTxV[:, :k + 1], num_valid_B, has_bonus_B)
+      rng_verify_B, block, logp_BxTxV[:, :k + 1], num_valid_B, has_bonus_B)
   logq_next_BxAxKxV = logp_BxTxV[:, k + 1:].reshape((batch, k + 1, k) + logp_BxTxV.shape[2:])
   logq_next_BxKxV = jnp.take_along_axis(logq_next_BxAxKxV, num_accepted_B[:, None, None, None],
                                         1)[:, 0]
   needed_B = state_lib.live(state) & ~(block.exact_first_B & (num_valid_B == 1))
-  block = drafts.Block(state_lib.draw(rng_draft, logq_next_BxKxV), logq_next_BxKxV,
+  block = drafts.Block(state_lib.draw(rng_draft_B, logq_next_BxKxV), logq_next_BxKxV,
                        jnp.zeros_like(needed_B))
   state = state.replace(cache=cache, num_calls_B=state.num_calls_B + needed_B, carry=block,
-                        rng=rng)
+                        rng_B=rng_B)
   return state_lib.commit(state, tokens_BxK1, num_new_B, n_B + num_accepted_B)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-
 from asarm_jax.sampling import drafts
 from asarm_jax.sampling import state as state_lib
 from asarm_jax.sampling.network import Network
@@ -24,8 +22,8 @@ def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: 
 
 
 def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
-  rng, rng_draft, _ = jax.random.split(state.rng, 3)
+  rng_B, rng_draft_B = state_lib.split(state.rng_B, 2)
   _, valid_BxK = state_lib.targets(state.num_decoded_B, state.num_target_B, spec.k)
   state = state_lib.commit(state, state.carry.drafts_BxK, valid_BxK.sum(-1), state.num_cached_B)
-  return drafts.next_block(net, params, state, spec.k, rng_draft, state.num_cached_B,
-                           spec.k).replace(rng=rng)
+  return drafts.next_block(net, params, state, spec.k, rng_draft_B, state.num_cached_B,
+                           spec.k).replace(rng_B=rng_B)

@@ -61,7 +61,7 @@ def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: 
   """The first call: the prompt's content, the exact conditional of rank ``m`` (drawn and
   committed, so the call pays for itself) and ``D`` draft rows for the ranks after it, which
   propose the first tree."""
-  rng, rng_draw = jax.random.split(state.rng)
+  rng_B, rng_draw_B = state_lib.split(state.rng_B, 2)
   batch, length = state.tokens_rank_BxL.shape
   n_B = state.num_decoded_B
   state = state.replace(
@@ -71,10 +71,10 @@ def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: 
       params, state.tokens_rank_BxL, state.perm_BxL, state.num_visible_B, target_BxK,
       valid_BxK, n_B, cache=_call_cache(net, state, spec.num_nodes),
       content_rank_BxR=jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length)))
-  token_B = state_lib.draw(rng_draw, distribution.log_probs(
+  token_B = state_lib.draw(rng_draw_B, distribution.log_probs(
       logits_BxKxV[:, 0], net.num_special_tokens, state.temperature))
   live_B = state_lib.live(state)
-  state = state.replace(cache=cache if use_cache else None, rng=rng,
+  state = state.replace(cache=cache if use_cache else None, rng_B=rng_B,
                         num_calls_B=state.num_calls_B + live_B)
   state = state_lib.commit(state, token_B[:, None], live_B.astype(jnp.int32), n_B)
   logq_BxDxV = _proposal_log_probs(net, logits_BxKxV[:, 1:], state.temperature)
@@ -124,10 +124,10 @@ def call(net: Network, params: Any, spec: SamplerSpec, state: State) -> tuple[Ar
 def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   """Every exact row of :func:`call` gets a fresh draw; the walk commits the path it follows
   and the first draw off the tree; the stop node's draft rows propose the next tree."""
-  rng, rng_draw = jax.random.split(state.rng)
+  rng_B, rng_draw_B = state_lib.split(state.rng_B, 2)
   tree, n_B, depth = state.carry, state.num_decoded_B, spec.depth
   logits_BxN1xD1xV, cache = call(net, params, spec, state)
-  draws_BxN1 = state_lib.draw(rng_draw, distribution.log_probs(
+  draws_BxN1 = state_lib.draw(rng_draw_B, distribution.log_probs(
       logits_BxN1xD1xV[:, :, 0], net.num_special_tokens, state.temperature))
   path_BxD, num_path_B, stop_B, last_B = candidate_tree.walk(tree, draws_BxN1, depth)
   live_B = state_lib.live(state)
@@ -139,7 +139,7 @@ def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
                                        1)[:, 0, 1:]
   if state.cache is not None:
     cache = _adopt_path(cache, path_BxD, n_B, state.tokens_rank_BxL.shape[1])
-  state = state.replace(cache=None if state.cache is None else cache, rng=rng,
+  state = state.replace(cache=None if state.cache is None else cache, rng_B=rng_B,
                         num_calls_B=state.num_calls_B + live_B)
   state = state_lib.commit(state, tokens_BxD1, num_new_B, n_B + num_path_B)
   logq_BxDxV = _proposal_log_probs(net, proposal_BxDxV, state.temperature)
