@@ -76,13 +76,15 @@ def base_config() -> ml_collections.ConfigDict:
       tie_embeddings=True, num_special_tokens=4, causal_prompt=False, dtype="float32",
       param_dtype="float32", attention_impl="pallas"))
 
+  # kind: "asarm" (the joint loss below) or "mdlm" (the masked-diffusion baseline's negative
+  # ELBO, asarm_jax/mdlm.py, docs/mdlm.md; it reads no other objective key).
   # Visible fraction range of the joint loss: [0.01, 0.10] for generation models,
   # e.g. [0.15, 0.6] for infilling models. random_order / parallel are ablations.
   # draft_weight > 0 adds the draft term (objectives.draft_rows): draft_cuts cut points per row,
   # draft_depth draft targets after each, weighted by draft_weight against the joint loss.
   c.objective = ml_collections.ConfigDict(dict(
-      fraction_range=(0.01, 0.10), random_order=False, parallel=False, draft_weight=0.0,
-      draft_depth=6, draft_cuts=16))
+      kind="asarm", fraction_range=(0.01, 0.10), random_order=False, parallel=False,
+      draft_weight=0.0, draft_depth=6, draft_cuts=16))
 
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=100, schedule="cosine", final_lr_fraction=0.1,

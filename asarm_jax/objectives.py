@@ -1,4 +1,5 @@
-"""Training objectives: the teacher-forced joint loss and the parallel (independent) loss."""
+"""Training objectives: the teacher-forced joint loss and the parallel (independent) loss of
+the AS-ARM, or the masked-diffusion baseline's (:mod:`asarm_jax.mdlm`), by ``objective.kind``."""
 from __future__ import annotations
 
 import functools
@@ -8,9 +9,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asarm_jax import density, ordering
+from asarm_jax import density, mdlm, ordering
 
 Array = jnp.ndarray
+
+KINDS = ("asarm", "mdlm")  # objective.kind: the AS-ARM's joint loss, MDLM's negative ELBO
 
 
 def sample_visible(rng: jax.Array, tokens_BxL: Array, fraction_range: tuple[float, float],
@@ -100,11 +103,46 @@ def joint_loss(model: nn.Module, params: Any, tokens_BxL: Array, rng: jax.Array,
   return loss, dict(metrics, loss=loss)
 
 
+def _check_kind(objective: Any) -> None:
+  if objective.kind not in KINDS:
+    raise ValueError(f"objective.kind={objective.kind!r}: expected one of {KINDS}.")
+
+
 def from_config(model: nn.Module, objective: Any) -> Callable[..., tuple[Array, dict]]:
   """``(params, tokens_BxL, rng) -> (loss, metrics)`` for a ``config.objective`` block (every
-  key is read: the config base holds their defaults)."""
+  key is read: the config base holds their defaults). ``kind="mdlm"`` reads no other key."""
+  _check_kind(objective)
+  if objective.kind == "mdlm":
+    return functools.partial(mdlm.loss, model)
   return functools.partial(
       joint_loss, model, fraction_range=tuple(objective.fraction_range),
       random_order=objective.random_order, parallel=objective.parallel,
       draft_weight=objective.draft_weight, draft_depth=objective.draft_depth,
       draft_cuts=objective.draft_cuts)
+
+
+def heldout_step(model: nn.Module, objective: Any,
+                 fractions: tuple[float, ...]) -> Callable[[Any, Array], dict[str, Array]]:
+  """``(params, tokens_BxL) -> metrics``: training's held-out evaluation of one batch at fixed
+  visible fractions, fraction ``i`` with the key ``PRNGKey(i)``. An AS-ARM's
+  ``bits_per_token@f`` is its exact joint loss (left to right, the visible sets of
+  :func:`sample_visible`); an MDLM's ``elbo_bits_per_token@f`` is its bound on the same hidden
+  tokens given the same visible sets (:func:`asarm_jax.mdlm.heldout_nelbo`), an upper bound on
+  its bits per token up to the estimate's noise."""
+  _check_kind(objective)
+
+  def eval_step(params: Any, tokens_BxL: Array) -> dict[str, Array]:
+    out = {}
+    for i, fraction in enumerate(fractions):
+      rng = jax.random.PRNGKey(i)
+      if objective.kind == "mdlm":
+        rng_visible, rng_masks = jax.random.split(rng)
+        visible_BxL = sample_visible(rng_visible, tokens_BxL, (fraction, fraction),
+                                     model.num_special_tokens)
+        nats, count = mdlm.heldout_nelbo(model, params, tokens_BxL, visible_BxL, rng_masks)
+        out[f"elbo_bits_per_token@{fraction:g}"] = nats / jnp.maximum(count, 1) / jnp.log(2.0)
+      else:
+        _, metrics = joint_loss(model, params, tokens_BxL, rng, fraction_range=(fraction, fraction))
+        out[f"bits_per_token@{fraction:g}"] = metrics["bits_per_token"]
+    return out
+  return eval_step
