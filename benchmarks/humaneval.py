@@ -2,11 +2,17 @@
 per call and generation wall-clock, on one trained checkpoint.
 
   python -m benchmarks humaneval --workdir=runs/asarm --specs=sequential,tree:8 \
-      [--kind=humaneval_single_line --temperature=0.2 --batch_size=64 --execute=false]
+      [--kind=humaneval_single_line --temperature=0.2 --batch_size=64 \
+       --batching=continuous,batches --execute=false]
 
-For each sampler, a warm-up on the first batch of tasks (into a throwaway cache) compiles it;
-then every task is completed and ``Completions.seconds`` (the library's own timing of the
-generation) is the wall-clock. With ``--execute=false`` the middles are written to
+For each sampler and batching, a warm-up on the first ``--batch_size`` tasks (into a throwaway
+cache, padded to the run's dispatch shape) compiles it; then every task is completed and
+``Completions.seconds`` (the library's own timing of the generation) is the wall-clock.
+Batchings: ``continuous`` (``--batch_size`` slots, a finished slot takes the next task inside
+the loop, :func:`asarm_jax.evaluation.generation.dispatch_size` tasks per dispatch) and
+``batches`` (one batch of ``--batch_size`` tasks per dispatch, as before continuous batching;
+tasks of like length batched together). Every row draws from its own key, so both give the
+same samples. With ``--execute=false`` the middles are written to
 ``WORKDIR/eval/KIND_TAG_middles.json`` and ``python -m asarm_jax.evaluation.score_middles``
 scores them on another machine; :mod:`benchmarks.decoders` then compares the samplers. One
 record per sampler.
@@ -14,10 +20,11 @@ record per sampler.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 
 from asarm_jax import inference
-from asarm_jax.evaluation import infill_eval, infill_model
+from asarm_jax.evaluation import generation, infill_eval, infill_model
 from asarm_jax.config_base import default_eval_config
 from benchmarks import cli, records
 
@@ -29,17 +36,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--kind", default="humaneval_single_line",
                       choices=sorted(infill_eval.HUMANEVAL_KINDS))
   parser.add_argument("--temperature", type=float, default=0.2)
-  parser.add_argument("--batch_size", type=int, default=64, help="rows per sampler call")
+  parser.add_argument("--batch_size", type=int, default=64, help="rows decoded at once (slots)")
+  parser.add_argument("--batching", type=cli.list_of(str), default="continuous",
+                      help="continuous and/or batches (one batch per dispatch)")
   parser.add_argument("--max_tasks", type=int, default=0, help="a subsample (0: every task)")
   parser.add_argument("--execute", type=cli.flag_bool, default=True,
                       help="run the tests here (false: write the middles only)")
   parser.add_argument("--workers", type=int, default=14, help="sandbox processes")
 
 
+BATCHINGS = ("continuous", "batches")
+
+
 def run(workdir: str, specs: list[str] = ("sequential",), kind: str = "humaneval_single_line",
-        temperature: float = 0.2, batch_size: int = 64, max_tasks: int = 0,
-        execute: bool = True, workers: int = 14) -> list[dict]:
-  """One record per sampler: pass@1 (with ``execute``), tokens per call, generation seconds."""
+        temperature: float = 0.2, batch_size: int = 64, batching: list[str] = ("continuous",),
+        max_tasks: int = 0, execute: bool = True, workers: int = 14) -> list[dict]:
+  """One record per (sampler, batching): pass@1 (with ``execute``), tokens per call,
+  generation seconds."""
+  unknown = sorted(set(batching) - set(BATCHINGS))
+  if unknown:
+    raise ValueError(f"--batching: unknown {unknown}; expected some of {list(BATCHINGS)}")
   loaded = inference.load(workdir)
   ecfg = default_eval_config()
   ecfg.update(humaneval_max_tasks=max_tasks, sandbox_workers=workers)
@@ -47,13 +63,15 @@ def run(workdir: str, specs: list[str] = ("sequential",), kind: str = "humaneval
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   made = []
-  for text in specs:
+  for text, how in itertools.product(specs, batching):
     spec = cli.parse_spec(text).replace(temperature=temperature)
-    tag = f"step{loaded.step}_{spec.tag()}_seed{ecfg.seed}_b{batch_size}"
-    complete = lambda chosen, path, spec=spec: infill_model.complete(
+    per_dispatch = (batch_size if how == "batches" else
+                    generation.dispatch_size(len(tasks), batch_size))
+    tag = f"step{loaded.step}_{spec.tag()}_seed{ecfg.seed}_b{batch_size}_{how}"
+    complete = lambda chosen, path, spec=spec, per_dispatch=per_dispatch: infill_model.complete(
         loaded.model, loaded.params, loaded.tokenizer, chosen, path, spec=spec, num_samples=1,
-        batch_size=batch_size, seed=ecfg.seed, desc=f"{kind} {spec.describe()}",
-        show_suffix=not kind.endswith("_prefix"))
+        batch_size=batch_size, seed=ecfg.seed, desc=f"{kind} {spec.describe()} {how}",
+        show_suffix=not kind.endswith("_prefix"), rows_per_dispatch=per_dispatch)
     warmup_path = os.path.join(out_dir, f"{kind}_{tag}_warmup.jsonl")
     warmup = complete(tasks[:batch_size], warmup_path)
     os.remove(warmup_path)
@@ -70,7 +88,8 @@ def run(workdir: str, specs: list[str] = ("sequential",), kind: str = "humaneval
       infill_eval.write_middles(path, kind, ecfg, done.by_task, metrics)
       metrics["middles"] = os.path.relpath(path, workdir)
     made.append(records.make(
-        "humaneval", {"kind": kind, **cli.spec_settings(spec),
-                      "batch_size": batch_size, "max_tasks": max_tasks},
+        "humaneval", {"kind": kind, **cli.spec_settings(spec), "batch_size": batch_size,
+                      "batching": how, "rows_per_dispatch": per_dispatch,
+                      "max_tasks": max_tasks},
         metrics, {"workdir": workdir, "step": int(loaded.step)}))
   return made

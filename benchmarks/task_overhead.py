@@ -15,11 +15,12 @@ untimed compiling call, and per task:
   key, the launch; where JAX dispatches asynchronously, not the device's work, but on the GPU
   a sampler's ``lax.while_loop`` keeps it until the loop ends);
 * ``call_ms``: until its result is ready, tasks one after another with nothing overlapped;
-* ``rows_ms``: ``generation.generate_rows`` at batch 1, the evaluation's loop (each task
-  dispatched before the previous one is pulled and written).
+* ``rows_ms``: ``generation.generate_rows`` with one slot, the evaluation's loop (continuous
+  batching: every task of the (sampler, h) in one dispatch, each taking the slot when the
+  previous one is done).
 
-and the host's pieces alone: ``batch_key_ms`` (a batch's random key) and ``arrays_ms`` (a
-batch's padded arrays). A straight line through ``call_ms`` against h gives each method's fixed
+and the host's pieces alone: ``row_keys_ms`` (the random keys of a dispatch's rows, per row)
+and ``arrays_ms`` (one row's arrays). A straight line through ``call_ms`` against h gives each method's fixed
 cost and its cost per hidden token. Records: one ``task_overhead`` per (sampler, h), one
 ``task_overhead_fit`` per sampler and one ``task_overhead_host`` for the host's pieces. With
 ``--trace=DIR``, a profiler trace of 8 tasks of the first sampler, h = 0 then the largest h, is
@@ -78,7 +79,7 @@ def time_calls(loaded: inference.Loaded, rows: list[generation.Row], spec: Sampl
   """Median dispatch and call milliseconds of ``rows`` decoded one at a time, and their calls."""
   dispatch, total, calls = [], [], 0
   for i, row in enumerate(rows):
-    tokens, visible, length = generation._batch_arrays([row], 1)  # pylint: disable=protected-access
+    tokens, visible, length = generation._arrays([row], 1)  # pylint: disable=protected-access
     start = time.perf_counter()
     out = sampling.generate(loaded.model, loaded.params, tokens, visible,
                             jax.random.key(seed + i), spec=spec, length_B=length)
@@ -90,11 +91,13 @@ def time_calls(loaded: inference.Loaded, rows: list[generation.Row], spec: Sampl
 
 
 def time_rows(loaded: inference.Loaded, rows: list[generation.Row], spec: SamplerSpec) -> float:
-  """Milliseconds per task of ``generation.generate_rows`` at batch 1 (a fresh cache file)."""
+  """Milliseconds per task of ``generation.generate_rows`` through one slot (a fresh cache
+  file, all ``rows`` in one dispatch)."""
   with tempfile.TemporaryDirectory() as tmp:
     start = time.perf_counter()
     generation.generate_rows(loaded.model, loaded.params, rows, os.path.join(tmp, "rows.jsonl"),
-                             spec=spec, batch_size=1, seed=0, desc=spec.describe())
+                             spec=spec, batch_size=1, seed=0, desc=spec.describe(),
+                             rows_per_dispatch=len(rows))
     return 1e3 * (time.perf_counter() - start) / len(rows)
 
 
@@ -112,8 +115,8 @@ def run(workdir: str, specs: list[str] = ("sequential",), hidden: list[int] = (0
   made = []
   for text in specs:
     spec = cli.parse_spec(text).replace(temperature=temperature)
-    warmup = task_rows(heldout, max(hidden), 1, length)  # compiles, untimed
-    time_calls(loaded, warmup, spec, seed=99)
+    warmup = task_rows(heldout, max(hidden), rows, length)  # compiles both shapes, untimed
+    time_calls(loaded, warmup[:1], spec, seed=99)
     time_rows(loaded, warmup, spec)
     points = []
     for h in hidden:
@@ -135,12 +138,13 @@ def run(workdir: str, specs: list[str] = ("sequential",), hidden: list[int] = (0
         time_calls(loaded, task_rows(heldout, h, 4, length), spec, seed=7)
     trace_summary.keep_perfetto_only(trace)
   row = task_rows(heldout, 1, 1, length)
-  arrays = lambda: generation._batch_arrays(row, 1)  # pylint: disable=protected-access
+  arrays = lambda: generation._arrays(row, 1)  # pylint: disable=protected-access
   base = jax.random.key(0)
-  key = lambda: jax.block_until_ready(generation.batch_key(base, "SingleLine/HumanEval/0/L0"))
+  names = [f"SingleLine/HumanEval/{i}/L0" for i in range(64)]
+  keys = lambda: jax.block_until_ready(generation.row_keys(base, names))
   made.append(records.make(
       "task_overhead_host", {"repeats": 200},
-      {"batch_key_ms": per_task_ms(key, 200),
+      {"row_keys_ms": per_task_ms(keys, 200) / len(names),
        "arrays_ms": per_task_ms(arrays, 200)},
       config))
   return made

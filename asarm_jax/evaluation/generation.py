@@ -1,19 +1,19 @@
-"""Batched, resumable filling of many prompt rows, cached in a JSONL file.
+"""Resumable filling of many prompt rows by continuous batching, cached in a JSONL file.
 
-Every row has a key. The rows of a finished batch are appended to the cache as ``{"key",
-"hidden", "num_calls", "num_generated"}`` (``hidden``: the generated tokens at the row's hidden
-positions, in position order), and a later call with the same file generates only the rows not
-yet there, so an interrupted evaluation resumes. The cache is only valid for one model, sampler
-and set of prompts: callers put those in its file name. Each batch is pulled to the host and
-written once the next one has been dispatched, so that the host's work overlaps the
-accelerator's where the dispatch returns before the work is done (on the GPU, a sampler's
-``lax.while_loop`` keeps it until the loop ends); an interruption loses at most two batches.
+Every row has a key. Rows are handed to ``sampling.generate`` a dispatch at a time (many rows
+through ``batch_size`` slots: a slot whose row is done takes the next one inside the compiled
+loop), and the rows of a finished dispatch are appended to the cache as ``{"key", "hidden",
+"num_calls", "num_generated"}`` (``hidden``: the generated tokens at the row's hidden positions,
+in position order). A later call with the same file generates only the rows not yet there, so
+an interrupted evaluation resumes. The cache is only valid for one model, sampler and set of
+prompts: callers put those in its file name. Each dispatch is pulled to the host and written
+once the next one has been dispatched, so that the host's work overlaps the accelerator's; an
+interruption loses at most the rows of two dispatches.
 
-Rows are batched in order of their number of hidden positions: a batch's loop runs until its
-longest row is done, so rows of like length share a batch (infilling middles run from one token
-to hundreds). Every row's sample is exact whatever its batch. A batch's random key is folded
-from its first row's key (a 64-bit hash), so no two batches share a random stream, across
-resumes too.
+Each row draws from its own random key, folded from the seed and a 64-bit hash of the row's
+key, so a row's sample depends neither on the rows dispatched with it nor on the slots, the
+dispatch size or a resume. Rows go longest first (by hidden count), so that the rows still in
+flight when a dispatch's queue runs dry are its shortest.
 """
 from __future__ import annotations
 
@@ -73,33 +73,51 @@ def load_records(path: str) -> dict[str, dict]:
   return records
 
 
-def _batch_arrays(rows: Sequence[Row], batch_size: int) -> tuple[np.ndarray, ...]:
-  """``tokens, visible, length`` of ``rows`` padded to ``batch_size`` with all-visible rows
-  (finished before the first round), so every batch has one shape."""
+def _arrays(rows: Sequence[Row], num_rows: int) -> tuple[np.ndarray, ...]:
+  """``tokens, visible, length`` of ``rows`` padded to ``num_rows`` with all-visible rows
+  (nothing to generate), so every dispatch has one shape."""
   width = rows[0].tokens.shape[0]
-  tokens = np.zeros((batch_size, width), np.int32)
-  visible = np.ones((batch_size, width), bool)
-  length = np.full((batch_size,), width, np.int32)
+  tokens = np.zeros((num_rows, width), np.int32)
+  visible = np.ones((num_rows, width), bool)
+  length = np.full((num_rows,), width, np.int32)
   for b, row in enumerate(rows):
     tokens[b], visible[b], length[b] = row.tokens, row.visible, row.length
   return tokens, visible, length
 
 
-def batch_key(base_rng: jax.Array, first_row_key: str) -> jax.Array:
-  """The random key of the batch that starts with row ``first_row_key``: ``base_rng`` folded
-  with the two 32-bit halves of the row key's 64-bit BLAKE2b hash, in one compiled call (two
-  eager ``fold_in``s cost 1.15 ms of host time per batch on the H200, at batch 1 a tenth of a
-  HumanEval task)."""
-  digest = hashlib.blake2b(first_row_key.encode(), digest_size=8).digest()
-  return _fold_in_each(base_rng, np.frombuffer(digest, "<u4"))
+def _digests(keys: Sequence[str]) -> np.ndarray:
+  """uint32 ``N x 2``: the two little-endian halves of each key's 64-bit BLAKE2b hash."""
+  return np.stack([np.frombuffer(hashlib.blake2b(key.encode(), digest_size=8).digest(), "<u4")
+                   for key in keys])
+
+
+def row_keys(base_rng: jax.Array, keys: Sequence[str]) -> jax.Array:
+  """The random key of each row (``N`` keys): ``base_rng`` folded with the two halves of the
+  row key's hash, in one compiled call."""
+  return _fold_in_each(base_rng, _digests(keys))
 
 
 @jax.jit
-def _fold_in_each(rng: jax.Array, data_N: jax.Array) -> jax.Array:
-  """``rng`` folded with each uint32 of ``data_N`` in turn."""
-  for i in range(data_N.shape[0]):
-    rng = jax.random.fold_in(rng, data_N[i])
-  return rng
+def _fold_in_each(rng: jax.Array, data_NxD: jax.Array) -> jax.Array:
+  """``N`` keys: ``rng`` folded with each uint32 of row ``n`` of ``data_NxD`` in turn."""
+
+  def fold(data_D):
+    key = rng
+    for i in range(data_D.shape[0]):
+      key = jax.random.fold_in(key, data_D[i])
+    return key
+
+  return jax.vmap(fold)(data_NxD)
+
+
+def dispatch_size(num_rows: int, batch_size: int) -> int:
+  """Rows per dispatch for ``num_rows`` rows through ``batch_size`` slots: the fewest equal
+  dispatches (one compiled shape) of at most 8 rows a slot (at least 64 rows).
+
+  A dispatch's last rows leave slots idle while they finish; with 8 rows a slot, sorted longest
+  first, that is a few percent of its time, and the progress moves every few seconds."""
+  num_dispatches = -(-num_rows // max(8 * batch_size, 64))
+  return -(-num_rows // num_dispatches)
 
 
 class Filled(NamedTuple):
@@ -111,10 +129,13 @@ class Filled(NamedTuple):
 
 
 def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str, *,
-                  spec: sampling.SamplerSpec, batch_size: int, seed: int, desc: str) -> Filled:
-  """Fills every row (all of one width ``L``), ``batch_size`` rows per ``sampling.generate``
-  call with the sampler ``spec``, skipping rows already in the cache at ``path``; rows are
-  batched by their number of hidden positions (stable, so ties keep their order)."""
+                  spec: sampling.SamplerSpec, batch_size: int, seed: int, desc: str,
+                  rows_per_dispatch: int | None = None) -> Filled:
+  """Fills every row (all of one width ``L``) with the sampler ``spec``, ``batch_size`` rows
+  at a time by continuous batching, skipping rows already in the cache at ``path``;
+  ``rows_per_dispatch`` rows per ``sampling.generate`` call (the last padded with rows that
+  have nothing to generate; default :func:`dispatch_size`). ``rows_per_dispatch=batch_size``
+  is plain batching: one batch per dispatch."""
   if len({row.key for row in rows}) != len(rows):
     raise ValueError(f"{desc}: row keys are not unique")
   records = load_records(path)
@@ -122,37 +143,46 @@ def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str,
     if row.key in records and len(records[row.key]["hidden"]) != row.num_hidden():
       raise ValueError(f"{path} holds a record for {row.key!r} with another number of hidden "
                        "tokens; it was written for other prompts: remove it")
-  todo = sorted((row for row in rows if row.key not in records), key=Row.num_hidden)
+  todo = sorted((row for row in rows if row.key not in records), key=Row.num_hidden,
+                reverse=True)
   print(f"{desc}: {len(rows) - len(todo)} rows cached, {len(todo)} to generate", flush=True)
   if not todo:
     return Filled({row.key: records[row.key] for row in rows}, 0, 0.0)
   start_s = time.perf_counter()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   base_rng = jax.random.key(seed)
+  size = rows_per_dispatch or dispatch_size(len(todo), batch_size)
+  slots = min(batch_size, size)
+  totals = {"calls": 0, "generated": 0}
   with open(path, "a", encoding="utf-8") as f, tqdm.tqdm(total=len(todo), desc=desc,
                                                           unit="row") as bar:
 
-    def save(batch: Sequence[Row], out: sampling.Generation) -> None:
+    def save(part: Sequence[Row], out: sampling.Generation) -> None:
       filled, calls, generated = jax.device_get((out.tokens_BxL, out.num_calls_B,
                                                  out.num_generated_B))
-      for b, row in enumerate(batch):
+      for b, row in enumerate(part):
         hidden = filled[b][np.flatnonzero(~row.visible[:row.length])]
         record = {"key": row.key, "hidden": [int(t) for t in hidden],
                   "num_calls": int(calls[b]), "num_generated": int(generated[b])}
         records[row.key] = record
         f.write(json.dumps(record) + "\n")
+        totals["calls"] += record["num_calls"]
+        totals["generated"] += record["num_generated"]
       f.flush()
-      bar.update(len(batch))
+      bar.set_postfix_str(f"{totals['generated'] / max(totals['calls'], 1):.2f} tokens/call",
+                          refresh=False)
+      bar.update(len(part))
 
-    pending = None  # the batch in flight: saved after the next one is dispatched
-    for start in range(0, len(todo), batch_size):
-      batch = todo[start:start + batch_size]
-      tokens, visible, length = _batch_arrays(batch, batch_size)
-      out = sampling.generate(model, params, tokens, visible, batch_key(base_rng, batch[0].key),
-                              spec=spec, length_B=length)
+    pending = None  # the dispatch in flight: saved after the next one is dispatched
+    for first in range(0, len(todo), size):
+      part = todo[first:first + size]
+      tokens, visible, length = _arrays(part, size)
+      keys = [row.key for row in part] + [f"{desc}#padding{b}" for b in range(size - len(part))]
+      out = sampling.generate(model, params, tokens, visible, row_keys(base_rng, keys),
+                              spec=spec, length_B=length, slots=slots)
       if pending is not None:
         save(*pending)
-      pending = (batch, out)
+      pending = (part, out)
     save(*pending)
   return Filled({row.key: records[row.key] for row in rows}, len(todo),
                 time.perf_counter() - start_s)

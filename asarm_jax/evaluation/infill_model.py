@@ -81,9 +81,11 @@ class Completions(NamedTuple):
 
 def complete(model: nn.Module, params: Any, tokenizer: Any, tasks: Sequence[Task],
              cache_path: str, *, spec: sampling.SamplerSpec, num_samples: int, batch_size: int,
-             seed: int, desc: str, show_suffix: bool = True) -> Completions:
+             seed: int, desc: str, show_suffix: bool = True,
+             rows_per_dispatch: int | None = None) -> Completions:
   """``num_samples`` middles per task, sampled with ``spec`` in rows of ``model.max_len``
-  through the resumable cache at ``cache_path`` (keys ``task_id#sample``);
+  through the resumable cache at ``cache_path`` (keys ``task_id#sample``), ``batch_size``
+  slots and ``rows_per_dispatch`` rows per dispatch (:func:`generation.generate_rows`);
   ``show_suffix=False`` hides the suffix (:func:`lay_out`)."""
   layouts = {task.task_id: lay_out(tokenizer, task, model.max_len, show_suffix)
              for task in tasks}
@@ -92,7 +94,8 @@ def complete(model: nn.Module, params: Any, tokenizer: Any, tasks: Sequence[Task
                          layouts[task_id].length)
           for task_id in fitting for s in range(num_samples)]
   filled = generation.generate_rows(model, params, rows, cache_path, spec=spec,
-                                    batch_size=batch_size, seed=seed, desc=desc)
+                                    batch_size=batch_size, seed=seed, desc=desc,
+                                    rows_per_dispatch=rows_per_dispatch)
   records = filled.records
   by_task = {task_id: [tokenizer.decode(records[f"{task_id}#{s}"]["hidden"])
                        for s in range(num_samples)] for task_id in fitting}
