@@ -138,7 +138,7 @@ def sample_prompts(config: ml_collections.ConfigDict, workdir: str,
                     "checkpoint's value.", line)
   spec = SamplerSpec.from_config(config.sample)
   filled_BxL, visible_BxL, length_B, calls_B = _fill(loaded, _prompts(config.sample), spec,
-                                                     config.seed)
+                                                     config.seed, config.sample.slots)
   results = []
   for b, size in enumerate(length_B):
     hidden, calls = int((~visible_BxL[b, :size]).sum()), int(calls_B[b])
@@ -153,11 +153,11 @@ def sample_prompts(config: ml_collections.ConfigDict, workdir: str,
   return results
 
 
-def _fill(loaded: Loaded, texts: list[str], spec: SamplerSpec, seed: int
+def _fill(loaded: Loaded, texts: list[str], spec: SamplerSpec, seed: int, slots: int
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """``(filled_BxL, visible_BxL, length_B, calls_B)``: the prompts ``texts`` padded to the
-  model's context (one compiled shape) and their hidden slots generated in one call (none if no
-  prompt has a span)."""
+  model's context (one compiled shape) and their hidden slots generated in one dispatch through
+  ``slots`` slots (0: all at once; none if no prompt has a span)."""
   tokens_BxL, visible_BxL, length_B = sampling.prompt.encode_batch(
       texts, loaded.tokenizer, vocab_size=loaded.model.vocab_size, max_len=loaded.model.max_len,
       length=loaded.model.max_len)
@@ -165,7 +165,8 @@ def _fill(loaded: Loaded, texts: list[str], spec: SamplerSpec, seed: int
     return tokens_BxL, visible_BxL, length_B, np.zeros(len(texts), np.int32)
   out = sampling.generate(loaded.model, loaded.params, jnp.asarray(tokens_BxL),
                           jnp.asarray(visible_BxL), jax.random.PRNGKey(seed),
-                          length_B=jnp.asarray(length_B), spec=spec)
+                          length_B=jnp.asarray(length_B), spec=spec,
+                          slots=min(slots, len(texts)) or None)
   return np.asarray(out.tokens_BxL), visible_BxL, length_B, np.asarray(out.num_calls_B)
 
 
