@@ -25,6 +25,7 @@ KNOBS = dict(
     specs_b64="sequential,assd:5,assd_fused:5,tree:4:2",  # timed at T=0.2, batch 64
     specs_b1="sequential,assd_fused:5,tree:8",  # timed at T=0.2, batch 1
     spec="sequential",  # the later HumanEval stages (the fastest at batch 64 on 2026-12-03)
+    batching="continuous,batches",  # the single-line T=0.2 stages, side by side
     execute=False, max_tasks=0, sampling_budget_s=60)
 
 EVAL_FILES = ("asarm/eval/*_middles.json", "asarm/eval/*_scores.jsonl",
@@ -32,12 +33,12 @@ EVAL_FILES = ("asarm/eval/*_middles.json", "asarm/eval/*_scores.jsonl",
 
 
 def humaneval(knobs: dict[str, Any], runs: str, name: str, specs: str, kind: str,
-              temperature: float, batch: int) -> Stage:
+              temperature: float, batch: int, batching: str = "continuous") -> Stage:
   """A timed HumanEval stage on the AS-ARM."""
   return Stage(name, (stages.benchmark(
       "humaneval", runs, workdir=f"{runs}/asarm", specs=specs, kind=kind,
-      temperature=temperature, batch_size=batch, max_tasks=knobs["max_tasks"],
-      execute=knobs["execute"]),), EVAL_FILES)
+      temperature=temperature, batch_size=batch, batching=batching,
+      max_tasks=knobs["max_tasks"], execute=knobs["execute"]),), EVAL_FILES)
 
 
 def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
@@ -51,8 +52,9 @@ def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
       Stage("prepare", (training.prepare(knobs, runs),)),
       Stage("asarm", tuple(train)),
       humaneval(knobs, runs, "humaneval_t0.2", knobs["specs_b64"], "humaneval_single_line",
-                0.2, 64),
-      humaneval(knobs, runs, "humaneval_b1", knobs["specs_b1"], "humaneval_single_line", 0.2, 1),
+                0.2, 64, knobs["batching"]),
+      humaneval(knobs, runs, "humaneval_b1", knobs["specs_b1"], "humaneval_single_line", 0.2, 1,
+                knobs["batching"]),
       Stage("density", (training.evaluate(
           knobs, runs, "asarm", ("density", "draft_acceptance", "humaneval_single_line_prefix"),
           cli.parse_spec("tree:8").replace(temperature=0.2)),), EVAL_FILES),
