@@ -1,6 +1,6 @@
 """Hugging Face XLNet checkpoint folder -> asarm_jax workdir (``model.arch="xlnet"``).
 
-``python -m asarm_jax.convert --hf_dir=DIR --workdir=OUT [--max_len=512]``
+``python -m asarm_jax.convert --hf_dir=DIR --workdir=OUT [--max_len=512] [--overwrite]``
 
 Reads ``config.json``, ``model.safetensors`` (through ``safetensors.numpy``: no torch) or
 ``pytorch_model.bin`` (imports torch, only then) and ``spiece.model``; writes OUT/checkpoints/0,
@@ -9,6 +9,10 @@ that ``--mode=sample``, ``--mode=eval``, ``config.init_from`` and
 :func:`asarm_jax.inference.load` read, and OUT/config.py, the config to pass as ``--config`` (for
 ``--mode=eval``, which requires the checkpoint's model block). To train from the weights, start
 a new workdir with ``--config.init_from=OUT`` (or the HF folder). Nothing is downloaded.
+
+The converter holds OUT's lock while it writes (:mod:`asarm_jax.workdir_lock`), refuses an OUT
+that holds a checkpoint (``--overwrite`` deletes that run's files first, :data:`RUN_FILES`), and
+writes nothing when it fails; its errors are one line (:mod:`asarm_jax.cli`).
 
 Tokenizer adapter: our tokenizers keep ``<pad>, <unk>, </s> (eos), <mask>`` at ids 0..3 and
 never sample ids below ``model.num_special_tokens``. XLNet's SentencePiece has
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -29,11 +34,14 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from asarm_jax import checkpoint, config_base, data, models, state
+from asarm_jax import checkpoint, cli, config_base, data, models, state, workdir_lock
 
 OURS_FIRST = ("<pad>", "<unk>", "</s>", "<mask>")  # our PAD_ID, UNK_ID, EOS_ID, MASK_ID
 
 _CONTROL, _UNKNOWN = 3, 2  # sentencepiece ModelProto.SentencePiece.Type
+# What a run or a conversion wrote in a workdir, deleted by --overwrite (the dataset stays).
+RUN_FILES = ("checkpoints", "checkpoints_corrupt", "eval", "tensorboard", "metrics.jsonl",
+             "config.py")
 
 
 def read_state_dict(hf_dir: str) -> dict[str, np.ndarray]:
@@ -184,6 +192,11 @@ def tokenizer_model(hf_dir: str) -> bytes:
 def load(hf_dir: str, max_len: int = 512) -> tuple[dict[str, Any], dict[str, Any], bytes]:
   """``(model block, params, tokenizer model)`` of the HF folder ``hf_dir``, in our form (ids
   renumbered, :func:`vocab_order`); float32 numpy parameters."""
+  for name in ("config.json", "spiece.model"):
+    if not os.path.isfile(os.path.join(hf_dir, name)):
+      raise FileNotFoundError(f"{hf_dir} has no {name}: expected a Hugging Face XLNet folder "
+                              "(config.json, model.safetensors or pytorch_model.bin, "
+                              "spiece.model)")
   with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
     hf = json.load(f)
   spiece, order, num_special = _vocab(hf_dir)
@@ -191,35 +204,68 @@ def load(hf_dir: str, max_len: int = 512) -> tuple[dict[str, Any], dict[str, Any
   return model_config(hf, max_len, num_special), params, renumbered_spiece(spiece, order)
 
 
-def convert(hf_dir: str, workdir: str, max_len: int = 512) -> ml_collections.ConfigDict:
-  """Writes ``workdir`` (checkpoint step 0) from the HF folder ``hf_dir``; returns its config."""
-  model_block, params, spiece = load(hf_dir, max_len)
-  tokenizer = data.Tokenizer.from_serialized(spiece)
-  config = full_config(model_block)
-  model = models.build(config.model)
-  mismatch = state.first_mismatch(params, state.abstract_params(model, config.data.seq_len))
-  if mismatch:
-    raise ValueError(f"converted parameters do not fit the xlnet model of {config.model}: "
-                     f"{mismatch}")
-  params = jax.tree_util.tree_map(jnp.asarray, params)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None,
-                                 async_save=False)
-  try:
-    ckpt.save(0, {"params": params}, {}, checkpoint.meta_for(config, tokenizer.serialized()),
-              force=True)
-    ckpt.wait()
-  finally:
-    ckpt.close()
-  with open(os.path.join(workdir, "config.py"), "w", encoding="utf-8") as f:
-    f.write(config_file(model_block, hf_dir))
+def convert(hf_dir: str, workdir: str, max_len: int = 512,
+            overwrite: bool = False) -> ml_collections.ConfigDict:
+  """Writes ``workdir`` (checkpoint step 0 and config.py) from the HF folder ``hf_dir``; returns
+  its config. Holds the workdir's lock; a workdir that holds a checkpoint is refused unless
+  ``overwrite`` (then the :data:`RUN_FILES` are deleted first, once the folder has loaded)."""
+  with workdir_lock.hold(workdir, "conversion"):
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir) and not overwrite:
+      raise ValueError(f"{workdir} holds checkpoints ({checkpoint_dir}); convert into a new "
+                       "--workdir, or pass --overwrite to delete that run and replace it.")
+    model_block, params, spiece = load(hf_dir, max_len)
+    tokenizer = data.Tokenizer.from_serialized(spiece)
+    config = full_config(model_block)
+    model = models.build(config.model)
+    mismatch = state.first_mismatch(params, state.abstract_params(model, config.data.seq_len))
+    if mismatch:
+      raise ValueError(f"converted parameters do not fit the xlnet model of {config.model}: "
+                       f"{mismatch}")
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    if overwrite:
+      _delete(workdir, RUN_FILES)
+    _write(workdir, params, checkpoint.meta_for(config, tokenizer.serialized()),
+           config_file(model_block, hf_dir))
   return config
+
+
+def _write(workdir: str, params: Any, meta: dict, config_text: str) -> None:
+  """Checkpoint step 0 of ``params`` (into an empty ``checkpoints/``), then ``config.py``; a
+  failure or an interrupt leaves neither."""
+  path = os.path.join(workdir, "config.py")
+  try:
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None,
+                                   async_save=False)
+    try:
+      ckpt.save(0, {"params": params}, {}, meta)
+      ckpt.wait()
+    finally:
+      ckpt.close()
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+      f.write(config_text)
+    os.replace(f"{path}.tmp", path)
+  except BaseException:
+    _delete(workdir, ("checkpoints", "config.py.tmp"))
+    raise
+
+
+def _delete(workdir: str, names: tuple[str, ...]) -> None:
+  """Deletes the files and folders ``names`` of ``workdir`` that exist."""
+  for name in names:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
 
 
 def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax's progress lines
   args = flags.FLAGS
-  config = convert(args.hf_dir, args.workdir, args.max_len)
+  with cli.ends_in_one_line(args.verbose):
+    config = convert(args.hf_dir, args.workdir, args.max_len, args.overwrite)
   print(f"wrote {args.workdir}: model {dict(config.model)}")
 
 
@@ -229,6 +275,9 @@ def _define_flags() -> None:
                       "spiece.model).")
   flags.DEFINE_string("workdir", None, "Workdir to write (its checkpoints/ must not hold one).")
   flags.DEFINE_integer("max_len", 512, "model.max_len and data.seq_len: positions must be below.")
+  flags.DEFINE_bool("overwrite", False, "Replace a workdir that holds checkpoints: delete its "
+                    "checkpoints, eval results, logs and config.py first (its data/ stays).")
+  flags.DEFINE_bool("verbose", False, "Show full tracebacks instead of one-line errors.")
   flags.mark_flags_as_required(["hf_dir", "workdir"])
 
 

@@ -2,8 +2,11 @@
 
 Overrides go as ``--config.a.b=value``; the config is locked, so unknown keys are errors. Every
 mode validates the config before it writes anything; a bad input or a fault the user must act
-on ends the run with one line ``error: ...`` and exit status 1 (``--verbose``: the traceback,
-and the libraries' own logs and progress bars).
+on ends the run with one line ``error: ...`` and exit status 1, Ctrl-C outside the training
+loop with one line and status 130 (:mod:`asarm_jax.cli`; ``--verbose``: the traceback, and the
+libraries' own logs and progress bars). Training takes the workdir's lock
+(:mod:`asarm_jax.workdir_lock`); sampling and evaluation only read it (evaluation writes under
+``WORKDIR/eval``).
 """
 import logging as pylogging
 import os
@@ -15,7 +18,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from asarm_jax import checkpoint, inference, train, validation
+from asarm_jax import cli, inference, train, validation
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -32,8 +35,6 @@ flags.DEFINE_bool("verbose", False,
                   "messages are shown and errors are one line.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Errors that end a run with one line: bad inputs and faults the user can act on.
-USER_ERRORS = (ValueError, OSError, FloatingPointError, checkpoint.CheckpointError)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -92,39 +93,49 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if FLAGS.multihost:
-    jax.distributed.initialize()  # before anything touches devices: discovers the cluster
-  logging.set_verbosity(logging.INFO)
-  if FLAGS.verbose:
-    # Orbax logs every save step at INFO; keep its warnings, drop the chatter.
-    logging.get_absl_handler().addFilter(
-        lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
-  else:
-    quiet_libraries()
-  try:
+  with cli.ends_in_one_line(FLAGS.verbose):
+    if FLAGS.multihost:
+      jax.distributed.initialize()  # before anything touches devices: discovers the cluster
+    logging.set_verbosity(logging.INFO)
+    if FLAGS.verbose:
+      # Orbax logs every save step at INFO; keep its warnings, drop the chatter.
+      logging.get_absl_handler().addFilter(
+          lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
+    else:
+      quiet_libraries()
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir,
         config_flags.get_override_values(FLAGS["config"]))
-  except USER_ERRORS as e:
-    if FLAGS.verbose:
-      raise
-    sys.exit(f"error: {one_line(e)}")
 
 
-def one_line(error: BaseException) -> str:
-  """The first line of ``error``'s message (its type where that says more than the text)."""
-  text = str(error).strip().split("\n")[0]
-  if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
-    return f"{type(error).__name__}: {text}"
-  return text or type(error).__name__
+def unknown_key(error: Exception) -> str:
+  """The message of a locked ConfigDict's error for a new key, unquoted, on one line."""
+  detail = error
+  while isinstance(detail, BaseException) and detail.args:  # (an AttributeError wraps a KeyError)
+    detail = detail.args[0]
+  key, *hint = str(detail).splitlines()
+  hint = f" ({hint[0][:1].lower()}{hint[0][1:]})" if hint else ""
+  return (f"unknown config key {key}{hint}; configs are locked: see configs/ and "
+          "asarm_jax/config_base.py for the keys.")
+
+
+def unloadable_config(error: OSError) -> str:
+  """The path and cause of a config file that did not load, on one line: ml_collections'
+  message names neither on its first line; the error it was raised from ends with both."""
+  cause = str(error.__cause__ or error).strip().splitlines()[-1].strip()
+  return f"config file not loaded: {cause}"
 
 
 def parse_flags(argv):
-  """absl parsing, but a bad ``--config.*`` override is a one-line error, not a traceback."""
+  """absl parsing, but a config file that does not load and a bad ``--config.*`` override are
+  one-line errors, not tracebacks."""
   try:
-    return FLAGS(argv)
+    argv = FLAGS(argv)
+    FLAGS.config.keys()  # ml_collections defers a config file's load error to its first use
+    return argv
   except (AttributeError, KeyError) as e:  # what a locked ConfigDict raises for a new key
-    sys.exit(f"error: unknown config key {e} (configs are locked: see configs/ and "
-             "asarm_jax/config_base.py for the keys)")
+    sys.exit(f"error: {unknown_key(e)}")
+  except OSError as e:
+    sys.exit(f"error: {unloadable_config(e)}")
   except (flags.Error, TypeError, ValueError) as e:
     sys.exit(f"error: {type(e).__name__}: {e}".splitlines()[0])
 

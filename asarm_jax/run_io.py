@@ -1,9 +1,11 @@
-"""A training run's I/O besides checkpoints: the console progress, ``WORKDIR/metrics.jsonl``, and
-SIGTERM/SIGINT turned into a stop that every process agrees on."""
+"""A run's I/O besides checkpoints: the console progress (training's, and a bar for any loop that
+is a plain line per update off a terminal), ``WORKDIR/metrics.jsonl``, and SIGTERM/SIGINT turned
+into a stop that every process agrees on."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -85,6 +87,40 @@ class Trace:
       self.file.close()
 
 
+LINE_EVERY_S = 30.0  # a progress bar off a terminal: a line at most this often
+
+
+class _Lines(tqdm.tqdm):
+  """tqdm that writes every refresh as a line of its own, and a last one when closed: readable
+  in a log file, where a bar's carriage returns run together into one line."""
+
+  def display(self, msg=None, pos=None):  # pylint: disable=unused-argument
+    if msg is None:  # (an empty msg clears the bar: nothing to clear)
+      self.fp.write(self.__str__() + "\n")
+      self.fp.flush()
+    return False
+
+  def close(self):
+    if not self.disable and self.last_print_n != self.n:
+      self.display()
+    super().close()
+
+
+def bar(total: int, desc: str, unit: str, initial: int = 0,
+        stream: TextIO | None = None) -> tqdm.tqdm:
+  """A progress bar on ``stream`` (stderr): tqdm's where it is a terminal; elsewhere (a log
+  file) a line ``desc: n/total (p%) | rate | ETA t`` at the start, at most every
+  :data:`LINE_EVERY_S` seconds, and at the end."""
+  stream = stream or sys.stderr
+  if stream.isatty():
+    return tqdm.tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream,
+                     dynamic_ncols=True)
+  return _Lines(total=total, initial=initial, desc=desc, unit=unit, file=stream, leave=False,
+                mininterval=LINE_EVERY_S,
+                bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) | {rate_fmt} | "
+                           "ETA {remaining}{postfix}")
+
+
 class Progress:
   """Training progress on the console (process 0): a tqdm bar with step, loss, tokens/s and ETA
   where stderr is a terminal, else a line ``[train] step N/M | loss | tokens/s | ETA`` per
@@ -97,8 +133,7 @@ class Progress:
     self.enabled = jax.process_index() == 0
     self.bar = None
     if self.enabled and self.stream.isatty():
-      self.bar = tqdm.tqdm(total=total, initial=start, unit="step", file=self.stream,
-                           dynamic_ncols=True, desc="train")
+      self.bar = bar(total, "train", "step", start, self.stream)
 
   def elapsed(self) -> float:
     return time.perf_counter() - self.began
@@ -132,6 +167,12 @@ class Progress:
     if self.bar is not None:
       self.bar.close()
       self.bar = None
+
+
+def tensorboard_command(logdir: str) -> str:
+  """The command that shows the curves in ``logdir``, and how to install it where it is not."""
+  command = f"tensorboard --logdir {logdir}"
+  return command if shutil.which("tensorboard") else f"{command} (pip install tensorboard first)"
 
 
 def summary(metrics: dict[str, float]) -> str:

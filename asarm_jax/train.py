@@ -23,7 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from asarm_jax import (checkpoint, config_base, data, flops, init_from, models, objectives, optim,
-                       run_io, sharding, validation)
+                       run_io, sharding, validation, workdir_lock)
 from asarm_jax.metric_writer import MetricWriter
 # init_params and create_state are also this module's names (train.create_state, as before).
 from asarm_jax.state import TrainState, abstract_state, create_state, init_params
@@ -145,8 +145,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains ``config`` in ``workdir``, resuming from its newest readable checkpoint.
 
   The config, and the compatibility of a checkpoint already in ``workdir``, are checked before
-  anything is written. SIGTERM/SIGINT save a checkpoint at the next step boundary and return.
-  Returns the last logged metrics.
+  anything is written; then the run holds the workdir's lock (:mod:`asarm_jax.workdir_lock`:
+  raises ``WorkdirBusy`` while another command writes it). SIGTERM/SIGINT save a checkpoint at
+  the next step boundary and return. Returns the last logged metrics.
   """
   validation.validate_config(config)
   validation.check_inputs(config)
@@ -157,7 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     existing.close()
     if meta is not None:
       check_compatible(meta, config, workdir)
-  return _train(config, workdir)
+  with workdir_lock.hold(workdir, "training"):
+    return _train(config, workdir)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -290,9 +292,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       logging.warning("Stopped at step %d after a signal or train.time_limit_s; rerun the "
                       "command to resume.", step)
     elif jax.process_index() == 0:
-      logging.info("done: %d steps in %s | workdir %s | checkpoint step %d | metrics %s | "
-                   "tensorboard --logdir %s", step - start, run_io.duration(progress.elapsed()),
-                   workdir, step, trace.path, writer.logdir)
+      logging.info("done: %d steps in %s | workdir %s | checkpoint step %d | metrics %s | %s",
+                   step - start, run_io.duration(progress.elapsed()), workdir, step, trace.path,
+                   run_io.tensorboard_command(writer.logdir))
   return dict(last, step=step, completed=step >= num_steps)
 
 

@@ -14,9 +14,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Callable
 
@@ -24,10 +26,12 @@ import jax
 import pytest
 from tensorboardX.proto import event_pb2
 
-from asarm_jax import (checkpoint, data, inference, main, models, optim, run_io, train,
-                       validation)
-from tests.helpers import (copy_stdlib_files, demo_config, shared_compilation_cache,  # pylint: disable=unused-import
-                           subprocess_env, tiny_config)
+from asarm_jax import (checkpoint, convert, data, inference, main, models, optim, run_io, train,
+                       validation, workdir_lock)
+from asarm_jax.cli import one_line
+from asarm_jax.evaluation import runner
+from tests.helpers import (copy_stdlib_files, demo_config, read_trace,  # pylint: disable=unused-import
+                           shared_compilation_cache, subprocess_env, tiny_config)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISE = ("FolderConfig", "Downloading", "\x1b[", "Summary name", "Traceback", "Event loop",
@@ -44,17 +48,23 @@ def overrides_for(tmp: str, **changes) -> dict:
           "train.eval_batches": 1, "sample.num_examples": 0, **changes}
 
 
-def cli(workdir: str, overrides: dict, *extra: str, prelude: str = "") -> tuple[int, str, str]:
-  """``(exit status, stdout, stderr)`` of ``python -m asarm_jax.main`` on configs/demo.py with
-  ``overrides``; ``prelude`` is Python run first in the same process (to inject a fault)."""
-  args = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
+def config_args(overrides: dict) -> list[str]:
+  """``--config.KEY=VALUE`` arguments of ``overrides``."""
+  return [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
           for k, v in overrides.items()]
-  entry = (["-c", prelude + "\nimport runpy; runpy.run_module('asarm_jax.main', "
-            "run_name='__main__', alter_sys=True)"] if prelude else ["-m", "asarm_jax.main"])
-  out = subprocess.run([sys.executable, *entry, "--config=configs/demo.py",
-                        f"--workdir={workdir}", *args, *extra],
-                       cwd=ROOT, env=subprocess_env(), capture_output=True,
-                       text=True, timeout=300)
+
+
+def cli(workdir: str, overrides: dict, *extra: str, prelude: str = "", module: str = "main",
+        tmpdir: str | None = None) -> tuple[int, str, str]:
+  """``(exit status, stdout, stderr)`` of ``python -m asarm_jax.main`` on configs/demo.py with
+  ``overrides``; ``prelude`` is Python run first in the same process (to inject a fault);
+  ``module="convert"`` runs the converter (no config); ``tmpdir``: the process's temp folder."""
+  entry = (["-c", prelude + f"\nimport runpy; runpy.run_module('asarm_jax.{module}', "
+            "run_name='__main__', alter_sys=True)"] if prelude else ["-m", f"asarm_jax.{module}"])
+  config = ["--config=configs/demo.py", *config_args(overrides)] if module == "main" else []
+  env = subprocess_env(**({"TMPDIR": tmpdir} if tmpdir else {}))
+  out = subprocess.run([sys.executable, *entry, *config, f"--workdir={workdir}", *extra],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   return out.returncode, out.stdout, out.stderr
 
 
@@ -97,10 +107,12 @@ def truncate_arrays(workdir: str, step: int) -> None:
 def test_a_training_run_reads_cleanly_and_sampling_marks_spans(corpus, tmp_path):
   """The run a new user makes, then sampling from it after its newest checkpoint was truncated:
   short lines (progress with ETA, saves, skipped files, a summary), no library chatter."""
-  workdir = str(tmp_path / "w")
+  workdir, tmp = str(tmp_path / "w"), tmp_path / "tmp"
+  tmp.mkdir()
   overrides = overrides_for(str(tmp_path), **{"data.source_dirs": (f"{corpus}/src",)})
-  code, stdout, stderr = cli(workdir, overrides)
+  code, stdout, stderr = cli(workdir, overrides, tmpdir=str(tmp))
   assert code == 0, stderr[-3000:]
+  assert not os.listdir(tmp)  # (tfds left an empty tmpXXXXtfds folder per run)
   lines = (stdout + stderr).splitlines()
   assert not [line for line in lines if any(n in line for n in NOISE)], lines
   assert len(lines) <= 16, lines
@@ -115,7 +127,9 @@ def test_a_training_run_reads_cleanly_and_sampling_marks_spans(corpus, tmp_path)
   assert re.search(r"saved step 8\n(.*\n)*.*saved step 16\n(.*\n)*.*saved step 24", text)
   assert re.search(rf"done: 24 steps in [0-9hms]+ \| workdir {workdir} \| checkpoint step 24 \| "
                    rf"metrics {workdir}/metrics.jsonl \| tensorboard --logdir "
-                   rf"{workdir}/tensorboard$", text, re.M)
+                   rf"{workdir}/tensorboard"
+                   + ("" if shutil.which("tensorboard") else r" \(pip install tensorboard first\)")
+                   + "$", text, re.M)
 
   truncate_arrays(workdir, 24)
   prompt = "def add(a, b):\n<mask:4>\n    return a<mask:3>\n"
@@ -422,7 +436,7 @@ def test_bad_input_of_every_mode_is_refused_before_anything_is_written(
     return
   with pytest.raises(ValueError) as err:
     main.run(mode, config, str(tmp_path / "w"), changes)
-  assert re.fullmatch(expected, main.one_line(err.value)), str(err.value)
+  assert re.fullmatch(expected, one_line(err.value)), str(err.value)
   assert "\n" not in str(err.value)
   assert not os.path.exists(tmp_path / "w")
 
@@ -454,3 +468,228 @@ def test_quiet_logging_keeps_only_this_projects_records():
   assert main._Plain().format(own).endswith(" saved step 8")
   own.levelno, own.levelname = logging.WARNING, "WARNING"
   assert main._Plain().format(own).endswith(" warning: saved step 8")
+
+
+# --- One writer per workdir, interrupts, a newcomer's path (issue 38) -------------------------
+
+HF_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "hf_xlnet_tiny")
+INTERRUPTED = "interrupted by SIGINT; what was saved is kept: rerun the same command to go on."
+
+
+def wait_for_step(workdir: str, proc: subprocess.Popen, step: int, timeout: float = 300) -> None:
+  """Waits until ``workdir``'s checkpoint ``step`` is saved by the running ``proc``."""
+  deadline = time.time() + timeout
+  while not os.path.isdir(f"{workdir}/checkpoints/{step}"):
+    assert proc.poll() is None, f"exited ({proc.returncode}) before step {step}"
+    assert time.time() < deadline, f"no checkpoint {step} after {timeout} s"
+    time.sleep(0.1)
+
+
+def test_a_second_writer_exits_at_once_naming_the_holder_and_writes_nothing(corpus, tmp_path):
+  """Two trainings on one workdir (two real processes): the second exits with one line naming
+  the first's host and pid, before writing a metrics line, an event file, a checkpoint or a
+  config; so does the converter, even with --overwrite; sampling reads it meanwhile. The first
+  run's checkpoints stay its own, and the converter refuses the finished workdir."""
+  workdir = str(tmp_path / "w")
+  overrides = overrides_for(corpus, **{"train.num_steps": 100000, "train.log_every": 1,
+                                       "train.checkpoint_every": 20, "train.eval_batches": 0,
+                                       "train.keep_checkpoints": 1000})  # none deleted meanwhile
+  with open(f"{workdir}.log", "wb") as log:
+    first = subprocess.Popen([sys.executable, "-m", "asarm_jax.main", "--config=configs/demo.py",
+                              f"--workdir={workdir}", *config_args(overrides)],
+                             cwd=ROOT, env=subprocess_env(), stdout=log, stderr=log)
+  try:
+    wait_for_step(workdir, first, 20)
+    busy = (rf"error: {workdir} is in use: training \(pid {first.pid} on "
+            rf"{re.escape(socket.gethostname())}, since [-0-9: ]+\) holds {workdir}/\.lock; wait "
+            r"for it to end, or use another --workdir\.")
+    code, stdout, stderr = cli(workdir, dict(overrides, seed=7))
+    assert code == 1 and not stdout and re.fullmatch(busy, stderr.strip()), stderr
+    code, stdout, stderr = cli(workdir, {}, f"--hf_dir={HF_FIXTURE}", "--max_len=16",
+                               "--overwrite", module="convert")
+    assert code == 1 and not stdout and re.fullmatch(busy, stderr.strip()), stderr
+    code, stdout, stderr = cli(workdir, overrides, "--mode=sample",
+                               "--config.sample.prompt=def f(x):<mask:3>")
+    assert code == 0 and "\u27e6" in stdout, stderr[-2000:]
+    assert len(glob.glob(f"{workdir}/tensorboard/events.out.tfevents.*")) == 1
+    assert not os.path.exists(f"{workdir}/config.py")
+  finally:
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=300) == 0
+  steps = [record["step"] for record in read_trace(workdir)]
+  assert steps == list(range(1, steps[-1] + 1))  # every line the first run's, none dropped
+  assert inference.load(workdir).config.seed == 0
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "metrics.jsonl", "tensorboard"]
+
+  saved = saved_steps(workdir)
+  code, stdout, stderr = cli(workdir, {}, f"--hf_dir={HF_FIXTURE}", "--max_len=16",
+                             module="convert")
+  assert code == 1 and not stdout
+  assert stderr.strip() == (f"error: {workdir} holds checkpoints ({workdir}/checkpoints); convert "
+                            "into a new --workdir, or pass --overwrite to delete that run and "
+                            "replace it.")
+  assert saved_steps(workdir) == saved and not os.path.exists(f"{workdir}/config.py")
+
+
+def test_converter_overwrites_only_when_asked_and_its_errors_are_one_line(trained, tmp_path):
+  overrides, source = trained
+  workdir = str(tmp_path / "w")
+  shutil.copytree(source, workdir)
+  with pytest.raises(ValueError, match=f"^{workdir} holds checkpoints"):
+    convert.convert(HF_FIXTURE, workdir, max_len=16)
+  assert saved_steps(workdir) == [8, 16, 24]
+  os.makedirs(f"{workdir}/data")  # (the dataset stays)
+  convert.convert(HF_FIXTURE, workdir, max_len=16, overwrite=True)
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.py", "data"]
+  assert saved_steps(workdir) == [0]
+  assert inference.load(workdir).config.model.arch == "xlnet"
+
+  code, stdout, stderr = cli(str(tmp_path / "new"), {}, f"--hf_dir={tmp_path}", module="convert")
+  assert code == 1 and not stdout
+  assert stderr.strip() == (f"error: {tmp_path} has no config.json: expected a Hugging Face "
+                            "XLNet folder (config.json, model.safetensors or pytorch_model.bin, "
+                            "spiece.model)")
+  assert not os.path.exists(tmp_path / "new")
+
+
+INTERRUPT_AT = {
+    # The first example that tfds asks for while it prepares the dataset.
+    "data": """
+import os, signal
+from asarm_jax.data import builders
+generate = builders.FolderBuilder._generate_examples
+def interrupted(self, files):
+  os.kill(os.getpid(), signal.SIGINT)
+  yield from generate(self, files)
+builders.FolderBuilder._generate_examples = interrupted
+""",
+    # While the initial state is traced and compiled.
+    "compile": """
+import os, signal
+from asarm_jax import train
+create_state = train.create_state
+def interrupted(*args, **kwargs):
+  os.kill(os.getpid(), signal.SIGINT)
+  return create_state(*args, **kwargs)
+train.create_state = interrupted
+""",
+    # Once the sandbox runs HumanEval programs (each would sleep for a minute).
+    "eval": """
+import glob, os, signal, tempfile, threading, time
+from asarm_jax.evaluation import humaneval_infill
+humaneval_infill.program_for = lambda task, middle: "import time\\ntime.sleep(60)\\n"
+def interrupt():
+  while not glob.glob(os.path.join(tempfile.gettempdir(), "asarm-sandbox-*", "program-*")):
+    time.sleep(0.05)
+  os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=interrupt, daemon=True).start()
+""",
+}
+
+
+@pytest.mark.parametrize("stage", sorted(INTERRUPT_AT))
+def test_ctrl_c_at_any_moment_ends_with_one_line_and_leaves_nothing_behind(
+    stage, corpus, trained, tmp_path):
+  """SIGINT during data preparation, compilation or evaluation: one line, status 130, no
+  traceback, nothing in the temp folder; a workdir that got no data is removed again. (SIGINT
+  in the training loop saves and stops: test_reliability.py.)"""
+  tmp = tmp_path / "tmp"
+  tmp.mkdir()
+  workdir = str(tmp_path / "w")
+  overrides = overrides_for(corpus, **{"data.data_dir": ""})  # the data goes into the workdir
+  extra = ()
+  if stage == "eval":
+    shutil.copytree(trained[1], workdir)
+    overrides = trained[0]
+    extra = ("--mode=eval", "--config.eval.tasks=('humaneval_single_line',)",
+             "--config.eval.humaneval_max_tasks=2", "--config.sample.method=sequential")
+  began = time.time()
+  code, stdout, stderr = cli(workdir, overrides, *extra, prelude=INTERRUPT_AT[stage],
+                             tmpdir=str(tmp))
+  assert code == 130, stderr[-3000:]
+  lines = (stdout + stderr).splitlines()
+  assert lines[-1] == INTERRUPTED and not [l for l in lines if any(n in l for n in NOISE)], lines
+  assert not os.listdir(tmp)
+  if stage == "data":
+    assert not os.path.exists(workdir)
+  elif stage == "compile":  # the prepared data, and no checkpoint
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "data"]
+    assert not os.listdir(f"{workdir}/checkpoints")
+  else:
+    assert sorted(os.listdir(workdir)) == sorted(os.listdir(trained[1]) + ["eval"])
+    assert time.time() - began < 120  # the running programs were killed, not waited for
+
+
+def test_a_failed_data_build_leaves_no_folder(tmp_path):
+  os.makedirs(tmp_path / "src")
+  open(tmp_path / "src" / "blank.py", "w").close()
+  config = demo_config(overrides_for(str(tmp_path), **{"data.data_dir": ""}))
+  with pytest.raises(ValueError, match="no usable file"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+  os.makedirs(tmp_path / "data" / "mine")
+  with pytest.raises(ValueError, match="no usable file"):
+    data.prepare(config.data, str(tmp_path / "data"))
+  assert os.listdir(tmp_path / "data") == ["mine"]  # what was there before stays
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--config=configs/nope.py"],
+     "error: config file not loaded: [Errno 2] No such file or directory: 'configs/nope.py'"),
+    (["--config=configs/nope.py", "--config.seed=3"],
+     "error: config file not loaded: [Errno 2] No such file or directory: 'configs/nope.py'"),
+    (["--config=configs/demo.py", "--config.modle.d_model=8"],
+     "error: unknown config key 'modle' (did you mean \"model\" instead of \"modle\"?); configs "
+     "are locked: see configs/ and asarm_jax/config_base.py for the keys."),
+    (["--config=configs/demo.py", "--config.model.d_modl=8"],
+     "error: unknown config key 'd_modl' (did you mean \"d_model\" instead of \"d_modl\"?); "
+     "configs are locked: see configs/ and asarm_jax/config_base.py for the keys."),
+])
+def test_a_config_file_that_does_not_load_or_a_mistyped_key_is_one_plain_line(
+    args, expected, tmp_path):
+  out = subprocess.run([sys.executable, "-m", "asarm_jax.main", f"--workdir={tmp_path}/w", *args],
+                       cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 1 and not out.stdout
+  assert out.stderr.strip() == expected
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_eval_reads_a_held_workdir_prints_its_figures_and_writes_only_under_eval(
+    trained, tmp_path, capsys):
+  """Evaluation takes no lock (a training may hold it) and writes only under WORKDIR/eval (the
+  dataset too, where the workdir has none); it prints each task's table as it ends, then the
+  headline figures and where the full tables are."""
+  overrides, source = trained
+  workdir = str(tmp_path / "w")
+  shutil.copytree(source, workdir)
+  config = demo_config(dict(overrides, **{"data.data_dir": "", "eval.tasks": ("density",),
+                                          "eval.density_batches": 1}))
+  before = sorted(os.listdir(workdir))
+  with workdir_lock.hold(workdir, "training"):
+    results = runner.run(config, workdir)
+  assert sorted(os.listdir(workdir)) == sorted(before + ["eval"])
+  assert os.path.isdir(f"{workdir}/eval/data")  # the converted-workdir case: no WORKDIR/data
+  out = capsys.readouterr().out
+  assert "=== eval task 1/1: density (step 24)\n" in out and "## Held-out density" in out
+  headline = out.split(f"headline figures; every table is in {workdir}/eval/results.md\n\n")[1]
+  bits = results["tasks"]["density"]["bits_per_token"]
+  assert headline == "\n".join(
+      ["| task | figure | value |", "|---|---|---|"]
+      + [f"| density {order} | bits/token at visible 0/0.05/0.25/0.5 | "
+         f"{' / '.join(f'{v:.4g}' for v in by_fraction.values())} |"
+         for order, by_fraction in bits.items()]) + "\n"
+  os.rename(f"{workdir}/eval/data", f"{workdir}/data")  # as training prepares it
+  assert runner.data_dir(config, workdir) == f"{workdir}/data"
+
+
+def test_progress_in_a_log_file_is_plain_lines():
+  stream = io.StringIO()
+  with run_io.bar(40, "humaneval_single_line", "row", stream=stream) as progress:
+    for _ in range(40):
+      progress.update(1)
+  lines = stream.getvalue().split("\n")
+  assert "\r" not in stream.getvalue() and lines[-1] == ""
+  assert lines[0] == "humaneval_single_line: 0/40 (0%) | ?row/s | ETA ?"
+  assert re.fullmatch(r"humaneval_single_line: 40/40 \(100%\) \| [0-9.]+k?row/s \| ETA 00:00",
+                      lines[-2]), lines

@@ -14,6 +14,7 @@ import os
 import sysconfig
 from collections.abc import Iterator, Sequence
 
+import ml_collections
 import tensorflow_datasets as tfds
 from absl import logging
 
@@ -65,6 +66,14 @@ def describe_skipped(skipped: dict[str, list[str]], shown: int = 3) -> str:
   return ", ".join(parts)
 
 
+class _LocalInfo(tfds.core.DatasetInfo):
+  """DatasetInfo that never looks for precomputed metadata in tfds's GCS bucket: tfds makes a
+  temporary folder for it first, and leaves it behind, even with GCS disabled."""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """One example per text file of a local folder tree, split by path hash."""
 
@@ -100,7 +109,7 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return FolderConfig(name=f"opts_{digest}", description=description, **options)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return _LocalInfo(
         builder=self,
         description=self.__doc__,
         features=tfds.features.FeaturesDict({"text": tfds.features.Text(),
@@ -206,6 +215,21 @@ class TextFiles(FolderBuilder):
 BUILDERS: dict[str, type[FolderBuilder]] = {"python_code": PythonCode, "text_files": TextFiles}
 
 
+def options(config: ml_collections.ConfigDict) -> dict:
+  """The options of :meth:`FolderBuilder.make_config` that a ``config.data`` block sets."""
+  return dict(source_dirs=config.source_dirs, exclude_patterns=config.exclude_patterns,
+              extensions=config.get("extensions", ()), max_files=config.max_files,
+              heldout_fraction=config.heldout_fraction)
+
+
+def is_prepared(name: str, data_dir: str, **options) -> bool:
+  """Whether builder ``name`` with ``options`` is prepared in ``data_dir`` (nothing is
+  written)."""
+  cls = BUILDERS[name]
+  builder = cls(config=cls.make_config(**options), data_dir=data_dir, file_format="array_record")
+  return os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json"))  # (written last)
+
+
 def build(name: str, data_dir: str, **options) -> FolderBuilder:
   """Prepares builder ``name`` with ``options`` (see :meth:`FolderBuilder.make_config`) in
   ``data_dir`` unless already there, and returns it; read splits with ``as_data_source()``."""
@@ -215,5 +239,23 @@ def build(name: str, data_dir: str, **options) -> FolderBuilder:
     raise ValueError("data_dir is empty: tfds would build the dataset in the current directory")
   cls = BUILDERS[name]
   builder = cls(config=cls.make_config(**options), data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare()
+  existing = _folders(data_dir)
+  try:
+    builder.download_and_prepare()
+  except BaseException:  # a failure or an interrupt: tfds removed its files, not its folders
+    _remove_empty_folders(data_dir, existing)
+    raise
   return builder
+
+
+def _folders(root: str) -> set[str]:
+  """Every folder under ``root``, ``root`` included (none if it does not exist)."""
+  return {dirpath for dirpath, _, _ in os.walk(root)}
+
+
+def _remove_empty_folders(root: str, keep: set[str]) -> None:
+  """Removes the empty folders under ``root`` (``root`` included) that are not in ``keep``,
+  deepest first."""
+  for folder in sorted(_folders(root) - keep, key=len, reverse=True):
+    if not os.listdir(folder):
+      os.rmdir(folder)

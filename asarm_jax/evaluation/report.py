@@ -70,10 +70,10 @@ def _draft_acceptance(result: dict) -> str:
           "row).\n\n" + table(["temperature", "visible fraction", *depths], rows))
 
 
-def markdown(results: dict) -> str:
-  """Sections for every task present in ``results["tasks"]``."""
-  tasks = results["tasks"]
-  parts = [f"# Evaluation of {results['workdir']} (step {results['step']})"]
+def sections(tasks: dict) -> list[str]:
+  """The markdown section of every task in ``tasks`` (``{name: result}``; HumanEval tasks share
+  one table)."""
+  parts = []
   humaneval = {name: r for name, r in tasks.items() if name.startswith("humaneval")}
   if humaneval:
     parts.append("## HumanEval infilling\n\n" + _humaneval(humaneval))
@@ -85,4 +85,45 @@ def markdown(results: dict) -> str:
     parts.append("## Held-out density\n\n" + _density(tasks["density"]))
   if "draft_acceptance" in tasks:
     parts.append("## Draft acceptance\n\n" + _draft_acceptance(tasks["draft_acceptance"]))
-  return "\n\n".join(parts) + "\n"
+  return parts
+
+
+def markdown(results: dict) -> str:
+  """Sections for every task present in ``results["tasks"]``."""
+  title = f"# Evaluation of {results['workdir']} (step {results['step']})"
+  return "\n\n".join([title, *sections(results["tasks"])]) + "\n"
+
+
+def _joined(values: Sequence[Any]) -> str:
+  return " / ".join(_cell(v) for v in values)
+
+
+def _headline_rows(name: str, result: dict) -> list[list[Any]]:
+  """``[task, figure, value]`` rows of one task's main figures."""
+  if name.startswith("humaneval"):
+    ks = sorted((key for key in result if key.startswith("pass@")), key=lambda key: int(key[5:]))
+    if not ks:
+      return [[name, "middles to score elsewhere", result.get("middles")]]
+    return [[name, k, result[k]] for k in ks] + [[name, "tokens/call", result["tokens_per_call"]]]
+  if name == "text_infill":
+    return [[f"{name} {setting}", "ROUGE-L", r["rougeL"]] for setting, r in result.items()]
+  if name == "gen_quality":
+    if "baseline" not in result:
+      return [[name, "samples, not judged yet", result["samples"]]]
+    return [[f"{name} {method}", "judge PPL", r["judge_ppl"]]
+            for method, r in result["methods"].items()]
+  if name == "density":
+    return [[f"{name} {order}", f"bits/token at visible {'/'.join(by_fraction)}",
+             _joined(by_fraction.values())]
+            for order, by_fraction in result["bits_per_token"].items()]
+  if name == "draft_acceptance":
+    return [[f"{name} T={temperature}", f"depth-1 acceptance at visible {'/'.join(by_fraction)}",
+             _joined(rates[0] for rates in by_fraction.values())]
+            for temperature, by_fraction in result["acceptance"].items()]
+  return []
+
+
+def headline(results: dict) -> str:
+  """A short table of every task's main figures (the full tables: :func:`markdown`)."""
+  rows = [row for name, r in results["tasks"].items() for row in _headline_rows(name, r)]
+  return table(["task", "figure", "value"], rows)

@@ -2,18 +2,23 @@
 
 Everything is written under ``WORKDIR/eval``: ``results.json`` and ``results.md`` (rewritten
 after every task, so finished tasks survive an interruption), the generation caches and
-HumanEval score files (JSONL, resumed by a rerun), and ``gen_quality.png``.
+HumanEval score files (JSONL, resumed by a rerun), ``gen_quality.png``, and the dataset where
+the workdir has none prepared (``eval/data``). Evaluation only reads the rest of the workdir, so
+it takes no lock (:mod:`asarm_jax.workdir_lock`). Each task's table is printed as it finishes,
+and a short table of the headline figures at the end.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import time
 from typing import Any, Callable, NamedTuple
 
 import ml_collections
 
-from asarm_jax import data, inference, sampling
+from asarm_jax import data, inference, run_io, sampling
+from asarm_jax.data import builders
 from asarm_jax.evaluation import (density_eval, draft_eval, gen_quality, infill_eval, jsonio,
                                   report, text_infill)
 
@@ -131,21 +136,32 @@ def validate(ecfg: ml_collections.ConfigDict) -> None:
       raise ValueError("gen_quality needs eval.gen_num_prompts >= 2 and some eval.gen_methods")
 
 
-def _write(results: dict, out_dir: str) -> str:
-  """Writes results.json and results.md atomically; returns the markdown."""
-  text = report.markdown(results)
+def _write(results: dict, out_dir: str) -> None:
+  """Writes results.json and results.md atomically."""
   for name, content in (("results.json", json.dumps(jsonio.strict(results), indent=2) + "\n"),
-                        ("results.md", text)):
+                        ("results.md", report.markdown(results))):
     path = os.path.join(out_dir, name)
     with open(f"{path}.tmp", "w", encoding="utf-8") as f:
       f.write(content)
     os.replace(f"{path}.tmp", path)
-  return text
+
+
+def data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Where the evaluation reads its dataset: ``data.data_dir``; else ``WORKDIR/data`` where
+  training prepared it; else ``WORKDIR/eval/data`` (prepared there: a converted workdir has
+  none)."""
+  if config.data.data_dir:
+    return config.data.data_dir
+  trained = os.path.join(workdir, "data")
+  if builders.is_prepared(config.data.name, trained, **builders.options(config.data)):
+    return trained
+  return os.path.join(workdir, "eval", "data")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the newest checkpoint of ``workdir`` on ``config.eval.tasks``; writes
-  ``WORKDIR/eval/results.{json,md}``, prints the markdown and returns the results dict
+  ``WORKDIR/eval/results.{json,md}``, prints each task's table and, at the end, the headline
+  figures (:func:`report.headline`), and returns the results dict
   ``{"workdir", "step", "eval", "sample", "tasks": {name: result}}``; the sampler of every
   generating task is ``config.sample``'s."""
   ecfg = config.eval
@@ -159,13 +175,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      f"({sorted(k for k in current if saved.get(k) != current[k])})")
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
-  data_dir = config.data.data_dir or os.path.join(workdir, "data")
-  ctx = Context(loaded, config, spec, data_dir, out_dir)
+  ctx = Context(loaded, config, spec, data_dir(config, workdir), out_dir)
   results = {"workdir": workdir, "step": loaded.step, "eval": ecfg.to_dict(),
              "sample": dataclasses.asdict(spec), "tasks": {}}
-  for name in ecfg.tasks:
-    print(f"=== eval task {name} (step {loaded.step})", flush=True)
+  for i, name in enumerate(ecfg.tasks):
+    print(f"=== eval task {i + 1}/{len(ecfg.tasks)}: {name} (step {loaded.step})", flush=True)
+    began = time.perf_counter()
     results["tasks"][name] = TASKS[name](ctx)
-    text = _write(results, out_dir)
-  print(text, flush=True)
+    _write(results, out_dir)
+    print("\n\n".join([f"{name} done in {run_io.duration(time.perf_counter() - began)}",
+                        *report.sections({name: results["tasks"][name]})]) + "\n", flush=True)
+  print(f"=== eval of {workdir} (step {loaded.step}): headline figures; every table is in "
+        f"{os.path.join(out_dir, 'results.md')}\n\n{report.headline(results)}", flush=True)
   return results

