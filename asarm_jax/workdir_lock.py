@@ -12,7 +12,6 @@ over. With several processes (``jax.distributed``) process 0 holds it for all of
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -91,9 +90,8 @@ def hold(workdir: str, what: str) -> Iterator[None]:
       os.makedirs(workdir, exist_ok=True)
       try:
         fd = _acquire(path)
-      except BlockingIOError as e:
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-          raise
+      except BlockingIOError:  # another process holds it
+        pass
       else:
         _write_holder(fd, what)
     if not _agreed(fd is not None):
