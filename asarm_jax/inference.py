@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 
 from asarm_jax import checkpoint, config_base, data, models, sampling, state
+from asarm_jax.sampling.methods import auto
 from asarm_jax.sampling.spec import SamplerSpec
 
 
@@ -137,8 +138,8 @@ def sample_prompts(config: ml_collections.ConfigDict, workdir: str,
     logging.warning("%s does not apply to the trained checkpoint; sampling uses the "
                     "checkpoint's value.", line)
   spec = SamplerSpec.from_config(config.sample)
-  filled_BxL, visible_BxL, length_B, calls_B = _fill(loaded, _prompts(config.sample), spec,
-                                                     config.seed, config.sample.slots)
+  filled_BxL, visible_BxL, length_B, calls_B, rounds_BxS = _fill(
+      loaded, _prompts(config.sample), spec, config.seed, config.sample.slots)
   results = []
   for b, size in enumerate(length_B):
     hidden, calls = int((~visible_BxL[b, :size]).sum()), int(calls_B[b])
@@ -146,28 +147,32 @@ def sample_prompts(config: ml_collections.ConfigDict, workdir: str,
       logging.warning("prompt %d has no <mask:N> span: nothing to generate.", b)
     per_call = hidden / calls if calls else 0.0
     text = marked(filled_BxL[b, :size], visible_BxL[b, :size], loaded.tokenizer.decode)
+    chosen = f"; {auto.describe_choices(spec, rounds_BxS[b])}" if spec.method == "auto" else ""
     print(f"{text}\n--- {spec.describe()}: {hidden} tokens in {calls} calls, "
-          f"{per_call:.2f} tokens/call\n", flush=True)
+          f"{per_call:.2f} tokens/call{chosen}\n", flush=True)
     results.append({"text": text, "num_generated": hidden, "num_calls": calls,
                     "tokens_per_call": per_call})
   return results
 
 
 def _fill(loaded: Loaded, texts: list[str], spec: SamplerSpec, seed: int, slots: int
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """``(filled_BxL, visible_BxL, length_B, calls_B)``: the prompts ``texts`` padded to the
-  model's context (one compiled shape) and their hidden slots generated in one dispatch through
-  ``slots`` slots (0: all at once; none if no prompt has a span)."""
+          ) -> tuple[np.ndarray, ...]:
+  """``(filled_BxL, visible_BxL, length_B, calls_B, rounds_BxS)``: the prompts ``texts``
+  padded to the model's context (one compiled shape) and their hidden slots generated in one
+  dispatch through ``slots`` slots (0: all at once; none if no prompt has a span), with each
+  row's calls and (``auto``) rounds at each draft size."""
   tokens_BxL, visible_BxL, length_B = sampling.prompt.encode_batch(
       texts, loaded.tokenizer, vocab_size=loaded.model.vocab_size, max_len=loaded.model.max_len,
       length=loaded.model.max_len)
   if not (~visible_BxL & (np.arange(tokens_BxL.shape[1]) < length_B[:, None])).any():
-    return tokens_BxL, visible_BxL, length_B, np.zeros(len(texts), np.int32)
+    return (tokens_BxL, visible_BxL, length_B, np.zeros(len(texts), np.int32),
+            np.zeros((len(texts), 0), np.int32))
   out = sampling.generate(loaded.model, loaded.params, jnp.asarray(tokens_BxL),
                           jnp.asarray(visible_BxL), jax.random.PRNGKey(seed),
                           length_B=jnp.asarray(length_B), spec=spec,
                           slots=min(slots, len(texts)) or None)
-  return np.asarray(out.tokens_BxL), visible_BxL, length_B, np.asarray(out.num_calls_B)
+  return (np.asarray(out.tokens_BxL), visible_BxL, length_B, np.asarray(out.num_calls_B),
+          np.asarray(out.rounds_by_size_BxS))
 
 
 def show_infills(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:

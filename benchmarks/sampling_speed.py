@@ -1,16 +1,16 @@
 """Sampling speed of every method on a trained checkpoint, side by side, and the reference's call.
 
-  python -m benchmarks sampling_speed --workdir=runs/xlnet_base [--reference=true] \
-      [--auto_table=asarm_jax/sampling/methods/auto_table.json]
+  python -m benchmarks sampling_speed --workdir=runs/xlnet_base [--reference=true]
 
 Prompts are held-out rows of the checkpoint's corpus (seq_len tokens) with a random 5% (and
 50%) of positions visible; the rest are generated left to right. Every configuration (batch,
 sampler spec) is compiled once by an untimed warm-up call, then timed at every visible fraction
 and temperature (the temperature is a traced argument: no recompilation). At batch 1 each
 timing covers ``--batch1_prompts`` prompts decoded one after another. Configurations run in
-priority order until ``--budget_s`` is spent. One record per (configuration, visible,
-temperature). ``--auto_table`` writes, for every measured (batch, visible, temperature), the
-fastest exact configuration: the table of ``method="auto"``. ``--reference=true`` adds a record
+priority order until ``--budget_s`` is spent; ``auto`` (the draft size chosen per row and
+round) comes right after sequential at each batch, so every cell compares it with the static
+decoders (run ``python -m benchmarks cost_model`` first, or it chooses by calls). One record
+per (configuration, visible, temperature). ``--reference=true`` adds a record
 of one call of a randomly initialised HF ``XLNetLMHeadModel`` at base size (fp32, batch 1,
 perm_mask plus a k-row target_mapping): the reference implementation's cost (needs torch and a
 GPU).
@@ -27,22 +27,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from asarm_jax import data, inference, sampling
+from asarm_jax.sampling.methods import auto
 from asarm_jax.sampling.spec import SamplerSpec
 from benchmarks import cli, records
 
-EXACT = ("sequential", "assd", "assd_fused", "tree")
 # (batch, spec fields) in priority order; each runs at every visible fraction and temperature.
-GRID = ([(1, dict(method="sequential")), (1, dict(method="tree", num_nodes=16)),
+GRID = ([(1, dict(method="sequential")), (1, dict(method="auto", k=8)),
+         (1, dict(method="tree", num_nodes=16)),
          (1, dict(method="assd_fused", k=5)), (1, dict(method="assd", k=5)),
          (1, dict(method="tree", num_nodes=8)), (1, dict(method="tree", num_nodes=32)),
          (1, dict(method="tree", num_nodes=4)), (1, dict(method="tree", num_nodes=64)),
          (1, dict(method="tree", num_nodes=16, ngram=0)),
-         (64, dict(method="sequential")), (64, dict(method="tree", num_nodes=4)),
+         (64, dict(method="sequential")), (64, dict(method="auto", k=8)),
+         (64, dict(method="tree", num_nodes=4)),
          (64, dict(method="tree", num_nodes=8)), (64, dict(method="assd_fused", k=5)),
          (64, dict(method="assd", k=5)), (64, dict(method="tree", num_nodes=16)),
          (64, dict(method="tree", num_nodes=32)), (64, dict(method="tree", num_nodes=64))])
 VISIBLE = (0.05, 0.5)
-TEMPERATURES = (1.0, 0.7, 0.2)
+TEMPERATURES = (1.0, 0.7, 0.2, 0.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="also time the HF XLNet reference call")
   parser.add_argument("--attention_impl", default="",
                       help="attention kernel; default: the checkpoint's model.attention_impl")
-  parser.add_argument("--auto_table", default="", help="write the table of method='auto' here")
   parser.add_argument("--batch1_prompts", type=int, default=4, help="prompts per batch-1 timing")
   parser.add_argument("--depth", type=int, default=6, help="tree depth D")
   parser.add_argument("--ngram", type=int, default=2,
@@ -81,15 +82,16 @@ def prompts(rows: np.ndarray, batch: int, fraction: float, seed: int = 0):
 
 
 def decode(loaded: inference.Loaded, batches: list, spec: SamplerSpec, seed: int):
-  """Decodes every (tokens, visible) batch in turn; returns (seconds, generated, calls)."""
-  generated = calls = 0
+  """Decodes every (tokens, visible) batch in turn; returns (seconds, generated, calls,
+  rounds at each draft size (auto))."""
+  generated = calls = rounds = 0
   t0 = time.perf_counter()
   for i, (tokens, visible) in enumerate(batches):
     out = sampling.generate(loaded.model, loaded.params, tokens, visible,
                             jax.random.PRNGKey(seed + i), spec=spec)
-    out = jax.device_get((out.num_generated_B, out.num_calls_B))
-    generated, calls = generated + out[0], calls + out[1]
-  return time.perf_counter() - t0, generated, calls
+    out = jax.device_get((out.num_generated_B, out.num_calls_B, out.rounds_by_size_BxS))
+    generated, calls, rounds = generated + out[0], calls + out[1], rounds + out[2].sum(0)
+  return time.perf_counter() - t0, generated, calls, rounds
 
 
 def run_grid(loaded: inference.Loaded, workdir: str, budget_s: float, batch1_prompts: int,
@@ -114,7 +116,10 @@ def run_grid(loaded: inference.Loaded, workdir: str, budget_s: float, batch1_pro
         decode(loaded, prompt_batches[:1], base, seed=100)
       for temperature in TEMPERATURES:
         spec = base.replace(temperature=temperature)
-        seconds, generated, calls = decode(loaded, prompt_batches, spec, seed=1)
+        seconds, generated, calls, rounds = decode(loaded, prompt_batches, spec, seed=1)
+        chosen = ({"round_share_by_size": {str(k): float(r / rounds.sum()) for k, r in
+                                           zip(auto.sizes(spec), rounds)}}
+                  if spec.method == "auto" else {})
         made.append(records.make(
             "sampling_speed", {"batch": batch, **cli.spec_settings(spec), "visible": fraction,
                                "prompts": count * batch},
@@ -122,35 +127,11 @@ def run_grid(loaded: inference.Loaded, workdir: str, budget_s: float, batch1_pro
              "mean_calls": float(calls.mean()), "mean_generated": float(generated.mean()),
              "seconds": seconds, "seconds_per_sample": seconds / (count * batch),
              "tokens_per_s": float(generated.sum() / seconds),
-             "ms_per_call": 1e3 * seconds / float(calls.max())},  # batch 1: summed
+             "ms_per_call": 1e3 * seconds / float(calls.max()),  # batch 1: summed
+             **chosen},
             config))
         print(json.dumps(made[-1]["settings"] | made[-1]["metrics"]), flush=True)
   return made
-
-
-def fastest_table(made: list[dict]) -> dict:
-  """The fastest exact configuration at every measured (batch, visible, temperature)."""
-  entries = []
-  keys = lambda r: (r["settings"]["batch"], r["settings"]["visible"],
-                    r["settings"]["temperature"])
-  for batch, visible, temperature in sorted({keys(r) for r in made}):
-    same = [r for r in made if keys(r) == (batch, visible, temperature)
-            and r["settings"]["method"] in EXACT]
-    best = max(same, key=lambda r: r["metrics"]["tokens_per_s"])
-    sequential = [r for r in same if r["settings"]["method"] == "sequential"]
-    s = best["settings"]
-    entries.append({
-        "batch": batch, "visible": visible, "temperature": temperature,
-        "best": {"method": s["method"], "k": s.get("num_nodes", s.get("k", 1)),
-                 "depth": s.get("depth", 0), "ngram": s.get("ngram", 0)},
-        "tokens_per_s": best["metrics"]["tokens_per_s"],
-        "tokens_per_call": best["metrics"]["tokens_per_call"],
-        "speedup_vs_sequential": (best["metrics"]["tokens_per_s"]
-                                  / sequential[0]["metrics"]["tokens_per_s"]
-                                  if sequential else None)})
-  first = made[0]
-  return {"device": first["accelerator"], "date": first["date"], "commit": first["commit"],
-          "entries": entries}
 
 
 def reference_call_ms(k: int = 5, length: int = 512, repeats: int = 20) -> float:
@@ -176,7 +157,7 @@ def reference_call_ms(k: int = 5, length: int = 512, repeats: int = 20) -> float
 
 
 def run(workdir: str, budget_s: float = 420.0, reference: bool = False, attention_impl: str = "",
-        auto_table: str = "", batch1_prompts: int = 4, depth: int = 6, ngram: int = 2,
+        batch1_prompts: int = 4, depth: int = 6, ngram: int = 2,
         batches: list[int] = (1, 64)) -> list[dict]:
   """The grid's records (and the reference call's, first, with ``reference``)."""
   loaded = inference.load(workdir, attention_impl or None)
@@ -185,8 +166,4 @@ def run(workdir: str, budget_s: float = 420.0, reference: bool = False, attentio
     made.append(records.make("sampling_speed_reference", {"k": 5, "length": 512, "batch": 1},
                              {"call_ms": reference_call_ms()},
                              {"model": "transformers.XLNetLMHeadModel, base size, fp32"}))
-  grid = run_grid(loaded, workdir, budget_s, batch1_prompts, depth, ngram, list(batches))
-  if auto_table:
-    with open(auto_table, "w", encoding="utf-8") as f:
-      json.dump(fastest_table(grid), f, indent=1)
-  return made + grid
+  return made + run_grid(loaded, workdir, budget_s, batch1_prompts, depth, ngram, list(batches))

@@ -2,8 +2,15 @@
 
 XLA's CPU backend compiles without LLVM's optimisation passes: the tests are dominated by
 compiling small programs, which this halves, while the programs themselves are unchanged.
+
+``auto``'s cost models are read from a folder that does not exist (a test that needs one
+writes it under its own ``tmp_path``), so a cost file on the developer's machine never changes
+a test.
 """
 import os
+import tempfile
 
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+os.environ["ASARM_JAX_CACHE_DIR"] = os.path.join(tempfile.gettempdir(),
+                                                 f"asarm-tests-no-cache-{os.getpid()}")

@@ -44,6 +44,9 @@ RUNS = {  # name: (method, k, temperature, cache, extra generate() arguments)
     "tree_n7_ngram": ("tree", 7, 1.0, True, dict(depth=3, ngram=1)),
     "tree_n7_ngram_nocache": ("tree", 7, 1.0, False, dict(depth=3, ngram=1)),
     "parallel_k3": ("parallel", 3, 1.0, True, {}),
+    # auto: the draft size (1 to 4) chosen per row and round (calls as the cost, no file).
+    "auto_k4": ("auto", 4, 1.0, True, {}),
+    "auto_k4_t0.5_nocache": ("auto", 4, 0.5, False, {}),
 }
 TEMPERATURES = tuple(sorted({run[2] for run in RUNS.values()}))
 

@@ -25,6 +25,7 @@ METHODS = {  # name: generate() keywords
     "assd": dict(method="assd", k=3),
     "assd_fused": dict(method="assd_fused", k=3),
     "tree": dict(method="tree", k=4, depth=2, ngram=1),
+    "auto": dict(method="auto", k=3),
 }
 
 
@@ -53,7 +54,7 @@ def _three_ways(net, params, slots: int, temperature: float, cache: bool, keywor
 
 
 def _assert_same(together, through_slots, alone) -> None:
-  for name in ("tokens_BxL", "num_calls_B", "num_generated_B"):
+  for name in ("tokens_BxL", "num_calls_B", "num_generated_B", "rounds_by_size_BxS"):
     np.testing.assert_array_equal(getattr(through_slots, name), getattr(together, name), name)
     np.testing.assert_array_equal(np.concatenate([getattr(a, name) for a in alone]),
                                   getattr(together, name), name)
@@ -66,7 +67,7 @@ def test_rows_do_not_depend_on_slots_or_neighbours(method, cache):
     _assert_same(*_three_ways(NET, PARAMS, 4, temperature, cache, METHODS[method]))
 
 
-@pytest.mark.parametrize("method", ["assd_fused", "tree"])
+@pytest.mark.parametrize("method", ["assd_fused", "tree", "auto"])
 def test_rows_do_not_depend_on_slots_on_the_network(method):
   model = models.build(model_config(vocab_size=VOCAB + NUM_SPECIAL, num_layers=2, d_model=32,
                                     num_heads=2, d_ff=64, num_special_tokens=NUM_SPECIAL,
@@ -116,7 +117,7 @@ def test_sample_mode_fills_prompts_through_slots_as_all_at_once():
   loaded = inference.Loaded(model, params, _Chars(), None, 0)
   texts = ["ab<mask:5>c", "<mask:2>xyz", "no span", "q<mask:9>"]
   spec = sampling.SamplerSpec("assd_fused", k=2)
-  together, one_slot = (inference._fill(loaded, texts, spec, 0, slots)  # pylint: disable=protected-access
-                        for slots in (0, 1))
+  fill = inference._fill  # pylint: disable=protected-access
+  together, one_slot = (fill(loaded, texts, spec, 0, slots) for slots in (0, 1))
   for a, b in zip(together, one_slot):
     np.testing.assert_array_equal(a, b)

@@ -118,13 +118,14 @@ def test_layout_hides_reference_length_and_keeps_context(workdir, tasks):
 def _oracle(references):
   """A stand-in for ``sampling.generate`` that writes each row's reference middle (looked up by
   the row's tokens) into its hidden positions."""
-  def generate(model, params, tokens_BxL, visible_BxL, rng, *, spec, length_B):
+  def generate(model, params, tokens_BxL, visible_BxL, rng, *, spec, length_B, slots):
     out, visible = np.array(tokens_BxL), np.asarray(visible_BxL)
     for b in range(len(out)):
       if out[b].tobytes() in references:
         out[b][np.flatnonzero(~visible[b][:length_B[b]])] = references[out[b].tobytes()]
     hidden = (~visible).sum(1)
-    return sampling.Generation(out, np.maximum(hidden, 1), hidden, np.int32(1))
+    return sampling.Generation(out, np.maximum(hidden, 1), hidden, np.int32(1),
+                               np.zeros((len(out), 0), np.int32))
   return generate
 
 

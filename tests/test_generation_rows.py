@@ -42,7 +42,8 @@ class FakeGenerate:
     self.slots.append(kwargs["slots"])
     filled = np.where(visible, tokens, tokens[:, :1] * 1000 + hidden[:, None])
     return sampling.Generation(tokens_BxL=filled, num_calls_B=hidden, num_generated_B=hidden,
-                               num_network_calls=np.int32(1))
+                               num_network_calls=np.int32(1),
+                               rounds_by_size_BxS=np.zeros((len(filled), 0), np.int32))
 
 
 def _generate(rows, path, per_dispatch=PER_DISPATCH):

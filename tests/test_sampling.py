@@ -21,7 +21,6 @@ import scipy.stats
 from asarm_jax import density, forward, models, objectives, sampling
 from asarm_jax.sampling import core, drafts
 from asarm_jax.sampling import state as state_lib
-from asarm_jax.sampling.methods import auto
 from tests.helpers import model_config
 from asarm_jax.sampling.methods import tree as tree_method
 from tests.sampling_cases import (ALPHA, GROUPS, LENGTH, NUM_SPECIAL, ROWS_PER_GROUP, RUNS, VOCAB,
@@ -59,7 +58,7 @@ def trained():
   return model, params
 
 
-REAL_RUNS = ("assd_fused_k3", "tree_n7_ngram")  # the rest run on the analytic joint
+REAL_RUNS = ("assd_fused_k3", "tree_n7_ngram", "auto_k4")  # the rest: on the analytic joint
 
 
 def _exact_joint(model, params, group, temperature):
@@ -247,7 +246,7 @@ def test_greedy_decoding_is_sequential_greedy(trained):
   greedy = run("sequential", 1, 0)
   for method, k, kw in [("sequential", 1, {}), ("assd", 3, {}), ("assd_fused", 3, {}),
                         ("tree", 7, dict(depth=3, ngram=1)),
-                        ("tree", 3, dict(depth=2, ngram=0, cache=False))]:
+                        ("tree", 3, dict(depth=2, ngram=0, cache=False)), ("auto", 4, {})]:
     np.testing.assert_array_equal(run(method, k, 1, **kw), greedy, err_msg=method)
   for method, k, kw in [("sequential", 1, {}), ("tree", 7, dict(depth=3, ngram=1))]:
     for g in range(len(GROUPS)):  # batch 1 against the batch of every group
@@ -260,19 +259,6 @@ def test_greedy_decoding_is_sequential_greedy(trained):
                     jnp.asarray(visible[rows, :length]), jnp.asarray(order[rows, :length]),
                     temperature=0.0)
     np.testing.assert_array_equal(logp, 0.0)  # log 1: the arg-max everywhere
-
-
-def test_auto_runs_the_configuration_it_chooses(trained):
-  """``method="auto"`` is the table's choice for this batch size, visible fraction and
-  temperature, run as that method (same rng, same tokens)."""
-  model, params = trained
-  tokens, visible, order, lengths = _subsample(4)
-  real = np.arange(LENGTH) < lengths[:, None]
-  choice = auto.choose(len(tokens), (visible & real).sum() / real.sum(), 0.2)
-  run = lambda spec: np.asarray(sampling.generate(
-      model, params, tokens, visible, jax.random.key(3), spec=spec, order_BxL=order,
-      length_B=lengths).tokens_BxL)
-  np.testing.assert_array_equal(run(sampling.SamplerSpec("auto", temperature=0.2)), run(choice))
 
 
 def _path(tree, b, node):

@@ -107,20 +107,3 @@ def test_build_drops_nodes_past_the_last_rank():
   tree = tree_lib.build(logq, None, 8, jnp.asarray([4]), jnp.asarray([6]))
   t = jax.tree.map(np.asarray, tree)
   assert t.valid_BxN.any() and (t.depth_BxN[t.valid_BxN] < 2).all()
-
-
-def test_auto_table_choice():
-  """``method="auto"`` reads the committed table: each measured setting maps to its fastest
-  configuration, and a request takes the nearest setting (batch on a log scale first)."""
-  from asarm_jax.sampling.methods import auto  # pylint: disable=g-import-not-at-top
-  entries = auto.load_table()
-  assert {e["batch"] for e in entries} >= {1, 64} and all(
-      e["best"]["method"] in ("sequential", "assd", "assd_fused", "tree") for e in entries)
-  for e in entries:
-    got = auto.choose(e["batch"], e["visible"], e["temperature"])
-    size = got.num_nodes if got.method == "tree" else got.k
-    assert got.method == e["best"]["method"] and size == e["best"]["k"]
-    assert got.temperature == e["temperature"]
-  near = min(entries, key=lambda e: (abs(np.log2(e["batch"]) - np.log2(48)),
-                                     abs(e["visible"] - 0.3), abs(e["temperature"] - 0.25)))
-  assert auto.choose(48, 0.3, 0.25).method == near["best"]["method"]

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asarm_jax.sampling import methods
+from asarm_jax.sampling import cost_model, methods
 from asarm_jax.sampling import queue as queue_lib
 from asarm_jax.sampling import state as state_lib
 from asarm_jax.sampling.methods import auto
@@ -40,12 +40,15 @@ Array = jnp.ndarray
 class Generation:
   """``tokens_BxL``: prompts with every real hidden position filled (padding untouched);
   ``num_calls_B``: network calls counted per row; ``num_generated_B``: tokens generated per
-  row; ``num_network_calls``: network calls the batch made (a scalar: the prefill plus each
-  round's calls, for every row at once, finished rows included)."""
+  row; ``num_network_calls``: network calls the batch made (a scalar: the prefills plus each
+  round's calls, for every row at once, finished rows included); ``rounds_by_size_BxS``:
+  ``auto``'s rounds of each row at each draft size of ``methods.auto.sizes(spec)`` (``B x 0``
+  for the other methods)."""
   tokens_BxL: Array
   num_calls_B: Array
   num_generated_B: Array
   num_network_calls: Array
+  rounds_by_size_BxS: Array
 
 
 def _row_keys(rng: jax.Array, num_rows: int) -> jax.Array:
@@ -58,7 +61,7 @@ def _row_keys(rng: jax.Array, num_rows: int) -> jax.Array:
 
 def _loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int, params: Any,
           tokens_NxL: Array, visible_NxL: Array, order_NxL: Array, length_N: Array,
-          rng: jax.Array, temperature: Array) -> Generation:
+          rng: jax.Array, temperature: Array, round_ms_S: Array | None) -> Generation:
   """The first ``S`` rows' prefill, then rounds (with slots refilled from the queue) until every
   row is finished."""
   method = methods.STRATEGIES[spec.method]
@@ -67,24 +70,26 @@ def _loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int, para
   rows = queue_lib.Rows(tokens_NxL, visible_NxL, order_NxL, length_N,
                         _row_keys(rng, num_rows))
   state, queue = queue_lib.start(net, params, spec, method, use_cache, rows, num_slots,
-                                 temperature)
+                                 dict(temperature=temperature, round_ms_S=round_ms_S))
 
   def unfinished(carry):
     state, queue, _ = carry
     return jnp.any(state_lib.live(state)) | queue_lib.waiting(queue)
 
   def round(carry):
-    state, queue, num_rounds = carry
+    state, queue, num_calls = carry
     if num_slots < num_rows:
       state, queue = queue_lib.refill(net, params, spec, method, use_cache, state, queue)
-    return method.round(net, params, spec, state), queue, num_rounds + 1
+    num_calls += methods.round_calls(method, spec, state)
+    return method.round(net, params, spec, state), queue, num_calls
 
-  state, queue, num_rounds = jax.lax.while_loop(unfinished, round,
-                                                (state, queue, jnp.int32(0)))
-  queue = queue_lib.write_out(queue, state, jnp.ones((num_slots,), bool))
+  state, queue, num_calls = jax.lax.while_loop(unfinished, round,
+                                               (state, queue, jnp.int32(1)))
+  queue = queue_lib.write_out(method, spec, queue, state, jnp.ones((num_slots,), bool))
   return Generation(tokens_BxL=queue.tokens_NxL, num_calls_B=queue.num_calls_N,
                     num_generated_B=queue.num_generated_N,
-                    num_network_calls=1 + queue.num_prefills + num_rounds * method.CALLS_PER_ROUND)
+                    num_network_calls=num_calls + queue.num_prefills,
+                    rounds_by_size_BxS=queue.rounds_by_size_NxS)
 
 
 _serial = itertools.count()
@@ -97,9 +102,9 @@ def _compiled(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
   is in the key so that the loop is traced exactly once per entry, which chex asserts. The
   temperature is a traced argument: changing it never recompiles."""
 
-  def loop(params, tokens_NxL, visible_NxL, order_NxL, length_N, rng, temperature):
+  def loop(params, tokens_NxL, visible_NxL, order_NxL, length_N, rng, temperature, round_ms_S):
     return _loop(net, spec, use_cache, num_slots, params, tokens_NxL, visible_NxL, order_NxL,
-                 length_N, rng, temperature)
+                 length_N, rng, temperature, round_ms_S)
 
   # chex keys its trace counter on the function's name: give each entry its own counter.
   loop.__name__ = f"sample_{spec.tag()}_{next(_serial)}".replace(".", "_")
@@ -182,8 +187,8 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
       draws only from its own key, ``rng[b]`` or else ``fold_in(rng, b)``: its sample never
       depends on ``slots``, on its slot or on the other rows.
     spec: the sampler (:class:`~asarm_jax.sampling.spec.SamplerSpec`). ``method="auto"``
-      takes the fastest exact spec measured for this number of slots, visible fraction and
-      temperature (:mod:`asarm_jax.sampling.methods.auto`).
+      chooses every row's draft size every round from its acceptance so far and the cost model
+      of this machine (:mod:`asarm_jax.sampling.methods.auto`).
     method, k, temperature, depth, ngram: instead of ``spec``, the same settings as loose
       keywords (default ``assd``, ``k=5``, ``temperature=1``, ``depth=6``, ``ngram=2``);
       here ``k`` is the node budget of ``method="tree"``.
@@ -217,12 +222,10 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
   length_B = (jnp.full(shape[:1], shape[1], jnp.int32) if length_B is None else
               _check("length_B", length_B, shape[:1], "iu", "an integer dtype"))
   rng = _row_rng(rng, shape[0])
-  if spec.method == "auto":
-    real_BxL = np.arange(shape[1]) < np.asarray(length_B)[:, None]
-    fraction = float((np.asarray(visible_BxL) & real_BxL).sum() / max(real_BxL.sum(), 1))
-    spec = auto.choose(num_slots, fraction, float(spec.temperature))
+  net = as_network(model)
+  round_ms_S = (cost_model.round_ms(net, auto.sizes(spec), num_slots)
+                if spec.method == "auto" else None)
   order_dtype = jnp.float32 if np.dtype(order_BxL.dtype).kind == "f" else jnp.int32
   args = (params, tokens_BxL.astype(jnp.int32), visible_BxL, order_BxL.astype(order_dtype),
-          length_B.astype(jnp.int32), rng, jnp.float32(spec.temperature))
-  return _compiled(as_network(model), compiled_spec(spec), bool(cache), num_slots,
-                   _signature(args))(*args)
+          length_B.astype(jnp.int32), rng, jnp.float32(spec.temperature), round_ms_S)
+  return _compiled(net, compiled_spec(spec), bool(cache), num_slots, _signature(args))(*args)

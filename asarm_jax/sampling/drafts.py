@@ -74,7 +74,8 @@ def verify(rng_B: jax.Array, block: Block, logp_BxK1xV: Array, num_valid_B: Arra
   conditional) and is always accepted. Draft ``i`` is accepted while
   ``u_i < min(1, p_i(x~_i) / q_i(x~_i))``; the first rejection ``j`` is replaced by a draw from
   ``norm(max(0, p_j - q_j))`` (``p_j`` if that has no mass). If every valid draft is accepted
-  and ``has_bonus_B``, the bonus rank gets a draw from its ``p`` row. Returns the tokens for
+  and ``has_bonus_B``, the bonus rank (``n + num_valid``) gets a draw from its ``p`` row (row
+  ``num_valid``; the rows of a row's block beyond it are not read). Returns the tokens for
   ranks ``n..n+k`` (``B x (k+1)``), how many of them to commit (``B``) and how many drafts
   were accepted (``B``).
   """
@@ -97,7 +98,7 @@ def verify(rng_B: jax.Array, block: Block, logp_BxK1xV: Array, num_valid_B: Arra
   has_mass_Bx1 = residual_BxV.sum(-1, keepdims=True) > 0
   residual_BxV = jnp.where(has_mass_Bx1, residual_BxV, p_BxV)
   residual_B = state_lib.draw(rng_residual_B, jnp.log(residual_BxV))
-  bonus_B = state_lib.draw(rng_bonus_B, logp_BxK1xV[:, k])
+  bonus_B = state_lib.draw(rng_bonus_B, _row(logp_BxK1xV, num_valid_B))
 
   rejected_B = num_accepted_B < num_valid_B
   fix_B = jnp.where(rejected_B, residual_B, bonus_B).astype(drafts_BxK.dtype)

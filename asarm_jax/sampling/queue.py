@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from asarm_jax import ordering
+from asarm_jax.sampling import methods
 from asarm_jax.sampling import state as state_lib
 from asarm_jax.sampling.network import Network
 from asarm_jax.sampling.spec import SamplerSpec
@@ -34,12 +35,13 @@ class Rows:
   length_N: Array
   rng_N: jax.Array
 
-  def state(self, start: Array | int, size: int, temperature: Array) -> State:
-    """The rank-space state of rows ``start..start+size-1``, before any call."""
+  def state(self, start: Array | int, size: int, shared: dict[str, Any]) -> State:
+    """The rank-space state of rows ``start..start+size-1``, before any call, with the
+    fields every row shares (:meth:`State.shared`)."""
     take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, size)
     return state_lib.init_state(take(self.tokens_NxL), take(self.visible_NxL),
                                 take(self.order_NxL), take(self.length_N), take(self.rng_N),
-                                temperature)
+                                **shared)
 
 
 @flax.struct.dataclass
@@ -52,21 +54,25 @@ class Queue:
   tokens_NxL: Array  # int32, position space: each finished row once it is written out.
   num_calls_N: Array
   num_generated_N: Array
+  rounds_by_size_NxS: Array  # the rounds at each draft size (methods.rounds_by_size)
 
 
 def start(net: Network, params: Any, spec: SamplerSpec, method: Any, use_cache: bool,
-          rows: Rows, num_slots: int, temperature: Array) -> tuple[State, Queue]:
+          rows: Rows, num_slots: int, shared: dict[str, Any]) -> tuple[State, Queue]:
   """Rows ``0..S-1`` in the slots, prefilled in one batched call."""
-  state = method.init(net, params, spec, rows.state(0, num_slots, temperature), use_cache)
+  state = method.init(net, params, spec, rows.state(0, num_slots, shared), use_cache)
   num_rows = rows.tokens_NxL.shape[0]
+  num_sizes = methods.rounds_by_size(method, spec, state).shape[1]
   return state, Queue(rows=rows, row_S=jnp.arange(num_slots, dtype=jnp.int32),
                       num_taken=jnp.int32(num_slots), num_prefills=jnp.int32(0),
                       tokens_NxL=rows.tokens_NxL,
                       num_calls_N=jnp.zeros((num_rows,), jnp.int32),
-                      num_generated_N=jnp.zeros((num_rows,), jnp.int32))
+                      num_generated_N=jnp.zeros((num_rows,), jnp.int32),
+                      rounds_by_size_NxS=jnp.zeros((num_rows, num_sizes), jnp.int32))
 
 
-def write_out(queue: Queue, state: State, slot_S: Array) -> Queue:
+def write_out(method: Any, spec: SamplerSpec, queue: Queue, state: State,
+              slot_S: Array) -> Queue:
   """The rows of the slots ``slot_S`` (bool) written to the queue's results."""
   row_S = jnp.where(slot_S, queue.row_S, queue.tokens_NxL.shape[0])  # out of range: dropped.
   put = lambda results, values: results.at[row_S].set(values, mode="drop")
@@ -74,7 +80,9 @@ def write_out(queue: Queue, state: State, slot_S: Array) -> Queue:
       tokens_NxL=put(queue.tokens_NxL,
                      ordering.to_position_space(state.tokens_rank_BxL, state.perm_BxL)),
       num_calls_N=put(queue.num_calls_N, state.num_calls_B),
-      num_generated_N=put(queue.num_generated_N, state.num_target_B - state.num_visible_B))
+      num_generated_N=put(queue.num_generated_N, state.num_target_B - state.num_visible_B),
+      rounds_by_size_NxS=put(queue.rounds_by_size_NxS,
+                             methods.rounds_by_size(method, spec, state)))
 
 
 def waiting(queue: Queue) -> Array:
@@ -84,10 +92,11 @@ def waiting(queue: Queue) -> Array:
 
 def _put(state: State, row: State, slot: Array) -> State:
   """``state`` with slot ``slot`` replaced by the one-row state ``row``."""
-  scalars = dict(temperature=state.temperature)
+  shared = state.shared()
+  unset = {name: None for name in shared}
   merged = jax.tree.map(lambda x_S, x_1: jax.lax.dynamic_update_slice_in_dim(x_S, x_1, slot, 0),
-                        state.replace(temperature=None), row.replace(temperature=None))
-  return merged.replace(**scalars)
+                        state.replace(**unset), row.replace(**unset))
+  return merged.replace(**shared)
 
 
 def refill(net: Network, params: Any, spec: SamplerSpec, method: Any, use_cache: bool,
@@ -103,8 +112,8 @@ def refill(net: Network, params: Any, spec: SamplerSpec, method: Any, use_cache:
     state, queue = carry
     free_S = ~state_lib.live(state)
     slot = jnp.argmax(free_S)
-    queue = write_out(queue, state, jnp.arange(free_S.shape[0]) == slot)
-    row = method.init(net, params, spec, queue.rows.state(queue.num_taken, 1, state.temperature),
+    queue = write_out(method, spec, queue, state, jnp.arange(free_S.shape[0]) == slot)
+    row = method.init(net, params, spec, queue.rows.state(queue.num_taken, 1, state.shared()),
                       use_cache)
     return _put(state, row, slot), queue.replace(
         row_S=queue.row_S.at[slot].set(queue.num_taken), num_taken=queue.num_taken + 1,

@@ -18,7 +18,7 @@ METHODS = ("sequential", "parallel", "assd", "assd_fused", "tree", "auto")
 FIELDS = ("method", "k", "num_nodes", "depth", "ngram", "temperature")
 # The size settings each method reads besides the temperature (the others read ``k``), and
 # how describe() and tag() write each one.
-_SIZES = {"sequential": (), "auto": (), "tree": ("num_nodes", "depth", "ngram")}
+_SIZES = {"sequential": (), "tree": ("num_nodes", "depth", "ngram")}
 _NAMES = {"k": ("k", "k"), "num_nodes": ("N", "n"), "depth": ("D", "d"), "ngram": ("ngram", "g")}
 
 
@@ -36,9 +36,9 @@ class SamplerSpec:
       tokens per call, NOT exact), ``"assd"`` (``k`` drafts; a density and a draft call per
       round), ``"assd_fused"`` (one call per round verifies the block and drafts the next),
       ``"tree"`` (one call per round walks a tree of ``num_nodes`` candidates with exact
-      draws) or ``"auto"`` (the measured fastest exact spec for the batch, see
-      :mod:`asarm_jax.sampling.methods.auto`).
-    k: drafts per round (``parallel``, ``assd``, ``assd_fused``).
+      draws) or ``"auto"`` (ASSD whose draft size, at most ``k``, each row chooses every
+      round, see :mod:`asarm_jax.sampling.methods.auto`).
+    k: drafts per round (``parallel``, ``assd``, ``assd_fused``; the largest for ``auto``).
     num_nodes: the tree's node budget N (``tree``; at most ``MAX_TREE_NODES``).
     depth: the tree's depth D: draft rows per node; at most D + 1 tokens per call (``tree``).
     ngram: the prompt-lookup match length that adds a candidate chain to the tree; 0 is off.

@@ -33,10 +33,16 @@ class State:
   temperature: Array  # float32 scalar; 0 is greedy.
   cache: Any  # None: every call recomputes all content rows.
   carry: Any = None  # the method's own state (pending drafts, a candidate tree, ...).
+  round_ms_S: Any = None  # auto: the cost model's ms of a round at each draft size (shared).
+
+  def shared(self) -> dict[str, Any]:
+    """The fields that are the same for every row (not indexed by row)."""
+    return dict(temperature=self.temperature, round_ms_S=self.round_ms_S)
 
 
 def init_state(tokens_BxL: Array, visible_BxL: Array, order_BxL: Array, length_B: Array,
-               rng_B: jax.Array, temperature: Array | float = 1.0, cache: Any = None) -> State:
+               rng_B: jax.Array, temperature: Array | float = 1.0, cache: Any = None,
+               round_ms_S: Array | None = None) -> State:
   """Rank-space state before any token is generated; positions ``>= length_B`` are padding.
 
   Padding is neither prompt nor target: it gets the ranks after every hidden position, so the
@@ -55,7 +61,8 @@ def init_state(tokens_BxL: Array, visible_BxL: Array, order_BxL: Array, length_B
                num_target_B=real_BxL.sum(-1).astype(jnp.int32),
                num_calls_B=jnp.zeros((batch,), jnp.int32),
                num_cached_B=jnp.zeros((batch,), jnp.int32), rng_B=rng_B,
-               temperature=jnp.asarray(temperature, jnp.float32), cache=cache)
+               temperature=jnp.asarray(temperature, jnp.float32), cache=cache,
+               round_ms_S=round_ms_S)
 
 
 def live(state: State) -> Array:
@@ -110,11 +117,22 @@ def split(rng_B: jax.Array, num: int) -> tuple[jax.Array, ...]:
   return tuple(keys_BxN[:, i] for i in range(num))
 
 
-def draw(rng_B: jax.Array, logp_BxKxV: Array) -> Array:
-  """One token per row of ``logp`` (int32 ``B x ...``), row ``b`` from its key ``rng_B[b]``."""
-  return jax.vmap(jax.random.categorical)(rng_B, logp_BxKxV).astype(jnp.int32)
+def _keys(rng_B: jax.Array, num: int) -> jax.Array:
+  """``B x num`` keys: ``fold_in(rng_B[b], i)``, so draw ``i`` of a row never depends on how
+  many draws the call makes."""
+  index_N = jnp.arange(num, dtype=jnp.uint32)
+  return jax.vmap(lambda key: jax.vmap(lambda i: jax.random.fold_in(key, i))(index_N))(rng_B)
+
+
+def draw(rng_B: jax.Array, logp_BxV_or_BxKxV: Array) -> Array:
+  """One token per row of ``logp`` (int32 ``B`` or ``B x K``): row ``b`` from its key
+  ``rng_B[b]``, its ``i``-th of ``K`` from ``fold_in(rng_B[b], i)``."""
+  if logp_BxV_or_BxKxV.ndim == 2:
+    return jax.vmap(jax.random.categorical)(rng_B, logp_BxV_or_BxKxV).astype(jnp.int32)
+  keys_BxK = _keys(rng_B, logp_BxV_or_BxKxV.shape[1])
+  return jax.vmap(jax.vmap(jax.random.categorical))(keys_BxK, logp_BxV_or_BxKxV).astype(jnp.int32)
 
 
 def uniform(rng_B: jax.Array, num: int) -> Array:
-  """float32 ``B x num`` in ``[0, 1)``, row ``b`` from its key ``rng_B[b]``."""
-  return jax.vmap(lambda key: jax.random.uniform(key, (num,)))(rng_B)
+  """float32 ``B x num`` in ``[0, 1)``; entry ``(b, i)`` from ``fold_in(rng_B[b], i)``."""
+  return jax.vmap(jax.vmap(jax.random.uniform))(_keys(rng_B, num))

@@ -1,0 +1,123 @@
+"""``method="auto"``: the draft size chosen per row and round, and the cost model it reads.
+
+The chi-square runs ``auto_k4`` (calls as the cost) are in ``test_exactness.py`` (analytic
+joint) and ``test_sampling.py`` (network), and auto's rows are checked independent of slots and
+neighbours in ``test_continuous_batching.py``. Here: with a cost under which the best size
+depends on the acceptance, rows switch sizes and the samples still follow the sequential
+joint; the limits (drafting never pays: sequential; drafting is free: always the largest
+size); the choice rule; the cost file.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asarm_jax import sampling
+from asarm_jax.sampling import cost_model
+from asarm_jax.sampling.methods import auto
+from tests import analytic_joint
+from tests.sampling_cases import (ALPHA, GROUPS, LENGTH, NUM_SPECIAL, VOCAB, batch,
+                                  check_prompt_padding_and_calls, hidden_in_order, p_values)
+
+NET = analytic_joint.MixtureOfChains(LENGTH, VOCAB, NUM_SPECIAL)
+PARAMS = analytic_joint.random_params(0, LENGTH, VOCAB)
+SIZES = auto.sizes(sampling.SamplerSpec("auto", k=4))  # (1, 2, 3, 4)
+
+
+def _with_cost(tmp_path, monkeypatch, round_ms_S) -> None:
+  """A cost file for the analytic network: the same ms at every batch size."""
+  monkeypatch.setenv("ASARM_JAX_CACHE_DIR", str(tmp_path))
+  cost_model.save(NET, {"batch_sizes": [1, 1 << 20], "sizes": list(SIZES),
+                        "round_ms": [list(round_ms_S)] * 2})
+
+
+def _generate(rows: slice = slice(None), seed: int = 7, temperature: float = 1.0):
+  tokens, visible, order, lengths = (x[rows] for x in batch())
+  return jax.tree.map(np.asarray, sampling.generate(
+      NET, PARAMS, tokens, visible, jax.random.key(seed), method="auto", k=4,
+      temperature=temperature, order_BxL=order, length_B=lengths))
+
+
+def test_sizes():
+  assert SIZES == (1, 2, 3, 4)
+  assert auto.sizes(sampling.SamplerSpec("auto", k=10)) == (1, 2, 3, 5, 8, 10)
+  assert auto.sizes(sampling.SamplerSpec("auto", k=1)) == (1,)
+
+
+def test_switching_sizes_within_rows_keeps_the_sequential_joint(tmp_path, monkeypatch):
+  """Under this cost a block of 2 pays only above acceptance 0.6, so rows switch between
+  drafting and sequential steps as their acceptance moves; the samples of every group still
+  pass the chi-square test against the brute-force sequential joint."""
+  _with_cost(tmp_path, monkeypatch, (1.0, 2.6, 3.0, 3.3))
+  gen = _generate()
+  rounds_BxS = gen.rounds_by_size_BxS
+  assert ((rounds_BxS[:, 0] > 0) & (rounds_BxS[:, 1:].sum(1) > 0)).mean() > 0.05
+  check_prompt_padding_and_calls(gen, "auto_k4")
+  table = analytic_joint.table(PARAMS)
+  joints = {}
+  for name, group in GROUPS.items():
+    known = {pos: tok - NUM_SPECIAL for pos, tok in group[0].items()}
+    joints[name] = analytic_joint.sequential_joint(table, known, hidden_in_order(group),
+                                                   (1.0,))[1.0]
+  p = p_values(gen, joints)
+  assert all(value > ALPHA for value in p.values()), p
+
+
+def test_where_drafting_never_pays_auto_is_sequential(tmp_path, monkeypatch):
+  _with_cost(tmp_path, monkeypatch, (1.0, 100.0, 100.0, 100.0))
+  gen = _generate(slice(None, None, 500))
+  np.testing.assert_array_equal(gen.num_calls_B, gen.num_generated_B)
+  np.testing.assert_array_equal(gen.rounds_by_size_BxS[:, 1:], 0)
+  np.testing.assert_array_equal(gen.rounds_by_size_BxS[:, 0], gen.num_generated_B)
+
+
+def test_where_drafting_is_free_auto_drafts_the_most_it_can(tmp_path, monkeypatch):
+  """Every round then takes the largest size that the tokens left can use: 4, or all of them
+  (the expected tokens are capped at the tokens left, and ties go to the smaller size)."""
+  _with_cost(tmp_path, monkeypatch, (1.0, 1.0, 1.0, 1.0))
+  gen = _generate(slice(None, None, 500))
+  rounds_BxS, hidden_B = gen.rounds_by_size_BxS, gen.num_generated_B
+  # A block of k >= 2 commits at least 2 tokens, so a sequential step is taken only for a
+  # row's last token: at most one per row, and none while 2 or more are left.
+  assert (rounds_BxS[:, 0] <= 1).all()
+  assert (rounds_BxS[hidden_B >= 2, 1:].sum(1) >= 1).all()
+  assert (rounds_BxS[hidden_B == 1] == [1, 0, 0, 0]).all()
+  # With 4 or more left, the largest size: a row's first round (h >= 4) is at size 4.
+  assert (rounds_BxS[hidden_B >= 4, 3] >= 1).all()
+
+
+def test_choose_maximises_expected_tokens_per_ms():
+  acceptance_BxD = jnp.asarray([[0.9, 0.9, 0.9], [0.1, 0.1, 0.1], [0.9, 0.9, 0.9]])
+  left_B = jnp.asarray([10, 10, 2])
+  round_ms_S = jnp.asarray([1.0, 2.2, 2.4, 2.6])
+  # E(1) = 1; E(k) = 1 + a + a^2 + ... (k - 1 terms) + 1, capped at the tokens left.
+  want = []
+  for a, left in ((0.9, 10), (0.1, 10), (0.9, 2)):
+    tokens = [min(1.0 if k == 1 else 2 + sum(a ** j for j in range(1, k)), left)
+              for k in SIZES]
+    want.append(int(np.argmax(np.asarray(tokens) / np.asarray(round_ms_S))))
+  assert want == [3, 0, 0]
+  np.testing.assert_array_equal(auto.choose(SIZES, acceptance_BxD, left_B, round_ms_S), want)
+
+
+def test_the_cost_file_is_read_interpolated_and_falls_back_to_calls(tmp_path, monkeypatch):
+  monkeypatch.setenv("ASARM_JAX_CACHE_DIR", str(tmp_path))
+  np.testing.assert_array_equal(cost_model.round_ms(NET, SIZES, 8), [1, 2, 2, 2])  # no file
+  written = cost_model.save(NET, {"batch_sizes": [1, 64], "sizes": [1, 2, 3, 4],
+                                  "round_ms": [[1, 2, 3, 4], [7, 8, 9, 10]]})
+  assert written == cost_model.path(NET) and written.startswith(str(tmp_path))
+  np.testing.assert_allclose(cost_model.round_ms(NET, SIZES, 1), [1, 2, 3, 4])
+  np.testing.assert_allclose(cost_model.round_ms(NET, SIZES, 8), [4, 5, 6, 7])  # log2: halfway
+  np.testing.assert_allclose(cost_model.round_ms(NET, SIZES, 512), [7, 8, 9, 10])
+  np.testing.assert_array_equal(cost_model.round_ms(NET, (1, 5), 8), [1, 2])  # 5 not measured
+  other = analytic_joint.MixtureOfChains(LENGTH + 1, VOCAB, NUM_SPECIAL)
+  assert cost_model.path(other) != written
+
+
+def test_the_choices_are_described_in_one_line():
+  spec = sampling.SamplerSpec("auto", k=4)
+  want = "draft sizes 1: 30%, 3: 10%, 4: 60% of 10 rounds"
+  assert auto.describe_choices(spec, [3, 0, 1, 6]) == want
+  assert auto.describe_choices(spec, [0, 0, 0, 0]) == "draft sizes none of 0 rounds"
