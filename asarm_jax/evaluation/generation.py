@@ -28,9 +28,8 @@ from typing import Any, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-import tqdm
 
-from asarm_jax import sampling
+from asarm_jax import run_io, sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +153,7 @@ def generate_rows(model: nn.Module, params: Any, rows: Sequence[Row], path: str,
   size = rows_per_dispatch or dispatch_size(len(todo), batch_size)
   slots = min(batch_size, size)
   totals = {"calls": 0, "generated": 0}
-  with open(path, "a", encoding="utf-8") as f, tqdm.tqdm(total=len(todo), desc=desc,
-                                                          unit="row") as bar:
+  with open(path, "a", encoding="utf-8") as f, run_io.bar(len(todo), desc, "row") as bar:
 
     def save(part: Sequence[Row], out: sampling.Generation) -> None:
       filled, calls, generated = jax.device_get((out.tokens_BxL, out.num_calls_B,
