@@ -34,12 +34,13 @@ class Variant(NamedTuple):
 
 
 def variants(ecfg: ml_collections.ConfigDict, spec: sampling.SamplerSpec) -> list[Variant]:
-  """``parallel`` once per ``eval.gen_parallel_ks``, every other method of ``eval.gen_methods``
-  once with the settings of ``spec`` (its method replaced)."""
+  """``parallel`` and ``mdlm`` (tokens per call: their number of calls) once per
+  ``eval.gen_parallel_ks``, every other method of ``eval.gen_methods`` once with the settings of
+  ``spec`` (its method replaced)."""
   specs = []
   for method in ecfg.gen_methods:
     specs += ([spec.replace(method=method, k=k) for k in ecfg.gen_parallel_ks]
-              if method == "parallel" else [spec.replace(method=method)])
+              if method in ("parallel", "mdlm") else [spec.replace(method=method)])
   size = lambda s: {"sequential": "", "tree": f"(N={s.num_nodes})"}.get(s.method, f"(k={s.k})")
   return [Variant(s.method + size(s), s) for s in specs]
 

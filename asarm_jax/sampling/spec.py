@@ -14,7 +14,7 @@ import numpy as np
 
 from asarm_jax.masks import MAX_TREE_NODES
 
-METHODS = ("sequential", "parallel", "assd", "assd_fused", "tree", "auto")
+METHODS = ("sequential", "parallel", "assd", "assd_fused", "tree", "auto", "mdlm")
 FIELDS = ("method", "k", "num_nodes", "depth", "ngram", "temperature")
 # The size settings each method reads besides the temperature (the others read ``k``), and
 # how describe() and tag() write each one.
@@ -37,8 +37,11 @@ class SamplerSpec:
       round), ``"assd_fused"`` (one call per round verifies the block and drafts the next),
       ``"tree"`` (one call per round walks a tree of ``num_nodes`` candidates with exact
       draws) or ``"auto"`` (ASSD whose draft size, at most ``k``, each row chooses every
-      round, see :mod:`asarm_jax.sampling.methods.auto`).
-    k: drafts per round (``parallel``, ``assd``, ``assd_fused``; the largest for ``auto``).
+      round, see :mod:`asarm_jax.sampling.methods.auto`), or ``"mdlm"`` (a masked-diffusion
+      model's ancestral sampler: ``k`` tokens per call in a random order, NOT exact for an
+      AS-ARM; :mod:`asarm_jax.sampling.methods.mdlm`).
+    k: drafts per round (``parallel``, ``assd``, ``assd_fused``; the largest for ``auto``;
+      tokens per call for ``mdlm``).
     num_nodes: the tree's node budget N (``tree``; at most ``MAX_TREE_NODES``).
     depth: the tree's depth D: draft rows per node; at most D + 1 tokens per call (``tree``).
     ngram: the prompt-lookup match length that adds a candidate chain to the tree; 0 is off.

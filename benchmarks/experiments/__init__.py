@@ -1,8 +1,8 @@
 """Experiments as Python configs, run in stages by ``python -m benchmarks experiment NAME``.
 
-Each experiment module (``headline``, ``causal_lm``, ``recipe``) has ``KNOBS`` (its settings,
+Each experiment module (``headline``, ``causal_lm``, ``mdlm_baseline``, ``recipe``) has ``KNOBS`` (its settings,
 overridable with ``--set KEY=VALUE``) and ``build(knobs, runs) -> list[Stage]``; the stages are
 built from the commands of :mod:`benchmarks.experiments.stages`.
 """
 
-EXPERIMENTS = ("headline", "causal_lm", "recipe")
+EXPERIMENTS = ("headline", "causal_lm", "mdlm_baseline", "recipe")

@@ -18,10 +18,10 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from asarm_jax.sampling.methods import assd, assd_fused, auto, sequential, tree
+from asarm_jax.sampling.methods import assd, assd_fused, auto, mdlm, sequential, tree
 
 STRATEGIES = {"sequential": sequential, "parallel": sequential, "assd": assd,
-              "assd_fused": assd_fused, "tree": tree, "auto": auto}
+              "assd_fused": assd_fused, "tree": tree, "auto": auto, "mdlm": mdlm}
 
 
 def round_calls(method: Any, spec: Any, state: Any) -> jnp.ndarray:
