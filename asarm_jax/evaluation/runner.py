@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import ml_collections
 
