@@ -85,7 +85,7 @@ def _loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int, para
 
   state, queue, num_calls = jax.lax.while_loop(unfinished, round,
                                                (state, queue, jnp.int32(1)))
-  queue = queue_lib.write_out(method, spec, queue, state, jnp.ones((num_slots,), bool))
+  queue = queue_lib.write_out(method, spec, queue, state, jnp.arange(num_slots))
   return Generation(tokens_BxL=queue.tokens_NxL, num_calls_B=queue.num_calls_N,
                     num_generated_B=queue.num_generated_N,
                     num_network_calls=num_calls + queue.num_prefills,

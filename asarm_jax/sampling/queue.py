@@ -72,17 +72,18 @@ def start(net: Network, params: Any, spec: SamplerSpec, method: Any, use_cache: 
 
 
 def write_out(method: Any, spec: SamplerSpec, queue: Queue, state: State,
-              slot_S: Array) -> Queue:
-  """The rows of the slots ``slot_S`` (bool) written to the queue's results."""
-  row_S = jnp.where(slot_S, queue.row_S, queue.tokens_NxL.shape[0])  # out of range: dropped.
-  put = lambda results, values: results.at[row_S].set(values, mode="drop")
+              slots_K: Array) -> Queue:
+  """The rows of the slots ``slots_K`` (int) written to the queue's results."""
+  take = lambda x_S: x_S[slots_K]
+  put = lambda results, values: results.at[take(queue.row_S)].set(values)
   return queue.replace(
-      tokens_NxL=put(queue.tokens_NxL,
-                     ordering.to_position_space(state.tokens_rank_BxL, state.perm_BxL)),
-      num_calls_N=put(queue.num_calls_N, state.num_calls_B),
-      num_generated_N=put(queue.num_generated_N, state.num_target_B - state.num_visible_B),
+      tokens_NxL=put(queue.tokens_NxL, ordering.to_position_space(take(state.tokens_rank_BxL),
+                                                                  take(state.perm_BxL))),
+      num_calls_N=put(queue.num_calls_N, take(state.num_calls_B)),
+      num_generated_N=put(queue.num_generated_N,
+                          take(state.num_target_B) - take(state.num_visible_B)),
       rounds_by_size_NxS=put(queue.rounds_by_size_NxS,
-                             methods.rounds_by_size(method, spec, state)))
+                             take(methods.rounds_by_size(method, spec, state))))
 
 
 def waiting(queue: Queue) -> Array:
@@ -110,9 +111,8 @@ def refill(net: Network, params: Any, spec: SamplerSpec, method: Any, use_cache:
 
   def take_next(carry: tuple[State, Queue]) -> tuple[State, Queue]:
     state, queue = carry
-    free_S = ~state_lib.live(state)
-    slot = jnp.argmax(free_S)
-    queue = write_out(method, spec, queue, state, jnp.arange(free_S.shape[0]) == slot)
+    slot = jnp.argmax(~state_lib.live(state))
+    queue = write_out(method, spec, queue, state, slot[None])
     row = method.init(net, params, spec, queue.rows.state(queue.num_taken, 1, state.shared()),
                       use_cache)
     return _put(state, row, slot), queue.replace(
