@@ -84,17 +84,20 @@ def hold(workdir: str, what: str) -> Iterator[None]:
   removed, and so is the workdir if this call created it and it is empty."""
   created = not os.path.isdir(workdir)
   path = os.path.join(workdir, LOCK_NAME)
-  fd = None
+  fd, error = None, None
   try:
     if jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
       try:
+        os.makedirs(workdir, exist_ok=True)
         fd = _acquire(path)
+        _write_holder(fd, what)
       except BlockingIOError:  # another process holds it
         pass
-      else:
-        _write_holder(fd, what)
-    if not _agreed(fd is not None):
+      except OSError as e:  # raised once every process has the answer
+        error = e
+    if not _agreed(fd is not None and error is None):
+      if error is not None:
+        raise error
       raise _busy(workdir) if jax.process_index() == 0 else WorkdirBusy(
           f"{workdir} is in use by another command (process 0 could not lock it).")
     yield
