@@ -49,7 +49,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
       gen_num_prompts=32,
       gen_visible_fraction=0.05,
       gen_methods=("sequential", "assd", "parallel"),  # the first is the t-test baseline
-      gen_parallel_ks=(2, 4, 8),  # k values of "parallel"; other methods use `k`
+      gen_parallel_ks=(2, 4, 8),  # k values of "parallel" and "mdlm"; other methods use `k`
       # Held-out density.
       density_fractions=(0.0, 0.05, 0.25, 0.5),
       density_batches=4,         # held-out batches of density and draft_acceptance

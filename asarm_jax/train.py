@@ -92,18 +92,6 @@ def _with_nan_steps(compute_loss: Callable, steps: tuple[int, ...]) -> Callable:
   return poisoned
 
 
-def make_eval_step(model: nn.Module, fractions: tuple[float, ...]) -> Callable:
-  """``(params, tokens_BxL) -> {bits_per_token@f}``: held-out joint loss at fixed fractions."""
-  def eval_step(params, tokens_BxL):
-    out = {}
-    for i, fraction in enumerate(fractions):
-      _, metrics = objectives.joint_loss(model, params, tokens_BxL, jax.random.PRNGKey(i),
-                                         fraction_range=(fraction, fraction))
-      out[f"bits_per_token@{fraction:g}"] = metrics["bits_per_token"]
-    return out
-  return eval_step
-
-
 def gathered_data_state(iterator: Any) -> dict:
   """Every process's data position, ``{"processes": [state of process 0, 1, ...]}`` (each
   process reads its own shard, so each has its own position; states are dicts of equally long
@@ -191,7 +179,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   train_step = jax.jit(run_io.with_stop_vote(make_train_step(model, tx, config)),
                        in_shardings=(state_sharding, batched, replicated, batched),
                        out_shardings=(state_sharding, replicated, replicated), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model, tuple(config.train.eval_fractions)),
+  eval_step = jax.jit(objectives.heldout_step(model, config.objective,
+                                              tuple(config.train.eval_fractions)),
                       in_shardings=(state_sharding.params, batched), out_shardings=replicated)
   heldout = [sharding.global_batch(mesh, b) for b in data.heldout_batches(
       config.data, tokenizer, data_dir, batch_size=local_batch,

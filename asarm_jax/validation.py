@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from asarm_jax import models, optim, sharding
+from asarm_jax import models, objectives, optim, sharding
 from asarm_jax.data import builders
 from asarm_jax.sampling.spec import SamplerSpec
 
@@ -172,6 +172,7 @@ def validate_config(config: ml_collections.ConfigDict, mode: str = "train") -> N
   _check_data(config.data)
   _check_fractions(config)
   _one_of("optim.schedule", config.optim.schedule, optim.SCHEDULES)
+  _one_of("objective.kind", config.objective.kind, objectives.KINDS)
   _check_sampler(config.sample)
   if mode == "sample" and not (config.sample.prompt or config.sample.prompt_file):
     raise ValueError("sample.prompt='': expected text with <mask:N> spans (or set "

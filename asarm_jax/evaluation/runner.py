@@ -37,7 +37,8 @@ def _density(ctx: Context) -> dict:
   batches = data.heldout_batches(ctx.config.data, ctx.loaded.tokenizer, ctx.data_dir,
                                  batch_size=ecfg.batch_size, num_batches=ecfg.density_batches)
   return density_eval.evaluate(ctx.loaded.model, ctx.loaded.params, batches,
-                               ecfg.density_fractions, ecfg.seed)
+                               ecfg.density_fractions, ecfg.seed,
+                               orders=density_eval.orders_for(ctx.loaded.config.objective.kind))
 
 
 def _draft_acceptance(ctx: Context) -> dict:
