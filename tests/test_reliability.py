@@ -523,3 +523,15 @@ def test_init_from_a_workdir_starts_from_its_weights(trained, tmp_path):
   for got, want in zip(jax.tree_util.tree_leaves(run.params),
                        jax.tree_util.tree_leaves(source.params)):
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_sample_with_auto_says_which_draft_sizes_it_chose(trained, capsys):
+  """``--mode=sample`` with ``sample.method=auto`` reports, per prompt, the share of its rounds
+  at each draft size (issue 38's last case)."""
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  config.sample.update(method="auto", k=3, prompt="def f(x):\n<mask:6>\n    return x\n")
+  results = inference.sample_prompts(config, workdir)
+  report = capsys.readouterr().out.split("\n--- ")[1]
+  assert report.startswith("auto k=3 T=1: 6 tokens in ") and "; draft sizes " in report
+  assert report.rstrip().endswith(" rounds") and results[0]["num_generated"] == 6
