@@ -34,7 +34,8 @@ class TreeRows(NamedTuple):
 def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
          num_visible_B: Array, target_rank_BxK: Array, target_valid_BxK: Array,
          num_decoded: Array | None = None, *, cache: Cache | None = None,
-         content_rank_BxR: Array | None = None, tree: TreeRows | None = None):
+         content_rank_BxR: Array | None = None, tree: TreeRows | None = None,
+         head: bool = True):
   """Logits ``B x K x V`` for target ranks, with rows already gathered into rank space.
 
   Args:
@@ -52,6 +53,8 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
       (a cache may have more slots than it needs, e.g. rounded to the kernel's key blocks).
     tree: optional :class:`TreeRows` (needs ``cache`` with ``S = L + N`` and ``num_decoded``
       of shape ``B``): its N content rows are computed after the ``content_rank_BxR`` rows.
+    head: ``False`` returns the query rows' features ``B x K x D`` instead of the logits;
+      :func:`head` turns any subset of them into logits.
   """
   batch, length = tokens_rank_BxL.shape
   if cache is None:
@@ -68,7 +71,8 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
   positions_BxR = jnp.take_along_axis(perm_BxL, safe_rank_BxR, 1)
   if cache is None:
     visibility = masks.Visibility(jnp.concatenate(limits, 1), key_rank_BxS)
-    return model.apply(params, tokens_BxR, positions_BxR, target_positions, visibility)
+    return model.apply(params, tokens_BxR, positions_BxR, target_positions, visibility,
+                       head=head)
   slots_BxR = jnp.where(content_rank_BxR < length, content_rank_BxR, num_slots)
   nodes = {}
   if tree is not None:
@@ -91,4 +95,10 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
     slots_BxR = jnp.concatenate([slots_BxR, length + node_BxN], 1)
   visibility = masks.Visibility(jnp.concatenate(limits, 1), key_rank_BxS, **nodes)
   return model.apply(params, tokens_BxR, positions_BxR, target_positions, visibility,
-                     cache=cache, cache_slots_BxL=slots_BxR)
+                     cache=cache, cache_slots_BxL=slots_BxR, head=head)
+
+
+def head(model: nn.Module, params: Any, features_BxKxD: Array) -> Array:
+  """The model's output head on features of :func:`call` with ``head=False``: float32 logits
+  ``B x K x V``, equal to those of the call with ``head=True``."""
+  return model.apply(params, features_BxKxD, method="logits")

@@ -101,7 +101,8 @@ class MixtureOfChains:
 
   def __call__(self, params: Any, tokens_rank_BxL, perm_BxL, num_visible_B, target_rank_BxK,
                target_valid_BxK, num_decoded=None, *, cache=None, content_rank_BxR=None,
-               tree: forward.TreeRows | None = None):
+               tree: forward.TreeRows | None = None, head: bool = True):
+    """The conditionals as logits; ``head`` changes nothing (the features are the logits)."""
     batch, length = tokens_rank_BxL.shape
     if cache is None:
       slot_tokens_BxS, slot_positions_BxS = tokens_rank_BxL, perm_BxL
@@ -146,6 +147,10 @@ class MixtureOfChains:
     logits = jnp.concatenate([jnp.zeros(logp_BxKxV.shape[:2] + (self.num_special_tokens,)),
                               logp_BxKxV], -1)
     return logits if cache is None else (logits, cache)
+
+  def head(self, params: Any, features_BxKxV: Any) -> Any:
+    """The identity: :meth:`__call__` returns logits as its features."""
+    return features_BxKxV
 
   def _conditionals(self, params, sees_BxKxS, slot_tokens_BxS, slot_positions_BxS,
                     target_position_BxK):

@@ -189,7 +189,10 @@ class TwoStreamTransformer(nn.Module):
   Returns float32 ``logits_BxKxV`` for the K target rows. With ``cache`` (from
   :meth:`init_cache`) the ``L`` content rows may be just the new ones: their keys/values are
   written at ``cache_slots_BxL``, the keys are the cache's slots, and the call returns
-  ``(logits, new_cache)``. Initialise with
+  ``(logits, new_cache)``. With ``head=False`` it returns the query rows' final features
+  ``g_BxKxD`` (after ``ln_final``) instead of the logits; :meth:`logits` applies the head to
+  them (``model.apply(params, g, method=TwoStreamTransformer.logits)``), so a caller can run
+  the head only on the rows it uses. Initialise with
   ``model.init(rng, *example_inputs(batch, length, num_targets))``.
   """
   # Every field is a key of config.model; its default lives in asarm_jax.config_base only.
@@ -213,11 +216,10 @@ class TwoStreamTransformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxL: Array, positions_BxL: Array, target_positions_BxK: Array,
                visibility: masks.Visibility, cache: Cache | None = None,
-               cache_slots_BxL: Array | None = None):
+               cache_slots_BxL: Array | None = None, head: bool = True):
     batch, length = tokens_BxL.shape
     num_targets = target_positions_BxK.shape[1]
-    embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=nn.initializers.normal(0.02),
-                     dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
+    embed = self._embed()
     mask_embedding = self.param("mask_embedding", nn.initializers.normal(0.02),
                                 (self.d_model,), self.param_dtype)
     g_BxKxD = jnp.broadcast_to(mask_embedding.astype(self.dtype),
@@ -244,14 +246,27 @@ class TwoStreamTransformer(nn.Module):
 
     g_BxKxD = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
                            name="ln_final")(x_BxTxD[:, length:])
-    if self.tie_embeddings:
-      logits = embed.attend(g_BxKxD)
-    else:
-      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
-                        param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(0.02),
-                        name="head")(g_BxKxD)
-    logits = logits.astype(jnp.float32)
-    return logits if cache is None else (logits, Cache(key_positions_BxS, tuple(new_layers)))
+    out = (_head_logits(embed if self.tie_embeddings else self._head(), g_BxKxD) if head
+           else g_BxKxD)
+    return out if cache is None else (out, Cache(key_positions_BxS, tuple(new_layers)))
+
+  def logits(self, g_BxKxD: Array) -> Array:
+    """The head of :meth:`__call__` on its ``head=False`` features ``g_BxKxD``: float32
+    ``logits_BxKxV``, from the same parameters (the tied ``embed`` or the ``head`` Dense)."""
+    module = self._embed(parent=None) if self.tie_embeddings else self._head(parent=None)
+    bound = module.bind({"params": self.variables["params"][module.name]})
+    return _head_logits(bound, g_BxKxD)
+
+  def _embed(self, **parent: Any) -> nn.Embed:
+    """The word embedding ``embed`` (also the head when tied)."""
+    return nn.Embed(self.vocab_size, self.d_model, embedding_init=nn.initializers.normal(0.02),
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="embed", **parent)
+
+  def _head(self, **parent: Any) -> nn.Dense:
+    """The untied output head ``head``."""
+    return nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
+                    param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(0.02),
+                    name="head", **parent)
 
   def init_cache(self, batch: int, length: int) -> Cache:
     """An empty rank-indexed KV cache: per layer, keys and values ``B x S x N x H``.
@@ -266,6 +281,12 @@ class TwoStreamTransformer(nn.Module):
     return Cache(jnp.zeros((batch, length), jnp.int32),
                  tuple(LayerCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
                        for _ in range(self.num_layers)))
+
+
+def _head_logits(head: nn.Embed | nn.Dense, g_BxKxD: Array) -> Array:
+  """Float32 logits of a bound head: the embedding's ``attend`` (tied) or the Dense."""
+  logits = head.attend(g_BxKxD) if isinstance(head, nn.Embed) else head(g_BxKxD)
+  return logits.astype(jnp.float32)
 
 
 def example_inputs(batch: int, length: int, num_targets: int) -> tuple[Any, ...]:

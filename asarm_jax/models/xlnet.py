@@ -58,6 +58,11 @@ ACTIVATIONS = {"gelu": lambda x: nn.gelu(x, approximate=False),  # HF "gelu": ex
                "relu": nn.relu}
 
 
+def _head_logits(embed: nn.Embed, head_bias_V: Array, g_BxKxD: Array) -> Array:
+  """Float32 logits of the tied head with its bias (``embed`` bound)."""
+  return (embed.attend(g_BxKxD) + head_bias_V).astype(jnp.float32)
+
+
 def relative_encoding(max_len: int, d_model: int, clamp_len: int) -> Array:
   """HF's sinusoidal encoding of the distances ``-(max_len - 1) .. max_len - 1``, in that
   order: float32 ``(2 max_len - 1) x D``, ``[sin(d w), cos(d w)]``, ``w = 10000^(-2i/D)``."""
@@ -154,9 +159,10 @@ class XLNetTransformer(nn.Module):
   """XLNet as an any-subset two-stream model: the call of ``TwoStreamTransformer``.
 
   ``tokens_BxL``, ``positions_BxL``, ``target_positions_BxK``, ``visibility`` (and optionally
-  ``cache``, ``cache_slots_BxL``) as there; returns
-  float32 ``logits_BxKxV``, or ``(logits, new_cache)`` with a cache. Positions must be
-  ``< max_len``.
+  ``cache``, ``cache_slots_BxL``, ``head``) as there; returns
+  float32 ``logits_BxKxV``, or ``(logits, new_cache)`` with a cache. With ``head=False`` the
+  logits are replaced by the query rows' final features ``g_BxKxD`` (what the tied head
+  reads), and :meth:`logits` applies the head to them. Positions must be ``< max_len``.
   """
   vocab_size: int
   num_layers: int
@@ -177,12 +183,11 @@ class XLNetTransformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxL: Array, positions_BxL: Array, target_positions_BxK: Array,
                visibility: masks.Visibility, cache: Cache | None = None,
-               cache_slots_BxL: Array | None = None):
+               cache_slots_BxL: Array | None = None, head: bool = True):
     batch, length = tokens_BxL.shape
     num_targets = target_positions_BxK.shape[1]
     init = nn.initializers.normal(0.02)
-    embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=init, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="embed")
+    embed = self._embed()
     mask_embedding = self.param("mask_embedding", init, (self.d_model,), self.param_dtype)
     g_BxKxD = jnp.broadcast_to(mask_embedding.astype(self.dtype),
                                (batch, num_targets, self.d_model))
@@ -204,8 +209,21 @@ class XLNetTransformer(nn.Module):
 
     head_bias = self.param("head_bias", nn.initializers.zeros, (self.vocab_size,),
                            self.param_dtype)
-    logits = (embed.attend(x_BxTxD[:, length:]) + head_bias).astype(jnp.float32)
-    return logits if cache is None else (logits, Cache(key_positions_BxS, tuple(new_layers)))
+    g_BxKxD = x_BxTxD[:, length:]
+    out = _head_logits(embed, head_bias, g_BxKxD) if head else g_BxKxD
+    return out if cache is None else (out, Cache(key_positions_BxS, tuple(new_layers)))
+
+  def logits(self, g_BxKxD: Array) -> Array:
+    """The head of :meth:`__call__` on its ``head=False`` features ``g_BxKxD``: float32
+    ``logits_BxKxV``, from the same parameters (``embed`` and ``head_bias``)."""
+    params = self.variables["params"]
+    embed = self._embed(parent=None).bind({"params": params["embed"]})
+    return _head_logits(embed, params["head_bias"], g_BxKxD)
+
+  def _embed(self, **parent: Any) -> nn.Embed:
+    """The word embedding ``embed``, tied to the head."""
+    return nn.Embed(self.vocab_size, self.d_model, embedding_init=nn.initializers.normal(0.02),
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="embed", **parent)
 
   def init_cache(self, batch: int, length: int) -> Cache:
     """An empty rank-indexed KV cache: per layer, keys and values ``B x L x N x H``."""

@@ -31,10 +31,15 @@ class Network(Protocol):
   def __call__(self, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
                num_visible_B: Array, target_rank_BxK: Array, target_valid_BxK: Array,
                num_decoded: Array | None = None, *, cache: Any = None,
-               content_rank_BxR: Array | None = None,
-               tree: forward.TreeRows | None = None) -> Any:
+               content_rank_BxR: Array | None = None, tree: forward.TreeRows | None = None,
+               head: bool = True) -> Any:
     """Logits ``B x K x V`` (``(logits, cache)`` when ``cache`` is given), with the meaning
-    of :func:`asarm_jax.forward.call`."""
+    of :func:`asarm_jax.forward.call`; with ``head=False`` features ``B x K x D`` instead,
+    which :meth:`head` turns into the same logits."""
+
+  def head(self, params: Any, features_BxKxD: Array) -> Array:
+    """Logits ``B x K x V`` of features from ``__call__(..., head=False)`` (any rows of
+    them)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +63,9 @@ class ModelNetwork:
 
   def __call__(self, params: Any, *args: Any, **kwargs: Any) -> Any:
     return forward.call(self.model, params, *args, **kwargs)
+
+  def head(self, params: Any, features_BxKxD: Array) -> Array:
+    return forward.head(self.model, params, features_BxKxD)
 
 
 def as_network(model: nn.Module | Network) -> Network:

@@ -93,8 +93,10 @@ def _adopt_path(cache: Any, path_BxD: Array, n_B: Array, length: int) -> Any:
                       cache)
 
 
-def call(net: Network, params: Any, spec: SamplerSpec, state: State) -> tuple[Array, Any]:
-  """The network call of a round: logits ``B x (N+1) x (D+1) x V`` and the cache.
+def call(net: Network, params: Any, spec: SamplerSpec, state: State,
+         head: bool = True) -> tuple[Array, Any]:
+  """The network call of a round: logits ``B x (N+1) x (D+1) x V`` (``head=False``: the
+  features ``B x (N+1) x (D+1) x F`` that ``net.head`` turns into them) and the cache.
 
   Content rows: the committed rank not cached yet (cached; every rank uncached) and the
   pending tree's ``N`` nodes. Query rows, for the root (index 0) and each node ``u`` (index
@@ -114,33 +116,38 @@ def call(net: Network, params: Any, spec: SamplerSpec, state: State) -> tuple[Ar
                           candidate_tree.ancestors(tree, depth), node_BxN1xD1.reshape(batch, -1))
   content_rank_BxR = (state.num_cached_B[:, None] if state.cache is not None else
                       jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length)))
-  logits, cache = net(
+  out, cache = net(
       params, state.tokens_rank_BxL, state.perm_BxL, state.num_visible_B,
       target_BxN1xD1.reshape(batch, -1), valid_BxN1xD1.reshape(batch, -1), n_B,
-      cache=_call_cache(net, state, num_nodes), content_rank_BxR=content_rank_BxR, tree=rows)
-  return logits.reshape(batch, num_nodes + 1, depth + 1, -1), cache
+      cache=_call_cache(net, state, num_nodes), content_rank_BxR=content_rank_BxR, tree=rows,
+      head=head)
+  return out.reshape(batch, num_nodes + 1, depth + 1, -1), cache
 
 
 def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   """Every exact row of :func:`call` gets a fresh draw; the walk commits the path it follows
-  and the first draw off the tree; the stop node's draft rows propose the next tree."""
+  and the first draw off the tree; the stop node's draft rows propose the next tree.
+
+  The head (and the log-softmax) runs on the rows used only: the ``N + 1`` exact rows, then
+  the stop node's ``D`` draft rows, not all ``(N + 1)(D + 1)``.
+  """
   rng_B, rng_draw_B = state_lib.split(state.rng_B, 2)
   tree, n_B, depth = state.carry, state.num_decoded_B, spec.depth
-  logits_BxN1xD1xV, cache = call(net, params, spec, state)
+  features_BxN1xD1xF, cache = call(net, params, spec, state, head=False)
   draws_BxN1 = state_lib.draw(rng_draw_B, distribution.log_probs(
-      logits_BxN1xD1xV[:, :, 0], net.num_special_tokens, state.temperature))
+      net.head(params, features_BxN1xD1xF[:, :, 0]), net.num_special_tokens, state.temperature))
   path_BxD, num_path_B, stop_B, last_B = candidate_tree.walk(tree, draws_BxN1, depth)
   live_B = state_lib.live(state)
   num_new_B = jnp.where(live_B, num_path_B + (n_B + num_path_B < state.num_target_B), 0)
   path_tokens_BxD = jnp.take_along_axis(tree.tokens_BxN, jnp.maximum(path_BxD, 0), 1)
   tokens_BxD1 = jnp.where(jnp.arange(depth + 1) == num_path_B[:, None], last_B[:, None],
                           jnp.pad(path_tokens_BxD, ((0, 0), (0, 1))))
-  proposal_BxDxV = jnp.take_along_axis(logits_BxN1xD1xV, (stop_B + 1)[:, None, None, None],
+  proposal_BxDxF = jnp.take_along_axis(features_BxN1xD1xF, (stop_B + 1)[:, None, None, None],
                                        1)[:, 0, 1:]
   if state.cache is not None:
     cache = _adopt_path(cache, path_BxD, n_B, state.tokens_rank_BxL.shape[1])
   state = state.replace(cache=None if state.cache is None else cache, rng_B=rng_B,
                         num_calls_B=state.num_calls_B + live_B)
   state = state_lib.commit(state, tokens_BxD1, num_new_B, n_B + num_path_B)
-  logq_BxDxV = _proposal_log_probs(net, proposal_BxDxV, state.temperature)
+  logq_BxDxV = _proposal_log_probs(net, net.head(params, proposal_BxDxF), state.temperature)
   return state.replace(carry=_propose(spec, state, logq_BxDxV))
