@@ -29,7 +29,7 @@ query rows and ``S`` cache slots read per row, at batch ``B``, for a model of ``
   bytes = W + B * (S + R) * layers * 2 * d * e         weights once, K and V read and written
   FLOPs = B * [2 * layers * (R * (4d^2 + 2df) + K * (2d^2 + 2df))   projections and MLP
                + 4 * d * (R + K) * S * layers                      scores and weighted values
-               + 2 * d * V * K]                                    the head, query rows only
+               + 2 * d * V * H]                                    the head, on the H rows used
   roofline ms = 1e3 * max(bytes / --hbm_bytes_per_s, FLOPs / --peak_flops)
 
 (a content row runs the q, k, v and o projections, a query row q and o only.) The calls of a
@@ -38,10 +38,15 @@ rows read ``S = (m + L) / 2`` committed slots on average):
 
   prefill:       R = m, K = the first call's query rows (k; tree: D + 1), S = m
   sequential:    R = 1, K = 1
-  assd k:        density call R = k, K = k + 1; draft call R = 1, K = k
-  assd_fused k:  R = k + 1, K = (k + 1) + (k + 1) k
-  tree N, D:     R = 1 + N, K = (N + 1)(D + 1), S = (m + L) / 2 + N (its node slots; L + N
-                 in the cache)
+  assd k:        density call R = k, K = k + 1; draft call R = 1, K = k (auto: as assd at its
+                 largest k)
+  assd_fused k:  R = k + 1, K = (k + 1) + (k + 1) k, H = 2k + 1 (the density rows and the
+                 realised acceptance's draft rows)
+  tree N, D:     R = 1 + N, K = (N + 1)(D + 1), H = N + 1 + D (every node's exact row and the
+                 stop node's draft rows), S = (m + L) / 2 + N (its node slots; L + N in the cache)
+  mdlm k:        R = L, K = k, S = L (uncached: every content row, every call)
+
+(H = K where not given.)
 
 ``roofline_ms`` per call is the prefill's plus ``rounds`` times each round call's, over
 ``num_network_calls`` (``rounds = (calls - 1) / calls per round``); likewise ``bytes_per_call``
@@ -116,10 +121,12 @@ class Sizes:
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-  """One network call per row: ``content`` rows R, ``query`` rows K, ``slots`` S read per row."""
+  """One network call per row: ``content`` rows R, ``query`` rows K, ``slots`` S read per row,
+  and the ``head`` rows H that the head runs on (default: every query row)."""
   content: int
   query: int
   slots: float
+  head: int | None = None
 
 
 def call_cost(sizes: Sizes, shape: Shape, batch: int) -> tuple[float, float]:
@@ -129,7 +136,7 @@ def call_cost(sizes: Sizes, shape: Shape, batch: int) -> tuple[float, float]:
   matmul = 2 * layers * (shape.content * (4 * d * d + 2 * d * f)
                          + shape.query * (2 * d * d + 2 * d * f))
   attention = 4 * d * (shape.content + shape.query) * shape.slots * layers
-  head = 2 * d * sizes.vocab_size * shape.query
+  head = 2 * d * sizes.vocab_size * (shape.query if shape.head is None else shape.head)
   return sizes.weight_bytes + kv, batch * (matmul + attention + head)
 
 
@@ -145,8 +152,11 @@ def call_shapes(spec: SamplerSpec, prompt: int, length: int) -> tuple[Shape, lis
   k, nodes, depth = spec.k, spec.num_nodes, spec.depth
   rounds = {"sequential": [Shape(1, 1, slots)],
             "assd": [Shape(k, k + 1, slots), Shape(1, k, slots)],
-            "assd_fused": [Shape(k + 1, (k + 1) + (k + 1) * k, slots)],
-            "tree": [Shape(1 + nodes, (nodes + 1) * (depth + 1), slots + nodes)]}[spec.method]
+            "auto": [Shape(k, k + 1, slots), Shape(1, k, slots)],
+            "assd_fused": [Shape(k + 1, (k + 1) + (k + 1) * k, slots, 2 * k + 1)],
+            "tree": [Shape(1 + nodes, (nodes + 1) * (depth + 1), slots + nodes,
+                           nodes + 1 + depth)],
+            "mdlm": [Shape(length, k, length)]}[spec.method]
   first = {"sequential": 1, "tree": depth + 1}.get(spec.method, k)
   return Shape(prompt, first, prompt), rounds
 

@@ -78,8 +78,9 @@ def targets(first_B: Array, num_target_B: Array, num: int) -> tuple[Array, Array
 
 def call(net: Network, params: Any, state: State, tokens_rank_BxL: Array, target_BxK: Array,
          valid_BxK: Array, num_decoded: Array | None, content_start_B: Array,
-         num_content: int) -> tuple[Array, Any]:
-  """One network call: log-probs ``B x K x V`` of the target rows at the state's temperature,
+         num_content: int, head: bool = True) -> tuple[Array, Any]:
+  """One network call: log-probs ``B x K x V`` of the target rows at the state's temperature
+  (``head=False``: their features ``B x K x F``, for :func:`log_probs` of the rows needed),
   and the cache.
 
   Cached: only content ranks ``content_start..content_start+num_content-1`` are computed.
@@ -88,11 +89,19 @@ def call(net: Network, params: Any, state: State, tokens_rank_BxL: Array, target
   args = (params, tokens_rank_BxL, state.perm_BxL, state.num_visible_B, target_BxK, valid_BxK,
           num_decoded)
   if state.cache is None:
-    logits, cache = net(*args), None
+    out, cache = net(*args, head=head), None
   else:
     content_rank_BxR = content_start_B[:, None] + jnp.arange(num_content, dtype=jnp.int32)
-    logits, cache = net(*args, cache=state.cache, content_rank_BxR=content_rank_BxR)
-  return distribution.log_probs(logits, net.num_special_tokens, state.temperature), cache
+    out, cache = net(*args, cache=state.cache, content_rank_BxR=content_rank_BxR, head=head)
+  return (log_probs(net, params, state, out, head=False) if head else out), cache
+
+
+def log_probs(net: Network, params: Any, state: State, x_BxKx: Array,
+              head: bool = True) -> Array:
+  """Log-probs ``B x K x V`` at the state's temperature of logits, or (``head``) of features
+  (the network's head applied first)."""
+  logits_BxKxV = net.head(params, x_BxKx) if head else x_BxKx
+  return distribution.log_probs(logits_BxKxV, net.num_special_tokens, state.temperature)
 
 
 def write(tokens_rank_BxL: Array, num_decoded_B: Array, new_BxC: Array,

@@ -20,40 +20,17 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from asarm_jax import distribution
 from asarm_jax.sampling import drafts
 from asarm_jax.sampling import state as state_lib
 from asarm_jax.sampling.network import Network
 from asarm_jax.sampling.spec import SamplerSpec
 from asarm_jax.sampling.state import State
 
-Array = jnp.ndarray
-
 
 CALLS_PER_ROUND = 1  # network calls of one round, for the whole batch
 
 def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: bool) -> State:
   return drafts.first_block(net, params, state, spec.k, use_cache)
-
-
-def _features(net: Network, params: Any, state: State, tokens_rank_BxL: Array,
-              target_BxT: Array, valid_BxT: Array, num_decoded_BxT: Array,
-              num_content: int) -> tuple[Array, Any]:
-  """:func:`state_lib.call` without the head: features ``B x T x F`` and the cache (cached:
-  content ranks ``num_cached..num_cached+num_content-1`` only)."""
-  args = (params, tokens_rank_BxL, state.perm_BxL, state.num_visible_B, target_BxT, valid_BxT,
-          num_decoded_BxT)
-  if state.cache is None:
-    return net(*args, head=False), None
-  content_rank_BxR = state.num_cached_B[:, None] + jnp.arange(num_content, dtype=jnp.int32)
-  return net(*args, cache=state.cache, content_rank_BxR=content_rank_BxR, head=False)
-
-
-def _log_probs(net: Network, params: Any, state: State, features_BxKxF: Array) -> Array:
-  """The head on some rows' features, then log-probs ``B x K x V`` at the state's
-  temperature."""
-  return distribution.log_probs(net.head(params, features_BxKxF), net.num_special_tokens,
-                                state.temperature)
 
 
 def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
@@ -74,14 +51,15 @@ def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   valid_BxT = jnp.concatenate([valid_BxK1, draft_target_BxAK < num_target_B[:, None]], 1)
   limit_BxT = jnp.concatenate([jnp.full_like(target_BxK1, length),
                                jnp.repeat(n_B[:, None] + a_A, k, axis=1)], 1)
-  features_BxTxF, cache = _features(net, params, state, drafted_rank_BxL, target_BxT, valid_BxT,
-                                    limit_BxT, k + 1)
+  features_BxTxF, cache = state_lib.call(net, params, state, drafted_rank_BxL, target_BxT,
+                                         valid_BxT, limit_BxT, state.num_cached_B, k + 1,
+                                         head=False)
   tokens_BxK1, num_new_B, num_accepted_B = drafts.verify(
-      rng_verify_B, block, _log_probs(net, params, state, features_BxTxF[:, :k + 1]),
+      rng_verify_B, block, state_lib.log_probs(net, params, state, features_BxTxF[:, :k + 1]),
       num_valid_B, has_bonus_B)
   next_BxAxKxF = features_BxTxF[:, k + 1:].reshape((batch, k + 1, k, -1))
   next_BxKxF = jnp.take_along_axis(next_BxAxKxF, num_accepted_B[:, None, None, None], 1)[:, 0]
-  logq_next_BxKxV = _log_probs(net, params, state, next_BxKxF)
+  logq_next_BxKxV = state_lib.log_probs(net, params, state, next_BxKxF)
   needed_B = state_lib.live(state) & ~(block.exact_first_B & (num_valid_B == 1))
   block = drafts.Block(state_lib.draw(rng_draft_B, logq_next_BxKxV), logq_next_BxKxV,
                        jnp.zeros_like(needed_B))
