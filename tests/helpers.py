@@ -113,3 +113,14 @@ def shared_compilation_cache(tmp_path_factory):
   subprocesses (:func:`compilation_cache_env`)."""
   with compilation_cache(str(tmp_path_factory.getbasetemp() / "jax_cache")) as path:
     yield path
+
+
+class CharTokenizer:
+  """A fake tokenizer: ids are code points; ``<mask>`` is 3, padding 0."""
+  mask_id, pad_id = 3, 0
+
+  def encode(self, text: str) -> list[int]:
+    return [ord(c) for c in text]
+
+  def decode(self, ids) -> str:
+    return "".join(chr(i) for i in ids)

@@ -16,7 +16,7 @@ import pytest
 
 from asarm_jax import inference, models, sampling
 from tests import analytic_joint
-from tests.helpers import model_config
+from tests.helpers import CharTokenizer, model_config
 from tests.sampling_cases import LENGTH, NUM_SPECIAL, VOCAB, batch
 
 NET = analytic_joint.MixtureOfChains(LENGTH, VOCAB, NUM_SPECIAL)
@@ -105,24 +105,13 @@ def test_bad_slots_raise_before_anything_runs(slots):
     sampling.generate(NET, PARAMS, tokens, visible, jax.random.key(0), slots=slots)
 
 
-class _Chars:
-  """Ids are code points; ``<mask>`` is 3."""
-  mask_id = 3
-
-  def encode(self, text):
-    return [ord(c) for c in text]
-
-  def decode(self, ids):
-    return "".join(chr(i) for i in ids)
-
-
 def test_sample_mode_fills_prompts_through_slots_as_all_at_once():
   """``--mode=sample``'s fill (``config.sample.slots``): several prompts through one slot give
   what all at once gives."""
   model = models.build(model_config(vocab_size=128, num_layers=1, d_model=16, num_heads=2,
                                     d_ff=32, num_special_tokens=4, max_len=24))
   params = model.init(jax.random.key(1), *models.example_inputs(1, 24, 2))
-  loaded = inference.Loaded(model, params, _Chars(), None, 0)
+  loaded = inference.Loaded(model, params, CharTokenizer(), None, 0)
   texts = ["ab<mask:5>c", "<mask:2>xyz", "no span", "q<mask:9>"]
   spec = sampling.SamplerSpec("assd_fused", k=2)
   fill = inference._fill  # pylint: disable=protected-access

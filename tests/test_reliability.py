@@ -28,8 +28,8 @@ import pytest
 
 from asarm_jax import checkpoint, data, inference, models, optim, sampling, train, validation
 from asarm_jax.sampling import core, prompt
-from tests.helpers import (copy_stdlib_files, demo_config, model_config, read_trace,  # pylint: disable=unused-import
-                           shared_compilation_cache, subprocess_env)
+from tests.helpers import (CharTokenizer, copy_stdlib_files, demo_config,  # pylint: disable=unused-import
+                           model_config, read_trace, shared_compilation_cache, subprocess_env)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 40  # of the subprocess runs
@@ -358,17 +358,6 @@ def test_workdir_with_another_configs_checkpoint_is_refused_untouched(trained, t
 
 
 # --- Prompts and generate() ----------------------------------------------------------------------
-
-
-class CharTokenizer:
-  """Ids are code points; ``<mask>`` is 3."""
-  mask_id, pad_id = 3, 0
-
-  def encode(self, text):
-    return [ord(c) for c in text]
-
-  def decode(self, ids):
-    return "".join(chr(i) for i in ids)
 
 
 @pytest.fixture(scope="module")

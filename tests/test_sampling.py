@@ -21,7 +21,7 @@ import scipy.stats
 from asarm_jax import density, forward, models, objectives, sampling
 from asarm_jax.sampling import core, drafts
 from asarm_jax.sampling import state as state_lib
-from tests.helpers import model_config
+from tests.helpers import CharTokenizer, model_config
 from asarm_jax.sampling.methods import tree as tree_method
 from tests.sampling_cases import (ALPHA, GROUPS, LENGTH, NUM_SPECIAL, ROWS_PER_GROUP, RUNS, VOCAB,
                                   batch, check_prompt_padding_and_calls, generate_run,
@@ -335,17 +335,6 @@ def test_tree_cache_holds_exactly_the_committed_content(trained):
     for x, y in ((got.key, want.key), (got.value, want.value)):
       np.testing.assert_allclose(np.asarray(x)[:, :LENGTH][cached], np.asarray(y)[cached],
                                  atol=1e-5)
-
-
-class CharTokenizer:
-  """Char-level fake tokenizer: code points are ids; ``mask_id`` is 0."""
-  mask_id = 0
-
-  def encode(self, text):
-    return [ord(c) for c in text]
-
-  def decode(self, ids):
-    return "".join(chr(i) for i in ids)
 
 
 def test_prompt_round_trip():
