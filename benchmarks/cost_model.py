@@ -2,14 +2,16 @@
 ``sampling.generate`` and cached for this machine and network.
 
   python -m benchmarks cost_model --workdir=runs/asarm [--k=8 --batch_sizes=1,8,64]
+  python -m benchmarks cost_model --config=xlnet_base    (random weights of configs/NAME.py)
 
 A round of draft size 1 is sequential decoding's (one draft call of one row); of ``k >= 2``,
 ``assd``'s (a density call of ``k + 1`` rows and a draft call of ``k`` rows), so each is timed
 as ``generate`` with that sampler on random rows of the model's length whose last ``--hidden``
 tokens are hidden, after an untimed compiling run, divided by its rounds (the median of
 ``--repeats``). The table goes to :func:`asarm_jax.sampling.cost_model.path`, where ``generate``
-reads it for ``auto``; rerun to refresh. Any checkpoint of the architecture will do (the cost
-does not depend on the weights). One record per (batch, size).
+reads it for ``auto``; rerun to refresh. The cost does not depend on the weights, so any
+checkpoint of the architecture, or ``--config`` with random weights, will do (the file is keyed
+by the model's fields: the same fields give the same file). One record per (batch, size).
 """
 from __future__ import annotations
 
@@ -20,14 +22,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from asarm_jax import inference, sampling
+from asarm_jax import inference, models, sampling, state
 from asarm_jax.sampling import cost_model
 from asarm_jax.sampling.methods import auto
-from benchmarks import cli, records
+from benchmarks import cli, common, records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--workdir", required=True, help="trained workdir")
+  parser.add_argument("--workdir", default="", help="a workdir of the model")
+  parser.add_argument("--config", default="", help="or configs/NAME.py, random weights")
   parser.add_argument("--k", type=int, default=8, help="the largest draft size auto may use")
   parser.add_argument("--batch_sizes", type=cli.list_of(int), default="1,8,64",
                       help="slots to measure (auto interpolates between them)")
@@ -35,10 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--repeats", type=int, default=3, help="timed runs per (batch, size)")
 
 
-def ms_per_round(net: sampling.Network, params: Any, size: int, batch: int, hidden: int,
-                 repeats: int) -> float:
+def ms_per_round(net: sampling.ModelNetwork, params: Any, size: int, batch: int, length: int,
+                 hidden: int, repeats: int) -> float:
   """The median ms of a ``generate`` run divided by its rounds, at draft size ``size``."""
-  length = net.model.max_len
   rs = np.random.default_rng(0)
   tokens = rs.integers(net.num_special_tokens, net.vocab_size, (batch, length), np.int32)
   visible = np.broadcast_to(np.arange(length) < length - hidden, (batch, length))
@@ -56,18 +58,33 @@ def ms_per_round(net: sampling.Network, params: Any, size: int, batch: int, hidd
   return float(np.median(per_round))
 
 
-def run(workdir: str, k: int = 8, batch_sizes: list[int] = (1, 8, 64), hidden: int = 128,
-        repeats: int = 3) -> list[dict]:
+def _model(workdir: str, config: str) -> tuple[Any, Any, int, dict]:
+  """``(model, params, length, record config)`` of ``workdir``, else of ``config``."""
+  if bool(workdir) == bool(config):
+    raise ValueError("give one of --workdir and --config")
+  if workdir:
+    loaded = inference.load(workdir)
+    return (loaded.model, loaded.params, loaded.config.data.seq_len,
+            {"workdir": workdir, "step": int(loaded.step)})
+  settings = common.config_of(config)
+  model = models.build(settings.model)
+  params = state.init_params(model, jax.random.PRNGKey(0), settings.data.seq_len)
+  return model, params, settings.data.seq_len, common.model_config(config)
+
+
+def run(workdir: str = "", config: str = "", k: int = 8, batch_sizes: list[int] = (1, 8, 64),
+        hidden: int = 128, repeats: int = 3) -> list[dict]:
   """Measures and saves the cost table; one record per (batch, size)."""
-  loaded = inference.load(workdir)
-  net = sampling.ModelNetwork(loaded.model)
+  model, params, length, described = _model(workdir, config)
+  net = sampling.ModelNetwork(model)
   sizes = auto.sizes(sampling.SamplerSpec("auto", k=k))
-  table = [[ms_per_round(net, loaded.params, size, batch, hidden, repeats) for size in sizes]
+  hidden = min(hidden, length - 1)
+  table = [[ms_per_round(net, params, size, batch, length, hidden, repeats) for size in sizes]
            for batch in batch_sizes]
-  path = cost_model.save(net, {"device": jax.devices()[0].device_kind,
-                               "network": repr(loaded.model), "batch_sizes": list(batch_sizes),
-                               "sizes": list(sizes), "hidden": hidden, "round_ms": table})
-  config = {"workdir": workdir, "step": int(loaded.step), "cost_model": path}
+  path = cost_model.save(net, {"device": jax.devices()[0].device_kind, "network": repr(model),
+                               "batch_sizes": list(batch_sizes), "sizes": list(sizes),
+                               "hidden": hidden, "round_ms": table})
+  config = {**described, "cost_model": path}
   return [records.make("cost_model", {"batch": batch, "size": size, "hidden": hidden},
                        {"round_ms": ms}, config)
           for batch, row in zip(batch_sizes, table) for size, ms in zip(sizes, row)]

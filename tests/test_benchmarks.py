@@ -2,10 +2,13 @@
 import os
 
 import jax
+import numpy as np
 import pytest
 
-from asarm_jax.sampling import methods
-from benchmarks import cli, decode_profile, experiment, records, report
+from asarm_jax import models, sampling
+from asarm_jax.sampling import cost_model, methods
+from benchmarks import cli, common, decode_profile, experiment, records, report
+from benchmarks import cost_model as cost_model_benchmark
 from benchmarks.experiments import EXPERIMENTS
 
 
@@ -188,3 +191,16 @@ def test_a_finished_stage_is_skipped_on_rerun_and_packed(tmp_path, monkeypatch):
   with tarfile.open(out / "recipe.tgz") as tar:
     names = tar.getnames()
   assert "stages.jsonl" in names and "out/second/0.log" in names
+
+
+def test_cost_model_measures_auto_and_generate_reads_it(tmp_path, monkeypatch):
+  monkeypatch.setenv("ASARM_JAX_CACHE_DIR", str(tmp_path))
+  made = cost_model_benchmark.run(config="demo", k=3, batch_sizes=[1, 2], hidden=4, repeats=1)
+  assert [(r["settings"]["batch"], r["settings"]["size"]) for r in made] == [
+      (1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+  for r in made:
+    records.validate(r)
+    assert r["metrics"]["round_ms"] > 0
+  model = models.build(common.config_of("demo").model)
+  read = cost_model.round_ms(sampling.ModelNetwork(model), (1, 2, 3), 2)
+  np.testing.assert_allclose(read, [r["metrics"]["round_ms"] for r in made[3:]], rtol=1e-6)

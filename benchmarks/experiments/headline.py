@@ -7,7 +7,10 @@ The defaults are those of 2026-12-03's headline (docs/results.md): 1050 s of tra
 210 with the draft term; the HumanEval tests left to a CPU machine (``execute=False``:
 ``python -m asarm_jax.evaluation.score_middles`` on the packed middles, then
 ``python -m benchmarks decoders``); the generation-quality samples kept for the causal LM of
-the ``causal_lm`` experiment to judge. Estimated at ~1650 s of H200 time.
+the ``causal_lm`` experiment to judge. ``cost_model`` measures ``auto``'s cost on this machine
+before the timed stages, which run ``auto:8`` beside the static decoders, each with continuous
+and plain batching. Estimated at ~1900 s of H200 time (more than one 30-minute session: the
+stages resume).
 """
 from __future__ import annotations
 
@@ -22,8 +25,8 @@ KNOBS = dict(
     lr=1.2e-3, batch=64, fractions=(0.01, 0.6),  # the recipe experiment's winner
     limit_s=1050, steps=7650,  # the schedule ends near the time limit (~7.3 steps/s)
     draft_s=210, draft_weight=0.25,  # the last draft_s seconds add the draft term
-    specs_b64="sequential,assd:5,assd_fused:5,tree:4:2",  # timed at T=0.2, batch 64
-    specs_b1="sequential,assd_fused:5,tree:8",  # timed at T=0.2, batch 1
+    specs_b64="sequential,auto:8,assd:5,assd_fused:5,tree:4:2",  # timed at T=0.2, batch 64
+    specs_b1="sequential,auto:8,assd_fused:5,tree:8",  # timed at T=0.2, batch 1
     spec="sequential",  # the later HumanEval stages (the fastest at batch 64 on 2026-12-03)
     batching="continuous,batches",  # the single-line T=0.2 stages, side by side
     execute=False, max_tasks=0, sampling_budget_s=60)
@@ -51,6 +54,8 @@ def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
   return [
       Stage("prepare", (training.prepare(knobs, runs),)),
       Stage("asarm", tuple(train)),
+      Stage("cost_model", (stages.benchmark("cost_model", runs, workdir=f"{runs}/asarm", k=8,
+                                            batch_sizes="1,64"),)),
       humaneval(knobs, runs, "humaneval_t0.2", knobs["specs_b64"], "humaneval_single_line",
                 0.2, 64, knobs["batching"]),
       humaneval(knobs, runs, "humaneval_b1", knobs["specs_b1"], "humaneval_single_line", 0.2, 1,
