@@ -7,7 +7,7 @@ import pytest
 
 from asarm_jax import models, sampling
 from asarm_jax.sampling import cost_model, methods
-from benchmarks import cli, common, decode_profile, experiment, records, report
+from benchmarks import cli, common, decode_profile, experiment, greedy_agreement, records, report
 from benchmarks import cost_model as cost_model_benchmark
 from benchmarks.experiments import EXPERIMENTS
 
@@ -204,3 +204,19 @@ def test_cost_model_measures_auto_and_generate_reads_it(tmp_path, monkeypatch):
   model = models.build(common.config_of("demo").model)
   read = cost_model.round_ms(sampling.ModelNetwork(model), (1, 2, 3), 2)
   np.testing.assert_allclose(read, [r["metrics"]["round_ms"] for r in made[3:]], rtol=1e-6)
+
+
+def test_greedy_agreement_counts_no_difference_in_float32():
+  """On the CPU in float32 every exact decoder, through 4 slots and through one, returns
+  sequential greedy decoding's tokens: every count is 0."""
+  made = greedy_agreement.run(config="demo", specs=["assd:3", "assd_fused:3", "tree:4:2"],
+                              rows=4, visible=0.25, length=24)
+  assert [(r["settings"]["method"], r["settings"]["slots"]) for r in made] == [
+      ("sequential", 1), ("assd", 4), ("assd", 1), ("assd_fused", 4), ("assd_fused", 1),
+      ("tree", 4), ("tree", 1)]
+  for r in made:
+    records.validate(r)
+    assert r["metrics"] == {"rows_differing": 0, "median_first_difference": None}
+  assert greedy_agreement.differing(np.asarray([[1, 2, 3], [1, 5, 6]]),
+                                    np.asarray([[1, 2, 3], [1, 2, 3]])) == {
+      "rows_differing": 1, "median_first_difference": 1.0}
