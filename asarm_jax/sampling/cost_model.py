@@ -3,9 +3,9 @@ and network, cached on disk, read by ``generate``.
 
 A round with draft size 1 is one draft call of one row (sequential decoding's round); with
 ``k >= 2`` drafts, a density call of ``k + 1`` rows and a draft call of ``k`` rows (``assd``'s
-round). :func:`measure` times exactly those rounds through ``generate`` and :func:`save` writes
-them to ``CACHE_DIR/cost_models/DEVICE-NETWORK.json``; ``python -m benchmarks cost_model
---workdir=W`` does both (rerun it to refresh). Without a file, the cost of a round is its number
+round). ``python -m benchmarks cost_model --workdir=W`` times exactly those rounds through
+``generate`` and writes them with :func:`save` to ``CACHE_DIR/cost_models/DEVICE-NETWORK.json``
+(rerun it to refresh). Without a file, the cost of a round is its number
 of calls (1 or 2): where calls are launch-bound, as at batch 1 on a GPU, that is close.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def prior_ms(sizes: Sequence[int]) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _load(file: str, modified: float) -> dict | None:  # ``modified`` keys the cache
+def _load(file: str, modified: float) -> dict:  # ``modified`` keys the cache
   with open(file, encoding="utf-8") as f:
     return json.load(f)
 

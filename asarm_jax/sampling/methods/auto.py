@@ -98,9 +98,9 @@ def _pad(x_BxKx: Array, num: int) -> Array:
 
 def _propose(net: Network, params: Any, spec: SamplerSpec, state: State, index_B: Array,
              rng_B: jax.Array, content_start_B: Array, num_content: int) -> State:
-  """The draft call at the largest size a live row chose; each row's block has its own size."""
+  """The draft call at the largest size a live row chose (``index_B``: each row's choice in
+  :func:`sizes`), its block padded to the largest size."""
   sizes_S = sizes(spec)
-  size_B = jnp.asarray(sizes_S)[index_B]
   largest = jnp.max(jnp.where(state_lib.live(state), index_B, 0))
 
   def draft(k: int):
@@ -112,8 +112,7 @@ def _propose(net: Network, params: Any, spec: SamplerSpec, state: State, index_B
                                               block.exact_first_B))
     return call
 
-  state = jax.lax.switch(largest, [draft(k) for k in sizes_S], state)
-  return state.replace(carry=(state.carry, size_B))
+  return jax.lax.switch(largest, [draft(k) for k in sizes_S], state)
 
 
 def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: bool) -> State:
@@ -188,5 +187,5 @@ def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   index_B = choose(sizes_S, acceptance_BxD, num_target_B - state.num_decoded_B,
                    state.round_ms_S)
   state = _propose(net, params, spec, state, index_B, rng_draft_B, state.num_cached_B, 1)
-  block, size_B = state.carry
-  return state.replace(carry=Carry(block, size_B, acceptance_BxD, rounds_BxS), rng_B=rng_B)
+  return state.replace(carry=Carry(state.carry, jnp.asarray(sizes_S)[index_B], acceptance_BxD,
+                                   rounds_BxS), rng_B=rng_B)
