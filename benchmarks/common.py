@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from asarm_jax import forward, models, optim, sharding, train
+from asarm_jax import forward, inference, models, optim, sharding, state, train
 from asarm_jax.config_base import from_file
 
 
@@ -22,6 +24,26 @@ def config_of(name: str, **model):
 def model_config(name: str, **model) -> dict:
   """The ``config`` field of a record: the config file and the model keys given."""
   return {"file": f"configs/{name}.py", **{f"model.{k}": v for k, v in model.items() if v}}
+
+
+def random_model(name: str, **model) -> tuple[Any, Any, ml_collections.ConfigDict]:
+  """``(model, params, config)``: configs/NAME.py (``model`` keys as in :func:`config_of`), its
+  model built with random weights."""
+  config = config_of(name, **model)
+  built = models.build(config.model)
+  return built, state.init_params(built, jax.random.PRNGKey(0), config.data.seq_len), config
+
+
+def load(workdir: str, config: str) -> tuple[inference.Loaded, dict]:
+  """The newest checkpoint of ``workdir``, or configs/CONFIG.py with random weights (no
+  tokenizer, step 0): exactly one of the two; with the ``config`` field of its records."""
+  if bool(workdir) == bool(config):
+    raise ValueError("give one of --workdir and --config")
+  if workdir:
+    loaded = inference.load(workdir)
+    return loaded, {"workdir": workdir, "step": int(loaded.step)}
+  model, params, settings = random_model(config)
+  return inference.Loaded(model, params, None, settings, 0), model_config(config)
 
 
 def train_setup(name: str, batch_size: int = 0, **model):

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from asarm_jax import inference, models, sampling, state
+from asarm_jax import sampling
 from asarm_jax.sampling import cost_model
 from asarm_jax.sampling.methods import auto
 from benchmarks import cli, common, records
@@ -58,24 +58,11 @@ def ms_per_round(net: sampling.ModelNetwork, params: Any, size: int, batch: int,
   return float(np.median(per_round))
 
 
-def _model(workdir: str, config: str) -> tuple[Any, Any, int, dict]:
-  """``(model, params, length, record config)`` of ``workdir``, else of ``config``."""
-  if bool(workdir) == bool(config):
-    raise ValueError("give one of --workdir and --config")
-  if workdir:
-    loaded = inference.load(workdir)
-    return (loaded.model, loaded.params, loaded.config.data.seq_len,
-            {"workdir": workdir, "step": int(loaded.step)})
-  settings = common.config_of(config)
-  model = models.build(settings.model)
-  params = state.init_params(model, jax.random.PRNGKey(0), settings.data.seq_len)
-  return model, params, settings.data.seq_len, common.model_config(config)
-
-
 def run(workdir: str = "", config: str = "", k: int = 8, batch_sizes: list[int] = (1, 8, 64),
         hidden: int = 128, repeats: int = 3) -> list[dict]:
   """Measures and saves the cost table; one record per (batch, size)."""
-  model, params, length, described = _model(workdir, config)
+  loaded, described = common.load(workdir, config)
+  model, params, length = loaded.model, loaded.params, loaded.config.data.seq_len
   net = sampling.ModelNetwork(model)
   sizes = auto.sizes(sampling.SamplerSpec("auto", k=k))
   hidden = min(hidden, length - 1)

@@ -70,7 +70,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from asarm_jax import models, sampling, state
+from asarm_jax import sampling
 from asarm_jax.sampling.spec import SamplerSpec
 from benchmarks import cli, common, records, report, sampling_speed, trace_summary
 
@@ -270,9 +270,7 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
         peak_flops: float = 790e12) -> list[dict]:
   """One ``decode_profile`` record per (spec, batch), then the traces' ``trace_summary``
   records."""
-  loaded = common.config_of(config, attention_impl=attention_impl or None)
-  model = models.build(loaded.model)
-  params = state.init_params(model, jax.random.PRNGKey(0), loaded.data.seq_len)
+  model, params, loaded = common.random_model(config, attention_impl=attention_impl or None)
   sizes = sizes_of(model, params)
   length = length or loaded.data.seq_len
   rows = np.random.default_rng(0).integers(model.num_special_tokens, model.vocab_size,

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from asarm_jax import inference, models, sampling, state
+from asarm_jax import sampling
 from benchmarks import cli, common, records, sampling_speed
 
 
@@ -38,20 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _rows(workdir: str, config: str, rows: int, length: int) -> tuple[Any, Any, np.ndarray, dict]:
-  """``(model, params, tokens_NxL, record config)``."""
-  if bool(workdir) == bool(config):
-    raise ValueError("give one of --workdir and --config")
+  """``(model, params, tokens_NxL, record config)``: held-out rows of ``workdir``, or random
+  tokens for ``config``'s random weights."""
+  loaded, described = common.load(workdir, config)
   if workdir:
-    loaded = inference.load(workdir)
     heldout = sampling_speed.heldout_rows(loaded, workdir)
-    tokens = np.resize(heldout, (rows, heldout.shape[1]))[:, :length or None]
-    return loaded.model, loaded.params, tokens, {"workdir": workdir, "step": int(loaded.step)}
-  settings = common.config_of(config)
-  model = models.build(settings.model)
-  params = state.init_params(model, jax.random.PRNGKey(0), settings.data.seq_len)
-  tokens = np.random.default_rng(0).integers(model.num_special_tokens, model.vocab_size,
-                                             (rows, length or settings.data.seq_len), np.int32)
-  return model, params, tokens, common.model_config(config)
+    tokens = np.resize(heldout, (rows, heldout.shape[1]))
+  else:
+    tokens = np.random.default_rng(0).integers(
+        loaded.model.num_special_tokens, loaded.model.vocab_size,
+        (rows, loaded.config.data.seq_len), np.int32)
+  return loaded.model, loaded.params, tokens[:, :length or None], described
 
 
 def differing(tokens_NxL: np.ndarray, reference_NxL: np.ndarray) -> dict[str, float]:

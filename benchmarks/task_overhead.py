@@ -21,10 +21,10 @@ untimed compiling call, and per task:
 
 and the host's pieces alone: ``row_keys_ms`` (the random keys of a dispatch's rows, per row)
 and ``arrays_ms`` (one row's arrays). A straight line through ``call_ms`` against h gives each
-method's fixed cost and its cost per hidden token. Records: one ``task_overhead`` per (sampler, h), one
-``task_overhead_fit`` per sampler and one ``task_overhead_host`` for the host's pieces. With
-``--trace=DIR``, a profiler trace of 8 tasks of the first sampler, h = 0 then the largest h, is
-written under DIR as Perfetto JSON (:mod:`benchmarks.trace_summary` reads it).
+method's fixed cost and its cost per hidden token. Records: one ``task_overhead`` per (sampler,
+h), one ``task_overhead_fit`` per sampler and one ``task_overhead_host`` for the host's pieces.
+With ``--trace=DIR``, a profiler trace of 8 tasks of the first sampler, h = 0 then the largest
+h, is written under DIR as Perfetto JSON (:mod:`benchmarks.trace_summary` reads it).
 """
 from __future__ import annotations
 
