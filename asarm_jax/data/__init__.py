@@ -37,10 +37,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 def _builder(config: ml_collections.ConfigDict, data_dir: str) -> builders.FolderBuilder:
-  return builders.build(
-      config.name, data_dir, source_dirs=config.source_dirs,
-      exclude_patterns=config.exclude_patterns, extensions=config.get("extensions", ()),
-      max_files=config.max_files, heldout_fraction=config.heldout_fraction)
+  return builders.build(config.name, data_dir, **builders.options(config))
 
 
 def _split(config: ml_collections.ConfigDict, data_dir: str, split: str):

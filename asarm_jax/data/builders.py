@@ -222,11 +222,16 @@ def options(config: ml_collections.ConfigDict) -> dict:
               heldout_fraction=config.heldout_fraction)
 
 
+def _builder(name: str, data_dir: str, options: dict) -> FolderBuilder:
+  """Builder ``name`` with ``options`` over ``data_dir`` (nothing is written)."""
+  cls = BUILDERS[name]
+  return cls(config=cls.make_config(**options), data_dir=data_dir, file_format="array_record")
+
+
 def is_prepared(name: str, data_dir: str, **options) -> bool:
   """Whether builder ``name`` with ``options`` is prepared in ``data_dir`` (nothing is
   written)."""
-  cls = BUILDERS[name]
-  builder = cls(config=cls.make_config(**options), data_dir=data_dir, file_format="array_record")
+  builder = _builder(name, data_dir, options)
   return os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json"))  # (written last)
 
 
@@ -237,8 +242,7 @@ def build(name: str, data_dir: str, **options) -> FolderBuilder:
     raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
   if not data_dir:
     raise ValueError("data_dir is empty: tfds would build the dataset in the current directory")
-  cls = BUILDERS[name]
-  builder = cls(config=cls.make_config(**options), data_dir=data_dir, file_format="array_record")
+  builder = _builder(name, data_dir, options)
   existing = _folders(data_dir)
   try:
     builder.download_and_prepare()
