@@ -139,7 +139,8 @@ def sample_prompts(config: ml_collections.ConfigDict, workdir: str,
                     "checkpoint's value.", line)
   spec = SamplerSpec.from_config(config.sample)
   filled_BxL, visible_BxL, length_B, calls_B, rounds_BxS = _fill(
-      loaded, _prompts(config.sample), spec, config.seed, config.sample.slots)
+      loaded, _prompts(config.sample), spec, config.seed, config.sample.slots,
+      config.sample.deterministic)
   results = []
   for b, size in enumerate(length_B):
     hidden, calls = int((~visible_BxL[b, :size]).sum()), int(calls_B[b])
@@ -155,8 +156,8 @@ def sample_prompts(config: ml_collections.ConfigDict, workdir: str,
   return results
 
 
-def _fill(loaded: Loaded, texts: list[str], spec: SamplerSpec, seed: int, slots: int
-          ) -> tuple[np.ndarray, ...]:
+def _fill(loaded: Loaded, texts: list[str], spec: SamplerSpec, seed: int, slots: int,
+          deterministic: bool) -> tuple[np.ndarray, ...]:
   """``(filled_BxL, visible_BxL, length_B, calls_B, rounds_BxS)``: the prompts ``texts``
   padded to the model's context (one compiled shape) and their hidden slots generated in one
   dispatch through ``slots`` slots (0: all at once; none if no prompt has a span), with each
@@ -170,7 +171,7 @@ def _fill(loaded: Loaded, texts: list[str], spec: SamplerSpec, seed: int, slots:
   out = sampling.generate(loaded.model, loaded.params, jnp.asarray(tokens_BxL),
                           jnp.asarray(visible_BxL), jax.random.PRNGKey(seed),
                           length_B=jnp.asarray(length_B), spec=spec,
-                          slots=min(slots, len(texts)) or None)
+                          slots=min(slots, len(texts)) or None, deterministic=deterministic)
   return (np.asarray(out.tokens_BxL), visible_BxL, length_B, np.asarray(out.num_calls_B),
           np.asarray(out.rounds_by_size_BxS))
 
@@ -193,7 +194,7 @@ def show_infills(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   visible_BxL[:, start:start + hidden] = False
   out = sampling.generate(loaded.model, loaded.params, jnp.asarray(tokens_BxL),
                           jnp.asarray(visible_BxL), jax.random.PRNGKey(config.seed),
-                          spec=spec)
+                          spec=spec, deterministic=config.sample.deterministic)
   decode = lambda ids: loaded.tokenizer.decode([int(t) for t in ids])
   results = []
   for i, doc in enumerate(documents):

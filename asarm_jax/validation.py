@@ -145,6 +145,22 @@ def _check_sampler(sample: ml_collections.ConfigDict) -> None:
     raise ValueError("sample." + str(e).replace("; expected", ": expected", 1)) from None
 
 
+def _check_deterministic(config: ml_collections.ConfigDict) -> None:
+  """``sample.deterministic``: a bool, and the kernels it needs must fit the model."""
+  value = config.sample.deterministic
+  if not isinstance(value, bool):
+    raise ValueError(f"sample.deterministic={value!r}: expected True or False.")
+  if not value:
+    return
+  if config.model.get("arch", "two_stream") != "two_stream":
+    raise ValueError(f"sample.deterministic=True: needs model.arch='two_stream' (XLNet's "
+                     f"relative attention has no batch-invariant kernel).")
+  for key in ("model.d_model", "model.d_ff", "model.vocab_size"):
+    if _get(config, key) % 16:
+      raise ValueError(f"{key}={_get(config, key)}: sample.deterministic=True needs a multiple "
+                       "of 16 (the batch-invariant matmul's tiles).")
+
+
 def _check_prompt_file(sample: ml_collections.ConfigDict) -> None:
   if sample.prompt_file and not os.path.isfile(sample.prompt_file):
     raise ValueError(f"sample.prompt_file={sample.prompt_file!r}: no such file; expected a "
@@ -174,6 +190,7 @@ def validate_config(config: ml_collections.ConfigDict, mode: str = "train") -> N
   _one_of("optim.schedule", config.optim.schedule, optim.SCHEDULES)
   _one_of("objective.kind", config.objective.kind, objectives.KINDS)
   _check_sampler(config.sample)
+  _check_deterministic(config)
   if mode == "sample" and not (config.sample.prompt or config.sample.prompt_file):
     raise ValueError("sample.prompt='': expected text with <mask:N> spans (or set "
                      "sample.prompt_file=PATH).")

@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 
 import ml_collections
 
-from asarm_jax import data, inference, run_io, sampling
+from asarm_jax import data, inference, models, run_io, sampling
 from asarm_jax.data import builders
 from asarm_jax.evaluation import (density_eval, draft_eval, gen_quality, infill_eval, jsonio,
                                   report, text_infill)
@@ -52,10 +52,11 @@ def _draft_acceptance(ctx: Context) -> dict:
 
 def _sampler_tag(ctx: Context) -> str:
   """What generated completions depend on besides the task: checkpoint step, sampler (every
-  setting that changes the samples or the calls they took), seed and batch size (which sets
-  the batches' random streams)."""
+  setting that changes the samples or the calls they took), seed, batch size (in bf16 the
+  call's shape can round a near-tie either way) and ``_det`` for deterministic decoding."""
   e = ctx.config.eval
-  return f"step{ctx.loaded.step}_{ctx.spec.tag()}_seed{e.seed}_b{e.batch_size}"
+  det = "_det" if ctx.config.sample.deterministic else ""
+  return f"step{ctx.loaded.step}_{ctx.spec.tag()}_seed{e.seed}_b{e.batch_size}{det}"
 
 
 def _humaneval(kind: str) -> Callable[[Context], dict]:
@@ -169,6 +170,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate(ecfg)
   spec = sampling.SamplerSpec.from_config(config.sample)
   loaded = inference.load(workdir)
+  if config.sample.deterministic:
+    loaded = loaded._replace(model=models.batch_invariant(loaded.model))
   saved, current = (json.loads(c.model.to_json_best_effort()) for c in (loaded.config, config))
   saved.setdefault("arch", "two_stream")  # written before model.arch existed
   if saved != current:

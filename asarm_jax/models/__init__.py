@@ -42,9 +42,9 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer | XLNetTran
   if config.d_model % config.num_heads or (config.d_model // config.num_heads) % 2:
     raise ValueError(f"model.num_heads={config.num_heads} must divide model.d_model="
                      f"{config.d_model} into an even head size (RoPE rotates pairs).")
-  fields = _fields(TwoStreamTransformer, config)
-  missing = {f.name for f in dataclasses.fields(TwoStreamTransformer)} - {"parent", "name",
-                                                                          *fields}
+  fields = _fields(TwoStreamTransformer, config, fixed=("batch_invariant",))
+  missing = {f.name for f in dataclasses.fields(TwoStreamTransformer)} - {
+      "parent", "name", "batch_invariant", *fields}
   if missing:
     raise ValueError(f"config.model lacks {sorted(missing)}: start from "
                      "asarm_jax.config_base.base_config().model")
@@ -99,6 +99,16 @@ def compute_params(model: TwoStreamTransformer | XLNetTransformer, params: Any) 
   return jax.tree_util.tree_map_with_path(cast, params)
 
 
+def batch_invariant(model: TwoStreamTransformer | XLNetTransformer) -> TwoStreamTransformer:
+  """``model`` computing every row independently of the call's shape (the same parameters):
+  :attr:`TwoStreamTransformer.batch_invariant`. XLNet's relative attention has no fused kernel,
+  so it has no such mode."""
+  if not isinstance(model, TwoStreamTransformer):
+    raise ValueError("deterministic decoding needs model.arch='two_stream' (XLNet's relative "
+                     "attention has no batch-invariant kernel).")
+  return model.clone(batch_invariant=True)
+
+
 def _usable_attention(impl: str, dtype: Any) -> str:
   """``impl`` where it runs (see :func:`build`), else ``"xla"``."""
   if impl not in attention.IMPLEMENTATIONS:
@@ -109,5 +119,5 @@ def _usable_attention(impl: str, dtype: Any) -> str:
   return impl if usable else "xla"
 
 
-__all__ = ["ARCHS", "TwoStreamTransformer", "XLNetTransformer", "build", "build_xlnet",
-           "compute_params", "example_inputs"]
+__all__ = ["ARCHS", "TwoStreamTransformer", "XLNetTransformer", "batch_invariant", "build",
+           "build_xlnet", "compute_params", "example_inputs"]

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from asarm_jax import masks
-from asarm_jax.models import attention
+from asarm_jax.models import attention, invariant_matmul
 
 Array = jnp.ndarray
 
@@ -104,6 +104,7 @@ class Attention(nn.Module):
   param_dtype: Any
   out_init_std: float
   attention_impl: str
+  dot_general: Any  # None: lax.dot_general; invariant_matmul.dot_general
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, key_positions_BxS: Array,
@@ -122,7 +123,8 @@ class Attention(nn.Module):
     # on a long unigram plateau, since it can only reach context through attention.
     dense = lambda name: nn.DenseGeneral(
         (self.num_heads, head_dim), use_bias=False, dtype=self.dtype,
-        param_dtype=self.param_dtype, kernel_init=nn.initializers.lecun_normal(), name=name)
+        param_dtype=self.param_dtype, kernel_init=nn.initializers.lecun_normal(),
+        dot_general=self.dot_general, name=name)
     q_BxTxNxH = rotary(dense("query")(x_BxTxD), positions_BxT, self.rope_base)
     content_BxSxD = x_BxTxD[:, :num_content]
     k_BxSxNxH = rotary(dense("key")(content_BxSxD), positions_BxT[:, :num_content],
@@ -141,7 +143,7 @@ class Attention(nn.Module):
     out_BxTxD = nn.DenseGeneral(width, axis=(-2, -1), use_bias=False, dtype=self.dtype,
                                 param_dtype=self.param_dtype,
                                 kernel_init=nn.initializers.normal(self.out_init_std),
-                                name="out")(out_BxTxNxH)
+                                dot_general=self.dot_general, name="out")(out_BxTxNxH)
     return out_BxTxD, cache
 
 
@@ -155,6 +157,7 @@ class Block(nn.Module):
   param_dtype: Any
   out_init_std: float
   attention_impl: str
+  dot_general: Any
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, key_positions_BxS: Array,
@@ -163,16 +166,18 @@ class Block(nn.Module):
     norm = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     attended, cache = Attention(self.num_heads, self.rope_base, self.alibi, self.dtype,
                                 self.param_dtype, self.out_init_std, self.attention_impl,
-                                name="attention")(
+                                self.dot_general, name="attention")(
         norm("ln_attention")(x_BxTxD), positions_BxT, key_positions_BxS, num_content,
         visibility, cache, cache_slots_BxR)
     x_BxTxD = x_BxTxD + attended
     h = norm("ln_mlp")(x_BxTxD)
     h = nn.Dense(self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=nn.initializers.lecun_normal(), name="mlp_in")(h)
+                 kernel_init=nn.initializers.lecun_normal(), dot_general=self.dot_general,
+                 name="mlp_in")(h)
     h = nn.gelu(h)
     h = nn.Dense(x_BxTxD.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=nn.initializers.normal(self.out_init_std), name="mlp_out")(h)
+                 kernel_init=nn.initializers.normal(self.out_init_std),
+                 dot_general=self.dot_general, name="mlp_out")(h)
     return x_BxTxD + h, cache
 
 
@@ -212,6 +217,10 @@ class TwoStreamTransformer(nn.Module):
   # asarm_jax.models.attention.IMPLEMENTATIONS; the parameters are the same for all;
   # models.build replaces it by "xla" where the kernel does not run.
   attention_impl: str
+  # Not a config key: decoding sets it (sampling.generate(..., deterministic=True)). Every
+  # matmul through the fixed-tiling kernel of models.invariant_matmul and attention through the
+  # fused kernel, so a row's outputs never depend on the call's shape (forward only).
+  batch_invariant: bool = False
 
   @nn.compact
   def __call__(self, tokens_BxL: Array, positions_BxL: Array, target_positions_BxK: Array,
@@ -239,14 +248,14 @@ class TwoStreamTransformer(nn.Module):
     for i in range(self.num_layers):
       x_BxTxD, layer_cache = Block(
           self.num_heads, self.d_ff, self.rope_base, self.alibi, self.dtype, self.param_dtype,
-          out_init_std, self.attention_impl, name=f"block_{i}")(
+          out_init_std, self._attention_impl(), self._dot_general(), name=f"block_{i}")(
               x_BxTxD, positions_BxT, key_positions_BxS, length, visibility,
               None if cache is None else cache.layers[i], cache_slots_BxL)
       new_layers.append(layer_cache)
 
     g_BxKxD = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
                            name="ln_final")(x_BxTxD[:, length:])
-    out = (_head_logits(embed if self.tie_embeddings else self._head(), g_BxKxD) if head
+    out = (self._head_logits(embed if self.tie_embeddings else self._head(), g_BxKxD) if head
            else g_BxKxD)
     return out if cache is None else (out, Cache(key_positions_BxS, tuple(new_layers)))
 
@@ -255,7 +264,26 @@ class TwoStreamTransformer(nn.Module):
     ``logits_BxKxV``, from the same parameters (the tied ``embed`` or the ``head`` Dense)."""
     module = self._embed(parent=None) if self.tie_embeddings else self._head(parent=None)
     bound = module.bind({"params": self.variables["params"][module.name]})
-    return _head_logits(bound, g_BxKxD)
+    return self._head_logits(bound, g_BxKxD)
+
+  def _attention_impl(self) -> str:
+    """``attention_impl``, but always the fused kernel when batch-invariant."""
+    return "pallas" if self.batch_invariant else self.attention_impl
+
+  def _dot_general(self) -> Any:
+    """The matmul of every Dense: XLA's (``None``) or the batch-invariant kernel."""
+    return invariant_matmul.dot_general if self.batch_invariant else None
+
+  def _head_logits(self, head: nn.Embed | nn.Dense, g_BxKxD: Array) -> Array:
+    """Float32 logits of a bound head: the embedding's ``attend`` (tied) or the Dense."""
+    if not isinstance(head, nn.Embed):
+      logits = head(g_BxKxD)
+    elif self.batch_invariant:
+      logits = invariant_matmul.attend_embedding(g_BxKxD.astype(self.dtype),
+                                                head.embedding.astype(self.dtype))
+    else:
+      logits = head.attend(g_BxKxD)
+    return logits.astype(jnp.float32)
 
   def _embed(self, **parent: Any) -> nn.Embed:
     """The word embedding ``embed`` (also the head when tied)."""
@@ -266,7 +294,7 @@ class TwoStreamTransformer(nn.Module):
     """The untied output head ``head``."""
     return nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
                     param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(0.02),
-                    name="head", **parent)
+                    dot_general=self._dot_general(), name="head", **parent)
 
   def init_cache(self, batch: int, length: int) -> Cache:
     """An empty rank-indexed KV cache: per layer, keys and values ``B x S x N x H``.
@@ -275,18 +303,12 @@ class TwoStreamTransformer(nn.Module):
     (:data:`asarm_jax.models.attention.BLOCK_K`), so that no call pads, i.e. copies, the
     cache; the extra slots have ranks ``>= length``, which no limit reaches.
     """
-    if self.attention_impl == "pallas":
+    if self._attention_impl() == "pallas":
       length = -(-length // attention.BLOCK_K) * attention.BLOCK_K
     shape = (batch, length, self.num_heads, self.d_model // self.num_heads)
     return Cache(jnp.zeros((batch, length), jnp.int32),
                  tuple(LayerCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
                        for _ in range(self.num_layers)))
-
-
-def _head_logits(head: nn.Embed | nn.Dense, g_BxKxD: Array) -> Array:
-  """Float32 logits of a bound head: the embedding's ``attend`` (tied) or the Dense."""
-  logits = head.attend(g_BxKxD) if isinstance(head, nn.Embed) else head(g_BxKxD)
-  return logits.astype(jnp.float32)
 
 
 def example_inputs(batch: int, length: int, num_targets: int) -> tuple[Any, ...]:

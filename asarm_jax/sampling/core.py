@@ -176,7 +176,7 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
              k: int | None = None, temperature: float | None = None, depth: int | None = None,
              ngram: int | None = None, order_BxL: Array | None = None,
              length_B: Array | None = None, cache: bool = True,
-             slots: int | None = None) -> Generation:
+             slots: int | None = None, deterministic: bool = False) -> Generation:
   """Fills every hidden, non-padding position of ``tokens_BxL``, in one dispatch.
 
   Args:
@@ -200,10 +200,26 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
     slots: rows decoded at once (default: all ``B``). With ``S < B`` slots, continuous
       batching (:mod:`asarm_jax.sampling.queue`): a slot whose row is finished takes the next
       row inside the loop.
+    deterministic: decode with the network's batch-invariant mode (``Network.batch_invariant``;
+      for the two-stream model every matmul and the attention in fixed-tiling kernels,
+      :mod:`asarm_jax.models.invariant_matmul`), so that a row's log-probabilities are the
+      same bits whatever the batch, the slot or the rows per call. Slower: see
+      docs/sampling.md, "Deterministic decoding".
 
-  At temperature 0 every exact method returns sequential greedy decoding's tokens, and any
-  ``slots`` returns the same tokens and counts as decoding each row alone (on the CPU in
-  float32; in bf16 near-ties may round differently per call shape).
+  What holds:
+
+  * Always: every exact method samples the sequential joint (the distribution), and a row's
+    random draws come from its own key only.
+  * By default, tokens: on the CPU in float32 (the tests), every exact method at temperature 0
+    returns sequential greedy decoding's tokens, and any ``slots`` or batch the same tokens and
+    counts as each row alone. Nothing promises it bit for bit: XLA picks each matmul's
+    kernel and reduction order per shape, and on the GPU in bf16 a near-tie then rounds either
+    way, so rows differ between methods and batch sizes (31-41 of 64 long rows at batch 64).
+  * ``deterministic=True``, on the CPU and the GPU: a row's tokens, calls and counts do not
+    depend on the batch, the other rows or ``slots``, for every method and temperature (the
+    same keys); at temperature 0 sequential, assd, assd_fused and auto return the same tokens.
+    ``tree`` keeps the first property but not the second: its path's keys sit in node slots
+    after the prompt's, so attention adds them up in another order than sequential decoding.
 
   Returns:
     :class:`Generation` with ``tokens_BxL`` (``B x L``), ``num_calls_B`` and ``num_generated_B``.
@@ -223,6 +239,8 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
               _check("length_B", length_B, shape[:1], "iu", "an integer dtype"))
   rng = _row_rng(rng, shape[0])
   net = as_network(model)
+  if deterministic:
+    net = net.batch_invariant()
   round_ms_S = (cost_model.round_ms(net, auto.sizes(spec), num_slots)
                 if spec.method == "auto" else None)
   order_dtype = jnp.float32 if np.dtype(order_BxL.dtype).kind == "f" else jnp.int32

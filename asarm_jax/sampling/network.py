@@ -41,6 +41,10 @@ class Network(Protocol):
     """Logits ``B x K x V`` of features from ``__call__(..., head=False)`` (any rows of
     them)."""
 
+  def batch_invariant(self) -> "Network":
+    """The same network computing each row independently of the call's shape (rows per call,
+    batch, slot), bit for bit: ``generate(..., deterministic=True)`` decodes with it."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelNetwork:
@@ -66,6 +70,9 @@ class ModelNetwork:
 
   def head(self, params: Any, features_BxKxD: Array) -> Array:
     return forward.head(self.model, params, features_BxKxD)
+
+  def batch_invariant(self) -> ModelNetwork:
+    return ModelNetwork(models.batch_invariant(self.model))
 
 
 def as_network(model: nn.Module | Network) -> Network:

@@ -1,0 +1,108 @@
+"""A batch-invariant matmul: a row's result never depends on how many rows share the call.
+
+cuBLAS and XLA's GEMM fusions choose their tiling, split-K and reduction order per shape,
+so in bf16 a row of ``x @ w`` can round differently at batch 1 and at batch 64, or with 2 and
+with 20 rows per call. This kernel (Pallas, lowered through Triton on GPUs; Pallas'
+interpreter elsewhere) has one tiling per weight matrix: every ``BLOCK_M x BN`` output tile
+sums over ``K`` in ``BK``-chunks in order, accumulating in float32, and rows of a tile never
+interact. ``BN`` and ``BK`` depend on the weight's shape only, ``BLOCK_M`` is fixed and the
+rows are padded to whole tiles, so each output row is computed by the same instructions in the
+same order whatever ``M`` is. With the fused attention kernel (fixed ``64 x 64`` blocks, keys
+in slot order) and row-wise elementwise ops and reductions, that makes the two-stream network
+batch-invariant (``models.batch_invariant``; docs/sampling.md, "Deterministic decoding").
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+Array = jnp.ndarray
+BLOCK_M = 64
+_BLOCKS_N = (128, 64, 32, 16)  # the largest that divides N
+_BLOCKS_K = (64, 32, 16)  # the largest that divides K
+
+
+def _block(size: int, choices: tuple[int, ...], name: str) -> int:
+  for block in choices:
+    if size % block == 0:
+      return block
+  raise ValueError(f"batch-invariant matmul: {name}={size} is not a multiple of "
+                   f"{choices[-1]} (every weight dimension must be, e.g. d_model, d_ff, the "
+                   "heads' width and the vocabulary).")
+
+
+def _interpret() -> bool:
+  return jax.default_backend() != "gpu"
+
+
+def _kernel(x_ref, w_ref, out_ref, *, block_k: int, num_k: int, transposed: bool):
+  precision = jax.lax.Precision.HIGHEST if x_ref.dtype == jnp.float32 else None
+  contract = (((1,), (1 if transposed else 0,)), ((), ()))
+
+  def body(i, acc_MxN):
+    chunk = pl.ds(i * block_k, block_k)
+    w_tile = w_ref[:, chunk] if transposed else w_ref[chunk, :]
+    return acc_MxN + jax.lax.dot_general(x_ref[:, chunk], w_tile, contract, precision=precision,
+                                         preferred_element_type=jnp.float32)
+
+  acc_MxN = jax.lax.fori_loop(0, num_k, body, jnp.zeros(out_ref.shape, jnp.float32))
+  out_ref[...] = acc_MxN.astype(out_ref.dtype)
+
+
+def matmul(x_MxK: Array, w: Array, out_dtype: Any, transposed: bool = False) -> Array:
+  """``x @ w`` (``w`` is ``K x N``, or ``N x K`` with ``transposed``), ``M x N`` in
+  ``out_dtype``, float32 accumulation; row ``m`` of the result depends on row ``m`` of ``x``
+  and on ``w`` only, bit for bit."""
+  num_rows, depth = x_MxK.shape
+  width = w.shape[0] if transposed else w.shape[1]
+  block_n = _block(width, _BLOCKS_N, "N")
+  block_k = _block(depth, _BLOCKS_K, "K")
+  padded = -(-num_rows // BLOCK_M) * BLOCK_M
+  x_MxK = jnp.pad(x_MxK.astype(w.dtype), ((0, padded - num_rows), (0, 0)))
+  w_spec = (pl.BlockSpec((block_n, depth), lambda i, j: (j, 0)) if transposed else
+            pl.BlockSpec((depth, block_n), lambda i, j: (0, j)))
+  compiler_params = None
+  if not _interpret():
+    from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
+    compiler_params = plgpu.CompilerParams(num_warps=4, num_stages=3)
+  out_MxN = pl.pallas_call(
+      functools.partial(_kernel, block_k=block_k, num_k=depth // block_k, transposed=transposed),
+      grid=(padded // BLOCK_M, width // block_n),
+      in_specs=[pl.BlockSpec((BLOCK_M, depth), lambda i, j: (i, 0)), w_spec],
+      out_specs=pl.BlockSpec((BLOCK_M, block_n), lambda i, j: (i, j)),
+      out_shape=jax.ShapeDtypeStruct((padded, width), out_dtype), interpret=_interpret(),
+      compiler_params=compiler_params)(x_MxK, w)
+  return out_MxN[:num_rows]
+
+
+def dot_general(lhs: Array, rhs: Array, dimension_numbers: Any,
+                precision: Any = None, preferred_element_type: Any = None) -> Array:
+  """:func:`jax.lax.dot_general` for the contractions of ``nn.Dense`` and ``nn.DenseGeneral``
+  (the trailing axes of ``lhs`` with the leading axes of ``rhs``, no batch axes), through
+  :func:`matmul`; pass it as their ``dot_general``. ``precision`` is ignored: float32 operands
+  are multiplied in full precision."""
+  del precision
+  (lhs_contract, rhs_contract), batch_dims = dimension_numbers
+  num = len(lhs_contract)
+  if (any(batch_dims) or tuple(lhs_contract) != tuple(range(lhs.ndim - num, lhs.ndim))
+      or tuple(rhs_contract) != tuple(range(num))):
+    raise ValueError(f"batch-invariant matmul: unsupported dimension_numbers "
+                     f"{dimension_numbers} (a Dense's contraction only).")
+  out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
+  depth = math.prod(rhs.shape[:num])
+  out = matmul(lhs.reshape(-1, depth), rhs.reshape(depth, -1), out_dtype)
+  return out.reshape(lhs.shape[:lhs.ndim - num] + rhs.shape[num:])
+
+
+def attend_embedding(query_BxKxD: Array, embedding_VxD: Array) -> Array:
+  """``query @ embedding.T`` (a tied head's logits, ``B x K x V``) without transposing the
+  table."""
+  out = matmul(query_BxKxD.reshape(-1, query_BxKxD.shape[-1]), embedding_VxD,
+               jnp.result_type(query_BxKxD, embedding_VxD), transposed=True)
+  return out.reshape(query_BxKxD.shape[:-1] + embedding_VxD.shape[:1])
+

@@ -1,0 +1,175 @@
+"""Deterministic decoding (``generate(..., deterministic=True)``): a row's computation does not
+depend on the call's shape, so its tokens depend on neither the batch, the slots nor the method.
+
+The network is a small two-stream model in bf16 (where rounding is coarse); off GPUs its
+kernels run in Pallas' interpreter, tile by tile, so the tests check the same tiling that the
+GPU runs. That the GPU build lowers is checked by lowering it for CUDA here.
+"""
+from __future__ import annotations
+
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.experimental import pallas as pl
+
+from asarm_jax import config_base, forward, models, sampling, validation
+from asarm_jax.models import attention, invariant_matmul
+from tests.helpers import model_config
+
+LENGTH, VOCAB = 32, 48
+MODEL = models.build(model_config(vocab_size=VOCAB, max_len=LENGTH, num_layers=2, d_model=32,
+                                  num_heads=2, d_ff=64, dtype="bfloat16"))
+# Scaled-up weights: sharper, more varied conditionals than a fresh init's near-uniform ones.
+PARAMS = jax.tree.map(lambda x: 3 * x if x.ndim > 1 else x,
+                      MODEL.init(jax.random.key(0), *models.example_inputs(1, LENGTH, 4)))
+
+
+def _random(shape, seed, dtype=jnp.bfloat16):
+  return jax.random.normal(jax.random.key(seed), shape, jnp.float32).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_matmul_rows_are_the_same_bits_whatever_the_number_of_rows(dtype):
+  x_MxK, w_KxN = _random((70, 96), 1, dtype), _random((96, 48), 2, dtype)
+  out_MxN = np.asarray(invariant_matmul.matmul(x_MxK, w_KxN, dtype), np.float32)
+  for rows in (slice(5, 8), slice(0, 1), slice(60, 70)):
+    np.testing.assert_array_equal(
+        np.asarray(invariant_matmul.matmul(x_MxK[rows], w_KxN, dtype), np.float32),
+        out_MxN[rows])
+  np.testing.assert_array_equal(  # the transposed weight: the same products in the same order
+      np.asarray(invariant_matmul.matmul(x_MxK, w_KxN.T, dtype, transposed=True), np.float32),
+      out_MxN)
+  exact = np.asarray(x_MxK, np.float64) @ np.asarray(w_KxN, np.float64)
+  # Rounding the float32 sum to the output dtype: half a unit in the last place, 2^-8 relative
+  # in bf16 (plus float32 summation error, far below it); float32 output: 96 terms' sum error.
+  bound = 2.0 ** -8 * np.abs(exact) if dtype == jnp.bfloat16 else 1e-5 * (1 + np.abs(exact))
+  assert (np.abs(out_MxN - exact) <= bound + 1e-30).all()
+
+
+def test_matmul_tiles_depend_on_the_weight_only():
+  """The kernel's tiles, and so every row's order of summation, are the same for 3 rows and
+  for 130 (only the grid's number of row tiles changes)."""
+  w_KxN = _random((96, 48), 2)
+  seen = []
+
+  def record(kernel, **kwargs):
+    seen.append((kernel.keywords, [s.block_shape for s in kwargs["in_specs"]],
+                 kwargs["out_specs"].block_shape, kwargs["grid"][1:]))
+    return real(kernel, **kwargs)
+
+  real = pl.pallas_call
+  with mock.patch.object(invariant_matmul.pl, "pallas_call", record):
+    for rows in (3, 130):
+      invariant_matmul.matmul(_random((rows, 96), 1), w_KxN, jnp.bfloat16)
+  assert seen[0] == seen[1]
+
+
+@pytest.mark.parametrize("shape", [(8, 40, 48), (8, 32, 40)])
+def test_matmul_rejects_dimensions_off_its_tiles(shape):
+  rows, depth, width = shape
+  with pytest.raises(ValueError, match="not a multiple of 16"):
+    invariant_matmul.matmul(_random((rows, depth), 1), _random((depth, width), 2), jnp.bfloat16)
+
+
+def _call(model, rows, num_targets):
+  """Log-probs of ``num_targets`` draft rows after a 5-token prompt, for the batch ``rows``."""
+  tokens = jax.random.randint(jax.random.key(4), (3, LENGTH), 4, VOCAB)[rows]
+  perm = jnp.broadcast_to(jnp.arange(LENGTH), tokens.shape)
+  visible = jnp.full(tokens.shape[:1], 5, jnp.int32)
+  targets = jnp.broadcast_to(5 + jnp.arange(num_targets), (tokens.shape[0], num_targets))
+  return jax.jit(lambda p: forward.call(model, p, tokens, perm, visible, targets,
+                                        jnp.ones_like(targets, bool), visible))(PARAMS)
+
+
+def test_the_batch_invariant_network_is_the_same_function():
+  invariant = models.batch_invariant(MODEL)
+  np.testing.assert_allclose(_call(invariant, slice(None), 8), _call(MODEL, slice(None), 8),
+                             atol=0.1)  # bf16 activations: a few units in the last place
+  np.testing.assert_array_equal(_call(invariant, slice(1, 2), 3), _call(invariant, slice(None),
+                                                                        8)[1:2, :3])
+
+
+def test_the_batch_invariant_network_lowers_for_the_gpu():
+  """Every kernel of a cached decoding call lowers through Triton (what the GPU compiles)."""
+  invariant = models.batch_invariant(MODEL)
+  batch = 2
+  tokens = jnp.zeros((batch, LENGTH), jnp.int32)
+  perm = jnp.broadcast_to(jnp.arange(LENGTH), tokens.shape)
+  targets = jnp.broadcast_to(jnp.arange(3), (batch, 3))
+  call = lambda p, cache: forward.call(
+      invariant, p, tokens, perm, jnp.full((batch,), 2), targets, jnp.ones_like(targets, bool),
+      jnp.full((batch,), 2), cache=cache, content_rank_BxR=targets)
+  with mock.patch.object(attention, "_interpret", lambda: False), \
+       mock.patch.object(invariant_matmul, "_interpret", lambda: False):
+    text = jax.jit(call).trace(PARAMS, invariant.init_cache(batch, LENGTH)).lower(
+        lowering_platforms=("cuda",)).as_text()
+  # Per layer: q, k, v, out, mlp_in, mlp_out and the attention; then the tied head.
+  assert text.count("xla.gpu.triton") == 2 * 7 + 1
+
+
+def _rows():
+  """3 rows: left to right with a scattered prompt, a custom order, and 8 tokens of padding."""
+  rng = np.random.default_rng(5)
+  tokens = rng.integers(4, VOCAB, (3, LENGTH)).astype(np.int32)
+  visible = rng.random((3, LENGTH)) < 0.25
+  order = np.zeros((3, LENGTH), np.float32)
+  order[1] = rng.permutation(LENGTH)
+  return tokens, visible, order, np.array([LENGTH, LENGTH, LENGTH - 8], np.int32)
+
+
+METHODS = {
+    "sequential": dict(method="sequential"),
+    "assd": dict(method="assd", k=3),
+    "assd_fused": dict(method="assd_fused", k=3),
+    "auto": dict(method="auto", k=3),
+    "tree": dict(method="tree", k=4, depth=2, ngram=1),
+}
+
+
+def _decode(keywords: dict, temperature: float, slots: int | None):
+  tokens, visible, order, lengths = _rows()
+  return jax.tree.map(np.asarray, sampling.generate(
+      MODEL, PARAMS, tokens, visible, jax.random.key(6), order_BxL=order, length_B=lengths,
+      temperature=temperature, slots=slots, deterministic=True, **keywords))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_row_is_the_same_whatever_the_batch_and_the_method(method):
+  """All rows at once and each alone (one slot: every call of a row at batch 1) give the same
+  tokens and calls at T = 1 and 0; at T = 0 the block methods give sequential's tokens."""
+  for temperature in (1.0, 0.0):
+    together = _decode(METHODS[method], temperature, None)
+    alone = _decode(METHODS[method], temperature, 1)
+    for name in ("tokens_BxL", "num_calls_B", "num_generated_B", "rounds_by_size_BxS"):
+      np.testing.assert_array_equal(getattr(alone, name), getattr(together, name), name)
+  if method != "tree":
+    np.testing.assert_array_equal(together.tokens_BxL,
+                                  _decode(METHODS["sequential"], 0.0, None).tokens_BxL)
+
+
+def _config(**model) -> ml_collections.ConfigDict:
+  config = config_base.base_config()
+  config.sample.deterministic = True
+  config.model.update(model)
+  return config
+
+
+@pytest.mark.parametrize("config, message", [
+    (_config(arch="xlnet"), "needs model.arch='two_stream'"),
+    (_config(d_ff=1000), r"model.d_ff=1000: sample.deterministic=True needs a multiple of 16"),
+])
+def test_deterministic_needs_a_two_stream_model_with_tile_sized_weights(config, message):
+  with pytest.raises(ValueError, match=message):
+    validation.validate_config(config, "eval")
+
+
+def test_xlnet_has_no_batch_invariant_mode():
+  xlnet = models.build(model_config(arch="xlnet", vocab_size=VOCAB, max_len=LENGTH,
+                                    num_layers=1, d_model=32, num_heads=2, d_ff=64))
+  with pytest.raises(ValueError, match="needs model.arch='two_stream'"):
+    sampling.generate(xlnet, None, np.zeros((1, LENGTH), np.int32),
+                      np.ones((1, LENGTH), bool), jax.random.key(0), deterministic=True)
