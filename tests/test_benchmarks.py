@@ -207,16 +207,23 @@ def test_cost_model_measures_auto_and_generate_reads_it(tmp_path, monkeypatch):
 
 
 def test_greedy_agreement_counts_no_difference_in_float32():
-  """On the CPU in float32 every exact decoder, through 4 slots and through one, returns
-  sequential greedy decoding's tokens: every count is 0."""
-  made = greedy_agreement.run(config="demo", specs=["assd:3", "assd_fused:3", "tree:4:2"],
-                              rows=4, visible=0.25, length=24)
-  assert [(r["settings"]["method"], r["settings"]["slots"]) for r in made] == [
-      ("sequential", 1), ("assd", 4), ("assd", 1), ("assd_fused", 4), ("assd_fused", 1),
-      ("tree", 4), ("tree", 1)]
+  """On the CPU in float32 every exact decoder, through 4 slots and through one, by default and
+  deterministically, returns sequential greedy decoding's tokens, and at T = 1 a decoder's own
+  batched tokens: every count is 0; the second temperature's runs are timed."""
+  made = greedy_agreement.run(config="demo", specs=["assd:3", "tree:4:2"], rows=4,
+                              visible=0.25, length=24, alone_rows=2)
+  assert [(r["settings"]["deterministic"], r["settings"]["temperature"],
+           r["settings"]["method"], r["settings"]["slots"]) for r in made] == [
+      (det, t, method, slots) for det in (False, True) for t in (0.0, 1.0)
+      for method in ("sequential", "assd", "tree") for slots in (4, 1)]
   for r in made:
     records.validate(r)
-    assert r["metrics"] == {"rows_differing": 0, "median_first_difference": None}
+    reference = r["settings"]["reference"] == "itself"
+    assert r["settings"]["rows"] == (4 if r["settings"]["slots"] == 4 else 2)
+    assert r["metrics"]["rows_differing"] == (None if reference else 0)
+    assert r["metrics"]["median_first_difference"] is None
+    timed = r["settings"]["temperature"] == 1.0
+    assert r["metrics"]["ms_per_call"] is None if not timed else r["metrics"]["ms_per_call"] > 0
   assert greedy_agreement.differing(np.asarray([[1, 2, 3], [1, 5, 6]]),
                                     np.asarray([[1, 2, 3], [1, 2, 3]])) == {
       "rows_differing": 1, "median_first_difference": 1.0}
