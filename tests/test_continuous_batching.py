@@ -115,6 +115,6 @@ def test_sample_mode_fills_prompts_through_slots_as_all_at_once():
   texts = ["ab<mask:5>c", "<mask:2>xyz", "no span", "q<mask:9>"]
   spec = sampling.SamplerSpec("assd_fused", k=2)
   fill = inference._fill  # pylint: disable=protected-access
-  together, one_slot = (fill(loaded, texts, spec, 0, slots) for slots in (0, 1))
+  together, one_slot = (fill(loaded, texts, spec, 0, slots, False) for slots in (0, 1))
   for a, b in zip(together, one_slot):
     np.testing.assert_array_equal(a, b)

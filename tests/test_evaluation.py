@@ -317,16 +317,17 @@ def test_sampler_tag_separates_every_setting_that_changes_completions():
   from asarm_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
   from asarm_jax.config_base import default_eval_config  # pylint: disable=g-import-not-at-top
 
-  def tag(step=1, seed=0, batch_size=16, **changes):
+  def tag(step=1, seed=0, batch_size=16, deterministic=False, **changes):
     ecfg = default_eval_config()
     ecfg.update(seed=seed, batch_size=batch_size)
-    config = ml_collections.ConfigDict({"eval": ecfg})
+    config = ml_collections.ConfigDict({"eval": ecfg,
+                                        "sample": {"deterministic": deterministic}})
     spec = sampling.SamplerSpec(**{"method": "tree", **changes})
     ctx = runner.Context(types.SimpleNamespace(step=step), config, spec, "", "")
     return runner._sampler_tag(ctx)  # pylint: disable=protected-access
   settings = [{}, {"step": 2}, {"method": "assd"}, {"method": "assd", "k": 3},
               {"temperature": 0.5}, {"seed": 1}, {"batch_size": 4}, {"num_nodes": 3},
-              {"depth": 3}, {"ngram": 0}]
+              {"depth": 3}, {"ngram": 0}, {"deterministic": True}]
   tags = [tag(**s) for s in settings]
   assert len(set(tags)) == len(tags), tags
   # Settings the method does not read leave the tag (and the cache) as it is.

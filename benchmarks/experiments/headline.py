@@ -9,8 +9,10 @@ The defaults are those of 2026-12-03's headline (docs/results.md): 1050 s of tra
 ``python -m benchmarks decoders``); the generation-quality samples kept for the causal LM of
 the ``causal_lm`` experiment to judge. ``cost_model`` measures ``auto``'s cost on this machine
 before the timed stages, which run ``auto:8`` beside the static decoders, each with continuous
-and plain batching. Estimated at ~1900 s of H200 time (more than one 30-minute session: the
-stages resume).
+and plain batching; ``greedy`` counts the rows whose tokens differ between decoders and call
+shapes, by default and with deterministic decoding, and times both (``alone_rows`` rows through
+one slot). Estimated at ~2100 s of H200 time (more than one 30-minute session: the stages
+resume).
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ KNOBS = dict(
     specs_b1="sequential,auto:8,assd_fused:5,tree:8",  # timed at T=0.2, batch 1
     spec="sequential",  # the later HumanEval stages (the fastest at batch 64 on 2026-12-03)
     batching="continuous,batches",  # the single-line T=0.2 stages, side by side
-    execute=False, max_tasks=0, sampling_budget_s=60)
+    execute=False, max_tasks=0, sampling_budget_s=60,
+    greedy_specs="assd:5,assd_fused:5,tree:8,auto:8", alone_rows=16)
 
 EVAL_FILES = ("asarm/eval/*_middles.json", "asarm/eval/*_scores.jsonl",
               "asarm/eval/*_completions.jsonl", "asarm/eval/results.json")
@@ -45,7 +48,7 @@ def humaneval(knobs: dict[str, Any], runs: str, name: str, specs: str, kind: str
 
 
 def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
-  """prepare, asarm, the HumanEval stages, density, gen and sampling."""
+  """prepare, asarm, cost_model, greedy, the HumanEval stages, density, gen and sampling."""
   first_s = knobs["limit_s"] - knobs["draft_s"]
   train = [training.train(knobs, runs, "asarm", first_s, knobs["steps"])]
   if knobs["draft_s"]:
@@ -56,6 +59,9 @@ def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
       Stage("asarm", tuple(train)),
       Stage("cost_model", (stages.benchmark("cost_model", runs, workdir=f"{runs}/asarm", k=8,
                                             batch_sizes="1,64"),)),
+      Stage("greedy", (stages.benchmark("greedy_agreement", runs, workdir=f"{runs}/asarm",
+                                        specs=knobs["greedy_specs"],
+                                        alone_rows=knobs["alone_rows"]),)),
       humaneval(knobs, runs, "humaneval_t0.2", knobs["specs_b64"], "humaneval_single_line",
                 0.2, 64, knobs["batching"]),
       humaneval(knobs, runs, "humaneval_b1", knobs["specs_b1"], "humaneval_single_line", 0.2, 1,
