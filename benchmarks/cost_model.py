@@ -3,6 +3,7 @@
 
   python -m benchmarks cost_model --workdir=runs/asarm [--k=8 --batch_sizes=1,8,64]
   python -m benchmarks cost_model --config=xlnet_base    (random weights of configs/NAME.py)
+  python -m benchmarks cost_model --workdir=runs/asarm --deterministic=true
 
 A round of draft size 1 is sequential decoding's (one draft call of one row); of ``k >= 2``,
 ``assd``'s (a density call of ``k + 1`` rows and a draft call of ``k`` rows), so each is timed
@@ -11,7 +12,9 @@ tokens are hidden, after an untimed compiling run, divided by its rounds (the me
 ``--repeats``). The table goes to :func:`asarm_jax.sampling.cost_model.path`, where ``generate``
 reads it for ``auto``; rerun to refresh. The cost does not depend on the weights, so any
 checkpoint of the architecture, or ``--config`` with random weights, will do (the file is keyed
-by the model's fields: the same fields give the same file). One record per (batch, size).
+by the model's fields: the same fields give the same file). ``--deterministic=true`` measures
+the batch-invariant network that ``generate(..., deterministic=True)`` decodes with (its own
+file). One record per (batch, size).
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="slots to measure (auto interpolates between them)")
   parser.add_argument("--hidden", type=int, default=128, help="hidden tokens per row")
   parser.add_argument("--repeats", type=int, default=3, help="timed runs per (batch, size)")
+  parser.add_argument("--deterministic", type=cli.flag_bool, default=False,
+                      help="the batch-invariant network (deterministic decoding)")
 
 
 def ms_per_round(net: sampling.ModelNetwork, params: Any, size: int, batch: int, length: int,
@@ -59,11 +64,14 @@ def ms_per_round(net: sampling.ModelNetwork, params: Any, size: int, batch: int,
 
 
 def run(workdir: str = "", config: str = "", k: int = 8, batch_sizes: list[int] = (1, 8, 64),
-        hidden: int = 128, repeats: int = 3) -> list[dict]:
+        hidden: int = 128, repeats: int = 3, deterministic: bool = False) -> list[dict]:
   """Measures and saves the cost table; one record per (batch, size)."""
   loaded, described = common.load(workdir, config)
   model, params, length = loaded.model, loaded.params, loaded.config.data.seq_len
   net = sampling.ModelNetwork(model)
+  if deterministic:
+    net = net.batch_invariant()
+    model = net.model
   sizes = auto.sizes(sampling.SamplerSpec("auto", k=k))
   hidden = min(hidden, length - 1)
   table = [[ms_per_round(net, params, size, batch, length, hidden, repeats) for size in sizes]
@@ -72,6 +80,7 @@ def run(workdir: str = "", config: str = "", k: int = 8, batch_sizes: list[int] 
                                "batch_sizes": list(batch_sizes), "sizes": list(sizes),
                                "hidden": hidden, "round_ms": table})
   config = {**described, "cost_model": path}
-  return [records.make("cost_model", {"batch": batch, "size": size, "hidden": hidden},
+  return [records.make("cost_model", {"batch": batch, "size": size, "hidden": hidden,
+                                      "deterministic": deterministic},
                        {"round_ms": ms}, config)
           for batch, row in zip(batch_sizes, table) for size, ms in zip(sizes, row)]

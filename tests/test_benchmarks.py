@@ -228,3 +228,17 @@ def test_greedy_agreement_counts_no_difference_in_float32():
   assert greedy_agreement.differing(np.asarray([[1, 2, 3], [1, 5, 6]]),
                                     np.asarray([[1, 2, 3], [1, 2, 3]])) == {
       "rows_differing": 1, "median_first_difference": 1.0}
+
+
+def test_the_deterministic_cost_model_is_the_batch_invariant_networks_own(tmp_path, monkeypatch):
+  """``--deterministic=true`` writes the table of the network that deterministic decoding uses,
+  beside (not over) the default one's."""
+  monkeypatch.setenv("ASARM_JAX_CACHE_DIR", str(tmp_path))
+  monkeypatch.setattr(cost_model_benchmark, "ms_per_round",
+                      lambda net, *args: 2.0 if net.model.batch_invariant else 1.0)
+  for deterministic in (False, True):
+    cost_model_benchmark.run(config="demo", k=3, batch_sizes=[1], deterministic=deterministic)
+  net = sampling.ModelNetwork(models.build(common.config_of("demo").model))
+  np.testing.assert_array_equal(cost_model.round_ms(net, (1, 2, 3), 1), [1.0] * 3)
+  np.testing.assert_array_equal(cost_model.round_ms(net.batch_invariant(), (1, 2, 3), 1),
+                                [2.0] * 3)

@@ -217,7 +217,9 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
     way, so rows differ between methods and batch sizes (31-41 of 64 long rows at batch 64).
   * ``deterministic=True``, on the CPU and the GPU: a row's tokens, calls and counts do not
     depend on the batch, the other rows or ``slots``, for every method and temperature (the
-    same keys); at temperature 0 sequential, assd, assd_fused and auto return the same tokens.
+    same keys; but ``auto`` above temperature 0 where its cost model picks other draft sizes
+    at another number of slots); at temperature 0 sequential, assd, assd_fused and auto
+    return the same tokens.
     ``tree`` keeps the first property but not the second: its path's keys sit in node slots
     after the prompt's, so attention adds them up in another order than sequential decoding.
 
