@@ -9,8 +9,10 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from asarm_jax import masks
+from asarm_jax.models import attention
 from asarm_jax.models.two_stream import Cache
 
 Array = jnp.ndarray
@@ -88,6 +90,9 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
                  key_node_BxS=jnp.where((key_rank_BxS >= length)
                                         & (key_rank_BxS < length + num_nodes),
                                         key_rank_BxS - length, -1))
+    if getattr(model, "batch_invariant", False):
+      nodes["tail"] = _tail(tree, num_decoded, length, jnp.concatenate(limits, 1), row_node_BxT,
+                            content_rank_BxR.shape[1])
     tokens_BxR = jnp.concatenate([tokens_BxR, tree.tokens_BxN], 1)
     positions_BxR = jnp.concatenate(
         [positions_BxR, jnp.take_along_axis(perm_BxL, jnp.clip(tree.rank_BxN, 0, length - 1), 1)],
@@ -96,6 +101,40 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
   visibility = masks.Visibility(jnp.concatenate(limits, 1), key_rank_BxS, **nodes)
   return model.apply(params, tokens_BxR, positions_BxR, target_positions, visibility,
                      cache=cache, cache_slots_BxL=slots_BxR, head=head)
+
+
+def _tail(tree: TreeRows, num_decoded_B: Array, length: int, row_limit_BxT: Array,
+          row_node_BxT: Array, num_content: int) -> masks.Tail:
+  """The tree call's rows in rank order (:class:`asarm_jax.masks.Tail`): the root's group (the
+  committed content row and the root's query rows) and one group per node (its content row
+  and its query rows), each with a tail of two key blocks from the committed pointer's block."""
+  batch, num_nodes = tree.tokens_BxN.shape
+  per_node = tree.target_node_BxK.shape[1] // (num_nodes + 1)  # D + 1 query rows a group
+  if num_content != 1:
+    raise ValueError("a batch-invariant tree call needs the cache (one committed content row); "
+                     "deterministic tree decoding runs with cache=True")
+  queries = 1 + num_nodes + per_node * np.arange(num_nodes + 1)[:, None] + np.arange(per_node)
+  group_rows_GxP = np.concatenate([np.arange(num_nodes + 1)[:, None], queries], 1)
+  base_B = num_decoded_B // attention.BLOCK_K * attention.BLOCK_K
+  rank_BxW = base_B[:, None] + jnp.arange(2 * attention.BLOCK_K, dtype=jnp.int32)
+  committed_BxW = rank_BxW < num_decoded_B[:, None]
+  # on_path_BxUxWxV: node v is on node u's path and holds the column's rank.
+  on_path_BxUxWxV = (tree.ancestors_BxNxN[:, :, None, :]
+                     & (tree.rank_BxN[:, None, None, :] == rank_BxW[:, None, :, None]))
+  has_node_BxUxW = on_path_BxUxWxV.any(-1)
+  node_slot_BxUxW = length + jnp.argmax(on_path_BxUxWxV, -1).astype(jnp.int32)
+  slot_BxGxW = jnp.concatenate([
+      jnp.where(committed_BxW, rank_BxW, 0)[:, None],
+      jnp.where(committed_BxW[:, None], rank_BxW[:, None],
+                jnp.where(has_node_BxUxW, node_slot_BxUxW, 0))], 1)
+  seen_BxGxW = jnp.concatenate([committed_BxW[:, None],
+                                committed_BxW[:, None] | has_node_BxUxW], 1)
+  node_rank_BxT = jnp.take_along_axis(tree.rank_BxN, jnp.maximum(row_node_BxT, 0), 1)
+  return masks.Tail(
+      group_rows_GxP=jnp.asarray(group_rows_GxP, jnp.int32), base_B=base_B,
+      slot_BxGxW=slot_BxGxW,
+      rank_BxGxW=jnp.where(seen_BxGxW, rank_BxW[:, None], jnp.iinfo(jnp.int32).max),
+      row_limit_BxT=jnp.where(row_node_BxT >= 0, node_rank_BxT + 1, row_limit_BxT))
 
 
 def head(model: nn.Module, params: Any, features_BxKxD: Array) -> Array:

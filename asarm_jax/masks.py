@@ -40,6 +40,32 @@ Array = jnp.ndarray
 MAX_TREE_NODES = 64  # node bitsets are two 32-bit words
 
 
+class Tail(NamedTuple):
+  """A tree call's rows as row groups that see their keys in rank order (batch-invariant calls).
+
+  A tree row sees the committed ranks and its node's path, whose keys sit in node slots after
+  the ranks' slots; a kernel that adds keys up in slot order would then add them up in another
+  order than a call without a tree does for the same row. So the rows are split into groups,
+  the root's (rows that see no node) and one per node (its content row and its query rows), and
+  each group gets a *tail* of ``W`` keys for the ranks ``base .. base + W - 1``: the committed
+  ranks' keys from their slots, the path's from their node slots, each at its rank's column.
+  A group's rows read the keys of ranks ``< base`` from the cache and then its tail: every row
+  meets its keys in rank order, in the same blocks as without a tree.
+
+  Attributes:
+    group_rows_GxP: int32 rows (indices into ``T``) of each group; every row is in one group.
+    base_B: int32 first rank of the tails (a multiple of the kernel's key block).
+    slot_BxGxW: int32 cache slot of each tail column's key (any slot where it has none).
+    rank_BxGxW: int32 rank of each tail column, ``2^31 - 1`` where the group has no such key.
+    row_limit_BxT: int32 each row's limit within its tail (its path's ranks included).
+  """
+  group_rows_GxP: Array
+  base_B: Array
+  slot_BxGxW: Array
+  rank_BxGxW: Array
+  row_limit_BxT: Array
+
+
 class Visibility(NamedTuple):
   """Which keys each row may attend to, in structured form.
 
@@ -53,11 +79,14 @@ class Visibility(NamedTuple):
     row_nodes_BxTx2: optional int32 bitsets (two words: nodes 0-31, 32-63) of the tree nodes
       each row sees, from :func:`node_bits`.
     key_node_BxS: optional int32 tree node of every key (``-1``: a rank key).
+    tail: optional :class:`Tail`, the same visibility in rank order (batch-invariant tree
+      calls; the fused kernel reads it instead of the node bitsets).
   """
   row_limit_BxT: Array
   key_rank_BxS: Array
   row_nodes_BxTx2: Array | None = None
   key_node_BxS: Array | None = None
+  tail: Tail | None = None
 
 
 def content_limit(row_rank_BxR: Array, num_visible_B: Array, causal_prompt: bool = False) -> Array:

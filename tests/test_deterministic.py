@@ -18,9 +18,11 @@ from jax.experimental import pallas as pl
 
 from asarm_jax import config_base, forward, models, sampling, validation
 from asarm_jax.models import attention, invariant_matmul
+from asarm_jax.sampling import state as state_lib
+from asarm_jax.sampling.methods import tree as tree_method
 from tests.helpers import model_config
 
-LENGTH, VOCAB = 32, 48
+LENGTH, VOCAB = 64, 48
 MODEL = models.build(model_config(vocab_size=VOCAB, max_len=LENGTH, num_layers=2, d_model=32,
                                   num_heads=2, d_ff=64, dtype="bfloat16"))
 # Scaled-up weights: sharper, more varied conditionals than a fresh init's near-uniform ones.
@@ -94,21 +96,27 @@ def test_the_batch_invariant_network_is_the_same_function():
 
 
 def test_the_batch_invariant_network_lowers_for_the_gpu():
-  """Every kernel of a cached decoding call lowers through Triton (what the GPU compiles)."""
-  invariant = models.batch_invariant(MODEL)
-  batch = 2
-  tokens = jnp.zeros((batch, LENGTH), jnp.int32)
-  perm = jnp.broadcast_to(jnp.arange(LENGTH), tokens.shape)
-  targets = jnp.broadcast_to(jnp.arange(3), (batch, 3))
-  call = lambda p, cache: forward.call(
-      invariant, p, tokens, perm, jnp.full((batch,), 2), targets, jnp.ones_like(targets, bool),
-      jnp.full((batch,), 2), cache=cache, content_rank_BxR=targets)
-  with mock.patch.object(attention, "_interpret", lambda: False), \
-       mock.patch.object(invariant_matmul, "_interpret", lambda: False):
-    text = jax.jit(call).trace(PARAMS, invariant.init_cache(batch, LENGTH)).lower(
-        lowering_platforms=("cuda",)).as_text()
-  # Per layer: q, k, v, out, mlp_in, mlp_out and the attention; then the tied head.
-  assert text.count("xla.gpu.triton") == 2 * 7 + 1
+  """Every kernel of a cached decoding call, and of a tree call (row groups over their row's
+  keys, then their tails), lowers through Triton (what the GPU compiles)."""
+  net = sampling.ModelNetwork(models.batch_invariant(MODEL))
+  spec = sampling.SamplerSpec("tree", num_nodes=4, depth=2, ngram=0)
+  tokens, visible, order, lengths = (jnp.asarray(x) for x in _rows())
+  state = state_lib.init_state(tokens, visible, order, lengths,
+                               jax.random.split(jax.random.key(7), 3))
+  state = state.replace(cache=net.init_cache(3, LENGTH + spec.num_nodes),
+                        carry=tree_method._propose(  # pylint: disable=protected-access
+                            spec, state, jnp.zeros((3, spec.depth, VOCAB))))
+  plain = lambda p, state: state_lib.call(
+      net, p, state, state.tokens_rank_BxL, *state_lib.targets(state.num_decoded_B,
+                                                               state.num_target_B, 3),
+      state.num_decoded_B, state.num_decoded_B, 1)
+  tree = lambda p, state: tree_method.call(net, p, spec, state)
+  for call in (plain, tree):
+    with mock.patch.object(attention, "_interpret", lambda: False), \
+         mock.patch.object(invariant_matmul, "_interpret", lambda: False):
+      text = jax.jit(call).trace(PARAMS, state).lower(lowering_platforms=("cuda",)).as_text()
+    # Per layer: q, k, v, out, mlp_in, mlp_out and the attention; then the tied head.
+    assert text.count("xla.gpu.triton") == 2 * 7 + 1
 
 
 def _rows():
@@ -140,15 +148,55 @@ def _decode(keywords: dict, temperature: float, slots: int | None):
 @pytest.mark.parametrize("method", METHODS)
 def test_a_row_is_the_same_whatever_the_batch_and_the_method(method):
   """All rows at once and each alone (one slot: every call of a row at batch 1) give the same
-  tokens and calls at T = 1 and 0; at T = 0 the block methods give sequential's tokens."""
+  tokens and calls at T = 1 and 0; at T = 0 every method gives sequential's tokens."""
   for temperature in (1.0, 0.0):
     together = _decode(METHODS[method], temperature, None)
     alone = _decode(METHODS[method], temperature, 1)
     for name in ("tokens_BxL", "num_calls_B", "num_generated_B", "rounds_by_size_BxS"):
       np.testing.assert_array_equal(getattr(alone, name), getattr(together, name), name)
-  if method != "tree":
-    np.testing.assert_array_equal(together.tokens_BxL,
-                                  _decode(METHODS["sequential"], 0.0, None).tokens_BxL)
+  np.testing.assert_array_equal(together.tokens_BxL,
+                                _decode(METHODS["sequential"], 0.0, None).tokens_BxL)
+
+
+def test_a_tree_calls_rows_are_sequential_decodings_bit_for_bit():
+  """Every row of a batch-invariant tree call (3 rows, 4 nodes) is, bit for bit, what
+  sequential decoding computes at batch 1 after committing the node's path one token a call:
+  the node's content rows and its query rows meet their keys in rank order, as there."""
+  net = sampling.ModelNetwork(models.batch_invariant(MODEL))
+  params = net.prepare(PARAMS)
+  spec = sampling.SamplerSpec("tree", num_nodes=4, depth=2, ngram=0)
+  tokens, visible, order, lengths = (jnp.asarray(x) for x in _rows())
+  state = state_lib.init_state(tokens, visible, order, lengths,
+                               jax.random.split(jax.random.key(7), 3))
+  state = jax.jit(tree_method.init, static_argnums=(0, 2, 4))(net, params, spec, state, True)
+  logits_BxN1xD1xV = np.asarray(
+      jax.jit(tree_method.call, static_argnums=(0, 2))(net, params, spec, state)[0])
+  nodes = jax.tree.map(np.asarray, state.carry)
+  n_B, target_B = np.asarray(state.num_decoded_B), np.asarray(state.num_target_B)
+  sequential_call = jax.jit(lambda tokens, b, rank, cache: forward.call(
+      net.model, params, tokens, state.perm_BxL[b:b + 1], state.num_visible_B[b:b + 1],
+      rank + jnp.arange(3)[None], jnp.ones((1, 3), bool), rank[:, 0], cache=cache,
+      content_rank_BxR=rank - 1), static_argnums=1)
+  checked = 0
+  for b in range(3):
+    for node in range(-1, spec.num_nodes):
+      if node >= 0 and not nodes.valid_BxN[b, node]:
+        continue
+      path, at = [], node
+      while at >= 0:  # the node's tokens, root first
+        path.insert(0, nodes.tokens_BxN[b, at])
+        at = nodes.parent_BxN[b, at]
+      tokens_rank = np.array(state.tokens_rank_BxL[b:b + 1])
+      tokens_rank[0, n_B[b]:n_B[b] + len(path)] = path
+      cache = jax.tree.map(lambda x: x[b:b + 1], state.cache)
+      for rank in range(n_B[b], n_B[b] + len(path) + 1):  # content row rank - 1, query rank
+        logits_1x3xV, cache = sequential_call(jnp.asarray(tokens_rank), b,
+                                              jnp.asarray([[rank]]), cache)
+      use = rank + np.arange(3) < target_B[b]
+      np.testing.assert_array_equal(logits_BxN1xD1xV[b, node + 1][use],
+                                    np.asarray(logits_1x3xV)[0][use])
+      checked += use.sum()
+  assert checked > 3 * spec.num_nodes
 
 
 def _config(**model) -> ml_collections.ConfigDict:
@@ -167,9 +215,12 @@ def test_deterministic_needs_a_two_stream_model_with_tile_sized_weights(config, 
     validation.validate_config(config, "eval")
 
 
-def test_xlnet_has_no_batch_invariant_mode():
+def test_deterministic_decoding_refuses_what_it_cannot_do():
   xlnet = models.build(model_config(arch="xlnet", vocab_size=VOCAB, max_len=LENGTH,
                                     num_layers=1, d_model=32, num_heads=2, d_ff=64))
+  tokens, visible = np.zeros((1, LENGTH), np.int32), np.ones((1, LENGTH), bool)
   with pytest.raises(ValueError, match="needs model.arch='two_stream'"):
-    sampling.generate(xlnet, None, np.zeros((1, LENGTH), np.int32),
-                      np.ones((1, LENGTH), bool), jax.random.key(0), deterministic=True)
+    sampling.generate(xlnet, None, tokens, visible, jax.random.key(0), deterministic=True)
+  with pytest.raises(ValueError, match="deterministic tree decoding needs cache=True"):
+    sampling.generate(MODEL, PARAMS, tokens, visible, jax.random.key(0), method="tree",
+                      cache=False, deterministic=True)

@@ -55,6 +55,9 @@ def attend(q_BxTxNxH: Array, k_BxSxNxH: Array, v_BxSxNxH: Array, sink_key_NxH: A
     raise ValueError(f"unknown attention implementation {implementation!r}; "
                      f"expected one of {IMPLEMENTATIONS}")
   with jax.named_scope("attend"):
+    if implementation == "pallas" and visibility.tail is not None:
+      return _flash_tail(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_key_NxH, sink_value_NxH,
+                         visibility, query_positions_BxT, key_positions_BxS, alibi)
     if implementation == "pallas":
       return _flash(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_key_NxH, sink_value_NxH, visibility,
                     query_positions_BxT, key_positions_BxS, alibi)
@@ -175,9 +178,12 @@ def _unpack(refs, tree):
           key_node, refs)
 
 
-def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree):
+def _forward_kernel(*refs, num_key_blocks, num_tail_blocks, scale, alibi, tree):
+  """The online softmax over the key blocks in slot order, then (``num_tail_blocks``) over the
+  blocks of the row group's tail (:class:`asarm_jax.masks.Tail`), whose limits are the tail's."""
   (q_ref, k_ref, v_ref, sink_key_ref, sink_value_ref, slope_ref, limit_ref, position_ref, words,
-   key_rank_ref, key_position_ref, key_node_ref, (out_ref, lse_ref)) = _unpack(refs, tree)
+   key_rank_ref, key_position_ref, key_node_ref, rest) = _unpack(refs, tree)
+  out_ref, lse_ref = rest[-2:]
   rows = _Rows(limit_ref, position_ref, *words)
   q = q_ref[...]
   slope = _slope(alibi, slope_ref)
@@ -187,24 +193,33 @@ def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree):
   total = jnp.ones_like(m)
   acc = jnp.broadcast_to(sink_value_ref[...].astype(jnp.float32)[None, :], q.shape)
 
-  def body(j, carry):
-    keys = pl.ds(j * BLOCK_K, BLOCK_K)
-    key_rank = key_rank_ref[keys]
-    key_node = None if key_node_ref is None else key_node_ref[keys]
+  def blocks(rows, k_ref, v_ref, key_rank_ref, key_position_ref, key_node_ref, num, carry):
+    def body(j, carry):
+      keys = pl.ds(j * BLOCK_K, BLOCK_K)
+      key_rank = key_rank_ref[keys]
+      key_node = None if key_node_ref is None else key_node_ref[keys]
 
-    def block(carry):
-      acc, m, total = carry
-      s = _scores(q, k_ref[keys, :], rows, key_position_ref[keys], slope, scale)
-      s = jnp.where(_tile_visible(rows, key_rank, key_node), s, _MASKED)
-      m_next = jnp.maximum(m, jnp.max(s, 1))
-      p = jnp.exp2(s - m_next[:, None])
-      correction = jnp.exp2(m - m_next)
-      acc = acc * correction[:, None] + _dot(p.astype(v_ref.dtype), v_ref[keys, :])
-      return acc, m_next, total * correction + jnp.sum(p, 1)
+      def block(carry):
+        acc, m, total = carry
+        s = _scores(q, k_ref[keys, :], rows, key_position_ref[keys], slope, scale)
+        s = jnp.where(_tile_visible(rows, key_rank, key_node), s, _MASKED)
+        m_next = jnp.maximum(m, jnp.max(s, 1))
+        p = jnp.exp2(s - m_next[:, None])
+        correction = jnp.exp2(m - m_next)
+        acc = acc * correction[:, None] + _dot(p.astype(v_ref.dtype), v_ref[keys, :])
+        return acc, m_next, total * correction + jnp.sum(p, 1)
 
-    return jax.lax.cond(_block_needed(rows, key_rank, key_node), block, lambda c: c, carry)
+      return jax.lax.cond(_block_needed(rows, key_rank, key_node), block, lambda c: c, carry)
 
-  acc, m, total = jax.lax.fori_loop(0, num_key_blocks, body, (acc, m, total))
+    return jax.lax.fori_loop(0, num, body, carry)
+
+  carry = blocks(rows, k_ref, v_ref, key_rank_ref, key_position_ref, key_node_ref,
+                 num_key_blocks, (acc, m, total))
+  if num_tail_blocks:
+    tail_limit_ref, tail_k_ref, tail_v_ref, tail_rank_ref, tail_position_ref = rest[:5]
+    carry = blocks(_Rows(tail_limit_ref, position_ref, None, None), tail_k_ref, tail_v_ref,
+                   tail_rank_ref, tail_position_ref, None, num_tail_blocks, carry)
+  acc, m, total = carry
   out_ref[...] = (acc / total[:, None]).astype(out_ref.dtype)
   lse_ref[...] = m + jnp.log2(total)
 
@@ -270,8 +285,9 @@ def _dkv_kernel(*refs, num_query_blocks, scale, alibi, tree):
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys):
-  """BlockSpecs of the kernels' common inputs; the grid is ``(B, N, row or key blocks)``."""
+def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys, groups=1):
+  """BlockSpecs of the kernels' common inputs; the grid is ``(B, N, row or key blocks)``. With
+  ``groups`` the grid's first axis is ``B x groups`` row groups that share their row's keys."""
   if grid_over_keys:
     row_tile = lambda: pl.BlockSpec((None, num_rows, None, head_dim), lambda b, h, j: (b, 0, h, 0))
     key_tile = lambda: pl.BlockSpec((None, BLOCK_K, None, head_dim), lambda b, h, j: (b, j, h, 0))
@@ -279,9 +295,10 @@ def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys):
     key_vec = lambda: pl.BlockSpec((None, BLOCK_K), lambda b, h, j: (b, j))
   else:
     row_tile = lambda: pl.BlockSpec((None, BLOCK_Q, None, head_dim), lambda b, h, i: (b, i, h, 0))
-    key_tile = lambda: pl.BlockSpec((None, num_keys, None, head_dim), lambda b, h, i: (b, 0, h, 0))
+    key_tile = lambda: pl.BlockSpec((None, num_keys, None, head_dim),
+                                    lambda b, h, i: (b // groups, 0, h, 0))
     row_vec = lambda: pl.BlockSpec((None, BLOCK_Q), lambda b, h, i: (b, i))
-    key_vec = lambda: pl.BlockSpec((None, num_keys), lambda b, h, i: (b, 0))
+    key_vec = lambda: pl.BlockSpec((None, num_keys), lambda b, h, i: (b // groups, 0))
   head_vec = lambda: pl.BlockSpec((None, head_dim), lambda b, h, i: (h, 0))
   specs = [row_tile(), key_tile(), key_tile(), head_vec(), head_vec(), head_vec(), row_vec(),
            row_vec()]
@@ -326,6 +343,40 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
   return core(*args)[:, :num_rows]
 
 
+def _flash_tail(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi):
+  """A tree call in rank order (:class:`asarm_jax.masks.Tail`; forward only, one device): each
+  row group is a row of the kernel's grid that reads its row's keys of ranks below the tail's
+  base in slot order, then its tail."""
+  tail = visibility.tail
+  batch, _, num_heads, head_dim = q.shape
+  groups, group_size = tail.group_rows_GxP.shape
+  width = tail.slot_BxGxW.shape[2]
+
+  def by_group(x_BxT):  # B x T x ... -> (B G) x P x ..., rows padded to whole blocks
+    x = jnp.take(x_BxT, tail.group_rows_GxP.reshape(-1), axis=1)
+    return _pad_to(x.reshape((batch * groups, group_size) + x.shape[2:]), 1, BLOCK_Q)
+
+  def in_tail(x_BxS):  # B x S x ... -> (B G) x W x ...: each tail column's key
+    slots = tail.slot_BxGxW.reshape((batch, groups * width) + (1,) * (x_BxS.ndim - 2))
+    x = jnp.take_along_axis(x_BxS, slots, 1)
+    return x.reshape((batch * groups, width) + x.shape[2:])
+
+  below_base = jnp.minimum(visibility.row_limit_BxT, tail.base_B[:, None])
+  ints = tuple(x.astype(jnp.int32) for x in (
+      by_group(below_base), by_group(query_positions),
+      _pad_to(visibility.key_rank_BxS, 1, BLOCK_K, jnp.iinfo(jnp.int32).max),
+      _pad_to(key_positions, 1, BLOCK_K)))
+  tails = (by_group(tail.row_limit_BxT).astype(jnp.int32), in_tail(k).astype(q.dtype),
+           in_tail(v).astype(q.dtype), tail.rank_BxGxW.reshape(batch * groups, width),
+           in_tail(key_positions).astype(jnp.int32))
+  slopes = jnp.broadcast_to(alibi_slopes(num_heads)[:, None], (num_heads, head_dim))
+  out, _ = _flash_forward(by_group(q), _pad_to(k.astype(q.dtype), 1, BLOCK_K),
+                          _pad_to(v.astype(q.dtype), 1, BLOCK_K), sink_key.astype(q.dtype),
+                          sink_value.astype(q.dtype), slopes, ints, alibi, False, tails, groups)
+  out = out[:, :group_size].reshape((batch, groups * group_size) + out.shape[2:])
+  return jnp.zeros_like(q).at[:, tail.group_rows_GxP.reshape(-1)].set(out)
+
+
 def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
   return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
                         out_shape=out_shape, interpret=_interpret(),
@@ -337,18 +388,28 @@ def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree):
   return _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree)[0]
 
 
-def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree):
+def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, tail=(), groups=1):
+  """``tail``: the row groups' tail inputs ``(limit, k, v, rank, position)`` (``q`` holds
+  ``groups`` row groups per row of ``k``)."""
   batch, num_rows, num_heads, head_dim = q.shape
   num_keys = k.shape[1]
-  specs, row_tile, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False)
+  specs, row_tile, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False, groups)
+  num_tail_blocks = 0
+  if tail:
+    width = tail[1].shape[1]
+    num_tail_blocks = width // BLOCK_K
+    tail_tile = pl.BlockSpec((None, width, None, head_dim), lambda b, h, i: (b, 0, h, 0))
+    tail_vec = pl.BlockSpec((None, width), lambda b, h, i: (b, 0))
+    specs += [specs[6], tail_tile, tail_tile, tail_vec, tail_vec]
   lse_spec = pl.BlockSpec((None, None, BLOCK_Q), lambda b, h, i: (b, h, i))
   kernel = functools.partial(_forward_kernel, num_key_blocks=num_keys // BLOCK_K,
-                             scale=head_dim ** -0.5, alibi=alibi, tree=tree)
+                             num_tail_blocks=num_tail_blocks, scale=head_dim ** -0.5,
+                             alibi=alibi, tree=tree)
   out, lse = _call(kernel, (batch, num_heads, num_rows // BLOCK_Q), specs,
                    [row_tile(), lse_spec],
                    [jax.ShapeDtypeStruct(q.shape, q.dtype),
                     jax.ShapeDtypeStruct((batch, num_heads, num_rows), jnp.float32)],
-                   q, k, v, sink_key, sink_value, slopes, *ints)
+                   q, k, v, sink_key, sink_value, slopes, *ints, *tail)
   return out, lse
 
 

@@ -218,10 +218,8 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
   * ``deterministic=True``, on the CPU and the GPU: a row's tokens, calls and counts do not
     depend on the batch, the other rows or ``slots``, for every method and temperature (the
     same keys; but ``auto`` above temperature 0 where its cost model picks other draft sizes
-    at another number of slots); at temperature 0 sequential, assd, assd_fused and auto
-    return the same tokens.
-    ``tree`` keeps the first property but not the second: its path's keys sit in node slots
-    after the prompt's, so attention adds them up in another order than sequential decoding.
+    at another number of slots); at temperature 0 every exact method returns the same tokens
+    (``tree`` needs the cache then).
 
   Returns:
     :class:`Generation` with ``tokens_BxL`` (``B x L``), ``num_calls_B`` and ``num_generated_B``.
@@ -242,6 +240,9 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
   rng = _row_rng(rng, shape[0])
   net = as_network(model)
   if deterministic:
+    if spec.method == "tree" and not cache:
+      raise ValueError("deterministic tree decoding needs cache=True (its row groups read the "
+                       "committed keys from the cache).")
     net = net.batch_invariant()
   round_ms_S = (cost_model.round_ms(net, auto.sizes(spec), num_slots)
                 if spec.method == "auto" else None)
