@@ -8,8 +8,9 @@ sums over ``K`` in ``BK``-chunks in order, accumulating in float32, and rows of 
 interact. ``BN`` and ``BK`` depend on the weight's shape only, ``BLOCK_M`` is fixed and the
 rows are padded to whole tiles, so each output row is computed by the same instructions in the
 same order whatever ``M`` is. With the fused attention kernel (fixed ``64 x 64`` blocks, keys
-in slot order) and row-wise elementwise ops and reductions, that makes the two-stream network
-batch-invariant (``models.batch_invariant``; docs/sampling.md, "Deterministic decoding").
+met in rank order, tree calls included: ``masks.Tail``) and row-wise elementwise ops and
+reductions, that makes the two-stream network batch-invariant (``models.batch_invariant``;
+docs/sampling.md, "Deterministic decoding").
 """
 from __future__ import annotations
 
