@@ -31,6 +31,7 @@ onto mesh axes (:mod:`asarm_jax.sharding`). ``model.init`` returns plain arrays.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -95,9 +96,11 @@ def rotary(x_BxTxNxH: Array, positions_BxT: Array, base: float) -> Array:
     return out.astype(x_BxTxNxH.dtype)
 
 
-class Attention(nn.Module):
-  """Multi-head attention of all rows onto the content rows' keys, plus a learned sink."""
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """What a layer's modules share (from :class:`TwoStreamTransformer`'s fields)."""
   num_heads: int
+  d_ff: int
   rope_base: float
   alibi: bool
   dtype: Any
@@ -105,6 +108,15 @@ class Attention(nn.Module):
   out_init_std: float
   attention_impl: str
   dot_general: Any  # None: lax.dot_general; invariant_matmul.dot_general
+
+  def dense(self) -> dict[str, Any]:
+    """The keywords of every Dense and DenseGeneral of a layer."""
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype, dot_general=self.dot_general)
+
+
+class Attention(nn.Module):
+  """Multi-head attention of all rows onto the content rows' keys, plus a learned sink."""
+  layer: Layer
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, key_positions_BxS: Array,
@@ -116,68 +128,56 @@ class Attention(nn.Module):
     keys and values are first written at ``cache_slots_BxR`` (slots out of range are dropped)
     and every row attends over the whole cache (``S`` = cache length).
     """
+    layer = self.layer
     width = x_BxTxD.shape[-1]
-    head_dim = width // self.num_heads
+    head_dim = width // layer.num_heads
     # Fan-in scaled (1/sqrt(d)) so attention scores are O(1) at init: with a fixed small std
     # (0.02) the q.k products start near zero, attention is uniform and the query stream sits
     # on a long unigram plateau, since it can only reach context through attention.
     dense = lambda name: nn.DenseGeneral(
-        (self.num_heads, head_dim), use_bias=False, dtype=self.dtype,
-        param_dtype=self.param_dtype, kernel_init=nn.initializers.lecun_normal(),
-        dot_general=self.dot_general, name=name)
-    q_BxTxNxH = rotary(dense("query")(x_BxTxD), positions_BxT, self.rope_base)
+        (layer.num_heads, head_dim), use_bias=False,
+        kernel_init=nn.initializers.lecun_normal(), name=name, **layer.dense())
+    q_BxTxNxH = rotary(dense("query")(x_BxTxD), positions_BxT, layer.rope_base)
     content_BxSxD = x_BxTxD[:, :num_content]
     k_BxSxNxH = rotary(dense("key")(content_BxSxD), positions_BxT[:, :num_content],
-                       self.rope_base)
+                       layer.rope_base)
     v_BxSxNxH = dense("value")(content_BxSxD)
     if cache is not None:
       cache = write_layer_cache(cache, k_BxSxNxH, v_BxSxNxH, cache_slots_BxR)
       k_BxSxNxH, v_BxSxNxH = cache
 
     sink_init = nn.initializers.normal(0.02)
-    sink_k = self.param("sink_key", sink_init, (self.num_heads, head_dim), self.param_dtype)
-    sink_v = self.param("sink_value", sink_init, (self.num_heads, head_dim), self.param_dtype)
+    sink_k = self.param("sink_key", sink_init, (layer.num_heads, head_dim), layer.param_dtype)
+    sink_v = self.param("sink_value", sink_init, (layer.num_heads, head_dim), layer.param_dtype)
     out_BxTxNxH = attention.attend(
         q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_k, sink_v, visibility, positions_BxT,
-        key_positions_BxS, self.alibi, self.attention_impl)
-    out_BxTxD = nn.DenseGeneral(width, axis=(-2, -1), use_bias=False, dtype=self.dtype,
-                                param_dtype=self.param_dtype,
-                                kernel_init=nn.initializers.normal(self.out_init_std),
-                                dot_general=self.dot_general, name="out")(out_BxTxNxH)
+        key_positions_BxS, layer.alibi, layer.attention_impl)
+    out_BxTxD = nn.DenseGeneral(width, axis=(-2, -1), use_bias=False,
+                                kernel_init=nn.initializers.normal(layer.out_init_std),
+                                name="out", **layer.dense())(out_BxTxNxH)
     return out_BxTxD, cache
 
 
 class Block(nn.Module):
   """Pre-LN transformer block applied to the concatenated ``[content; query]`` rows."""
-  num_heads: int
-  d_ff: int
-  rope_base: float
-  alibi: bool
-  dtype: Any
-  param_dtype: Any
-  out_init_std: float
-  attention_impl: str
-  dot_general: Any
+  layer: Layer
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, key_positions_BxS: Array,
                num_content: int, visibility: masks.Visibility, cache: LayerCache | None = None,
                cache_slots_BxR: Array | None = None) -> tuple[Array, LayerCache | None]:
-    norm = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    attended, cache = Attention(self.num_heads, self.rope_base, self.alibi, self.dtype,
-                                self.param_dtype, self.out_init_std, self.attention_impl,
-                                self.dot_general, name="attention")(
+    layer = self.layer
+    norm = lambda name: nn.LayerNorm(dtype=layer.dtype, param_dtype=layer.param_dtype, name=name)
+    attended, cache = Attention(layer, name="attention")(
         norm("ln_attention")(x_BxTxD), positions_BxT, key_positions_BxS, num_content,
         visibility, cache, cache_slots_BxR)
     x_BxTxD = x_BxTxD + attended
     h = norm("ln_mlp")(x_BxTxD)
-    h = nn.Dense(self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=nn.initializers.lecun_normal(), dot_general=self.dot_general,
-                 name="mlp_in")(h)
+    h = nn.Dense(layer.d_ff, kernel_init=nn.initializers.lecun_normal(), name="mlp_in",
+                 **layer.dense())(h)
     h = nn.gelu(h)
-    h = nn.Dense(x_BxTxD.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=nn.initializers.normal(self.out_init_std),
-                 dot_general=self.dot_general, name="mlp_out")(h)
+    h = nn.Dense(x_BxTxD.shape[-1], kernel_init=nn.initializers.normal(layer.out_init_std),
+                 name="mlp_out", **layer.dense())(h)
     return x_BxTxD + h, cache
 
 
@@ -238,7 +238,9 @@ class TwoStreamTransformer(nn.Module):
                          dtype=self.dtype, param_dtype=self.param_dtype, name="position_embed")
     x_BxTxD = jnp.concatenate([embed(tokens_BxL), g_BxKxD], axis=1) + pos_embed(positions_BxT)
 
-    out_init_std = 0.02 / (2 * self.num_layers) ** 0.5
+    layer = Layer(self.num_heads, self.d_ff, self.rope_base, self.alibi, self.dtype,
+                  self.param_dtype, out_init_std=0.02 / (2 * self.num_layers) ** 0.5,
+                  attention_impl=self._attention_impl(), dot_general=self._dot_general())
     if cache is None:
       key_positions_BxS = positions_BxL
     else:
@@ -246,11 +248,9 @@ class TwoStreamTransformer(nn.Module):
           positions_BxL, mode="drop")
     new_layers = []
     for i in range(self.num_layers):
-      x_BxTxD, layer_cache = Block(
-          self.num_heads, self.d_ff, self.rope_base, self.alibi, self.dtype, self.param_dtype,
-          out_init_std, self._attention_impl(), self._dot_general(), name=f"block_{i}")(
-              x_BxTxD, positions_BxT, key_positions_BxS, length, visibility,
-              None if cache is None else cache.layers[i], cache_slots_BxL)
+      x_BxTxD, layer_cache = Block(layer, name=f"block_{i}")(
+          x_BxTxD, positions_BxT, key_positions_BxS, length, visibility,
+          None if cache is None else cache.layers[i], cache_slots_BxL)
       new_layers.append(layer_cache)
 
     g_BxKxD = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
