@@ -108,11 +108,13 @@ def _tail(tree: TreeRows, num_decoded_B: Array, length: int, row_limit_BxT: Arra
   """The tree call's rows in rank order (:class:`asarm_jax.masks.Tail`): the root's group (the
   committed content row and the root's query rows) and one group per node (its content row
   and its query rows), each with a tail of two key blocks from the committed pointer's block."""
-  batch, num_nodes = tree.tokens_BxN.shape
+  num_nodes = tree.tokens_BxN.shape[1]
   per_node = tree.target_node_BxK.shape[1] // (num_nodes + 1)  # D + 1 query rows a group
   if num_content != 1:
     raise ValueError("a batch-invariant tree call needs the cache (one committed content row); "
                      "deterministic tree decoding runs with cache=True")
+  # Rows: the committed content row, the N nodes' content rows, then the query rows node by
+  # node (the root's first).
   queries = 1 + num_nodes + per_node * np.arange(num_nodes + 1)[:, None] + np.arange(per_node)
   group_rows_GxP = np.concatenate([np.arange(num_nodes + 1)[:, None], queries], 1)
   base_B = num_decoded_B // attention.BLOCK_K * attention.BLOCK_K
