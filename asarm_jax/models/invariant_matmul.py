@@ -4,11 +4,14 @@ cuBLAS and XLA's GEMM fusions choose their tiling, split-K and reduction order p
 so in bf16 a row of ``x @ w`` can round differently at batch 1 and at batch 64, or with 2 and
 with 20 rows per call. This kernel (Pallas, lowered through Triton on GPUs; Pallas'
 interpreter elsewhere) has one tiling per weight matrix: every ``BLOCK_M x BN`` output tile
-sums over ``K`` in ``BK``-chunks in order, accumulating in float32, and rows of a tile never
-interact. ``BN`` and ``BK`` depend on the weight's shape only, ``BLOCK_M`` is fixed and the
-rows are padded to whole tiles, so each output row is computed by the same instructions in the
-same order whatever ``M`` is. With the fused attention kernel (fixed ``64 x 64`` blocks, keys
-met in rank order, tree calls included: ``masks.Tail``) and row-wise elementwise ops and
+sums each fixed split of ``K`` in ``BK``-chunks in order, accumulating in float32, the splits'
+partial sums are added in split order, and rows of a tile never interact. ``BN``, ``BK`` and
+the splits depend on the weight's shape only, ``BLOCK_M`` is fixed and the rows are padded to
+whole tiles, so each output row is computed by the same instructions in the same order
+whatever ``M`` is (split-K is fine; a split *chosen per shape*, as cuBLAS does, is not). The
+splits let a call of a few rows fill the device: one split over all of ``K = 3072`` would be
+48 chunks in a row on 6 programs. With the fused attention kernel (fixed ``64 x 64`` blocks,
+keys met in rank order, tree calls included: ``masks.Tail``) and row-wise elementwise ops and
 reductions, that makes the two-stream network batch-invariant (``models.batch_invariant``;
 docs/sampling.md, "Deterministic decoding").
 """
@@ -24,8 +27,9 @@ from jax.experimental import pallas as pl
 
 Array = jnp.ndarray
 BLOCK_M = 64
-_BLOCKS_N = (128, 64, 32, 16)  # the largest that divides N
+_BLOCKS_N = (64, 32, 16)  # the largest that divides N
 _BLOCKS_K = (64, 32, 16)  # the largest that divides K
+_CHUNKS_PER_SPLIT = 4  # K is cut into splits of 4 chunks where it divides
 
 
 def _block(size: int, choices: tuple[int, ...], name: str) -> int:
@@ -42,6 +46,7 @@ def _interpret() -> bool:
 
 
 def _kernel(x_ref, w_ref, out_ref, *, block_k: int, num_k: int, transposed: bool):
+  """One split's partial sum of one output tile, over its ``num_k`` chunks in order."""
   precision = jax.lax.Precision.HIGHEST if x_ref.dtype == jnp.float32 else None
   contract = (((1,), (1 if transposed else 0,)), ((), ()))
 
@@ -51,34 +56,41 @@ def _kernel(x_ref, w_ref, out_ref, *, block_k: int, num_k: int, transposed: bool
     return acc_MxN + jax.lax.dot_general(x_ref[:, chunk], w_tile, contract, precision=precision,
                                          preferred_element_type=jnp.float32)
 
-  acc_MxN = jax.lax.fori_loop(0, num_k, body, jnp.zeros(out_ref.shape, jnp.float32))
-  out_ref[...] = acc_MxN.astype(out_ref.dtype)
+  out_ref[...] = jax.lax.fori_loop(0, num_k, body, jnp.zeros(out_ref.shape, jnp.float32))
 
 
 def matmul(x_MxK: Array, w: Array, out_dtype: Any, transposed: bool = False) -> Array:
   """``x @ w`` (``w`` is ``K x N``, or ``N x K`` with ``transposed``), ``M x N`` in
   ``out_dtype``, float32 accumulation; row ``m`` of the result depends on row ``m`` of ``x``
-  and on ``w`` only, bit for bit."""
+  and on ``w`` only, bit for bit.
+
+  ``K`` is cut into fixed splits (a function of ``K`` alone) that run side by side, so that a
+  call of a few rows still fills the device; their float32 partial sums are then added in
+  split order.
+  """
   num_rows, depth = x_MxK.shape
   width = w.shape[0] if transposed else w.shape[1]
   block_n = _block(width, _BLOCKS_N, "N")
   block_k = _block(depth, _BLOCKS_K, "K")
+  split = block_k * _CHUNKS_PER_SPLIT
+  split = split if depth % split == 0 else depth
   padded = -(-num_rows // BLOCK_M) * BLOCK_M
   x_MxK = jnp.pad(x_MxK.astype(w.dtype), ((0, padded - num_rows), (0, 0)))
-  w_spec = (pl.BlockSpec((block_n, depth), lambda i, j: (j, 0)) if transposed else
-            pl.BlockSpec((depth, block_n), lambda i, j: (0, j)))
+  w_spec = (pl.BlockSpec((block_n, split), lambda i, j, s: (j, s)) if transposed else
+            pl.BlockSpec((split, block_n), lambda i, j, s: (s, j)))
   compiler_params = None
   if not _interpret():
     from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
     compiler_params = plgpu.CompilerParams(num_warps=4, num_stages=3)
-  out_MxN = pl.pallas_call(
-      functools.partial(_kernel, block_k=block_k, num_k=depth // block_k, transposed=transposed),
-      grid=(padded // BLOCK_M, width // block_n),
-      in_specs=[pl.BlockSpec((BLOCK_M, depth), lambda i, j: (i, 0)), w_spec],
-      out_specs=pl.BlockSpec((BLOCK_M, block_n), lambda i, j: (i, j)),
-      out_shape=jax.ShapeDtypeStruct((padded, width), out_dtype), interpret=_interpret(),
-      compiler_params=compiler_params)(x_MxK, w)
-  return out_MxN[:num_rows]
+  partial_SxMxN = pl.pallas_call(
+      functools.partial(_kernel, block_k=block_k, num_k=split // block_k, transposed=transposed),
+      grid=(padded // BLOCK_M, width // block_n, depth // split),
+      in_specs=[pl.BlockSpec((BLOCK_M, split), lambda i, j, s: (i, s)), w_spec],
+      out_specs=pl.BlockSpec((None, BLOCK_M, block_n), lambda i, j, s: (s, i, j)),
+      out_shape=jax.ShapeDtypeStruct((depth // split, padded, width), jnp.float32),
+      interpret=_interpret(), compiler_params=compiler_params)(x_MxK, w)
+  out_MxN = functools.reduce(lambda total, part: total + part, list(partial_SxMxN))
+  return out_MxN[:num_rows].astype(out_dtype)
 
 
 def dot_general(lhs: Array, rhs: Array, dimension_numbers: Any,
