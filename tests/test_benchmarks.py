@@ -207,16 +207,16 @@ def test_cost_model_measures_auto_and_generate_reads_it(tmp_path, monkeypatch):
 
 
 def test_greedy_agreement_counts_no_difference_in_float32():
-  """On the CPU in float32 sequential and tree decoding, through 4 slots and through one, by
-  default and deterministically, return sequential greedy decoding's tokens, and at T = 1 a
-  decoder's own batched tokens: every count is 0; the second temperature's runs are timed
-  (test_deterministic.py covers every decoder with the setting)."""
-  made = greedy_agreement.run(config="demo", specs=["tree:4:2"], rows=4, visible=0.25,
-                              length=24, alone_rows=2)
+  """On the CPU in float32 sequential decoding through one slot returns its tokens through 4,
+  by default and deterministically, at T = 0 and 1: every count is 0; the second
+  temperature's runs are timed (test_deterministic.py covers every decoder with the setting,
+  test_sampling.py every decoder's greedy tokens)."""
+  made = greedy_agreement.run(config="demo", specs=[], rows=4, visible=0.25, length=24,
+                              alone_rows=2)
   assert [(r["settings"]["deterministic"], r["settings"]["temperature"],
            r["settings"]["method"], r["settings"]["slots"]) for r in made] == [
-      (det, t, method, slots) for det in (False, True) for t in (0.0, 1.0)
-      for method in ("sequential", "tree") for slots in (4, 1)]
+      (det, t, "sequential", slots) for det in (False, True) for t in (0.0, 1.0)
+      for slots in (4, 1)]
   for r in made:
     records.validate(r)
     reference = r["settings"]["reference"] == "itself"
