@@ -29,7 +29,8 @@ Array = jnp.ndarray
 BLOCK_M = 64
 _BLOCKS_N = (64, 32, 16)  # the largest that divides N
 _BLOCKS_K = (64, 32, 16)  # the largest that divides K
-_CHUNKS_PER_SPLIT = 4  # K is cut into splits of 4 chunks where it divides
+_CHUNKS_PER_SPLIT = 4  # K is cut into splits of 4 chunks where it divides ...
+_SPLIT_BELOW_TILES = 64  # ... for weights of fewer column tiles (the head's fill the device)
 
 
 def _block(size: int, choices: tuple[int, ...], name: str) -> int:
@@ -64,16 +65,18 @@ def matmul(x_MxK: Array, w: Array, out_dtype: Any, transposed: bool = False) -> 
   ``out_dtype``, float32 accumulation; row ``m`` of the result depends on row ``m`` of ``x``
   and on ``w`` only, bit for bit.
 
-  ``K`` is cut into fixed splits (a function of ``K`` alone) that run side by side, so that a
-  call of a few rows still fills the device; their float32 partial sums are then added in
-  split order.
+  ``K`` is cut into fixed splits (a function of the weight's shape alone) that run side by
+  side, so that a call of a few rows still fills the device; their float32 partial sums are
+  then added in split order. A weight of many column tiles (the head) fills it without, and
+  its partial sums would cost a write and a read of ``splits x M x N`` floats.
   """
   num_rows, depth = x_MxK.shape
   width = w.shape[0] if transposed else w.shape[1]
   block_n = _block(width, _BLOCKS_N, "N")
   block_k = _block(depth, _BLOCKS_K, "K")
   split = block_k * _CHUNKS_PER_SPLIT
-  split = split if depth % split == 0 else depth
+  if depth % split or width // block_n >= _SPLIT_BELOW_TILES:
+    split = depth
   padded = -(-num_rows // BLOCK_M) * BLOCK_M
   x_MxK = jnp.pad(x_MxK.astype(w.dtype), ((0, padded - num_rows), (0, 0)))
   w_spec = (pl.BlockSpec((block_n, split), lambda i, j, s: (j, s)) if transposed else
