@@ -19,7 +19,8 @@ runtime threads are in the trace with ``--host_tracer_level=2`` (a trace several
 does the GPU wait on the host?). Profiling switches XLA's command buffers off, so the profiled
 call's span is not the wall time. ``--compile_workers=N`` runs the compiling calls in N threads
 at once (they overlap on the device, XLA's autotuning included; the timed and profiled calls
-run alone).
+run alone). ``--deterministic=true`` profiles the batch-invariant network of deterministic
+decoding instead (``models.batch_invariant``: its matmul kernels and attention).
 
 The roofline (:func:`call_cost`, :func:`roofline_ms`) of one call with ``R`` content rows, ``K``
 query rows and ``S`` cache slots read per row, at batch ``B``, for a model of ``layers``,
@@ -70,7 +71,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from asarm_jax import sampling
+from asarm_jax import models, sampling
 from asarm_jax.sampling.spec import SamplerSpec
 from benchmarks import cli, common, records, report, sampling_speed, trace_summary
 
@@ -93,6 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="tokens per row; 0: the model's maximum (data.seq_len)")
   parser.add_argument("--visible", type=float, default=0.05, help="prompt fraction of a row")
   parser.add_argument("--temperature", type=float, default=0.2)
+  parser.add_argument("--deterministic", type=cli.flag_bool, default=False,
+                      help="the batch-invariant network (deterministic decoding)")
   parser.add_argument("--repeats", type=int, default=3, help="timed calls per case")
   parser.add_argument("--trace_dir", default="",
                       help="keep each case's Perfetto trace under DIR/CASE (default: deleted)")
@@ -267,10 +270,12 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
         specs: list[str] = ("sequential",), batches: list[int] = (1,), length: int = 0,
         visible: float = 0.05, temperature: float = 0.2, repeats: int = 3, trace_dir: str = "",
         compile_workers: int = 1, host_tracer_level: int = 1, hbm_bytes_per_s: float = 4.8e12,
-        peak_flops: float = 790e12) -> list[dict]:
+        peak_flops: float = 790e12, deterministic: bool = False) -> list[dict]:
   """One ``decode_profile`` record per (spec, batch), then the traces' ``trace_summary``
   records."""
   model, params, loaded = common.random_model(config, attention_impl=attention_impl or None)
+  if deterministic:
+    model = models.batch_invariant(model)
   sizes = sizes_of(model, params)
   length = length or loaded.data.seq_len
   rows = np.random.default_rng(0).integers(model.num_special_tokens, model.vocab_size,
@@ -298,7 +303,7 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
                  "top_kernels": measured["top_kernels"]}
       made.append(records.make("decode_profile", {
           "spec": case.text, "batch": batch, "visible": visible, "temperature": temperature,
-          "length": length}, metrics, described))
+          "length": length, "deterministic": deterministic}, metrics, described))
       summaries += summary
       print(f"{case.text} batch {batch}: " + ", ".join(
           f"{k} {report.cell(metrics[k])}" for k in SHOWN), flush=True)

@@ -125,17 +125,20 @@ def test_roofline_per_call_averages_the_prefill_and_the_rounds(text):
 
 
 def test_decode_profile_runs_on_the_cpu():
-  made = decode_profile.run(config="demo", specs=["sequential", "tree:4:2"], batches=[2],
-                            length=16, repeats=1, compile_workers=2)
+  """The default network, and (tree) the batch-invariant one of deterministic decoding."""
+  made = [r for specs, deterministic in ((["sequential"], False), (["tree:4:2"], True))
+          for r in decode_profile.run(config="demo", specs=specs, batches=[2], length=16,
+                                      repeats=1, deterministic=deterministic)]
   profiles = [r for r in made if r["name"] == "decode_profile"]
-  assert [(r["settings"]["spec"], r["settings"]["batch"]) for r in profiles] == [
-      ("sequential", 2), ("tree:4:2", 2)]
+  assert [(r["settings"]["spec"], r["settings"]["batch"], r["settings"]["deterministic"])
+          for r in profiles] == [("sequential", 2, False), ("tree:4:2", 2, True)]
   assert {r["name"] for r in made} == {"decode_profile", "trace_summary"}
   for r in profiles:
     records.validate(r)
     m = r["metrics"]
-    assert r["settings"] | {"spec": 0, "batch": 0} == {"spec": 0, "batch": 0, "visible": 0.05,
-                                                       "temperature": 0.2, "length": 16}
+    assert r["settings"] | {"spec": 0, "batch": 0, "deterministic": 0} == {
+        "spec": 0, "batch": 0, "deterministic": 0, "visible": 0.05, "temperature": 0.2,
+        "length": 16}
     assert m["num_network_calls"] >= 2 and 0 < m["tokens_per_call"] <= 3
     assert m["wall_ms_per_call"] > 0 and m["roofline_ms"] > 0 and m["flops_per_call"] > 0
     assert m["wall_ratio"] == pytest.approx(m["wall_ms_per_call"] / m["roofline_ms"])
