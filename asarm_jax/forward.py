@@ -90,15 +90,16 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
                  key_node_BxS=jnp.where((key_rank_BxS >= length)
                                         & (key_rank_BxS < length + num_nodes),
                                         key_rank_BxS - length, -1))
-    if getattr(model, "batch_invariant", False):
-      nodes["tail"] = _tail(tree, num_decoded, length, jnp.concatenate(limits, 1), row_node_BxT,
-                            content_rank_BxR.shape[1])
     tokens_BxR = jnp.concatenate([tokens_BxR, tree.tokens_BxN], 1)
     positions_BxR = jnp.concatenate(
         [positions_BxR, jnp.take_along_axis(perm_BxL, jnp.clip(tree.rank_BxN, 0, length - 1), 1)],
         1)
     slots_BxR = jnp.concatenate([slots_BxR, length + node_BxN], 1)
-  visibility = masks.Visibility(jnp.concatenate(limits, 1), key_rank_BxS, **nodes)
+  row_limit_BxT = jnp.concatenate(limits, 1)
+  if tree is not None and getattr(model, "batch_invariant", False):
+    nodes["tail"] = _tail(tree, num_decoded, length, row_limit_BxT, row_node_BxT,
+                          content_rank_BxR.shape[1])
+  visibility = masks.Visibility(row_limit_BxT, key_rank_BxS, **nodes)
   return model.apply(params, tokens_BxR, positions_BxR, target_positions, visibility,
                      cache=cache, cache_slots_BxL=slots_BxR, head=head)
 

@@ -307,6 +307,19 @@ def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys, groups=1):
   return specs, row_tile, key_tile
 
 
+def _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions):
+  """The kernel's inputs on the keys' side: ``(k, v, sink_key, sink_value, slopes)`` in
+  ``q``'s dtype with the keys padded to whole blocks, and ``[key ranks, key positions]``
+  padded alike (padded keys get a rank no row reaches)."""
+  num_heads, head_dim = q.shape[2:]
+  slopes = jnp.broadcast_to(alibi_slopes(num_heads)[:, None], (num_heads, head_dim))
+  tensors = (_pad_to(k.astype(q.dtype), 1, BLOCK_K), _pad_to(v.astype(q.dtype), 1, BLOCK_K),
+             sink_key.astype(q.dtype), sink_value.astype(q.dtype), slopes)
+  keys = [_pad_to(visibility.key_rank_BxS, 1, BLOCK_K, jnp.iinfo(jnp.int32).max),
+          _pad_to(key_positions, 1, BLOCK_K)]
+  return tensors, keys
+
+
 def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi):
   """Pads rows and keys to whole blocks (padded rows see only the sink, padded keys nothing).
 
@@ -320,16 +333,11 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
   rows = [_pad_to(visibility.row_limit_BxT, 1, BLOCK_Q), _pad_to(query_positions, 1, BLOCK_Q)]
   if tree:
     rows += [_pad_to(visibility.row_nodes_BxTx2[..., w], 1, BLOCK_Q) for w in (0, 1)]
-  keys = [_pad_to(visibility.key_rank_BxS, 1, BLOCK_K, jnp.iinfo(jnp.int32).max),
-          _pad_to(key_positions, 1, BLOCK_K)]
+  key_tensors, keys = _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions)
   if tree:
     keys.append(_pad_to(visibility.key_node_BxS, 1, BLOCK_K, -1))
   ints = tuple(x.astype(jnp.int32) for x in rows + keys)
-  num_heads, head_dim = q.shape[2:]
-  slopes = jnp.broadcast_to(alibi_slopes(num_heads)[:, None], (num_heads, head_dim))
-  args = (_pad_to(q, 1, BLOCK_Q), _pad_to(k.astype(q.dtype), 1, BLOCK_K),
-          _pad_to(v.astype(q.dtype), 1, BLOCK_K), sink_key.astype(q.dtype),
-          sink_value.astype(q.dtype), slopes, ints)
+  args = (_pad_to(q, 1, BLOCK_Q), *key_tensors, ints)
   core = lambda *xs: _flash_core(*xs, alibi, tree)
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and mesh.size > 1:
@@ -348,7 +356,7 @@ def _flash_tail(q, k, v, sink_key, sink_value, visibility, query_positions, key_
   row group is a row of the kernel's grid that reads its row's keys of ranks below the tail's
   base in slot order, then its tail."""
   tail = visibility.tail
-  batch, _, num_heads, head_dim = q.shape
+  batch = q.shape[0]
   groups, group_size = tail.group_rows_GxP.shape
   width = tail.slot_BxGxW.shape[2]
 
@@ -362,17 +370,13 @@ def _flash_tail(q, k, v, sink_key, sink_value, visibility, query_positions, key_
     return x.reshape((batch * groups, width) + x.shape[2:])
 
   below_base = jnp.minimum(visibility.row_limit_BxT, tail.base_B[:, None])
-  ints = tuple(x.astype(jnp.int32) for x in (
-      by_group(below_base), by_group(query_positions),
-      _pad_to(visibility.key_rank_BxS, 1, BLOCK_K, jnp.iinfo(jnp.int32).max),
-      _pad_to(key_positions, 1, BLOCK_K)))
+  key_tensors, keys = _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions)
+  ints = tuple(x.astype(jnp.int32) for x in [by_group(below_base), by_group(query_positions),
+                                            *keys])
   tails = (by_group(tail.row_limit_BxT).astype(jnp.int32), in_tail(k).astype(q.dtype),
            in_tail(v).astype(q.dtype), tail.rank_BxGxW.reshape(batch * groups, width),
            in_tail(key_positions).astype(jnp.int32))
-  slopes = jnp.broadcast_to(alibi_slopes(num_heads)[:, None], (num_heads, head_dim))
-  out, _ = _flash_forward(by_group(q), _pad_to(k.astype(q.dtype), 1, BLOCK_K),
-                          _pad_to(v.astype(q.dtype), 1, BLOCK_K), sink_key.astype(q.dtype),
-                          sink_value.astype(q.dtype), slopes, ints, alibi, False, tails, groups)
+  out, _ = _flash_forward(by_group(q), *key_tensors, ints, alibi, False, tails, groups)
   out = out[:, :group_size].reshape((batch, groups * group_size) + out.shape[2:])
   return jnp.zeros_like(q).at[:, tail.group_rows_GxP.reshape(-1)].set(out)
 
