@@ -115,8 +115,7 @@ def test_the_batch_invariant_network_lowers_for_the_gpu():
       state.num_decoded_B, state.num_decoded_B, 1)
   tree = lambda p, state: tree_method.call(net, p, spec, state)
   for call in (plain, tree):
-    with mock.patch.object(attention, "_interpret", lambda: False), \
-         mock.patch.object(invariant_matmul, "_interpret", lambda: False):
+    with mock.patch.object(attention, "interpreted", lambda: False):
       text = jax.jit(call).trace(PARAMS, state).lower(lowering_platforms=("cuda",)).as_text()
     # Per layer: q, k, v, out, mlp_in, mlp_out and the attention; then the tied head.
     assert text.count("xla.gpu.triton") == 2 * 7 + 1

@@ -108,7 +108,9 @@ def _compiler_params():
   return plgpu.CompilerParams(num_warps=4, num_stages=2)
 
 
-def _interpret() -> bool:
+def interpreted() -> bool:
+  """Whether the Pallas kernels (this module's and the batch-invariant matmul's) run in Pallas'
+  interpreter: off GPUs (the tests)."""
   return jax.default_backend() != "gpu"
 
 
@@ -383,8 +385,8 @@ def _flash_tail(q, k, v, sink_key, sink_value, visibility, query_positions, key_
 
 def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
   return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
-                        out_shape=out_shape, interpret=_interpret(),
-                        compiler_params=None if _interpret() else _compiler_params())(*args)
+                        out_shape=out_shape, interpret=interpreted(),
+                        compiler_params=None if interpreted() else _compiler_params())(*args)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))

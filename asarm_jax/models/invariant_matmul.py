@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from asarm_jax.models import attention
+
 Array = jnp.ndarray
 BLOCK_M = 64
 _BLOCKS_N = (64, 32, 16)  # the largest that divides N
@@ -40,10 +42,6 @@ def _block(size: int, choices: tuple[int, ...], name: str) -> int:
   raise ValueError(f"batch-invariant matmul: {name}={size} is not a multiple of "
                    f"{choices[-1]} (every weight dimension must be, e.g. d_model, d_ff, the "
                    "heads' width and the vocabulary).")
-
-
-def _interpret() -> bool:
-  return jax.default_backend() != "gpu"
 
 
 def _kernel(x_ref, w_ref, out_ref, *, block_k: int, num_k: int, transposed: bool):
@@ -82,7 +80,7 @@ def matmul(x_MxK: Array, w: Array, out_dtype: Any, transposed: bool = False) -> 
   w_spec = (pl.BlockSpec((block_n, split), lambda i, j, s: (j, s)) if transposed else
             pl.BlockSpec((split, block_n), lambda i, j, s: (s, j)))
   compiler_params = None
-  if not _interpret():
+  if not attention.interpreted():
     from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
     compiler_params = plgpu.CompilerParams(num_warps=4, num_stages=3)
   partial_SxMxN = pl.pallas_call(
@@ -91,7 +89,7 @@ def matmul(x_MxK: Array, w: Array, out_dtype: Any, transposed: bool = False) -> 
       in_specs=[pl.BlockSpec((BLOCK_M, split), lambda i, j, s: (i, s)), w_spec],
       out_specs=pl.BlockSpec((None, BLOCK_M, block_n), lambda i, j, s: (s, i, j)),
       out_shape=jax.ShapeDtypeStruct((depth // split, padded, width), jnp.float32),
-      interpret=_interpret(), compiler_params=compiler_params)(x_MxK, w)
+      interpret=attention.interpreted(), compiler_params=compiler_params)(x_MxK, w)
   out_MxN = functools.reduce(lambda total, part: total + part, list(partial_SxMxN))
   return out_MxN[:num_rows].astype(out_dtype)
 
