@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asarm_jax import forward
+from asarm_jax import distribution, forward
 
 
 def random_params(seed: int, length: int, vocab: int, concentration: float = 0.3) -> dict:
@@ -151,6 +151,9 @@ class MixtureOfChains:
   def head(self, params: Any, features_BxKxV: Any) -> Any:
     """The identity: :meth:`__call__` returns logits as its features."""
     return features_BxKxV
+
+  def log_probs(self, logits_BxKxV: Any, temperature: Any) -> Any:
+    return distribution.log_probs(logits_BxKxV, self.num_special_tokens, temperature)
 
   def _conditionals(self, params, sees_BxKxS, slot_tokens_BxS, slot_positions_BxS,
                     target_position_BxK):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.experimental import pallas as pl
 
-from asarm_jax import config_base, forward, models, sampling, validation
+from asarm_jax import config_base, distribution, forward, models, sampling, validation
 from asarm_jax.models import attention, invariant_matmul
 from asarm_jax.sampling import state as state_lib
 from asarm_jax.sampling.methods import tree as tree_method
@@ -80,14 +80,16 @@ def test_matmul_rejects_dimensions_off_its_tiles(shape):
     invariant_matmul.matmul(_random((rows, depth), 1), _random((depth, width), 2), jnp.bfloat16)
 
 
-def _call(model, rows, num_targets):
-  """Log-probs of ``num_targets`` draft rows after a 5-token prompt, for the batch ``rows``."""
-  tokens = jax.random.randint(jax.random.key(4), (3, LENGTH), 4, VOCAB)[rows]
-  perm = jnp.broadcast_to(jnp.arange(LENGTH), tokens.shape)
+def _call(model, rows, num_targets, params=PARAMS, batch=3):
+  """Logits of ``num_targets`` draft rows after a 5-token prompt, for the rows ``rows`` of a
+  batch of random rows."""
+  length = model.max_len
+  tokens = jax.random.randint(jax.random.key(4), (batch, length), 4, model.vocab_size)[rows]
+  perm = jnp.broadcast_to(jnp.arange(length), tokens.shape)
   visible = jnp.full(tokens.shape[:1], 5, jnp.int32)
   targets = jnp.broadcast_to(5 + jnp.arange(num_targets), (tokens.shape[0], num_targets))
   return jax.jit(lambda p: forward.call(model, p, tokens, perm, visible, targets,
-                                        jnp.ones_like(targets, bool), visible))(PARAMS)
+                                        jnp.ones_like(targets, bool), visible))(params)
 
 
 def test_the_batch_invariant_network_is_the_same_function():
@@ -96,6 +98,19 @@ def test_the_batch_invariant_network_is_the_same_function():
                              atol=0.1)  # bf16 activations: a few units in the last place
   np.testing.assert_array_equal(_call(invariant, slice(1, 2), 3), _call(invariant, slice(None),
                                                                         8)[1:2, :3])
+
+
+def test_a_row_of_a_wide_network_is_the_same_bits_alone_and_among_32():
+  """At the 110M model's width (768 features, 12 heads), where on the H200 XLA's own
+  reductions rounded rows differently at batch 1 and 64: the log-probs (LayerNorms, head and
+  normaliser included) of a row alone and among 32, bit for bit."""
+  wide = models.batch_invariant(models.build(model_config(
+      vocab_size=512, max_len=16, num_layers=1, d_model=768, num_heads=12, d_ff=768,
+      dtype="bfloat16")))
+  params = wide.init(jax.random.key(0), *models.example_inputs(1, 16, 4))
+  log_probs = lambda rows, num_targets: distribution.log_probs(
+      _call(wide, rows, num_targets, params, batch=32), 4, 1.0, batch_invariant=True)
+  np.testing.assert_array_equal(log_probs(slice(7, 8), 1), log_probs(slice(None), 4)[7:8, :1])
 
 
 def test_the_batch_invariant_network_lowers_for_the_gpu():
@@ -114,11 +129,12 @@ def test_the_batch_invariant_network_lowers_for_the_gpu():
                                                                state.num_target_B, 3),
       state.num_decoded_B, state.num_decoded_B, 1)
   tree = lambda p, state: tree_method.call(net, p, spec, state)
-  for call in (plain, tree):
+  # Per layer: 2 LayerNorms, q, k, v, out, mlp_in, mlp_out and the attention; then ln_final,
+  # the tied head and (the plain call's log-probs) the log-softmax's normaliser.
+  for call, kernels in ((plain, 2 * 9 + 3), (tree, 2 * 9 + 2)):
     with mock.patch.object(attention, "interpreted", lambda: False):
       text = jax.jit(call).trace(PARAMS, state).lower(lowering_platforms=("cuda",)).as_text()
-    # Per layer: q, k, v, out, mlp_in, mlp_out and the attention; then the tied head.
-    assert text.count("xla.gpu.triton") == 2 * 7 + 1
+    assert text.count("xla.gpu.triton") == kernels
 
 
 def _rows():
@@ -158,6 +174,40 @@ def test_a_row_is_the_same_whatever_the_batch_and_the_method(method):
       np.testing.assert_array_equal(getattr(alone, name), getattr(together, name), name)
   np.testing.assert_array_equal(together.tokens_BxL,
                                 _decode(METHODS["sequential"], 0.0, None).tokens_BxL)
+
+
+# Primitives whose float result depends on an order of summation that XLA picks per shape.
+_ORDERED_SUMS = ("reduce_sum", "dot_general", "cumsum", "cumlogsumexp", "reduce_prod", "cumprod")
+
+
+def _float_sums(jaxpr) -> list[str]:
+  """The float sums of ``jaxpr`` and its sub-jaxprs outside Pallas kernels."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "pallas_call":
+      continue
+    if eqn.primitive.name in _ORDERED_SUMS and any(
+        jnp.issubdtype(var.aval.dtype, jnp.floating) for var in eqn.invars):
+      found.append(f"{eqn.primitive.name}{[tuple(var.aval.shape) for var in eqn.invars]}")
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr, or a Jaxpr
+        if hasattr(inner, "eqns"):
+          found += _float_sums(inner)
+  return found
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_float_sum_of_a_decoding_is_a_fixed_order_kernel(method):
+  """XLA chooses a reduction's order per shape, so in deterministic decoding every float sum
+  (matmuls, LayerNorm's statistics, the log-softmax's normaliser) is a fixed-order kernel: on
+  the H200, with LayerNorm and the normaliser left to XLA, the 110M model's rows decoded
+  differently through 64 slots and through one."""
+  tokens, visible, order, lengths = _rows()
+  jaxpr = jax.make_jaxpr(lambda params: sampling.generate(
+      MODEL, params, tokens, visible, jax.random.key(6), order_BxL=order, length_B=lengths,
+      temperature=1.0, deterministic=True, **METHODS[method]))(PARAMS)
+  assert _float_sums(jaxpr.jaxpr) == []
 
 
 def test_a_tree_calls_rows_are_sequential_decodings_bit_for_bit():

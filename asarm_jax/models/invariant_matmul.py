@@ -10,10 +10,15 @@ the splits depend on the weight's shape only, ``BLOCK_M`` is fixed and the rows 
 whole tiles, so each output row is computed by the same instructions in the same order
 whatever ``M`` is (split-K is fine; a split *chosen per shape*, as cuBLAS does, is not). The
 splits let a call of a few rows fill the device: one split over all of ``K = 3072`` would be
-48 chunks in a row on 6 programs. With the fused attention kernel (fixed ``64 x 64`` blocks,
-keys met in rank order, tree calls included: ``masks.Tail``) and row-wise elementwise ops and
-reductions, that makes the two-stream network batch-invariant (``models.batch_invariant``;
-docs/sampling.md, "Deterministic decoding").
+48 chunks in a row on 6 programs.
+
+XLA's own reductions may choose their order per shape too (on the H200, with only the matmuls
+and attention fixed, the 110M model's rows still decoded differently at batch 1 and 64), so
+every float sum a decoded row depends on goes through :func:`row_sum`, this kernel against a
+column of ones: LayerNorm's statistics and the log-softmax's normaliser. With the fused
+attention kernel (fixed ``64 x 64`` blocks, keys met in rank order, tree calls included:
+``masks.Tail``) and row-wise elementwise ops, that makes the two-stream network
+batch-invariant (``models.batch_invariant``; docs/sampling.md, "Deterministic decoding").
 """
 from __future__ import annotations
 
@@ -92,6 +97,13 @@ def matmul(x_MxK: Array, w: Array, out_dtype: Any, transposed: bool = False) -> 
       interpret=attention.interpreted(), compiler_params=compiler_params)(x_MxK, w)
   out_MxN = functools.reduce(lambda total, part: total + part, list(partial_SxMxN))
   return out_MxN[:num_rows].astype(out_dtype)
+
+
+def row_sum(x_MxK: Array) -> Array:
+  """Float32 sums of the rows, ``M``: the kernel's fixed-order sum against a column of ones
+  (``K`` a multiple of 16); a row's sum never depends on ``M``."""
+  ones_KxN = jnp.ones((x_MxK.shape[1], _BLOCKS_N[-1]), jnp.float32)
+  return matmul(x_MxK.astype(jnp.float32), ones_KxN, jnp.float32)[:, 0]
 
 
 def dot_general(lhs: Array, rhs: Array, dimension_numbers: Any,

@@ -96,6 +96,11 @@ def rotary(x_BxTxNxH: Array, positions_BxT: Array, base: float) -> Array:
     return out.astype(x_BxTxNxH.dtype)
 
 
+def dot_general(batch_invariant: bool) -> Any:
+  """The matmul of every Dense: XLA's (``None``) or the batch-invariant kernel."""
+  return invariant_matmul.dot_general if batch_invariant else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Layer:
   """What a layer's modules share (from :class:`TwoStreamTransformer`'s fields)."""
@@ -107,11 +112,38 @@ class Layer:
   param_dtype: Any
   out_init_std: float
   attention_impl: str
-  dot_general: Any  # None: lax.dot_general; invariant_matmul.dot_general
+  batch_invariant: bool  # TwoStreamTransformer.batch_invariant
 
   def dense(self) -> dict[str, Any]:
     """The keywords of every Dense and DenseGeneral of a layer."""
-    return dict(dtype=self.dtype, param_dtype=self.param_dtype, dot_general=self.dot_general)
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype,
+                dot_general=dot_general(self.batch_invariant))
+
+  def norm(self, name: str) -> nn.Module:
+    """A LayerNorm: flax's, or with fixed-order statistics when batch-invariant."""
+    module = InvariantLayerNorm if self.batch_invariant else nn.LayerNorm
+    return module(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+
+class InvariantLayerNorm(nn.Module):
+  """``nn.LayerNorm``'s parameters and function (float32 statistics, ``var = E[x^2] - E[x]^2``
+  clipped at 0), its row sums by :func:`invariant_matmul.row_sum` (XLA's reductions may round
+  a row differently per shape)."""
+  dtype: Any
+  param_dtype: Any
+  epsilon: float = 1e-6  # nn.LayerNorm's
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array) -> Array:
+    width = x_BxTxD.shape[-1]
+    scale_D = self.param("scale", nn.initializers.ones, (width,), self.param_dtype)
+    bias_D = self.param("bias", nn.initializers.zeros, (width,), self.param_dtype)
+    x_NxD = x_BxTxD.reshape(-1, width).astype(jnp.float32)
+    sums_2N = invariant_matmul.row_sum(jnp.concatenate([x_NxD, x_NxD * x_NxD]))
+    mean_Nx1, square_Nx1 = jnp.split(sums_2N[:, None] / width, 2)
+    var_Nx1 = jnp.maximum(0.0, square_Nx1 - mean_Nx1 * mean_Nx1)
+    y_NxD = (x_NxD - mean_Nx1) * (jax.lax.rsqrt(var_Nx1 + self.epsilon) * scale_D) + bias_D
+    return y_NxD.reshape(x_BxTxD.shape).astype(self.dtype)
 
 
 class Attention(nn.Module):
@@ -167,12 +199,11 @@ class Block(nn.Module):
                num_content: int, visibility: masks.Visibility, cache: LayerCache | None = None,
                cache_slots_BxR: Array | None = None) -> tuple[Array, LayerCache | None]:
     layer = self.layer
-    norm = lambda name: nn.LayerNorm(dtype=layer.dtype, param_dtype=layer.param_dtype, name=name)
     attended, cache = Attention(layer, name="attention")(
-        norm("ln_attention")(x_BxTxD), positions_BxT, key_positions_BxS, num_content,
+        layer.norm("ln_attention")(x_BxTxD), positions_BxT, key_positions_BxS, num_content,
         visibility, cache, cache_slots_BxR)
     x_BxTxD = x_BxTxD + attended
-    h = norm("ln_mlp")(x_BxTxD)
+    h = layer.norm("ln_mlp")(x_BxTxD)
     h = nn.Dense(layer.d_ff, kernel_init=nn.initializers.lecun_normal(), name="mlp_in",
                  **layer.dense())(h)
     h = nn.gelu(h)
@@ -240,7 +271,7 @@ class TwoStreamTransformer(nn.Module):
 
     layer = Layer(self.num_heads, self.d_ff, self.rope_base, self.alibi, self.dtype,
                   self.param_dtype, out_init_std=0.02 / (2 * self.num_layers) ** 0.5,
-                  attention_impl=self._attention_impl(), dot_general=self._dot_general())
+                  attention_impl=self._attention_impl(), batch_invariant=self.batch_invariant)
     if cache is None:
       key_positions_BxS = positions_BxL
     else:
@@ -253,8 +284,7 @@ class TwoStreamTransformer(nn.Module):
           None if cache is None else cache.layers[i], cache_slots_BxL)
       new_layers.append(layer_cache)
 
-    g_BxKxD = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
-                           name="ln_final")(x_BxTxD[:, length:])
+    g_BxKxD = layer.norm("ln_final")(x_BxTxD[:, length:])
     out = (self._head_logits(embed if self.tie_embeddings else self._head(), g_BxKxD) if head
            else g_BxKxD)
     return out if cache is None else (out, Cache(key_positions_BxS, tuple(new_layers)))
@@ -269,10 +299,6 @@ class TwoStreamTransformer(nn.Module):
   def _attention_impl(self) -> str:
     """``attention_impl``, but always the fused kernel when batch-invariant."""
     return "pallas" if self.batch_invariant else self.attention_impl
-
-  def _dot_general(self) -> Any:
-    """The matmul of every Dense: XLA's (``None``) or the batch-invariant kernel."""
-    return invariant_matmul.dot_general if self.batch_invariant else None
 
   def _head_logits(self, head: nn.Embed | nn.Dense, g_BxKxD: Array) -> Array:
     """Float32 logits of a bound head: the embedding's ``attend`` (tied) or the Dense."""
@@ -294,7 +320,7 @@ class TwoStreamTransformer(nn.Module):
     """The untied output head ``head``."""
     return nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
                     param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(0.02),
-                    dot_general=self._dot_general(), name="head", **parent)
+                    dot_general=dot_general(self.batch_invariant), name="head", **parent)
 
   def init_cache(self, batch: int, length: int) -> Cache:
     """An empty rank-indexed KV cache: per layer, keys and values ``B x S x N x H``.

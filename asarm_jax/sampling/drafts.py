@@ -95,7 +95,7 @@ def verify(rng_B: jax.Array, block: Block, logp_BxK1xV: Array, num_valid_B: Arra
   first_rejected_B = jnp.minimum(num_accepted_B, k - 1)
   p_BxV = jnp.exp(_row(logp_BxKxV, first_rejected_B))
   residual_BxV = jnp.maximum(p_BxV - jnp.exp(_row(logq_BxKxV, first_rejected_B)), 0.0)
-  has_mass_Bx1 = residual_BxV.sum(-1, keepdims=True) > 0
+  has_mass_Bx1 = (residual_BxV > 0).any(-1, keepdims=True)
   residual_BxV = jnp.where(has_mass_Bx1, residual_BxV, p_BxV)
   residual_B = state_lib.draw(rng_residual_B, jnp.log(residual_BxV))
   bonus_B = state_lib.draw(rng_bonus_B, _row(logp_BxK1xV, num_valid_B))

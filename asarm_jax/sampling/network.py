@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import flax.linen as nn
 import jax.numpy as jnp
 
-from asarm_jax import forward, models
+from asarm_jax import distribution, forward, models
 
 Array = jnp.ndarray
 
@@ -40,6 +40,10 @@ class Network(Protocol):
   def head(self, params: Any, features_BxKxD: Array) -> Array:
     """Logits ``B x K x V`` of features from ``__call__(..., head=False)`` (any rows of
     them)."""
+
+  def log_probs(self, logits_BxKxV: Array, temperature: Array) -> Array:
+    """Tempered log-probabilities ``B x K x V`` of its logits
+    (:func:`asarm_jax.distribution.log_probs`, its special ids excluded)."""
 
   def batch_invariant(self) -> "Network":
     """The same network computing each row independently of the call's shape (rows per call,
@@ -70,6 +74,10 @@ class ModelNetwork:
 
   def head(self, params: Any, features_BxKxD: Array) -> Array:
     return forward.head(self.model, params, features_BxKxD)
+
+  def log_probs(self, logits_BxKxV: Array, temperature: Array) -> Array:
+    return distribution.log_probs(logits_BxKxV, self.num_special_tokens, temperature,
+                                  getattr(self.model, "batch_invariant", False))
 
   def batch_invariant(self) -> ModelNetwork:
     return ModelNetwork(models.batch_invariant(self.model))

@@ -13,7 +13,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from asarm_jax import distribution, ordering
+from asarm_jax import ordering
 from asarm_jax.sampling.network import Network
 
 Array = jnp.ndarray
@@ -101,7 +101,7 @@ def log_probs(net: Network, params: Any, state: State, x_BxKx: Array,
   """Log-probs ``B x K x V`` at the state's temperature of logits, or (``head``) of features
   (the network's head applied first)."""
   logits_BxKxV = net.head(params, x_BxKx) if head else x_BxKx
-  return distribution.log_probs(logits_BxKxV, net.num_special_tokens, state.temperature)
+  return net.log_probs(logits_BxKxV, state.temperature)
 
 
 def write(tokens_rank_BxL: Array, num_decoded_B: Array, new_BxC: Array,

@@ -82,9 +82,13 @@ def _index(sizes_S: tuple[int, ...], k_B: Array) -> Array:
 def choose(sizes_S: tuple[int, ...], acceptance_BxD: Array, left_B: Array,
            round_ms_S: Array) -> Array:
   """The index (into ``sizes_S``) of each row's size with the most expected tokens per ms."""
-  reach_BxD = jnp.cumprod(acceptance_BxD, axis=1)  # prod_{d=2..j} a_d, j = 2..K
-  accepted_BxK = jnp.concatenate([jnp.ones_like(left_B, jnp.float32)[:, None],
-                                  1.0 + jnp.cumsum(reach_BxD, axis=1)], 1)
+  # Expected accepted drafts at k = 1..K: 1 + sum_{j=2..k} prod_{d=2..j} a_d, summed in order
+  # (deterministic decoding: XLA's cumsum may pick its order per shape).
+  reach_B, accepted = 1.0, [jnp.ones_like(left_B, jnp.float32)]
+  for depth in range(acceptance_BxD.shape[1]):
+    reach_B = reach_B * acceptance_BxD[:, depth]
+    accepted.append(accepted[-1] + reach_B)
+  accepted_BxK = jnp.stack(accepted, 1)
   size_S = jnp.asarray(sizes_S)
   tokens_BxS = accepted_BxK[:, size_S - 1] + (size_S >= 2)
   tokens_BxS = jnp.minimum(tokens_BxS, jnp.maximum(left_B, 1)[:, None])

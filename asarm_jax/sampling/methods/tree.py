@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from asarm_jax import distribution, forward, ordering
+from asarm_jax import forward, ordering
 from asarm_jax.sampling import candidate_tree
 from asarm_jax.sampling import state as state_lib
 from asarm_jax.sampling.network import Network
@@ -51,8 +51,7 @@ def _propose(spec: SamplerSpec, state: State, logq_BxDxV: Array) -> candidate_tr
 
 def _proposal_log_probs(net: Network, logits_BxDxV: Array, temperature: Array) -> Array:
   """Trees are shaped by the tempered proposals; the greedy limit uses ``T = 1`` for that."""
-  return distribution.log_probs(logits_BxDxV, net.num_special_tokens,
-                                jnp.where(temperature > 0, temperature, 1.0))
+  return net.log_probs(logits_BxDxV, jnp.where(temperature > 0, temperature, 1.0))
 
 
 CALLS_PER_ROUND = 1  # network calls of one round, for the whole batch
@@ -71,8 +70,7 @@ def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: 
       params, state.tokens_rank_BxL, state.perm_BxL, state.num_visible_B, target_BxK,
       valid_BxK, n_B, cache=_call_cache(net, state, spec.num_nodes),
       content_rank_BxR=jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length)))
-  token_B = state_lib.draw(rng_draw_B, distribution.log_probs(
-      logits_BxKxV[:, 0], net.num_special_tokens, state.temperature))
+  token_B = state_lib.draw(rng_draw_B, net.log_probs(logits_BxKxV[:, 0], state.temperature))
   live_B = state_lib.live(state)
   state = state.replace(cache=cache if use_cache else None, rng_B=rng_B,
                         num_calls_B=state.num_calls_B + live_B)
@@ -134,8 +132,8 @@ def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   rng_B, rng_draw_B = state_lib.split(state.rng_B, 2)
   tree, n_B, depth = state.carry, state.num_decoded_B, spec.depth
   features_BxN1xD1xF, cache = call(net, params, spec, state, head=False)
-  draws_BxN1 = state_lib.draw(rng_draw_B, distribution.log_probs(
-      net.head(params, features_BxN1xD1xF[:, :, 0]), net.num_special_tokens, state.temperature))
+  draws_BxN1 = state_lib.draw(rng_draw_B, net.log_probs(
+      net.head(params, features_BxN1xD1xF[:, :, 0]), state.temperature))
   path_BxD, num_path_B, stop_B, last_B = candidate_tree.walk(tree, draws_BxN1, depth)
   live_B = state_lib.live(state)
   num_new_B = jnp.where(live_B, num_path_B + (n_B + num_path_B < state.num_target_B), 0)
