@@ -46,6 +46,12 @@ def test_matmul_rows_are_the_same_bits_whatever_the_number_of_rows(dtype, depth)
   np.testing.assert_array_equal(  # the transposed weight: the same products in the same order
       np.asarray(invariant_matmul.matmul(x_MxK, w_KxN.T, dtype, transposed=True), np.float32),
       out_MxN)
+  # Rows enough for _IN_TURN_FROM_TILES output tiles (3 column tiles of 16): each program adds
+  # the splits' sums itself, the same additions as XLA's over the side-by-side splits.
+  num_rows = -(-invariant_matmul._IN_TURN_FROM_TILES // 3) * invariant_matmul.BLOCK_M  # pylint: disable=protected-access
+  many_MxK = jnp.concatenate([x_MxK, _random((num_rows - 70, depth), 3, dtype)])
+  np.testing.assert_array_equal(
+      np.asarray(invariant_matmul.matmul(many_MxK, w_KxN, dtype)[:70], np.float32), out_MxN)
   exact = np.asarray(x_MxK, np.float64) @ np.asarray(w_KxN, np.float64)
   # Rounding to the output dtype (half a unit in the last place: 2^-8 relative in bf16, 2^-24
   # in float32) plus float32 summation of K products (at most K u sum|x w|, u = 2^-24).
@@ -129,9 +135,10 @@ def test_the_batch_invariant_network_lowers_for_the_gpu():
                                                                state.num_target_B, 3),
       state.num_decoded_B, state.num_decoded_B, 1)
   tree = lambda p, state: tree_method.call(net, p, spec, state)
-  # Per layer: 2 LayerNorms, q, k, v, out, mlp_in, mlp_out and the attention; then ln_final,
-  # the tied head and (the plain call's log-probs) the log-softmax's normaliser.
-  for call, kernels in ((plain, 2 * 9 + 3), (tree, 2 * 9 + 2)):
+  # Per layer: 2 LayerNorms, q, k, v, out, mlp_in, mlp_out and the attention (a tree call's in
+  # two: below the tails' base, then the tails); then ln_final, the tied head and (the plain
+  # call's log-probs) the log-softmax's normaliser.
+  for call, kernels in ((plain, 2 * 9 + 3), (tree, 2 * 10 + 2)):
     with mock.patch.object(attention, "interpreted", lambda: False):
       text = jax.jit(call).trace(PARAMS, state).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("xla.gpu.triton") == kernels

@@ -180,50 +180,50 @@ def _unpack(refs, tree):
           key_node, refs)
 
 
-def _forward_kernel(*refs, num_key_blocks, num_tail_blocks, scale, alibi, tree):
-  """The online softmax over the key blocks in slot order, then (``num_tail_blocks``) over the
-  blocks of the row group's tail (:class:`asarm_jax.masks.Tail`), whose limits are the tail's."""
+def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree, from_state, to_state):
+  """The online softmax over the key blocks in slot order. It starts from the sink (max = its
+  score, sum = 1, accumulator = its value) or, ``from_state``, from the state
+  ``(accumulator, max, sum)`` of an earlier call over other keys, and ends with the output and
+  log-sum-exp or, ``to_state``, that state: two calls in turn add the keys up exactly as one
+  call over both key ranges would."""
   (q_ref, k_ref, v_ref, sink_key_ref, sink_value_ref, slope_ref, limit_ref, position_ref, words,
    key_rank_ref, key_position_ref, key_node_ref, rest) = _unpack(refs, tree)
-  out_ref, lse_ref = rest[-2:]
   rows = _Rows(limit_ref, position_ref, *words)
   q = q_ref[...]
   slope = _slope(alibi, slope_ref)
-  # The sink starts the online softmax: max = its score, sum = 1, accumulator = its value.
-  m = jnp.sum(q.astype(jnp.float32) * sink_key_ref[...].astype(jnp.float32)[None, :], 1) * (
-      scale * _LOG2E)
-  total = jnp.ones_like(m)
-  acc = jnp.broadcast_to(sink_value_ref[...].astype(jnp.float32)[None, :], q.shape)
+  if from_state:
+    acc, m, total = (ref[...] for ref in rest[:3])
+  else:
+    m = jnp.sum(q.astype(jnp.float32) * sink_key_ref[...].astype(jnp.float32)[None, :], 1) * (
+        scale * _LOG2E)
+    total = jnp.ones_like(m)
+    acc = jnp.broadcast_to(sink_value_ref[...].astype(jnp.float32)[None, :], q.shape)
 
-  def blocks(rows, k_ref, v_ref, key_rank_ref, key_position_ref, key_node_ref, num, carry):
-    def body(j, carry):
-      keys = pl.ds(j * BLOCK_K, BLOCK_K)
-      key_rank = key_rank_ref[keys]
-      key_node = None if key_node_ref is None else key_node_ref[keys]
+  def body(j, carry):
+    keys = pl.ds(j * BLOCK_K, BLOCK_K)
+    key_rank = key_rank_ref[keys]
+    key_node = None if key_node_ref is None else key_node_ref[keys]
 
-      def block(carry):
-        acc, m, total = carry
-        s = _scores(q, k_ref[keys, :], rows, key_position_ref[keys], slope, scale)
-        s = jnp.where(_tile_visible(rows, key_rank, key_node), s, _MASKED)
-        m_next = jnp.maximum(m, jnp.max(s, 1))
-        p = jnp.exp2(s - m_next[:, None])
-        correction = jnp.exp2(m - m_next)
-        acc = acc * correction[:, None] + _dot(p.astype(v_ref.dtype), v_ref[keys, :])
-        return acc, m_next, total * correction + jnp.sum(p, 1)
+    def block(carry):
+      acc, m, total = carry
+      s = _scores(q, k_ref[keys, :], rows, key_position_ref[keys], slope, scale)
+      s = jnp.where(_tile_visible(rows, key_rank, key_node), s, _MASKED)
+      m_next = jnp.maximum(m, jnp.max(s, 1))
+      p = jnp.exp2(s - m_next[:, None])
+      correction = jnp.exp2(m - m_next)
+      acc = acc * correction[:, None] + _dot(p.astype(v_ref.dtype), v_ref[keys, :])
+      return acc, m_next, total * correction + jnp.sum(p, 1)
 
-      return jax.lax.cond(_block_needed(rows, key_rank, key_node), block, lambda c: c, carry)
+    return jax.lax.cond(_block_needed(rows, key_rank, key_node), block, lambda c: c, carry)
 
-    return jax.lax.fori_loop(0, num, body, carry)
-
-  carry = blocks(rows, k_ref, v_ref, key_rank_ref, key_position_ref, key_node_ref,
-                 num_key_blocks, (acc, m, total))
-  if num_tail_blocks:
-    tail_limit_ref, tail_k_ref, tail_v_ref, tail_rank_ref, tail_position_ref = rest[:5]
-    carry = blocks(_Rows(tail_limit_ref, position_ref, None, None), tail_k_ref, tail_v_ref,
-                   tail_rank_ref, tail_position_ref, None, num_tail_blocks, carry)
-  acc, m, total = carry
-  out_ref[...] = (acc / total[:, None]).astype(out_ref.dtype)
-  lse_ref[...] = m + jnp.log2(total)
+  acc, m, total = jax.lax.fori_loop(0, num_key_blocks, body, (acc, m, total))
+  outputs = rest[3:] if from_state else rest
+  if to_state:
+    for ref, value in zip(outputs, (acc, m, total)):
+      ref[...] = value
+  else:
+    outputs[0][...] = (acc / total[:, None]).astype(outputs[0].dtype)
+    outputs[1][...] = m + jnp.log2(total)
 
 
 def _dq_kernel(*refs, num_key_blocks, scale, alibi, tree):
@@ -287,9 +287,8 @@ def _dkv_kernel(*refs, num_query_blocks, scale, alibi, tree):
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys, groups=1):
-  """BlockSpecs of the kernels' common inputs; the grid is ``(B, N, row or key blocks)``. With
-  ``groups`` the grid's first axis is ``B x groups`` row groups that share their row's keys."""
+def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys):
+  """BlockSpecs of the kernels' common inputs; the grid is ``(B, N, row or key blocks)``."""
   if grid_over_keys:
     row_tile = lambda: pl.BlockSpec((None, num_rows, None, head_dim), lambda b, h, j: (b, 0, h, 0))
     key_tile = lambda: pl.BlockSpec((None, BLOCK_K, None, head_dim), lambda b, h, j: (b, j, h, 0))
@@ -298,9 +297,9 @@ def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys, groups=1):
   else:
     row_tile = lambda: pl.BlockSpec((None, BLOCK_Q, None, head_dim), lambda b, h, i: (b, i, h, 0))
     key_tile = lambda: pl.BlockSpec((None, num_keys, None, head_dim),
-                                    lambda b, h, i: (b // groups, 0, h, 0))
+                                    lambda b, h, i: (b, 0, h, 0))
     row_vec = lambda: pl.BlockSpec((None, BLOCK_Q), lambda b, h, i: (b, i))
-    key_vec = lambda: pl.BlockSpec((None, num_keys), lambda b, h, i: (b // groups, 0))
+    key_vec = lambda: pl.BlockSpec((None, num_keys), lambda b, h, i: (b, 0))
   head_vec = lambda: pl.BlockSpec((None, head_dim), lambda b, h, i: (h, 0))
   specs = [row_tile(), key_tile(), key_tile(), head_vec(), head_vec(), head_vec(), row_vec(),
            row_vec()]
@@ -354,11 +353,12 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
 
 
 def _flash_tail(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi):
-  """A tree call in rank order (:class:`asarm_jax.masks.Tail`; forward only, one device): each
-  row group is a row of the kernel's grid that reads its row's keys of ranks below the tail's
-  base in slot order, then its tail."""
+  """A tree call in rank order (:class:`asarm_jax.masks.Tail`; forward only, one device), in two
+  kernel calls: every row over the keys of ranks below the tails' base in slot order (a
+  batch row's rows sharing their key loads, as in any call), then each row group over its
+  tail, from the state where the first call left its rows."""
   tail = visibility.tail
-  batch = q.shape[0]
+  batch, num_rows = q.shape[:2]
   groups, group_size = tail.group_rows_GxP.shape
   width = tail.slot_BxGxW.shape[2]
 
@@ -371,14 +371,18 @@ def _flash_tail(q, k, v, sink_key, sink_value, visibility, query_positions, key_
     x = jnp.take_along_axis(x_BxS, slots, 1)
     return x.reshape((batch * groups, width) + x.shape[2:])
 
-  below_base = jnp.minimum(visibility.row_limit_BxT, tail.base_B[:, None])
   key_tensors, keys = _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions)
-  ints = tuple(x.astype(jnp.int32) for x in [by_group(below_base), by_group(query_positions),
-                                            *keys])
-  tails = (by_group(tail.row_limit_BxT).astype(jnp.int32), in_tail(k).astype(q.dtype),
-           in_tail(v).astype(q.dtype), tail.rank_BxGxW.reshape(batch * groups, width),
-           in_tail(key_positions).astype(jnp.int32))
-  out, _ = _flash_forward(by_group(q), *key_tensors, ints, alibi, False, tails, groups)
+  below_base = jnp.minimum(visibility.row_limit_BxT, tail.base_B[:, None])
+  ints = tuple(x.astype(jnp.int32) for x in [_pad_to(below_base, 1, BLOCK_Q),
+                                            _pad_to(query_positions, 1, BLOCK_Q), *keys])
+  state = _flash_forward(_pad_to(q, 1, BLOCK_Q), *key_tensors, ints, alibi, False,
+                         to_state=True)
+  tail_ints = tuple(x.astype(jnp.int32) for x in [
+      by_group(tail.row_limit_BxT), by_group(query_positions),
+      tail.rank_BxGxW.reshape(batch * groups, width), in_tail(key_positions)])
+  out, _ = _flash_forward(by_group(q), in_tail(k).astype(q.dtype), in_tail(v).astype(q.dtype),
+                          *key_tensors[2:], tail_ints, alibi, False,
+                          state=tuple(by_group(x[:, :num_rows]) for x in state))
   out = out[:, :group_size].reshape((batch, groups * group_size) + out.shape[2:])
   return jnp.zeros_like(q).at[:, tail.group_rows_GxP.reshape(-1)].set(out)
 
@@ -394,29 +398,27 @@ def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree):
   return _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree)[0]
 
 
-def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, tail=(), groups=1):
-  """``tail``: the row groups' tail inputs ``(limit, k, v, rank, position)`` (``q`` holds
-  ``groups`` row groups per row of ``k``)."""
+def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, state=(),
+                   to_state=False):
+  """``(output, lse B x N x T)``, or (``to_state``) the online softmax's float32 state
+  ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``; ``state``, such a state to
+  start from instead of the sink."""
   batch, num_rows, num_heads, head_dim = q.shape
-  num_keys = k.shape[1]
-  specs, row_tile, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False, groups)
-  num_tail_blocks = 0
-  if tail:
-    width = tail[1].shape[1]
-    num_tail_blocks = width // BLOCK_K
-    tail_tile = pl.BlockSpec((None, width, None, head_dim), lambda b, h, i: (b, 0, h, 0))
-    tail_vec = pl.BlockSpec((None, width), lambda b, h, i: (b, 0))
-    specs += [specs[6], tail_tile, tail_tile, tail_vec, tail_vec]
-  lse_spec = pl.BlockSpec((None, None, BLOCK_Q), lambda b, h, i: (b, h, i))
-  kernel = functools.partial(_forward_kernel, num_key_blocks=num_keys // BLOCK_K,
-                             num_tail_blocks=num_tail_blocks, scale=head_dim ** -0.5,
-                             alibi=alibi, tree=tree)
-  out, lse = _call(kernel, (batch, num_heads, num_rows // BLOCK_Q), specs,
-                   [row_tile(), lse_spec],
-                   [jax.ShapeDtypeStruct(q.shape, q.dtype),
-                    jax.ShapeDtypeStruct((batch, num_heads, num_rows), jnp.float32)],
-                   q, k, v, sink_key, sink_value, slopes, *ints, *tail)
-  return out, lse
+  specs, row_tile, _ = _specs(batch, num_rows, k.shape[1], head_dim, tree, False)
+  row_stat = pl.BlockSpec((None, BLOCK_Q, None), lambda b, h, i: (b, i, h))
+  float32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  if to_state:
+    out_specs, out_shape = [row_tile(), row_stat, row_stat], [float32(q.shape),
+                                                              *[float32(q.shape[:3])] * 2]
+  else:
+    out_specs = [row_tile(), pl.BlockSpec((None, None, BLOCK_Q), lambda b, h, i: (b, h, i))]
+    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), float32((batch, num_heads, num_rows))]
+  kernel = functools.partial(_forward_kernel, num_key_blocks=k.shape[1] // BLOCK_K,
+                             scale=head_dim ** -0.5, alibi=alibi, tree=tree,
+                             from_state=bool(state), to_state=to_state)
+  return _call(kernel, (batch, num_heads, num_rows // BLOCK_Q),
+               specs + [row_tile(), row_stat, row_stat][:len(state)], out_specs, out_shape,
+               q, k, v, sink_key, sink_value, slopes, *ints, *state)
 
 
 def _flash_fwd(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree):

@@ -38,6 +38,7 @@ _BLOCKS_N = (64, 32, 16)  # the largest that divides N
 _BLOCKS_K = (64, 32, 16)  # the largest that divides K
 _CHUNKS_PER_SPLIT = 4  # K is cut into splits of 4 chunks where it divides ...
 _SPLIT_BELOW_TILES = 64  # ... for weights of fewer column tiles (the head's fill the device)
+_IN_TURN_FROM_TILES = 128  # output tiles from which a program adds the splits itself
 
 
 def _block(size: int, choices: tuple[int, ...], name: str) -> int:
@@ -49,18 +50,25 @@ def _block(size: int, choices: tuple[int, ...], name: str) -> int:
                    "heads' width and the vocabulary).")
 
 
-def _kernel(x_ref, w_ref, out_ref, *, block_k: int, num_k: int, transposed: bool):
-  """One split's partial sum of one output tile, over its ``num_k`` chunks in order."""
+def _kernel(x_ref, w_ref, out_ref, *, block_k: int, num_k: int, num_splits: int,
+            transposed: bool):
+  """An output tile over ``num_splits`` splits of ``x_ref``'s columns (one, when the splits
+  run side by side): each split's ``num_k`` chunks summed in order from zero, then the splits'
+  sums added in order."""
   precision = jax.lax.Precision.HIGHEST if x_ref.dtype == jnp.float32 else None
   contract = (((1,), (1 if transposed else 0,)), ((), ()))
 
-  def body(i, acc_MxN):
-    chunk = pl.ds(i * block_k, block_k)
-    w_tile = w_ref[:, chunk] if transposed else w_ref[chunk, :]
-    return acc_MxN + jax.lax.dot_general(x_ref[:, chunk], w_tile, contract, precision=precision,
-                                         preferred_element_type=jnp.float32)
+  def split_sum(split):
+    def body(i, acc_MxN):
+      chunk = pl.ds((split * num_k + i) * block_k, block_k)
+      w_tile = w_ref[:, chunk] if transposed else w_ref[chunk, :]
+      return acc_MxN + jax.lax.dot_general(x_ref[:, chunk], w_tile, contract,
+                                           precision=precision,
+                                           preferred_element_type=jnp.float32)
+    return jax.lax.fori_loop(0, num_k, body, jnp.zeros(out_ref.shape, jnp.float32))
 
-  out_ref[...] = jax.lax.fori_loop(0, num_k, body, jnp.zeros(out_ref.shape, jnp.float32))
+  out_ref[...] = jax.lax.fori_loop(1, num_splits, lambda split, total: total + split_sum(split),
+                                   split_sum(0))
 
 
 def matmul(x_MxK: Array, w: Array, out_dtype: Any, transposed: bool = False) -> Array:
@@ -68,10 +76,12 @@ def matmul(x_MxK: Array, w: Array, out_dtype: Any, transposed: bool = False) -> 
   ``out_dtype``, float32 accumulation; row ``m`` of the result depends on row ``m`` of ``x``
   and on ``w`` only, bit for bit.
 
-  ``K`` is cut into fixed splits (a function of the weight's shape alone) that run side by
-  side, so that a call of a few rows still fills the device; their float32 partial sums are
-  then added in split order. A weight of many column tiles (the head) fills it without, and
-  its partial sums would cost a write and a read of ``splits x M x N`` floats.
+  ``K`` is cut into fixed splits (a function of the weight's shape alone), each summed in
+  float32 and the sums added in split order. For a call of few output tiles the splits run
+  side by side, so that it still fills the device, and XLA adds their partial sums; from
+  ``_IN_TURN_FROM_TILES`` tiles (e.g. a tree call at batch 64) a program adds them itself, the
+  same additions in the same order without writing and reading ``splits x M x N`` floats. A
+  weight of many column tiles (the head) is not split.
   """
   num_rows, depth = x_MxK.shape
   width = w.shape[0] if transposed else w.shape[1]
@@ -82,18 +92,21 @@ def matmul(x_MxK: Array, w: Array, out_dtype: Any, transposed: bool = False) -> 
     split = depth
   padded = -(-num_rows // BLOCK_M) * BLOCK_M
   x_MxK = jnp.pad(x_MxK.astype(w.dtype), ((0, padded - num_rows), (0, 0)))
-  w_spec = (pl.BlockSpec((block_n, split), lambda i, j, s: (j, s)) if transposed else
-            pl.BlockSpec((split, block_n), lambda i, j, s: (s, j)))
+  in_turn = (padded // BLOCK_M) * (width // block_n) >= _IN_TURN_FROM_TILES
+  block = depth if in_turn else split  # a program's columns of x (rows of w)
+  w_spec = (pl.BlockSpec((block_n, block), lambda i, j, s: (j, s)) if transposed else
+            pl.BlockSpec((block, block_n), lambda i, j, s: (s, j)))
   compiler_params = None
   if not attention.interpreted():
     from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
     compiler_params = plgpu.CompilerParams(num_warps=4, num_stages=3)
   partial_SxMxN = pl.pallas_call(
-      functools.partial(_kernel, block_k=block_k, num_k=split // block_k, transposed=transposed),
-      grid=(padded // BLOCK_M, width // block_n, depth // split),
-      in_specs=[pl.BlockSpec((BLOCK_M, split), lambda i, j, s: (i, s)), w_spec],
+      functools.partial(_kernel, block_k=block_k, num_k=split // block_k,
+                        num_splits=block // split, transposed=transposed),
+      grid=(padded // BLOCK_M, width // block_n, depth // block),
+      in_specs=[pl.BlockSpec((BLOCK_M, block), lambda i, j, s: (i, s)), w_spec],
       out_specs=pl.BlockSpec((None, BLOCK_M, block_n), lambda i, j, s: (s, i, j)),
-      out_shape=jax.ShapeDtypeStruct((depth // split, padded, width), jnp.float32),
+      out_shape=jax.ShapeDtypeStruct((depth // block, padded, width), jnp.float32),
       interpret=attention.interpreted(), compiler_params=compiler_params)(x_MxK, w)
   out_MxN = functools.reduce(lambda total, part: total + part, list(partial_SxMxN))
   return out_MxN[:num_rows].astype(out_dtype)
