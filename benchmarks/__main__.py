@@ -1,7 +1,8 @@
 """``python -m benchmarks NAME [--flags]``: one benchmark, its records written as JSONL.
 
 ``NAME`` is a module of :data:`benchmarks.BENCHMARKS` (its records go to
-``--records_dir/DATE/NAME.jsonl`` and to stdout) or a tool of :data:`benchmarks.TOOLS`
+``--records_dir/DATE/NAME.jsonl`` and to stdout, each as soon as its ``run`` yields it, so a
+run cut short keeps what it measured) or a tool of :data:`benchmarks.TOOLS`
 (``experiment``, ``report``). ``python -m benchmarks NAME --help`` lists a command's flags.
 """
 from __future__ import annotations
@@ -36,11 +37,12 @@ def main(argv: list[str]) -> None:
     module.main(**args)
     return
   records_dir = args.pop("records_dir")
-  made = module.run(**args)
-  for record in made:
+  written = set()
+  for record in module.run(**args):
     print(json.dumps(record), flush=True)
-  for path in sorted({records.path_for(records_dir, r) for r in made}):
-    records.write(path, [r for r in made if records.path_for(records_dir, r) == path])
+    written.add(records.path_for(records_dir, record))
+    records.write(records.path_for(records_dir, record), [record])
+  for path in sorted(written):
     print(f"wrote {path}", file=sys.stderr)
 
 

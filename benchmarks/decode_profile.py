@@ -66,7 +66,7 @@ import os
 import re
 import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -270,9 +270,9 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
         specs: list[str] = ("sequential",), batches: list[int] = (1,), length: int = 0,
         visible: float = 0.05, temperature: float = 0.2, repeats: int = 3, trace_dir: str = "",
         compile_workers: int = 1, host_tracer_level: int = 1, hbm_bytes_per_s: float = 4.8e12,
-        peak_flops: float = 790e12, deterministic: bool = False) -> list[dict]:
-  """One ``decode_profile`` record per (spec, batch), then the traces' ``trace_summary``
-  records."""
+        peak_flops: float = 790e12, deterministic: bool = False) -> Iterator[dict]:
+  """One ``decode_profile`` record per (spec, batch), each yielded once measured, then the
+  traces' ``trace_summary`` records."""
   model, params, loaded = common.random_model(config, attention_impl=attention_impl or None)
   if deterministic:
     model = models.batch_invariant(model)
@@ -304,9 +304,10 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
       made.append(records.make("decode_profile", {
           "spec": case.text, "batch": batch, "visible": visible, "temperature": temperature,
           "length": length, "deterministic": deterministic}, metrics, described))
+      yield made[-1]
       summaries += summary
       print(f"{case.text} batch {batch}: " + ", ".join(
           f"{k} {report.cell(metrics[k])}" for k in SHOWN), flush=True)
   shown = [{**r, "metrics": {k: r["metrics"][k] for k in SHOWN}} for r in made]
   print("\n".join(report.table(shown)), flush=True)
-  return made + summaries
+  yield from summaries

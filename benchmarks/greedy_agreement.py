@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -76,9 +76,9 @@ def differing(tokens_NxL: np.ndarray, reference_NxL: np.ndarray) -> dict[str, fl
 def run(workdir: str = "", config: str = "", specs: list[str] = ("assd:5",), rows: int = 64,
         visible: float = 0.05, length: int = 0, alone_rows: int = 0,
         deterministic: list[bool] = (False, True),
-        temperatures: list[float] = (0.0, 1.0)) -> list[dict]:
-  """One record per (setting, temperature, spec, slots); the reference's own record has no
-  count."""
+        temperatures: list[float] = (0.0, 1.0)) -> Iterator[dict]:
+  """One record per (setting, temperature, spec, slots), yielded as each (setting,
+  temperature) is done; the reference's own record has no count."""
   model, params, tokens, described = _rows(workdir, config, rows, length)
   tokens, visible_NxL = sampling_speed.prompts(tokens, rows, visible)
   alone = slice(0, alone_rows or rows)
@@ -97,7 +97,6 @@ def run(workdir: str = "", config: str = "", specs: list[str] = ("assd:5",), row
     compiled.add(key)
     return np.asarray(out.tokens_BxL), ms
 
-  made = []
   for det in deterministic:
     for temperature in temperatures:
       runs = {}  # (spec text, slots): (tokens, ms per call)
@@ -110,11 +109,10 @@ def run(workdir: str = "", config: str = "", specs: list[str] = ("assd:5",), row
         differ = ({"rows_differing": None, "median_first_difference": None}
                   if (text, slots) == reference else
                   differing(tokens_NxL, runs[reference][1][0][:len(tokens_NxL)]))
-        made.append(records.make(
+        yield records.make(
             "greedy_agreement",
             {**cli.spec_settings(spec), "slots": slots, "rows": len(tokens_NxL),
              "visible": visible, "length": int(tokens.shape[1]), "deterministic": det,
              "reference": ("itself" if (text, slots) == reference else
                            f"{reference[0]}, {rows} slots")},
-            {**differ, "ms_per_call": ms}, described))
-  return made
+            {**differ, "ms_per_call": ms}, described)

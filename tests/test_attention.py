@@ -1,4 +1,6 @@
 """The fused attention kernel (Pallas; interpreted off GPU) against the dense reference."""
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,6 +87,25 @@ def test_model_logits_and_cache_agree_across_implementations():
   for model in (reference, fused):
     logits, _ = call(model, cache=model.init_cache(2, length + 4), content_rank_BxR=target)
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_small_call_splits_its_keys_among_programs():
+  """A grid of few query tiles (a decoding call at batch 1: one per head) runs several
+  programs per tile over runs of the key blocks and combines their states, up to a full grid;
+  the batch-invariant kernel never splits. Both give the same attention (the reference's: the
+  test above splits its 5-row calls) and both lower for the GPU."""
+  assert attention._key_splits(12, 8) == 8  # batch 1, 12 heads, 512 keys: 96 programs
+  assert attention._key_splits(40, 8) == 2 and attention._key_splits(64 * 12, 8) == 1
+  differentiable, fixed, _ = random_call(3, 5, 130, True)
+  attend = lambda invariant: jax.jit(lambda *xs: attention.attend(
+      *xs, *fixed, True, "pallas", batch_invariant=invariant))
+  np.testing.assert_allclose(attend(False)(*differentiable), attend(True)(*differentiable),
+                             rtol=1e-5, atol=1e-6)
+  with mock.patch.object(attention, "interpreted", lambda: False):
+    for invariant in (False, True):
+      text = attend(invariant).trace(*differentiable).lower(
+          lowering_platforms=("cuda",)).as_text()
+      assert text.count("xla.gpu.triton") == 1
 
 
 def test_unknown_implementation_is_refused():

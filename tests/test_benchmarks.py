@@ -214,8 +214,8 @@ def test_greedy_agreement_counts_no_difference_in_float32():
   by default and deterministically, at T = 0 and 1: every count is 0; the second
   temperature's runs are timed (test_deterministic.py covers every decoder with the setting,
   test_sampling.py every decoder's greedy tokens)."""
-  made = greedy_agreement.run(config="demo", specs=[], rows=4, visible=0.25, length=24,
-                              alone_rows=2)
+  made = list(greedy_agreement.run(config="demo", specs=[], rows=4, visible=0.25, length=24,
+                                   alone_rows=2))
   assert [(r["settings"]["deterministic"], r["settings"]["temperature"],
            r["settings"]["method"], r["settings"]["slots"]) for r in made] == [
       (det, t, "sequential", slots) for det in (False, True) for t in (0.0, 1.0)

@@ -49,8 +49,13 @@ def alibi_bias(query_positions_BxT: Array, key_positions_BxS: Array, num_heads: 
 
 def attend(q_BxTxNxH: Array, k_BxSxNxH: Array, v_BxSxNxH: Array, sink_key_NxH: Array,
            sink_value_NxH: Array, visibility: masks.Visibility, query_positions_BxT: Array,
-           key_positions_BxS: Array, alibi: bool, implementation: str) -> Array:
-  """Attention of ``T`` rows onto ``S`` keys plus the sink, ``B x T x N x H`` (q's dtype)."""
+           key_positions_BxS: Array, alibi: bool, implementation: str,
+           batch_invariant: bool = False) -> Array:
+  """Attention of ``T`` rows onto ``S`` keys plus the sink, ``B x T x N x H`` (q's dtype).
+
+  ``batch_invariant`` (the fused kernel): a row's result never depends on the call's shape.
+  Otherwise a small call (few query tiles) splits its keys among more programs.
+  """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {implementation!r}; "
                      f"expected one of {IMPLEMENTATIONS}")
@@ -60,7 +65,7 @@ def attend(q_BxTxNxH: Array, k_BxSxNxH: Array, v_BxSxNxH: Array, sink_key_NxH: A
                          visibility, query_positions_BxT, key_positions_BxS, alibi)
     if implementation == "pallas":
       return _flash(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_key_NxH, sink_value_NxH, visibility,
-                    query_positions_BxT, key_positions_BxS, alibi)
+                    query_positions_BxT, key_positions_BxS, alibi, not batch_invariant)
     return _dense(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_key_NxH, sink_value_NxH, visibility,
                   query_positions_BxT, key_positions_BxS, alibi, implementation)
 
@@ -101,6 +106,7 @@ def _dense(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
 # The fused kernel. Scores are kept in the log2 domain (exp2 is the fast exponential).
 
 BLOCK_Q, BLOCK_K = 64, 64
+_FULL_GRID = 128  # programs that fill a GPU; a smaller grid may split its keys
 
 
 def _compiler_params():
@@ -180,27 +186,32 @@ def _unpack(refs, tree):
           key_node, refs)
 
 
-def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree, from_state, to_state):
-  """The online softmax over the key blocks in slot order. It starts from the sink (max = its
-  score, sum = 1, accumulator = its value) or, ``from_state``, from the state
+def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree, from_state, to_state, splits=1):
+  """The online softmax over ``num_key_blocks`` key blocks in slot order. It starts from the
+  sink (max = its score, sum = 1, accumulator = its value) or, ``from_state``, from the state
   ``(accumulator, max, sum)`` of an earlier call over other keys, and ends with the output and
   log-sum-exp or, ``to_state``, that state: two calls in turn add the keys up exactly as one
-  call over both key ranges would."""
+  call over both key ranges would. With ``splits``, the grid's last axis runs ``splits``
+  programs per query tile, the ``s``-th over the ``s``-th run of ``num_key_blocks`` blocks
+  (the sink's weight and value in the first only), each writing its state."""
   (q_ref, k_ref, v_ref, sink_key_ref, sink_value_ref, slope_ref, limit_ref, position_ref, words,
    key_rank_ref, key_position_ref, key_node_ref, rest) = _unpack(refs, tree)
   rows = _Rows(limit_ref, position_ref, *words)
   q = q_ref[...]
   slope = _slope(alibi, slope_ref)
+  split = pl.program_id(2) % splits if splits > 1 else 0
   if from_state:
     acc, m, total = (ref[...] for ref in rest[:3])
   else:
     m = jnp.sum(q.astype(jnp.float32) * sink_key_ref[...].astype(jnp.float32)[None, :], 1) * (
         scale * _LOG2E)
-    total = jnp.ones_like(m)
-    acc = jnp.broadcast_to(sink_value_ref[...].astype(jnp.float32)[None, :], q.shape)
+    sink_weight = 1.0 if splits == 1 else (split == 0).astype(jnp.float32)
+    total = jnp.full_like(m, sink_weight)
+    acc = jnp.broadcast_to(sink_value_ref[...].astype(jnp.float32)[None, :] * sink_weight,
+                           q.shape)
 
   def body(j, carry):
-    keys = pl.ds(j * BLOCK_K, BLOCK_K)
+    keys = pl.ds((split * num_key_blocks + j) * BLOCK_K, BLOCK_K)
     key_rank = key_rank_ref[keys]
     key_node = None if key_node_ref is None else key_node_ref[keys]
 
@@ -287,18 +298,20 @@ def _dkv_kernel(*refs, num_query_blocks, scale, alibi, tree):
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys):
-  """BlockSpecs of the kernels' common inputs; the grid is ``(B, N, row or key blocks)``."""
+def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys, splits=1):
+  """BlockSpecs of the kernels' common inputs; the grid is ``(B, N, row or key blocks)``, or
+  ``(B, N, row blocks x splits)`` with ``splits`` programs per row block."""
   if grid_over_keys:
     row_tile = lambda: pl.BlockSpec((None, num_rows, None, head_dim), lambda b, h, j: (b, 0, h, 0))
     key_tile = lambda: pl.BlockSpec((None, BLOCK_K, None, head_dim), lambda b, h, j: (b, j, h, 0))
     row_vec = lambda: pl.BlockSpec((None, num_rows), lambda b, h, j: (b, 0))
     key_vec = lambda: pl.BlockSpec((None, BLOCK_K), lambda b, h, j: (b, j))
   else:
-    row_tile = lambda: pl.BlockSpec((None, BLOCK_Q, None, head_dim), lambda b, h, i: (b, i, h, 0))
+    row_tile = lambda: pl.BlockSpec((None, BLOCK_Q, None, head_dim),
+                                    lambda b, h, i: (b, i // splits, h, 0))
     key_tile = lambda: pl.BlockSpec((None, num_keys, None, head_dim),
                                     lambda b, h, i: (b, 0, h, 0))
-    row_vec = lambda: pl.BlockSpec((None, BLOCK_Q), lambda b, h, i: (b, i))
+    row_vec = lambda: pl.BlockSpec((None, BLOCK_Q), lambda b, h, i: (b, i // splits))
     key_vec = lambda: pl.BlockSpec((None, num_keys), lambda b, h, i: (b, 0))
   head_vec = lambda: pl.BlockSpec((None, head_dim), lambda b, h, i: (h, 0))
   specs = [row_tile(), key_tile(), key_tile(), head_vec(), head_vec(), head_vec(), row_vec(),
@@ -321,7 +334,8 @@ def _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions):
   return tensors, keys
 
 
-def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi):
+def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi,
+           split_keys):
   """Pads rows and keys to whole blocks (padded rows see only the sink, padded keys nothing).
 
   Under a device mesh (``jax.set_mesh``, as the trainer runs) the kernel runs per shard
@@ -339,7 +353,7 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
     keys.append(_pad_to(visibility.key_node_BxS, 1, BLOCK_K, -1))
   ints = tuple(x.astype(jnp.int32) for x in rows + keys)
   args = (_pad_to(q, 1, BLOCK_Q), *key_tensors, ints)
-  core = lambda *xs: _flash_core(*xs, alibi, tree)
+  core = lambda *xs: _flash_core(*xs, alibi, tree, split_keys)
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and mesh.size > 1:
     split_heads = "tensor" in mesh.axis_names and q.shape[2] % mesh.shape["tensor"] == 0
@@ -393,40 +407,72 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
                         compiler_params=None if interpreted() else _compiler_params())(*args)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree):
-  return _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, split_keys):
+  return _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree,
+                        split_keys=split_keys)[0]
+
+
+def _key_splits(programs: int, num_blocks: int) -> int:
+  """Runs of key blocks per query tile (a divisor of ``num_blocks``) that bring a grid of
+  ``programs`` programs nearest ``_FULL_GRID`` without passing it."""
+  most = max(1, min(num_blocks, _FULL_GRID // programs))
+  return max(d for d in range(1, most + 1) if num_blocks % d == 0)
+
+
+def _combine(acc_SxBxTxNxH, max_SxBxTxN, sum_SxBxTxN, dtype):
+  """The output and lse (``B x N x T``) of the splits' online-softmax states."""
+  top_BxTxN = max_SxBxTxN.max(0)
+  weight_SxBxTxN = jnp.exp2(max_SxBxTxN - top_BxTxN)
+  total_BxTxN = (weight_SxBxTxN * sum_SxBxTxN).sum(0)
+  out = (weight_SxBxTxN[..., None] * acc_SxBxTxNxH).sum(0) / total_BxTxN[..., None]
+  return out.astype(dtype), jnp.transpose(top_BxTxN + jnp.log2(total_BxTxN), (0, 2, 1))
 
 
 def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, state=(),
-                   to_state=False):
+                   to_state=False, split_keys=False):
   """``(output, lse B x N x T)``, or (``to_state``) the online softmax's float32 state
   ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``; ``state``, such a state to
-  start from instead of the sink."""
+  start from instead of the sink. With ``split_keys`` a grid too small to fill the device
+  (e.g. a decoding call at batch 1: one query tile per head) runs several programs per query
+  tile over runs of the key blocks and combines their states (flash-decoding); a row's
+  rounding then depends on the call's shape."""
   batch, num_rows, num_heads, head_dim = q.shape
-  specs, row_tile, _ = _specs(batch, num_rows, k.shape[1], head_dim, tree, False)
-  row_stat = pl.BlockSpec((None, BLOCK_Q, None), lambda b, h, i: (b, i, h))
+  num_blocks = k.shape[1] // BLOCK_K
+  splits = 1
+  if split_keys and not state and not to_state:
+    splits = _key_splits(batch * num_heads * (num_rows // BLOCK_Q), num_blocks)
+  specs, row_tile, _ = _specs(batch, num_rows, k.shape[1], head_dim, tree, False, splits)
   float32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-  if to_state:
-    out_specs, out_shape = [row_tile(), row_stat, row_stat], [float32(q.shape),
-                                                              *[float32(q.shape[:3])] * 2]
+  if to_state or splits > 1:  # states, with a leading axis of splits
+    by_split = lambda *tail: lambda b, h, i: (i % splits, b, i // splits, h, *tail)
+    stat = pl.BlockSpec((None, None, BLOCK_Q, None), by_split())
+    out_specs = [pl.BlockSpec((None, None, BLOCK_Q, None, head_dim), by_split(0)), stat, stat]
+    out_shape = [float32((splits,) + q.shape), *[float32((splits,) + q.shape[:3])] * 2]
   else:
     out_specs = [row_tile(), pl.BlockSpec((None, None, BLOCK_Q), lambda b, h, i: (b, h, i))]
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), float32((batch, num_heads, num_rows))]
-  kernel = functools.partial(_forward_kernel, num_key_blocks=k.shape[1] // BLOCK_K,
+  row_stat = pl.BlockSpec((None, BLOCK_Q, None), lambda b, h, i: (b, i, h))
+  kernel = functools.partial(_forward_kernel, num_key_blocks=num_blocks // splits,
                              scale=head_dim ** -0.5, alibi=alibi, tree=tree,
-                             from_state=bool(state), to_state=to_state)
-  return _call(kernel, (batch, num_heads, num_rows // BLOCK_Q),
+                             from_state=bool(state), to_state=to_state or splits > 1,
+                             splits=splits)
+  outs = _call(kernel, (batch, num_heads, num_rows // BLOCK_Q * splits),
                specs + [row_tile(), row_stat, row_stat][:len(state)], out_specs, out_shape,
                q, k, v, sink_key, sink_value, slopes, *ints, *state)
+  if to_state:
+    return [x[0] for x in outs]
+  return _combine(*outs, q.dtype) if splits > 1 else outs
 
 
-def _flash_fwd(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree):
-  out, lse = _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree)
+def _flash_fwd(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, split_keys):
+  out, lse = _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree,
+                            split_keys=split_keys)
   return out, (q, k, v, sink_key, sink_value, slopes, ints, out, lse)
 
 
-def _flash_bwd(alibi, tree, residuals, dout):
+def _flash_bwd(alibi, tree, split_keys, residuals, dout):
+  del split_keys  # the backward's grids are its own
   q, k, v, sink_key, sink_value, slopes, ints, out, lse = residuals
   batch, num_rows, num_heads, head_dim = q.shape
   num_keys = k.shape[1]

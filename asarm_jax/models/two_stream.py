@@ -183,7 +183,7 @@ class Attention(nn.Module):
     sink_v = self.param("sink_value", sink_init, (layer.num_heads, head_dim), layer.param_dtype)
     out_BxTxNxH = attention.attend(
         q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_k, sink_v, visibility, positions_BxT,
-        key_positions_BxS, layer.alibi, layer.attention_impl)
+        key_positions_BxS, layer.alibi, layer.attention_impl, layer.batch_invariant)
     out_BxTxD = nn.DenseGeneral(width, axis=(-2, -1), use_bias=False,
                                 kernel_init=nn.initializers.normal(layer.out_init_std),
                                 name="out", **layer.dense())(out_BxTxNxH)
