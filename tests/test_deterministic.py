@@ -52,6 +52,11 @@ def test_matmul_rows_are_the_same_bits_whatever_the_number_of_rows(dtype, depth)
   many_MxK = jnp.concatenate([x_MxK, _random((num_rows - 70, depth), 3, dtype)])
   np.testing.assert_array_equal(
       np.asarray(invariant_matmul.matmul(many_MxK, w_KxN, dtype)[:70], np.float32), out_MxN)
+  with mock.patch.object(attention, "interpreted", lambda: False):  # both forms lower for GPUs
+    for x in (x_MxK, many_MxK):
+      text = jax.jit(lambda x: invariant_matmul.matmul(x, w_KxN, dtype)).trace(x).lower(
+          lowering_platforms=("cuda",)).as_text()
+      assert text.count("xla.gpu.triton") == 1
   exact = np.asarray(x_MxK, np.float64) @ np.asarray(w_KxN, np.float64)
   # Rounding to the output dtype (half a unit in the last place: 2^-8 relative in bf16, 2^-24
   # in float32) plus float32 summation of K products (at most K u sum|x w|, u = 2^-24).

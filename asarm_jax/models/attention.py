@@ -8,7 +8,10 @@ node bitsets. Implementations (``model.attention_impl``):
   derives every score's visibility and its ALiBi term from the per-row and per-key integers, so
   no ``B x T x S`` mask or bias ever exists; key blocks that no row of a query block can see
   are skipped (about half of them under the prefix-LM and causal rules). The sink is the
-  initial state of the online softmax. Off GPUs it runs in Pallas' interpreter (tests).
+  initial state of the online softmax. A call of too few query tiles to fill the GPU (a
+  decoding call at batch 1) splits its key blocks among more programs and combines their
+  states (flash-decoding), except in batch-invariant mode, where a row must not depend on the
+  call's shape. Off GPUs it runs in Pallas' interpreter (tests).
 * ``"xla"``: the reference: a dense mask and bias, ``jax.nn.dot_product_attention``.
 * ``"cudnn"``: the same dense form through cuDNN's fused kernel (kept for the side-by-side
   benchmark against the kernel above, ``benchmarks/train_throughput.py``).
