@@ -303,7 +303,8 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
                  "top_kernels": measured["top_kernels"]}
       made.append(records.make("decode_profile", {
           "spec": case.text, "batch": batch, "visible": visible, "temperature": temperature,
-          "length": length, "deterministic": deterministic}, metrics, described))
+          "length": length, "deterministic": deterministic,
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}, metrics, described))
       yield made[-1]
       summaries += summary
       print(f"{case.text} batch {batch}: " + ", ".join(
