@@ -17,12 +17,13 @@ keys) it is the same decoder through ``--rows`` slots, since decoders draw diffe
 per (setting, temperature, spec, slots): rows whose tokens differ from the reference's, the
 first position where they do (the median over those rows), and the milliseconds per network
 call of the dispatch, measured on every run of a configuration after its first (which compiles
-it; the temperature is traced, so the second temperature is timed). On the CPU in float32
-every count is 0.
+it; the temperature is traced, so the second temperature is timed). ``--compile_workers=N``
+runs a setting's first, compiling runs in N threads. On the CPU in float32 every count is 0.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import time
 from typing import Any, Iterator
 
@@ -48,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="deterministic decoding off, on, or both")
   parser.add_argument("--temperatures", type=cli.list_of(float), default="0,1",
                       help="the first compiles every configuration, the others are timed")
+  parser.add_argument("--compile_workers", type=int, default=1,
+                      help="threads for the first temperature's (compiling, untimed) runs")
 
 
 def _rows(workdir: str, config: str, rows: int, length: int) -> tuple[Any, Any, np.ndarray, dict]:
@@ -76,7 +79,7 @@ def differing(tokens_NxL: np.ndarray, reference_NxL: np.ndarray) -> dict[str, fl
 def run(workdir: str = "", config: str = "", specs: list[str] = ("assd:5",), rows: int = 64,
         visible: float = 0.05, length: int = 0, alone_rows: int = 0,
         deterministic: list[bool] = (False, True),
-        temperatures: list[float] = (0.0, 1.0)) -> Iterator[dict]:
+        temperatures: list[float] = (0.0, 1.0), compile_workers: int = 1) -> Iterator[dict]:
   """One record per (setting, temperature, spec, slots), yielded as each (setting,
   temperature) is done; the reference's own record has no count."""
   model, params, tokens, described = _rows(workdir, config, rows, length)
@@ -98,12 +101,12 @@ def run(workdir: str = "", config: str = "", specs: list[str] = ("assd:5",), row
     return np.asarray(out.tokens_BxL), ms
 
   for det in deterministic:
-    for temperature in temperatures:
-      runs = {}  # (spec text, slots): (tokens, ms per call)
-      for text in ["sequential", *specs]:
-        spec = cli.parse_spec(text).replace(temperature=temperature)
-        for slots in (rows, 1):
-          runs[text, slots] = spec, decode(spec, slots, det)
+    for index, temperature in enumerate(temperatures):  # a setting's first compiles
+      cases = [(text, slots, cli.parse_spec(text).replace(temperature=temperature))
+               for text in ["sequential", *specs] for slots in (rows, 1)]
+      with concurrent.futures.ThreadPoolExecutor(1 if index else compile_workers) as pool:
+        done = pool.map(lambda case: decode(case[2], case[1], det), cases)
+        runs = {(text, slots): (spec, out) for (text, slots, spec), out in zip(cases, done)}
       for (text, slots), (spec, (tokens_NxL, ms)) in runs.items():
         reference = ("sequential" if temperature == 0 else text, rows)
         differ = ({"rows_differing": None, "median_first_difference": None}

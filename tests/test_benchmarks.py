@@ -215,7 +215,7 @@ def test_greedy_agreement_counts_no_difference_in_float32():
   temperature's runs are timed (test_deterministic.py covers every decoder with the setting,
   test_sampling.py every decoder's greedy tokens)."""
   made = list(greedy_agreement.run(config="demo", specs=[], rows=4, visible=0.25, length=24,
-                                   alone_rows=2))
+                                   alone_rows=2, compile_workers=2))
   assert [(r["settings"]["deterministic"], r["settings"]["temperature"],
            r["settings"]["method"], r["settings"]["slots"]) for r in made] == [
       (det, t, "sequential", slots) for det in (False, True) for t in (0.0, 1.0)

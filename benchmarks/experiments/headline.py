@@ -61,7 +61,7 @@ def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
                                             batch_sizes="1,64"),)),
       Stage("greedy", (stages.benchmark("greedy_agreement", runs, workdir=f"{runs}/asarm",
                                         specs=knobs["greedy_specs"],
-                                        alone_rows=knobs["alone_rows"]),)),
+                                        alone_rows=knobs["alone_rows"], compile_workers=4),)),
       humaneval(knobs, runs, "humaneval_t0.2", knobs["specs_b64"], "humaneval_single_line",
                 0.2, 64, knobs["batching"]),
       humaneval(knobs, runs, "humaneval_b1", knobs["specs_b1"], "humaneval_single_line", 0.2, 1,
