@@ -90,10 +90,14 @@ def test_model_logits_and_cache_agree_across_implementations():
 
 
 def test_a_small_call_splits_its_keys_among_programs():
-  """A grid of few query tiles (a decoding call at batch 1: one per head) runs several
-  programs per tile over runs of the key blocks and combines their states, up to a full grid;
-  the batch-invariant kernel never splits. Both give the same attention (the reference's: the
-  test above splits its 5-row calls) and both lower for the GPU."""
+  """A call of few rows gets query tiles of as few rows as hold them, and a grid of few query
+  tiles (a decoding call at batch 1: one per head) runs several programs per tile over runs of
+  the key blocks and combines their states, up to a full grid; the batch-invariant kernel does
+  neither. Both give the same attention (the reference's: the test above runs its 5-row calls
+  in 16-row tiles, split) and both lower for the GPU."""
+  assert [attention._query_block(rows, True) for rows in (2, 16, 17, 40, 70)] == [
+      16, 16, 32, 64, 64]
+  assert attention._query_block(2, False) == 64
   assert attention._key_splits(12, 8) == 8  # batch 1, 12 heads, 512 keys: 96 programs
   assert attention._key_splits(40, 8) == 2 and attention._key_splits(64 * 12, 8) == 1
   differentiable, fixed, _ = random_call(3, 5, 130, True)

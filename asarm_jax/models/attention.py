@@ -8,10 +8,11 @@ node bitsets. Implementations (``model.attention_impl``):
   derives every score's visibility and its ALiBi term from the per-row and per-key integers, so
   no ``B x T x S`` mask or bias ever exists; key blocks that no row of a query block can see
   are skipped (about half of them under the prefix-LM and causal rules). The sink is the
-  initial state of the online softmax. A call of too few query tiles to fill the GPU (a
-  decoding call at batch 1) splits its key blocks among more programs and combines their
-  states (flash-decoding), except in batch-invariant mode, where a row must not depend on the
-  call's shape. Off GPUs it runs in Pallas' interpreter (tests).
+  initial state of the online softmax. A call of few rows gets query tiles of as few rows as
+  hold them (16 for a decoding call's one or two, not 64), and a call of too few query tiles
+  to fill the GPU (decoding at batch 1) splits its key blocks among more programs and
+  combines their states (flash-decoding); neither in batch-invariant mode, where a row must
+  not depend on the call's shape. Off GPUs it runs in Pallas' interpreter (tests).
 * ``"xla"``: the reference: a dense mask and bias, ``jax.nn.dot_product_attention``.
 * ``"cudnn"``: the same dense form through cuDNN's fused kernel (kept for the side-by-side
   benchmark against the kernel above, ``benchmarks/train_throughput.py``).
@@ -57,7 +58,8 @@ def attend(q_BxTxNxH: Array, k_BxSxNxH: Array, v_BxSxNxH: Array, sink_key_NxH: A
   """Attention of ``T`` rows onto ``S`` keys plus the sink, ``B x T x N x H`` (q's dtype).
 
   ``batch_invariant`` (the fused kernel): a row's result never depends on the call's shape.
-  Otherwise a small call (few query tiles) splits its keys among more programs.
+  Otherwise the kernel cuts its work to the call: query tiles of as few rows as hold it (from
+  16), and a call of few tiles splits its keys among more programs.
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {implementation!r}; "
@@ -110,6 +112,15 @@ def _dense(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
 
 BLOCK_Q, BLOCK_K = 64, 64
 _FULL_GRID = 128  # programs that fill a GPU; a smaller grid may split its keys
+
+
+def _query_block(num_rows: int, by_shape: bool) -> int:
+  """Rows per query tile: ``BLOCK_Q``, or (``by_shape``) the least power of two from 16 that
+  holds ``num_rows`` (a decoding call's one or two rows pad to 16, not 64). The same for the
+  padded rows, so the backward pass recomputes it."""
+  if not by_shape:
+    return BLOCK_Q
+  return min(BLOCK_Q, max(16, 1 << (num_rows - 1).bit_length()))
 
 
 def _compiler_params():
@@ -267,7 +278,7 @@ def _dq_kernel(*refs, num_key_blocks, scale, alibi, tree):
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(*refs, num_query_blocks, scale, alibi, tree):
+def _dkv_kernel(*refs, num_query_blocks, block_q, scale, alibi, tree):
   (q_ref, k_ref, v_ref, _, _, slope_ref, limit_ref, position_ref, words, key_rank_ref,
    key_position_ref, key_node_ref, (dout_ref, lse_ref, delta_ref, dk_ref, dv_ref)) = _unpack(refs,
                                                                                              tree)
@@ -277,7 +288,7 @@ def _dkv_kernel(*refs, num_query_blocks, scale, alibi, tree):
   slope = _slope(alibi, slope_ref)
 
   def body(i, carry):
-    rows_slice = pl.ds(i * BLOCK_Q, BLOCK_Q)
+    rows_slice = pl.ds(i * block_q, block_q)
     rows = _Rows(limit_ref.at[rows_slice], position_ref.at[rows_slice],
                  *(None, None) if words[0] is None else
                  (words[0].at[rows_slice], words[1].at[rows_slice]))
@@ -301,20 +312,21 @@ def _dkv_kernel(*refs, num_query_blocks, scale, alibi, tree):
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys, splits=1):
+def _specs(batch, num_rows, num_keys, head_dim, tree, grid_over_keys, splits=1,
+           block_q=BLOCK_Q):
   """BlockSpecs of the kernels' common inputs; the grid is ``(B, N, row or key blocks)``, or
-  ``(B, N, row blocks x splits)`` with ``splits`` programs per row block."""
+  ``(B, N, row blocks x splits)`` with ``splits`` programs per block of ``block_q`` rows."""
   if grid_over_keys:
     row_tile = lambda: pl.BlockSpec((None, num_rows, None, head_dim), lambda b, h, j: (b, 0, h, 0))
     key_tile = lambda: pl.BlockSpec((None, BLOCK_K, None, head_dim), lambda b, h, j: (b, j, h, 0))
     row_vec = lambda: pl.BlockSpec((None, num_rows), lambda b, h, j: (b, 0))
     key_vec = lambda: pl.BlockSpec((None, BLOCK_K), lambda b, h, j: (b, j))
   else:
-    row_tile = lambda: pl.BlockSpec((None, BLOCK_Q, None, head_dim),
+    row_tile = lambda: pl.BlockSpec((None, block_q, None, head_dim),
                                     lambda b, h, i: (b, i // splits, h, 0))
     key_tile = lambda: pl.BlockSpec((None, num_keys, None, head_dim),
                                     lambda b, h, i: (b, 0, h, 0))
-    row_vec = lambda: pl.BlockSpec((None, BLOCK_Q), lambda b, h, i: (b, i // splits))
+    row_vec = lambda: pl.BlockSpec((None, block_q), lambda b, h, i: (b, i // splits))
     key_vec = lambda: pl.BlockSpec((None, num_keys), lambda b, h, i: (b, 0))
   head_vec = lambda: pl.BlockSpec((None, head_dim), lambda b, h, i: (h, 0))
   specs = [row_tile(), key_tile(), key_tile(), head_vec(), head_vec(), head_vec(), row_vec(),
@@ -338,7 +350,7 @@ def _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions):
 
 
 def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi,
-           split_keys):
+           by_shape):
   """Pads rows and keys to whole blocks (padded rows see only the sink, padded keys nothing).
 
   Under a device mesh (``jax.set_mesh``, as the trainer runs) the kernel runs per shard
@@ -348,15 +360,16 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
   """
   num_rows = q.shape[1]
   tree = visibility.row_nodes_BxTx2 is not None
-  rows = [_pad_to(visibility.row_limit_BxT, 1, BLOCK_Q), _pad_to(query_positions, 1, BLOCK_Q)]
+  block_q = _query_block(num_rows, by_shape)
+  rows = [_pad_to(visibility.row_limit_BxT, 1, block_q), _pad_to(query_positions, 1, block_q)]
   if tree:
-    rows += [_pad_to(visibility.row_nodes_BxTx2[..., w], 1, BLOCK_Q) for w in (0, 1)]
+    rows += [_pad_to(visibility.row_nodes_BxTx2[..., w], 1, block_q) for w in (0, 1)]
   key_tensors, keys = _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions)
   if tree:
     keys.append(_pad_to(visibility.key_node_BxS, 1, BLOCK_K, -1))
   ints = tuple(x.astype(jnp.int32) for x in rows + keys)
-  args = (_pad_to(q, 1, BLOCK_Q), *key_tensors, ints)
-  core = lambda *xs: _flash_core(*xs, alibi, tree, split_keys)
+  args = (_pad_to(q, 1, block_q), *key_tensors, ints)
+  core = lambda *xs: _flash_core(*xs, alibi, tree, by_shape)
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and mesh.size > 1:
     split_heads = "tensor" in mesh.axis_names and q.shape[2] % mesh.shape["tensor"] == 0
@@ -411,9 +424,9 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, split_keys):
+def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape):
   return _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree,
-                        split_keys=split_keys)[0]
+                        by_shape=by_shape)[0]
 
 
 def _key_splits(programs: int, num_blocks: int) -> int:
@@ -433,34 +446,37 @@ def _combine(acc_SxBxTxNxH, max_SxBxTxN, sum_SxBxTxN, dtype):
 
 
 def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, state=(),
-                   to_state=False, split_keys=False):
+                   to_state=False, by_shape=False):
   """``(output, lse B x N x T)``, or (``to_state``) the online softmax's float32 state
   ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``; ``state``, such a state to
-  start from instead of the sink. With ``split_keys`` a grid too small to fill the device
-  (e.g. a decoding call at batch 1: one query tile per head) runs several programs per query
-  tile over runs of the key blocks and combines their states (flash-decoding); a row's
-  rounding then depends on the call's shape."""
+  start from instead of the sink. With ``by_shape`` the work is cut to the call's shape: query
+  tiles of :func:`_query_block` rows, and a grid too small to fill the device (a decoding call
+  at batch 1: one query tile per head) runs several programs per query tile over runs of the
+  key blocks and combines their states (flash-decoding); a row's rounding then depends on the
+  call's shape."""
   batch, num_rows, num_heads, head_dim = q.shape
   num_blocks = k.shape[1] // BLOCK_K
+  block_q = _query_block(num_rows, by_shape)
   splits = 1
-  if split_keys and not state and not to_state:
-    splits = _key_splits(batch * num_heads * (num_rows // BLOCK_Q), num_blocks)
-  specs, row_tile, _ = _specs(batch, num_rows, k.shape[1], head_dim, tree, False, splits)
+  if by_shape and not state and not to_state:
+    splits = _key_splits(batch * num_heads * (num_rows // block_q), num_blocks)
+  specs, row_tile, _ = _specs(batch, num_rows, k.shape[1], head_dim, tree, False, splits,
+                              block_q)
   float32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   if to_state or splits > 1:  # states, with a leading axis of splits
     by_split = lambda *tail: lambda b, h, i: (i % splits, b, i // splits, h, *tail)
-    stat = pl.BlockSpec((None, None, BLOCK_Q, None), by_split())
-    out_specs = [pl.BlockSpec((None, None, BLOCK_Q, None, head_dim), by_split(0)), stat, stat]
+    stat = pl.BlockSpec((None, None, block_q, None), by_split())
+    out_specs = [pl.BlockSpec((None, None, block_q, None, head_dim), by_split(0)), stat, stat]
     out_shape = [float32((splits,) + q.shape), *[float32((splits,) + q.shape[:3])] * 2]
   else:
-    out_specs = [row_tile(), pl.BlockSpec((None, None, BLOCK_Q), lambda b, h, i: (b, h, i))]
+    out_specs = [row_tile(), pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i))]
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), float32((batch, num_heads, num_rows))]
-  row_stat = pl.BlockSpec((None, BLOCK_Q, None), lambda b, h, i: (b, i, h))
+  row_stat = pl.BlockSpec((None, block_q, None), lambda b, h, i: (b, i, h))
   kernel = functools.partial(_forward_kernel, num_key_blocks=num_blocks // splits,
                              scale=head_dim ** -0.5, alibi=alibi, tree=tree,
                              from_state=bool(state), to_state=to_state or splits > 1,
                              splits=splits)
-  outs = _call(kernel, (batch, num_heads, num_rows // BLOCK_Q * splits),
+  outs = _call(kernel, (batch, num_heads, num_rows // block_q * splits),
                specs + [row_tile(), row_stat, row_stat][:len(state)], out_specs, out_shape,
                q, k, v, sink_key, sink_value, slopes, *ints, *state)
   if to_state:
@@ -468,16 +484,16 @@ def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, sta
   return _combine(*outs, q.dtype) if splits > 1 else outs
 
 
-def _flash_fwd(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, split_keys):
+def _flash_fwd(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape):
   out, lse = _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree,
-                            split_keys=split_keys)
+                            by_shape=by_shape)
   return out, (q, k, v, sink_key, sink_value, slopes, ints, out, lse)
 
 
-def _flash_bwd(alibi, tree, split_keys, residuals, dout):
-  del split_keys  # the backward's grids are its own
+def _flash_bwd(alibi, tree, by_shape, residuals, dout):
   q, k, v, sink_key, sink_value, slopes, ints, out, lse = residuals
   batch, num_rows, num_heads, head_dim = q.shape
+  block_q = _query_block(num_rows, by_shape)
   num_keys = k.shape[1]
   scale = head_dim ** -0.5
   f32 = lambda x: x.astype(jnp.float32)
@@ -490,17 +506,18 @@ def _flash_bwd(alibi, tree, split_keys, residuals, dout):
   d_sink_value = jnp.einsum("bnt,btnh->nh", p_sink, f32(dout))
 
   common = dict(scale=scale, alibi=alibi, tree=tree)
-  lse_q = pl.BlockSpec((None, None, BLOCK_Q), lambda b, h, i: (b, h, i))
-  specs, row_tile, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False)
+  lse_q = pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i))
+  specs, row_tile, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False, 1, block_q)
   dq = _call(functools.partial(_dq_kernel, num_key_blocks=num_keys // BLOCK_K, **common),
-             (batch, num_heads, num_rows // BLOCK_Q), specs + [row_tile(), lse_q, lse_q],
+             (batch, num_heads, num_rows // block_q), specs + [row_tile(), lse_q, lse_q],
              row_tile(), jax.ShapeDtypeStruct(q.shape, jnp.float32),
              q, k, v, sink_key, sink_value, slopes, *ints, dout, lse, delta)
   dq = (dq + jnp.einsum("bnt,nh->btnh", ds_sink, f32(sink_key)) * scale).astype(q.dtype)
 
   lse_all = pl.BlockSpec((None, None, num_rows), lambda b, h, j: (b, h, 0))
   specs, row_tile, key_tile = _specs(batch, num_rows, num_keys, head_dim, tree, True)
-  dk, dv = _call(functools.partial(_dkv_kernel, num_query_blocks=num_rows // BLOCK_Q, **common),
+  dk, dv = _call(functools.partial(_dkv_kernel, num_query_blocks=num_rows // block_q,
+                                   block_q=block_q, **common),
                  (batch, num_heads, num_keys // BLOCK_K), specs + [row_tile(), lse_all, lse_all],
                  [key_tile(), key_tile()],
                  [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
