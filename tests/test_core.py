@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asarm_jax import density, forward, masks, models, objectives, ordering
+from asarm_jax import density, forward, masks, models, objectives, ordering, sampling
 from tests.helpers import model_config
 
 VOCAB, LENGTH = 40, 8
@@ -422,6 +422,40 @@ def test_compute_params_change_no_output(arch):
                                                  sigma.num_visible_B, targets, valid, decoded))
   for decoded in (None, sigma.num_visible_B + 1):  # sigma-causal rows, then draft rows
     np.testing.assert_array_equal(call(cast, decoded), call(params, decoded))
+
+
+def _float_casts(jaxpr) -> set[tuple[int, ...]]:
+  """Shapes of the float32 -> bfloat16 casts in ``jaxpr`` and its sub-jaxprs."""
+  found = set()
+  for eqn in jaxpr.eqns:
+    if (eqn.primitive.name == "convert_element_type" and eqn.params["new_dtype"] == jnp.bfloat16
+        and eqn.invars[0].aval.dtype == jnp.float32):
+      found.add(tuple(eqn.invars[0].aval.shape))
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          found |= _float_casts(inner)
+  return found
+
+
+def test_the_sampling_loop_gets_its_weights_cast():
+  """A bf16 model's weights are cast by a program of their own before the sampling loop's, so
+  that no compiler pass can move the casts into the loop (every call casting every weight
+  again): the loop's program casts no weight matrix or embedding."""
+  model = models.build(model_config(vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4,
+                                    d_ff=64, dtype="bfloat16"))
+  params = init(model)
+  tokens, visible, _ = random_problem(0, batch=2)
+  jaxpr = jax.make_jaxpr(lambda p: sampling.generate(model, p, tokens, visible,
+                                                     jax.random.key(0)))(params)
+  programs = {eqn.params["name"]: eqn.params["jaxpr"].jaxpr for eqn in jaxpr.jaxpr.eqns
+              if eqn.primitive.name in ("pjit", "jit")}
+  loop = [jaxpr for name, jaxpr in programs.items() if name.startswith("sample_")]
+  weights = {tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+             if jax.tree_util.keystr(path).endswith(("['kernel']", "['embedding']"))}
+  assert len(loop) == 1 and not _float_casts(loop[0]) & weights
+  assert weights <= _float_casts(programs["prepare"])
 
 
 def test_a_model_block_lacking_a_key_is_an_error():

@@ -65,7 +65,6 @@ def _loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int, para
   """The first ``S`` rows' prefill, then rounds (with slots refilled from the queue) until every
   row is finished."""
   method = methods.STRATEGIES[spec.method]
-  params = net.prepare(params)  # once, not in every call of the loop
   num_rows = tokens_NxL.shape[0]
   rows = queue_lib.Rows(tokens_NxL, visible_NxL, order_NxL, length_N,
                         _row_keys(rng, num_rows))
@@ -93,6 +92,15 @@ def _loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int, para
 
 
 _serial = itertools.count()
+
+
+@functools.lru_cache(maxsize=16)
+def _prepare(net: Network) -> Callable[[Any], Any]:
+  """``net.prepare`` as a program of its own, run before the loop's: inside the loop's program
+  XLA may move its casts into the loop (the H200 profile of 2026-12-05, with the casts there,
+  still showed a 30 us convert in every batch-1 call, the cost of casting the 32k x 768
+  embedding)."""
+  return jax.jit(net.prepare)
 
 
 @functools.lru_cache(maxsize=64)
@@ -247,6 +255,7 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
   round_ms_S = (cost_model.round_ms(net, auto.sizes(spec), num_slots)
                 if spec.method == "auto" else None)
   order_dtype = jnp.float32 if np.dtype(order_BxL.dtype).kind == "f" else jnp.int32
-  args = (params, tokens_BxL.astype(jnp.int32), visible_BxL, order_BxL.astype(order_dtype),
-          length_B.astype(jnp.int32), rng, jnp.float32(spec.temperature), round_ms_S)
+  args = (_prepare(net)(params), tokens_BxL.astype(jnp.int32), visible_BxL,
+          order_BxL.astype(order_dtype), length_B.astype(jnp.int32), rng,
+          jnp.float32(spec.temperature), round_ms_S)
   return _compiled(net, compiled_spec(spec), bool(cache), num_slots, _signature(args))(*args)
