@@ -209,7 +209,8 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
       batching (:mod:`asarm_jax.sampling.queue`): a slot whose row is finished takes the next
       row inside the loop.
     deterministic: decode with the network's batch-invariant mode (``Network.batch_invariant``;
-      for the two-stream model every matmul and the attention in fixed-tiling kernels,
+      for the two-stream model every matmul, every other float sum (layer norms, the
+      log-softmax's normaliser) and the attention in fixed-tiling kernels,
       :mod:`asarm_jax.models.invariant_matmul`), so that a row's log-probabilities are the
       same bits whatever the batch, the slot or the rows per call. Slower: see
       docs/sampling.md, "Deterministic decoding".
@@ -221,8 +222,9 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
   * By default, tokens: on the CPU in float32 (the tests), every exact method at temperature 0
     returns sequential greedy decoding's tokens, and any ``slots`` or batch the same tokens and
     counts as each row alone. Nothing promises it bit for bit: XLA picks each matmul's
-    kernel and reduction order per shape, and on the GPU in bf16 a near-tie then rounds either
-    way, so rows differ between methods and batch sizes (31-41 of 64 long rows at batch 64).
+    kernel and each reduction's order per shape (and the attention kernel splits a small
+    call's keys), and on the GPU in bf16 a near-tie then rounds either way, so rows differ
+    between methods and batch sizes (31-41 of 64 long rows at batch 64).
   * ``deterministic=True``, on the CPU and the GPU: a row's tokens, calls and counts do not
     depend on the batch, the other rows or ``slots``, for every method and temperature (the
     same keys; but ``auto`` above temperature 0 where its cost model picks other draft sizes
