@@ -124,3 +124,17 @@ class CharTokenizer:
 
   def decode(self, ids) -> str:
     return "".join(chr(i) for i in ids)
+
+
+def equations(jaxpr, skip: str = ""):
+  """Every equation of ``jaxpr`` and of its sub-jaxprs (loops, conds, calls), but not inside
+  equations of the primitive ``skip`` (e.g. ``"pallas_call"``: a kernel's body)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    if eqn.primitive.name == skip:
+      continue
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr, or a Jaxpr
+        if hasattr(inner, "eqns"):
+          yield from equations(inner, skip)

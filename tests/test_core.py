@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from asarm_jax import density, forward, masks, models, objectives, ordering, sampling
-from tests.helpers import model_config
+from tests.helpers import equations, model_config
 
 VOCAB, LENGTH = 40, 8
 
@@ -426,17 +426,9 @@ def test_compute_params_change_no_output(arch):
 
 def _float_casts(jaxpr) -> set[tuple[int, ...]]:
   """Shapes of the float32 -> bfloat16 casts in ``jaxpr`` and its sub-jaxprs."""
-  found = set()
-  for eqn in jaxpr.eqns:
-    if (eqn.primitive.name == "convert_element_type" and eqn.params["new_dtype"] == jnp.bfloat16
-        and eqn.invars[0].aval.dtype == jnp.float32):
-      found.add(tuple(eqn.invars[0].aval.shape))
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else (value,):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          found |= _float_casts(inner)
-  return found
+  return {tuple(eqn.invars[0].aval.shape) for eqn in equations(jaxpr)
+          if eqn.primitive.name == "convert_element_type"
+          and eqn.params["new_dtype"] == jnp.bfloat16 and eqn.invars[0].aval.dtype == jnp.float32}
 
 
 def test_the_sampling_loop_gets_its_weights_cast():

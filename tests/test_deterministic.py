@@ -20,7 +20,7 @@ from asarm_jax import config_base, distribution, forward, models, sampling, vali
 from asarm_jax.models import attention, invariant_matmul
 from asarm_jax.sampling import state as state_lib
 from asarm_jax.sampling.methods import tree as tree_method
-from tests.helpers import model_config
+from tests.helpers import equations, model_config
 
 LENGTH, VOCAB = 64, 48
 MODEL = models.build(model_config(vocab_size=VOCAB, max_len=LENGTH, num_layers=2, d_model=32,
@@ -194,19 +194,10 @@ _ORDERED_SUMS = ("reduce_sum", "dot_general", "cumsum", "cumlogsumexp", "reduce_
 
 def _float_sums(jaxpr) -> list[str]:
   """The float sums of ``jaxpr`` and its sub-jaxprs outside Pallas kernels."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "pallas_call":
-      continue
-    if eqn.primitive.name in _ORDERED_SUMS and any(
-        jnp.issubdtype(var.aval.dtype, jnp.floating) for var in eqn.invars):
-      found.append(f"{eqn.primitive.name}{[tuple(var.aval.shape) for var in eqn.invars]}")
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else (value,):
-        inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr, or a Jaxpr
-        if hasattr(inner, "eqns"):
-          found += _float_sums(inner)
-  return found
+  return [f"{eqn.primitive.name}{[tuple(var.aval.shape) for var in eqn.invars]}"
+          for eqn in equations(jaxpr, skip="pallas_call")
+          if eqn.primitive.name in _ORDERED_SUMS
+          and any(jnp.issubdtype(var.aval.dtype, jnp.floating) for var in eqn.invars)]
 
 
 @pytest.mark.parametrize("method", METHODS)

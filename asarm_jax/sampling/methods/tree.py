@@ -70,7 +70,8 @@ def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: 
       params, state.tokens_rank_BxL, state.perm_BxL, state.num_visible_B, target_BxK,
       valid_BxK, n_B, cache=_call_cache(net, state, spec.num_nodes),
       content_rank_BxR=jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length)))
-  token_B = state_lib.draw(rng_draw_B, net.log_probs(logits_BxKxV[:, 0], state.temperature))
+  token_B = state_lib.draw(rng_draw_B, state_lib.log_probs(net, params, state,
+                                                           logits_BxKxV[:, 0], head=False))
   live_B = state_lib.live(state)
   state = state.replace(cache=cache if use_cache else None, rng_B=rng_B,
                         num_calls_B=state.num_calls_B + live_B)
@@ -132,8 +133,8 @@ def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   rng_B, rng_draw_B = state_lib.split(state.rng_B, 2)
   tree, n_B, depth = state.carry, state.num_decoded_B, spec.depth
   features_BxN1xD1xF, cache = call(net, params, spec, state, head=False)
-  draws_BxN1 = state_lib.draw(rng_draw_B, net.log_probs(
-      net.head(params, features_BxN1xD1xF[:, :, 0]), state.temperature))
+  draws_BxN1 = state_lib.draw(rng_draw_B, state_lib.log_probs(net, params, state,
+                                                              features_BxN1xD1xF[:, :, 0]))
   path_BxD, num_path_B, stop_B, last_B = candidate_tree.walk(tree, draws_BxN1, depth)
   live_B = state_lib.live(state)
   num_new_B = jnp.where(live_B, num_path_B + (n_B + num_path_B < state.num_target_B), 0)
