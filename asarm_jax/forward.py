@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from asarm_jax import masks
+from asarm_jax import masks, models
 from asarm_jax.models import attention
 from asarm_jax.models.two_stream import Cache
 
@@ -96,7 +96,7 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
         1)
     slots_BxR = jnp.concatenate([slots_BxR, length + node_BxN], 1)
   row_limit_BxT = jnp.concatenate(limits, 1)
-  if tree is not None and getattr(model, "batch_invariant", False):
+  if tree is not None and models.is_batch_invariant(model):
     nodes["tail"] = _tail(tree, num_decoded, length, row_limit_BxT, row_node_BxT,
                           content_rank_BxR.shape[1])
   visibility = masks.Visibility(row_limit_BxT, key_rank_BxS, **nodes)

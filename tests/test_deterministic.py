@@ -213,24 +213,58 @@ def test_every_float_sum_of_a_decoding_is_a_fixed_order_kernel(method):
   assert _float_sums(jaxpr.jaxpr) == []
 
 
-def test_a_tree_calls_rows_are_sequential_decodings_bit_for_bit():
+def _rows_at_block_edges():
+  """3 rows of 192 tokens (62, 126 and 69 visible; the tree's first call commits one more) whose
+  committed ranks (63, 127 and 70) put the tails' base at 0, 64 and 64, so that a chain of 4
+  nodes crosses a key block's edge (ranks 63 | 64-66 and 127 | 128-130) or stays inside one."""
+  rng = np.random.default_rng(8)
+  tokens = rng.integers(4, VOCAB, (3, LONG)).astype(np.int32)
+  visible = np.zeros((3, LONG), bool)
+  for row, count in enumerate((62, 126, 69)):
+    visible[row, rng.choice(LONG, count, replace=False)] = True
+  return tokens, visible, np.zeros((3, LONG), np.float32), np.full(3, LONG, np.int32)
+
+
+LONG = 192
+LONG_MODEL = models.build(model_config(vocab_size=VOCAB, max_len=LONG, num_layers=2, d_model=32,
+                                       num_heads=2, d_ff=64, dtype="bfloat16"))
+TREE_CASES = {  # the model and its weights, the rows, the tree's spec, a chain of nodes or not
+    "scattered": lambda: (MODEL, PARAMS, _rows(),
+                          sampling.SamplerSpec("tree", num_nodes=4, depth=2, ngram=0), False),
+    "at_block_edges": lambda: (
+        LONG_MODEL, jax.tree.map(lambda x: 3 * x if x.ndim > 1 else x, LONG_MODEL.init(
+            jax.random.key(1), *models.example_inputs(1, LONG, 4))),
+        _rows_at_block_edges(), sampling.SamplerSpec("tree", num_nodes=4, depth=4, ngram=0),
+        True),
+}
+
+
+@pytest.mark.parametrize("case", TREE_CASES)
+def test_a_tree_calls_rows_are_sequential_decodings_bit_for_bit(case):
   """Every row of a batch-invariant tree call (3 rows, 4 nodes) is, bit for bit, what
   sequential decoding computes at batch 1 after committing the node's path one token a call:
-  the node's content rows and its query rows meet their keys in rank order, as there."""
-  net = sampling.ModelNetwork(models.batch_invariant(MODEL))
-  params = net.prepare(PARAMS)
-  spec = sampling.SamplerSpec("tree", num_nodes=4, depth=2, ngram=0)
-  tokens, visible, order, lengths = (jnp.asarray(x) for x in _rows())
+  the node's content rows and its query rows meet their keys in rank order, as there. Also
+  where the tails' base is past the first key block and paths cross a block's edge."""
+  model, params, rows, spec, chain = TREE_CASES[case]()
+  net = sampling.ModelNetwork(models.batch_invariant(model))
+  params = net.prepare(params)
+  tokens, visible, order, lengths = (jnp.asarray(x) for x in rows)
   state = state_lib.init_state(tokens, visible, order, lengths,
                                jax.random.split(jax.random.key(7), 3))
   state = jax.jit(tree_method.init, static_argnums=(0, 2, 4))(net, params, spec, state, True)
+  if chain:  # the drafted nodes as one path: node u at depth u
+    nodes = jnp.broadcast_to(jnp.arange(spec.num_nodes, dtype=jnp.int32), (3, spec.num_nodes))
+    state = state.replace(carry=state.carry._replace(parent_BxN=nodes - 1, depth_BxN=nodes))
   logits_BxN1xD1xV = np.asarray(
       jax.jit(tree_method.call, static_argnums=(0, 2))(net, params, spec, state)[0])
   nodes = jax.tree.map(np.asarray, state.carry)
   n_B, target_B = np.asarray(state.num_decoded_B), np.asarray(state.num_target_B)
+  if chain:
+    np.testing.assert_array_equal(n_B, [63, 127, 70])
   sequential_call = jax.jit(lambda tokens, b, rank, cache: forward.call(
       net.model, params, tokens, state.perm_BxL[b:b + 1], state.num_visible_B[b:b + 1],
-      rank + jnp.arange(3)[None], jnp.ones((1, 3), bool), rank[:, 0], cache=cache,
+      rank + jnp.arange(spec.depth + 1)[None], jnp.ones((1, spec.depth + 1), bool), rank[:, 0],
+      cache=cache,
       content_rank_BxR=rank - 1), static_argnums=1)
   checked = 0
   for b in range(3):
@@ -245,11 +279,11 @@ def test_a_tree_calls_rows_are_sequential_decodings_bit_for_bit():
       tokens_rank[0, n_B[b]:n_B[b] + len(path)] = path
       cache = jax.tree.map(lambda x: x[b:b + 1], state.cache)
       for rank in range(n_B[b], n_B[b] + len(path) + 1):  # content row rank - 1, query rank
-        logits_1x3xV, cache = sequential_call(jnp.asarray(tokens_rank), b,
-                                              jnp.asarray([[rank]]), cache)
-      use = rank + np.arange(3) < target_B[b]
+        logits_1xD1xV, cache = sequential_call(jnp.asarray(tokens_rank), b,
+                                               jnp.asarray([[rank]]), cache)
+      use = rank + np.arange(spec.depth + 1) < target_B[b]
       np.testing.assert_array_equal(logits_BxN1xD1xV[b, node + 1][use],
-                                    np.asarray(logits_1x3xV)[0][use])
+                                    np.asarray(logits_1xD1xV)[0][use])
       checked += use.sum()
   assert checked > 3 * spec.num_nodes
 

@@ -109,6 +109,11 @@ def batch_invariant(model: TwoStreamTransformer | XLNetTransformer) -> TwoStream
   return model.clone(batch_invariant=True)
 
 
+def is_batch_invariant(model: TwoStreamTransformer | XLNetTransformer) -> bool:
+  """Whether ``model`` is :func:`batch_invariant`'s (XLNet never is)."""
+  return isinstance(model, TwoStreamTransformer) and model.batch_invariant
+
+
 def _usable_attention(impl: str, dtype: Any) -> str:
   """``impl`` where it runs (see :func:`build`), else ``"xla"``."""
   if impl not in attention.IMPLEMENTATIONS:
@@ -120,4 +125,4 @@ def _usable_attention(impl: str, dtype: Any) -> str:
 
 
 __all__ = ["ARCHS", "TwoStreamTransformer", "XLNetTransformer", "batch_invariant", "build",
-           "build_xlnet", "compute_params", "example_inputs"]
+           "build_xlnet", "compute_params", "example_inputs", "is_batch_invariant"]

@@ -200,55 +200,82 @@ def _unpack(refs, tree):
           key_node, refs)
 
 
-def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree, from_state, to_state, splits=1):
-  """The online softmax over ``num_key_blocks`` key blocks in slot order. It starts from the
-  sink (max = its score, sum = 1, accumulator = its value) or, ``from_state``, from the state
-  ``(accumulator, max, sum)`` of an earlier call over other keys, and ends with the output and
-  log-sum-exp or, ``to_state``, that state: two calls in turn add the keys up exactly as one
-  call over both key ranges would. With ``splits``, the grid's last axis runs ``splits``
-  programs per query tile, the ``s``-th over the ``s``-th run of ``num_key_blocks`` blocks
-  (the sink's weight and value in the first only), each writing its state."""
+def _online_step(carry, q, k, v, rows: _Rows, key_rank, key_node, key_position, slope, scale):
+  """The online softmax's state ``(accumulator, max, sum)`` after one key block."""
+  acc, m, total = carry
+  s = _scores(q, k, rows, key_position, slope, scale)
+  s = jnp.where(_tile_visible(rows, key_rank, key_node), s, _MASKED)
+  m_next = jnp.maximum(m, jnp.max(s, 1))
+  p = jnp.exp2(s - m_next[:, None])
+  correction = jnp.exp2(m - m_next)
+  acc = acc * correction[:, None] + _dot(p.astype(v.dtype), v)
+  return acc, m_next, total * correction + jnp.sum(p, 1)
+
+
+def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree, to_state, splits=1):
+  """The online softmax over ``num_key_blocks`` key blocks in slot order, from the sink (max =
+  its score, sum = 1, accumulator = its value) to the output and log-sum-exp or, ``to_state``,
+  to the state ``(accumulator, max, sum)`` (:func:`_tail_kernel` goes on from it). With
+  ``splits``, the grid's last axis runs ``splits`` programs per query tile, the ``s``-th over
+  the ``s``-th run of ``num_key_blocks`` blocks (the sink's weight and value in the first
+  only), each writing its state."""
   (q_ref, k_ref, v_ref, sink_key_ref, sink_value_ref, slope_ref, limit_ref, position_ref, words,
-   key_rank_ref, key_position_ref, key_node_ref, rest) = _unpack(refs, tree)
+   key_rank_ref, key_position_ref, key_node_ref, outputs) = _unpack(refs, tree)
   rows = _Rows(limit_ref, position_ref, *words)
   q = q_ref[...]
   slope = _slope(alibi, slope_ref)
   split = pl.program_id(2) % splits if splits > 1 else 0
-  if from_state:
-    acc, m, total = (ref[...] for ref in rest[:3])
-  else:
-    m = jnp.sum(q.astype(jnp.float32) * sink_key_ref[...].astype(jnp.float32)[None, :], 1) * (
-        scale * _LOG2E)
-    sink_weight = 1.0 if splits == 1 else (split == 0).astype(jnp.float32)
-    total = jnp.full_like(m, sink_weight)
-    acc = jnp.broadcast_to(sink_value_ref[...].astype(jnp.float32)[None, :] * sink_weight,
-                           q.shape)
+  m = jnp.sum(q.astype(jnp.float32) * sink_key_ref[...].astype(jnp.float32)[None, :], 1) * (
+      scale * _LOG2E)
+  sink_weight = 1.0 if splits == 1 else (split == 0).astype(jnp.float32)
+  total = jnp.full_like(m, sink_weight)
+  acc = jnp.broadcast_to(sink_value_ref[...].astype(jnp.float32)[None, :] * sink_weight, q.shape)
 
   def body(j, carry):
     keys = pl.ds((split * num_key_blocks + j) * BLOCK_K, BLOCK_K)
     key_rank = key_rank_ref[keys]
     key_node = None if key_node_ref is None else key_node_ref[keys]
-
-    def block(carry):
-      acc, m, total = carry
-      s = _scores(q, k_ref[keys, :], rows, key_position_ref[keys], slope, scale)
-      s = jnp.where(_tile_visible(rows, key_rank, key_node), s, _MASKED)
-      m_next = jnp.maximum(m, jnp.max(s, 1))
-      p = jnp.exp2(s - m_next[:, None])
-      correction = jnp.exp2(m - m_next)
-      acc = acc * correction[:, None] + _dot(p.astype(v_ref.dtype), v_ref[keys, :])
-      return acc, m_next, total * correction + jnp.sum(p, 1)
-
-    return jax.lax.cond(_block_needed(rows, key_rank, key_node), block, lambda c: c, carry)
+    return jax.lax.cond(
+        _block_needed(rows, key_rank, key_node),
+        lambda c: _online_step(c, q, k_ref[keys, :], v_ref[keys, :], rows, key_rank, key_node,
+                               key_position_ref[keys], slope, scale),
+        lambda c: c, carry)
 
   acc, m, total = jax.lax.fori_loop(0, num_key_blocks, body, (acc, m, total))
-  outputs = rest[3:] if from_state else rest
   if to_state:
     for ref, value in zip(outputs, (acc, m, total)):
       ref[...] = value
   else:
     outputs[0][...] = (acc / total[:, None]).astype(outputs[0].dtype)
     outputs[1][...] = m + jnp.log2(total)
+
+
+def _tail_kernel(q_ref, k_ref, v_ref, slope_ref, group_row_ref, limit_ref, position_ref,
+                 slot_ref, key_rank_ref, key_position_ref, acc_ref, max_ref, sum_ref, out_ref, *,
+                 num_key_blocks, scale, alibi):
+  """A tree call's second pass (:func:`_flash_tail`), one row group of a batch row and one
+  head: the group's rows and their online-softmax states are gathered from the batch row's by
+  index, its tail's keys and values from the batch row's cache by slot, and the state goes on
+  over those ``num_key_blocks`` blocks to the rows' output. (Gathered here, not by XLA: XLA's
+  copies of the tails are ``B G W N H`` elements a tensor a layer, 113 MB at batch 64 with 8
+  nodes, written and read again.)"""
+  index = group_row_ref[...]
+  rows = _Rows(limit_ref, position_ref, None, None)
+  q = q_ref[index, :]
+  slope = _slope(alibi, slope_ref)
+
+  def body(j, carry):
+    keys = pl.ds(j * BLOCK_K, BLOCK_K)
+    key_rank, slots = key_rank_ref[keys], slot_ref[keys]
+    return jax.lax.cond(
+        _block_needed(rows, key_rank, None),
+        lambda c: _online_step(c, q, k_ref[slots, :], v_ref[slots, :], rows, key_rank, None,
+                               key_position_ref[keys], slope, scale),
+        lambda c: c, carry)
+
+  acc, _, total = jax.lax.fori_loop(
+      0, num_key_blocks, body, (acc_ref[index, :], max_ref[index], sum_ref[index]))
+  out_ref[...] = (acc / total[:, None]).astype(out_ref.dtype)
 
 
 def _dq_kernel(*refs, num_key_blocks, scale, alibi, tree):
@@ -386,35 +413,46 @@ def _flash_tail(q, k, v, sink_key, sink_value, visibility, query_positions, key_
   """A tree call in rank order (:class:`asarm_jax.masks.Tail`; forward only, one device), in two
   kernel calls: every row over the keys of ranks below the tails' base in slot order (a
   batch row's rows sharing their key loads, as in any call), then each row group over its
-  tail, from the state where the first call left its rows."""
+  tail, from the state where the first call left its rows (:func:`_tail_kernel`)."""
   tail = visibility.tail
-  batch, num_rows = q.shape[:2]
+  batch, num_rows, num_heads, head_dim = q.shape
   groups, group_size = tail.group_rows_GxP.shape
   width = tail.slot_BxGxW.shape[2]
+  per_group = lambda x_BxGxW: x_BxGxW.reshape((batch * groups, -1)).astype(jnp.int32)
+  # B x T -> (B G) x BLOCK_Q: each group's rows' integers, padded rows getting row 0's.
+  group_rows_GxQ = _pad_to(tail.group_rows_GxP, 1, BLOCK_Q).astype(jnp.int32)
+  by_group = lambda x_BxT: per_group(jnp.take(x_BxT, group_rows_GxQ, axis=1))
 
-  def by_group(x_BxT):  # B x T x ... -> (B G) x P x ..., rows padded to whole blocks
-    x = jnp.take(x_BxT, tail.group_rows_GxP.reshape(-1), axis=1)
-    return _pad_to(x.reshape((batch * groups, group_size) + x.shape[2:]), 1, BLOCK_Q)
-
-  def in_tail(x_BxS):  # B x S x ... -> (B G) x W x ...: each tail column's key
-    slots = tail.slot_BxGxW.reshape((batch, groups * width) + (1,) * (x_BxS.ndim - 2))
-    x = jnp.take_along_axis(x_BxS, slots, 1)
-    return x.reshape((batch * groups, width) + x.shape[2:])
-
+  q = _pad_to(q, 1, BLOCK_Q)
   key_tensors, keys = _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions)
   below_base = jnp.minimum(visibility.row_limit_BxT, tail.base_B[:, None])
   ints = tuple(x.astype(jnp.int32) for x in [_pad_to(below_base, 1, BLOCK_Q),
                                             _pad_to(query_positions, 1, BLOCK_Q), *keys])
-  state = _flash_forward(_pad_to(q, 1, BLOCK_Q), *key_tensors, ints, alibi, False,
-                         to_state=True)
-  tail_ints = tuple(x.astype(jnp.int32) for x in [
-      by_group(tail.row_limit_BxT), by_group(query_positions),
-      tail.rank_BxGxW.reshape(batch * groups, width), in_tail(key_positions)])
-  out, _ = _flash_forward(by_group(q), in_tail(k).astype(q.dtype), in_tail(v).astype(q.dtype),
-                          *key_tensors[2:], tail_ints, alibi, False,
-                          state=tuple(by_group(x[:, :num_rows]) for x in state))
-  out = out[:, :group_size].reshape((batch, groups * group_size) + out.shape[2:])
-  return jnp.zeros_like(q).at[:, tail.group_rows_GxP.reshape(-1)].set(out)
+  state = _flash_forward(q, *key_tensors, ints, alibi, False, to_state=True)
+
+  k, v, _, _, slopes = key_tensors
+  # The grid: (B G, N, 1). A group's program reads its batch row's rows, states and cache.
+  of_row = lambda size: pl.BlockSpec((None, size, None, head_dim),
+                                     lambda g, h, i: (g // groups, 0, h, 0))
+  row_stat = pl.BlockSpec((None, q.shape[1], None), lambda g, h, i: (g // groups, 0, h))
+  of_group = lambda size: pl.BlockSpec((None, size), lambda g, h, i: (g, 0))
+  out = _call(functools.partial(_tail_kernel, num_key_blocks=width // BLOCK_K,
+                                scale=head_dim ** -0.5, alibi=alibi),
+              (batch * groups, num_heads, 1),
+              [of_row(q.shape[1]), of_row(k.shape[1]), of_row(k.shape[1]),
+               pl.BlockSpec((None, head_dim), lambda g, h, i: (h, 0)),
+               pl.BlockSpec((None, BLOCK_Q), lambda g, h, i: (g % groups, 0)),
+               of_group(BLOCK_Q), of_group(BLOCK_Q), of_group(width), of_group(width),
+               of_group(width), of_row(q.shape[1]), row_stat, row_stat],
+              pl.BlockSpec((None, BLOCK_Q, None, head_dim), lambda g, h, i: (g, 0, h, 0)),
+              jax.ShapeDtypeStruct((batch * groups, BLOCK_Q, num_heads, head_dim), q.dtype),
+              q, k, v, slopes, group_rows_GxQ, by_group(tail.row_limit_BxT),
+              by_group(query_positions), per_group(tail.slot_BxGxW), per_group(tail.rank_BxGxW),
+              per_group(jnp.take_along_axis(key_positions, tail.slot_BxGxW.reshape(batch, -1), 1)),
+              *state)
+  out = out[:, :group_size].reshape((batch, groups * group_size, num_heads, head_dim))
+  return jnp.zeros((batch, num_rows, num_heads, head_dim), q.dtype).at[
+      :, tail.group_rows_GxP.reshape(-1)].set(out)
 
 
 def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
@@ -445,11 +483,10 @@ def _combine(acc_SxBxTxNxH, max_SxBxTxN, sum_SxBxTxN, dtype):
   return out.astype(dtype), jnp.transpose(top_BxTxN + jnp.log2(total_BxTxN), (0, 2, 1))
 
 
-def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, state=(),
-                   to_state=False, by_shape=False):
+def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_state=False,
+                   by_shape=False):
   """``(output, lse B x N x T)``, or (``to_state``) the online softmax's float32 state
-  ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``; ``state``, such a state to
-  start from instead of the sink. With ``by_shape`` the work is cut to the call's shape: query
+  ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``. With ``by_shape`` the work is cut to the call's shape: query
   tiles of :func:`_query_block` rows, and a grid too small to fill the device (a decoding call
   at batch 1: one query tile per head) runs several programs per query tile over runs of the
   key blocks and combines their states (flash-decoding); a row's rounding then depends on the
@@ -458,7 +495,7 @@ def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, sta
   num_blocks = k.shape[1] // BLOCK_K
   block_q = _query_block(num_rows, by_shape)
   splits = 1
-  if by_shape and not state and not to_state:
+  if by_shape and not to_state:
     splits = _key_splits(batch * num_heads * (num_rows // block_q), num_blocks)
   specs, row_tile, _ = _specs(batch, num_rows, k.shape[1], head_dim, tree, False, splits,
                               block_q)
@@ -471,14 +508,11 @@ def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, sta
   else:
     out_specs = [row_tile(), pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i))]
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), float32((batch, num_heads, num_rows))]
-  row_stat = pl.BlockSpec((None, block_q, None), lambda b, h, i: (b, i, h))
   kernel = functools.partial(_forward_kernel, num_key_blocks=num_blocks // splits,
                              scale=head_dim ** -0.5, alibi=alibi, tree=tree,
-                             from_state=bool(state), to_state=to_state or splits > 1,
-                             splits=splits)
+                             to_state=to_state or splits > 1, splits=splits)
   outs = _call(kernel, (batch, num_heads, num_rows // block_q * splits),
-               specs + [row_tile(), row_stat, row_stat][:len(state)], out_specs, out_shape,
-               q, k, v, sink_key, sink_value, slopes, *ints, *state)
+               specs, out_specs, out_shape, q, k, v, sink_key, sink_value, slopes, *ints)
   if to_state:
     return [x[0] for x in outs]
   return _combine(*outs, q.dtype) if splits > 1 else outs

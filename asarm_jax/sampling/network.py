@@ -77,7 +77,7 @@ class ModelNetwork:
 
   def log_probs(self, logits_BxKxV: Array, temperature: Array) -> Array:
     return distribution.log_probs(logits_BxKxV, self.num_special_tokens, temperature,
-                                  getattr(self.model, "batch_invariant", False))
+                                  models.is_batch_invariant(self.model))
 
   def batch_invariant(self) -> ModelNetwork:
     return ModelNetwork(models.batch_invariant(self.model))
