@@ -11,17 +11,20 @@ The stages, in order (each ends by ``timeout_s`` and keeps what it measured):
 * ``gpu_tests``: ``pytest`` on ``test_files``, its log the result (the checkout's ``.whl`` must
   carry pytest's wheels: docs/benchmarks.md);
 * ``profile``: ``decode_profile`` of ``config``; ``profile_cublas``: the same with
-  ``--xla_gpu_enable_triton_gemm=false`` (the records carry the flags);
+  ``--xla_gpu_enable_triton_gemm=false``; ``profile_graphs``: with the sampling loop recorded
+  as a CUDA graph (:mod:`benchmarks.while_loop_graphs`' flags, measured at batch 1 only so
+  far); the records carry the flags;
 * ``greedy``: ``greedy_agreement`` of ``greedy_specs``, ``alone_rows`` rows through one slot,
   deterministic decoding on first, then off (its records are written as they are measured).
 
-Estimated at ~25 minutes of H200 time (each command at most ``timeout_s``).
+Estimated at ~30 minutes of H200 time (each command at most ``timeout_s``).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+from benchmarks import while_loop_graphs
 from benchmarks.experiments import stages
 from benchmarks.experiments.stages import Stage
 
@@ -33,7 +36,7 @@ KNOBS = dict(
 
 
 def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
-  """gpu_tests, profile, profile_cublas, greedy."""
+  """gpu_tests, profile, profile_cublas, profile_graphs, greedy."""
   timed = lambda command, **env: dataclasses.replace(
       command, env=tuple(env.items()), timeout_s=knobs["timeout_s"])
   profile = stages.benchmark("decode_profile", runs, config=knobs["config"],
@@ -47,5 +50,6 @@ def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
                                 JAX_DEFAULT_MATMUL_PRECISION="highest"),)),
       Stage("profile", (timed(profile),)),
       Stage("profile_cublas", (timed(profile, XLA_FLAGS="--xla_gpu_enable_triton_gemm=false"),)),
+      Stage("profile_graphs", (timed(profile, XLA_FLAGS=while_loop_graphs.XLA_FLAGS["graphs"]),)),
       Stage("greedy", (greedy(True), greedy(False))),
   ]
