@@ -18,7 +18,9 @@ from jax.experimental import pallas as pl
 
 from asarm_jax import config_base, distribution, forward, models, sampling, validation
 from asarm_jax.models import attention, invariant_matmul
+from asarm_jax.sampling import cost_model
 from asarm_jax.sampling import state as state_lib
+from asarm_jax.sampling.methods import auto
 from asarm_jax.sampling.methods import tree as tree_method
 from tests.helpers import equations, model_config
 
@@ -175,10 +177,25 @@ def _decode(keywords: dict, temperature: float, slots: int | None):
       temperature=temperature, slots=slots, deterministic=True, **keywords))
 
 
+def _cost_by_slots(net, sizes, num_slots):
+  """A measured cost table (:func:`cost_model.round_ms`) whose best draft size at the prior
+  acceptance is the largest through one slot and 1 through more."""
+  del net
+  sizes_S = np.asarray(sizes, np.float32)
+  return 1 + 0.01 * sizes_S if num_slots == 1 else sizes_S ** 2
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_a_row_is_the_same_whatever_the_batch_and_the_method(method):
+def test_a_row_is_the_same_whatever_the_batch_and_the_method(method, monkeypatch):
   """All rows at once and each alone (one slot: every call of a row at batch 1) give the same
-  tokens and calls at T = 1 and 0; at T = 0 every method gives sequential's tokens."""
+  tokens and calls at T = 1 and 0; at T = 0 every method gives sequential's tokens. ``auto``
+  also where this machine's cost table would choose other draft sizes at another number of
+  slots (a timing, not a function of the row)."""
+  monkeypatch.setattr(cost_model, "round_ms", _cost_by_slots)
+  sizes = auto.sizes(sampling.SamplerSpec("auto", k=3))
+  prior_1xD = np.full((1, max(sizes) - 1), auto.PRIOR_ACCEPTANCE, np.float32)
+  assert len({int(auto.choose(sizes, prior_1xD, np.array([9]), _cost_by_slots(None, sizes, s))[0])
+              for s in (1, 3)}) == 2
   for temperature in (1.0, 0.0):
     together = _decode(METHODS[method], temperature, None)
     alone = _decode(METHODS[method], temperature, 1)

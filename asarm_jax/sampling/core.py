@@ -227,9 +227,9 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
     between methods and batch sizes (31-41 of 64 long rows at batch 64).
   * ``deterministic=True``, on the CPU and the GPU: a row's tokens, calls and counts do not
     depend on the batch, the other rows or ``slots``, for every method and temperature (the
-    same keys; but ``auto`` above temperature 0 where its cost model picks other draft sizes
-    at another number of slots); at temperature 0 every exact method returns the same tokens
-    (``tree`` needs the cache then).
+    same keys; ``auto`` then chooses its draft sizes by calls per round, not by this machine's
+    timings, which depend on the slots); at temperature 0 every exact method returns the same
+    tokens (``tree`` needs the cache then).
 
   Returns:
     :class:`Generation` with ``tokens_BxL`` (``B x L``), ``num_calls_B`` and ``num_generated_B``.
@@ -254,8 +254,10 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
       raise ValueError("deterministic tree decoding needs cache=True (its row groups read the "
                        "committed keys from the cache).")
     net = net.batch_invariant()
-  round_ms_S = (cost_model.round_ms(net, auto.sizes(spec), num_slots)
-                if spec.method == "auto" else None)
+  round_ms_S = None
+  if spec.method == "auto":  # deterministic: by calls, not by timings taken at some slots
+    round_ms_S = (cost_model.prior_ms(auto.sizes(spec)) if deterministic else
+                  cost_model.round_ms(net, auto.sizes(spec), num_slots))
   order_dtype = jnp.float32 if np.dtype(order_BxL.dtype).kind == "f" else jnp.int32
   args = (_prepare(net)(params), tokens_BxL.astype(jnp.int32), visible_BxL,
           order_BxL.astype(order_dtype), length_B.astype(jnp.int32), rng,

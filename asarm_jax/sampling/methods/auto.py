@@ -12,7 +12,8 @@ round that does not reach ``d``, ``a_d`` moves a step :data:`FORGET` back to the
 that turned sequential probes drafting again after a while. A block
 of ``k`` drafts is expected to commit ``E(k) = 1 + sum_{j=2..k} prod_{d=2..j} a_d + [k >= 2]``
 tokens (at most the tokens left), and a round whose largest block has ``k`` drafts costs
-``round_ms_S[k]`` (:mod:`asarm_jax.sampling.cost_model`, at this number of slots). The row takes
+``round_ms_S[k]`` (:mod:`asarm_jax.sampling.cost_model`, at this number of slots; by calls
+with deterministic decoding). The row takes
 the size with the most ``E(k) / round_ms(k)`` (ties: the smaller). The batch's calls are made
 at the largest size a live row chose (one compiled shape per size, picked by ``lax.switch``);
 a row uses its own ``k`` drafts and never reads the rows beyond them, and each draft and
