@@ -171,10 +171,14 @@ METHODS = {
 
 
 def _decode(keywords: dict, temperature: float, slots: int | None):
+  """Deterministic decoding of :func:`_rows`: through ``generate(..., deterministic=True)``
+  with all rows at once, through a model of ``models.batch_invariant`` (as evaluation decodes,
+  without the keyword) with ``slots``."""
   tokens, visible, order, lengths = _rows()
+  model, keyword = (MODEL, True) if slots is None else (models.batch_invariant(MODEL), False)
   return jax.tree.map(np.asarray, sampling.generate(
-      MODEL, PARAMS, tokens, visible, jax.random.key(6), order_BxL=order, length_B=lengths,
-      temperature=temperature, slots=slots, deterministic=True, **keywords))
+      model, PARAMS, tokens, visible, jax.random.key(6), order_BxL=order, length_B=lengths,
+      temperature=temperature, slots=slots, deterministic=keyword, **keywords))
 
 
 def _cost_by_slots(net, sizes, num_slots):
@@ -187,10 +191,11 @@ def _cost_by_slots(net, sizes, num_slots):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_row_is_the_same_whatever_the_batch_and_the_method(method, monkeypatch):
-  """All rows at once and each alone (one slot: every call of a row at batch 1) give the same
-  tokens and calls at T = 1 and 0; at T = 0 every method gives sequential's tokens. ``auto``
-  also where this machine's cost table would choose other draft sizes at another number of
-  slots (a timing, not a function of the row)."""
+  """All rows at once and each alone (one slot: every call of a row at batch 1; the model of
+  ``models.batch_invariant`` without the keyword) give the same tokens and calls at T = 1 and
+  0; at T = 0 every method gives sequential's tokens. ``auto`` also where this machine's cost
+  table would choose other draft sizes at another number of slots (a timing, not a function
+  of the row)."""
   monkeypatch.setattr(cost_model, "round_ms", _cost_by_slots)
   sizes = auto.sizes(sampling.SamplerSpec("auto", k=3))
   prior_1xD = np.full((1, max(sizes) - 1), auto.PRIOR_ACCEPTANCE, np.float32)

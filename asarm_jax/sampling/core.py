@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asarm_jax import models
 from asarm_jax.sampling import cost_model, methods
 from asarm_jax.sampling import queue as queue_lib
 from asarm_jax.sampling import state as state_lib
@@ -208,7 +209,8 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
     slots: rows decoded at once (default: all ``B``). With ``S < B`` slots, continuous
       batching (:mod:`asarm_jax.sampling.queue`): a slot whose row is finished takes the next
       row inside the loop.
-    deterministic: decode with the network's batch-invariant mode (``Network.batch_invariant``;
+    deterministic: decode with the network's batch-invariant mode (``Network.batch_invariant``,
+      also implied by a model of ``models.batch_invariant``;
       for the two-stream model every matmul, every other float sum (layer norms, the
       log-softmax's normaliser) and the attention in fixed-tiling kernels,
       :mod:`asarm_jax.models.invariant_matmul`), so that a row's log-probabilities are the
@@ -249,6 +251,9 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
               _check("length_B", length_B, shape[:1], "iu", "an integer dtype"))
   rng = _row_rng(rng, shape[0])
   net = as_network(model)
+  # A batch-invariant flax model (models.batch_invariant, as evaluation passes one) decodes
+  # deterministically with or without the keyword.
+  deterministic |= isinstance(model, nn.Module) and models.is_batch_invariant(model)
   if deterministic:
     if spec.method == "tree" and not cache:
       raise ValueError("deterministic tree decoding needs cache=True (its row groups read the "
