@@ -31,7 +31,7 @@ from asarm_jax.sampling import cost_model, methods
 from asarm_jax.sampling import queue as queue_lib
 from asarm_jax.sampling import state as state_lib
 from asarm_jax.sampling.methods import auto
-from asarm_jax.sampling.network import Network, as_network
+from asarm_jax.sampling.network import ModelNetwork, Network, as_network
 from asarm_jax.sampling.spec import METHODS, SamplerSpec
 
 Array = jnp.ndarray
@@ -253,7 +253,7 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
   net = as_network(model)
   # A batch-invariant flax model (models.batch_invariant, as evaluation passes one) decodes
   # deterministically with or without the keyword.
-  deterministic |= isinstance(model, nn.Module) and models.is_batch_invariant(model)
+  deterministic |= isinstance(net, ModelNetwork) and models.is_batch_invariant(net.model)
   if deterministic:
     if spec.method == "tree" and not cache:
       raise ValueError("deterministic tree decoding needs cache=True (its row groups read the "
