@@ -7,7 +7,8 @@ import pytest
 
 from asarm_jax import models, sampling
 from asarm_jax.sampling import cost_model, methods
-from benchmarks import cli, common, decode_profile, experiment, greedy_agreement, records, report
+from benchmarks import (cli, common, decode_profile, experiment, greedy_agreement,
+                        invariance_probe, records, report)
 from benchmarks import cost_model as cost_model_benchmark
 from benchmarks.experiments import EXPERIMENTS
 
@@ -208,6 +209,33 @@ def test_cost_model_measures_auto_and_generate_reads_it(tmp_path, monkeypatch):
   model = models.build(common.config_of("demo").model)
   read = cost_model.round_ms(sampling.ModelNetwork(model), (1, 2, 3), 2)
   np.testing.assert_allclose(read, [r["metrics"]["round_ms"] for r in made[3:]], rtol=1e-6)
+
+
+def test_invariance_probe_names_the_first_module_that_differs():
+  """Row 0's module outputs before and after a change of block 1's ``mlp_out`` weights: the
+  probe lists that module first, then every later one, none before."""
+  model, params, _ = common.random_model("demo")
+  inputs = invariance_probe.inputs(model, 2, 16, 3, 2)
+  before = invariance_probe.row_outputs(model, params, inputs)
+  changed = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 1e-3 if "block_1/mlp_out/kernel" in jax.tree_util.keystr(
+          path, simple=True, separator="/") else x, params)
+  differing = invariance_probe.differing_modules(
+      before, invariance_probe.row_outputs(model, changed, inputs))
+  paths = list(before)
+  assert differing == paths[paths.index("block_1/mlp_out/__call__[0]"):]
+  assert paths[0] == "embed/__call__[0]" and paths[-1] == "__call__[0]"
+
+
+def test_invariance_probe_finds_no_module_differing_with_the_setting():
+  """The batch-invariant model's row 0 is the same bits in every module alone and among 3 (the
+  default model's need not be, even on the CPU)."""
+  made = list(invariance_probe.run(config="demo", batch=3, length=16, targets=[2],
+                                   deterministic=[True]))
+  assert len(made) == 1
+  records.validate(made[0])
+  assert made[0]["metrics"]["modules"] > 30
+  assert made[0]["metrics"]["differing"] == 0 and made[0]["metrics"]["logits_max_abs_diff"] == 0
 
 
 def test_greedy_agreement_counts_no_difference_in_float32():

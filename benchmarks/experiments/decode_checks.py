@@ -14,6 +14,8 @@ The stages, in order (each ends by ``timeout_s`` and keeps what it measured):
   ``--xla_gpu_enable_triton_gemm=false``; ``profile_graphs``: with the sampling loop recorded
   as a CUDA graph (:mod:`benchmarks.while_loop_graphs`' flags, measured at batch 1 only so
   far); the records carry the flags;
+* ``probe``: ``invariance_probe``: which module's output for a row first differs alone and
+  among 64 rows, with the setting and without;
 * ``greedy``: ``greedy_agreement`` of ``greedy_specs``, ``alone_rows`` rows through one slot,
   deterministic decoding on first, then off (its records are written as they are measured).
 
@@ -36,7 +38,7 @@ KNOBS = dict(
 
 
 def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
-  """gpu_tests, profile, profile_cublas, profile_graphs, greedy."""
+  """gpu_tests, profile, profile_cublas, profile_graphs, probe, greedy."""
   timed = lambda command, **env: dataclasses.replace(
       command, env=tuple(env.items()), timeout_s=knobs["timeout_s"])
   profile = stages.benchmark("decode_profile", runs, config=knobs["config"],
@@ -51,5 +53,6 @@ def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
       Stage("profile", (timed(profile),)),
       Stage("profile_cublas", (timed(profile, XLA_FLAGS="--xla_gpu_enable_triton_gemm=false"),)),
       Stage("profile_graphs", (timed(profile, XLA_FLAGS=while_loop_graphs.XLA_FLAGS["graphs"]),)),
+      Stage("probe", (timed(stages.benchmark("invariance_probe", runs, config=knobs["config"])),)),
       Stage("greedy", (greedy(True), greedy(False))),
   ]
