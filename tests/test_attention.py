@@ -90,13 +90,14 @@ def test_model_logits_and_cache_agree_across_implementations():
 
 
 def test_a_small_call_splits_its_keys_among_programs():
-  """A call of few rows gets query tiles of as few rows as hold them, and a grid of few query
-  tiles (a decoding call at batch 1: one per head) runs several programs per tile over runs of
-  the key blocks and combines their states, up to a full grid; the batch-invariant kernel does
-  neither. Both give the same attention (the reference's: the test above runs its 5-row calls
-  in 16-row tiles, split) and both lower for the GPU."""
-  assert [attention._query_block(rows, True) for rows in (2, 16, 17, 40, 70)] == [
-      16, 16, 32, 64, 64]
+  """A call of few rows gets query tiles of as few rows as hold them (up to 128: a tree
+  call's), and a grid of few query tiles (a decoding call at batch 1: one per head) runs
+  several programs per tile over runs of the key blocks and combines their states, up to a
+  full grid; the batch-invariant kernel does neither. Both give the same attention (the
+  reference's: the test above runs its 5-row calls in 16-row tiles, split, and its 70-row
+  calls, values and gradients, in 128-row tiles) and both lower for the GPU."""
+  assert [attention._query_block(rows, True) for rows in (2, 16, 17, 40, 70, 128, 129)] == [
+      16, 16, 32, 64, 128, 128, 64]
   assert attention._query_block(2, False) == 64
   assert attention._key_splits(12, 8) == 8  # batch 1, 12 heads, 512 keys: 96 programs
   assert attention._key_splits(40, 8) == 2 and attention._key_splits(64 * 12, 8) == 1
@@ -110,6 +111,12 @@ def test_a_small_call_splits_its_keys_among_programs():
       text = attend(invariant).trace(*differentiable).lower(
           lowering_platforms=("cuda",)).as_text()
       assert text.count("xla.gpu.triton") == 1
+    # A 70-row call's 128-row tiles (8 warps): forward, and the dq and dk/dv kernels.
+    differentiable, fixed, _ = random_call(4, 70, 130, True)
+    loss = lambda *xs: attention.attend(*xs, *fixed, True, "pallas").sum()
+    text = jax.jit(jax.grad(loss, argnums=range(5))).trace(*differentiable).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert text.count("xla.gpu.triton") == 3
 
 
 def test_unknown_implementation_is_refused():

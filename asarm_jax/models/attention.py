@@ -8,11 +8,12 @@ node bitsets. Implementations (``model.attention_impl``):
   derives every score's visibility and its ALiBi term from the per-row and per-key integers, so
   no ``B x T x S`` mask or bias ever exists; key blocks that no row of a query block can see
   are skipped (about half of them under the prefix-LM and causal rules). The sink is the
-  initial state of the online softmax. A call of few rows gets query tiles of as few rows as
-  hold them (16 for a decoding call's one or two, not 64), and a call of too few query tiles
-  to fill the GPU (decoding at batch 1) splits its key blocks among more programs and
-  combines their states (flash-decoding); neither in batch-invariant mode, where a row must
-  not depend on the call's shape. Off GPUs it runs in Pallas' interpreter (tests).
+  initial state of the online softmax. A call of at most 128 rows gets query tiles of as few
+  rows as hold them (16 for a decoding call's one or two, not 64; 128 for a tree call's 72,
+  which then reads the keys once, not twice), and a call of too few query tiles to fill the
+  GPU (decoding at batch 1) splits its key blocks among more programs and combines their
+  states (flash-decoding); neither in batch-invariant mode, where a row must not depend on
+  the call's shape. Off GPUs it runs in Pallas' interpreter (tests).
 * ``"xla"``: the reference: a dense mask and bias, ``jax.nn.dot_product_attention``.
 * ``"cudnn"``: the same dense form through cuDNN's fused kernel (kept for the side-by-side
   benchmark against the kernel above, ``benchmarks/train_throughput.py``).
@@ -115,17 +116,19 @@ _FULL_GRID = 128  # programs that fill a GPU; a smaller grid may split its keys
 
 
 def _query_block(num_rows: int, by_shape: bool) -> int:
-  """Rows per query tile: ``BLOCK_Q``, or (``by_shape``) the least power of two from 16 that
-  holds ``num_rows`` (a decoding call's one or two rows pad to 16, not 64). The same for the
-  padded rows, so the backward pass recomputes it."""
-  if not by_shape:
+  """Rows per query tile: ``BLOCK_Q``, or (``by_shape``) for a call of at most ``2 BLOCK_Q``
+  rows the least power of two from 16 that holds them: a decoding call's one or two rows pad
+  to 16, not 64, and a tree call's 65 to 128 rows (72 for N=8, D=6) read each key block once,
+  not twice. The same for the padded rows, so the backward pass recomputes it."""
+  if not by_shape or num_rows > 2 * BLOCK_Q:
     return BLOCK_Q
-  return min(BLOCK_Q, max(16, 1 << (num_rows - 1).bit_length()))
+  return max(16, 1 << (num_rows - 1).bit_length())
 
 
-def _compiler_params():
+def _compiler_params(block_q: int):
+  """Triton's settings: 8 warps for the 128-row tiles (twice the accumulator), else 4."""
   from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
-  return plgpu.CompilerParams(num_warps=4, num_stages=2)
+  return plgpu.CompilerParams(num_warps=8 if block_q > BLOCK_Q else 4, num_stages=2)
 
 
 def interpreted() -> bool:
@@ -455,10 +458,11 @@ def _flash_tail(q, k, v, sink_key, sink_value, visibility, query_positions, key_
       :, tail.group_rows_GxP.reshape(-1)].set(out)
 
 
-def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
+def _call(kernel, grid, in_specs, out_specs, out_shape, *args, block_q: int = BLOCK_Q):
   return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
                         out_shape=out_shape, interpret=interpreted(),
-                        compiler_params=None if interpreted() else _compiler_params())(*args)
+                        compiler_params=None if interpreted() else _compiler_params(block_q))(
+                            *args)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
@@ -512,7 +516,8 @@ def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_
                              scale=head_dim ** -0.5, alibi=alibi, tree=tree,
                              to_state=to_state or splits > 1, splits=splits)
   outs = _call(kernel, (batch, num_heads, num_rows // block_q * splits),
-               specs, out_specs, out_shape, q, k, v, sink_key, sink_value, slopes, *ints)
+               specs, out_specs, out_shape, q, k, v, sink_key, sink_value, slopes, *ints,
+               block_q=block_q)
   if to_state:
     return [x[0] for x in outs]
   return _combine(*outs, q.dtype) if splits > 1 else outs
@@ -545,7 +550,7 @@ def _flash_bwd(alibi, tree, by_shape, residuals, dout):
   dq = _call(functools.partial(_dq_kernel, num_key_blocks=num_keys // BLOCK_K, **common),
              (batch, num_heads, num_rows // block_q), specs + [row_tile(), lse_q, lse_q],
              row_tile(), jax.ShapeDtypeStruct(q.shape, jnp.float32),
-             q, k, v, sink_key, sink_value, slopes, *ints, dout, lse, delta)
+             q, k, v, sink_key, sink_value, slopes, *ints, dout, lse, delta, block_q=block_q)
   dq = (dq + jnp.einsum("bnt,nh->btnh", ds_sink, f32(sink_key)) * scale).astype(q.dtype)
 
   lse_all = pl.BlockSpec((None, None, num_rows), lambda b, h, j: (b, h, 0))
@@ -555,7 +560,8 @@ def _flash_bwd(alibi, tree, by_shape, residuals, dout):
                  (batch, num_heads, num_keys // BLOCK_K), specs + [row_tile(), lse_all, lse_all],
                  [key_tile(), key_tile()],
                  [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-                 q, k, v, sink_key, sink_value, slopes, *ints, dout, lse, delta)
+                 q, k, v, sink_key, sink_value, slopes, *ints, dout, lse, delta,
+                 block_q=block_q)
   return (dq, dk, dv, d_sink_key.astype(sink_key.dtype), d_sink_value.astype(sink_value.dtype),
           None, jax.tree_util.tree_map(lambda _: None, ints))
 
