@@ -114,6 +114,9 @@ def _tail(tree: TreeRows, num_decoded_B: Array, length: int, row_limit_BxT: Arra
   if num_content != 1:
     raise ValueError("a batch-invariant tree call needs the cache (one committed content row); "
                      "deterministic tree decoding runs with cache=True")
+  if per_node + 1 > attention.BLOCK_Q:  # a group's rows are one query tile
+    raise ValueError(f"a batch-invariant tree call has depth <= {attention.BLOCK_Q - 2}; "
+                     f"got {per_node - 1}")
   # Rows: the committed content row, the N nodes' content rows, then the query rows node by
   # node (the root's first).
   queries = 1 + num_nodes + per_node * np.arange(num_nodes + 1)[:, None] + np.arange(per_node)

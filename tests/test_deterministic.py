@@ -335,3 +335,6 @@ def test_deterministic_decoding_refuses_what_it_cannot_do():
   with pytest.raises(ValueError, match="deterministic tree decoding needs cache=True"):
     sampling.generate(MODEL, PARAMS, tokens, visible, jax.random.key(0), method="tree",
                       cache=False, deterministic=True)
+  with pytest.raises(ValueError, match="a batch-invariant tree call has depth <= 62; got 63"):
+    sampling.generate(MODEL, PARAMS, tokens, visible, jax.random.key(0), method="tree",
+                      depth=63, deterministic=True)
