@@ -40,8 +40,9 @@ def main(argv: list[str]) -> None:
   written = set()
   for record in module.run(**args):
     print(json.dumps(record), flush=True)
-    written.add(records.path_for(records_dir, record))
-    records.write(records.path_for(records_dir, record), [record])
+    path = records.path_for(records_dir, record)
+    records.write(path, [record])
+    written.add(path)
   for path in sorted(written):
     print(f"wrote {path}", file=sys.stderr)
 

@@ -25,11 +25,23 @@ from asarm_jax.sampling.methods import tree as tree_method
 from tests.helpers import equations, model_config
 
 LENGTH, VOCAB = 64, 48
-MODEL = models.build(model_config(vocab_size=VOCAB, max_len=LENGTH, num_layers=2, d_model=32,
-                                  num_heads=2, d_ff=64, dtype="bfloat16"))
-# Scaled-up weights: sharper, more varied conditionals than a fresh init's near-uniform ones.
-PARAMS = jax.tree.map(lambda x: 3 * x if x.ndim > 1 else x,
-                      MODEL.init(jax.random.key(0), *models.example_inputs(1, LENGTH, 4)))
+
+
+def _small_model(length: int):
+  """The small bf16 two-stream model of these tests, for rows of ``length``."""
+  return models.build(model_config(vocab_size=VOCAB, max_len=length, num_layers=2, d_model=32,
+                                   num_heads=2, d_ff=64, dtype="bfloat16"))
+
+
+def _sharp_params(model, seed: int, length: int):
+  """Scaled-up weights: sharper, more varied conditionals than a fresh init's near-uniform
+  ones."""
+  return jax.tree.map(lambda x: 3 * x if x.ndim > 1 else x,
+                      model.init(jax.random.key(seed), *models.example_inputs(1, length, 4)))
+
+
+MODEL = _small_model(LENGTH)
+PARAMS = _sharp_params(MODEL, 0, LENGTH)
 
 
 def _random(shape, seed, dtype=jnp.bfloat16):
@@ -248,16 +260,13 @@ def _rows_at_block_edges():
 
 
 LONG = 192
-LONG_MODEL = models.build(model_config(vocab_size=VOCAB, max_len=LONG, num_layers=2, d_model=32,
-                                       num_heads=2, d_ff=64, dtype="bfloat16"))
+LONG_MODEL = _small_model(LONG)
 TREE_CASES = {  # the model and its weights, the rows, the tree's spec, a chain of nodes or not
     "scattered": lambda: (MODEL, PARAMS, _rows(),
                           sampling.SamplerSpec("tree", num_nodes=4, depth=2, ngram=0), False),
     "at_block_edges": lambda: (
-        LONG_MODEL, jax.tree.map(lambda x: 3 * x if x.ndim > 1 else x, LONG_MODEL.init(
-            jax.random.key(1), *models.example_inputs(1, LONG, 4))),
-        _rows_at_block_edges(), sampling.SamplerSpec("tree", num_nodes=4, depth=4, ngram=0),
-        True),
+        LONG_MODEL, _sharp_params(LONG_MODEL, 1, LONG), _rows_at_block_edges(),
+        sampling.SamplerSpec("tree", num_nodes=4, depth=4, ngram=0), True),
 }
 
 
