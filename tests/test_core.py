@@ -393,11 +393,15 @@ def test_fused_attention_padding_changes_nothing(monkeypatch):
   np.testing.assert_allclose(padded, expected, rtol=1e-5, atol=1e-6)
 
 
+# The leaves models.compute_params casts to the compute dtype.
+CAST_LEAVES = ("['kernel']", "['embedding']", "['sink_key']", "['sink_value']")
+
+
 @pytest.mark.parametrize("arch", ["two_stream", "xlnet"])
 def test_compute_params_change_no_output(arch):
-  """The samplers cast weight matrices and embeddings to bf16 once before their loop; a bf16
-  model must give bit-identical logits either way, and the leaves the modules compute with in
-  float32 (LayerNorm, XLNet's relative biases, the sink) stay float32."""
+  """The samplers cast weight matrices, embeddings and the attention sinks to bf16 once before
+  their loop; a bf16 model must give bit-identical logits either way, and the leaves the
+  modules compute with in float32 (LayerNorm, XLNet's relative biases) stay float32."""
   model = models.build(model_config(
       arch=arch, vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4, d_ff=64,
       dtype="bfloat16"))
@@ -409,9 +413,8 @@ def test_compute_params_change_no_output(arch):
   cast = models.compute_params(model, params)
   dtypes = {jax.tree_util.keystr(path): leaf.dtype
             for path, leaf in jax.tree_util.tree_leaves_with_path(cast)}
-  assert {d for k, d in dtypes.items() if k.endswith(("['kernel']", "['embedding']"))} == {
-      jnp.dtype(jnp.bfloat16)}
-  assert {d for k, d in dtypes.items() if not k.endswith(("['kernel']", "['embedding']"))} == {
+  assert {d for k, d in dtypes.items() if k.endswith(CAST_LEAVES)} == {jnp.dtype(jnp.bfloat16)}
+  assert {d for k, d in dtypes.items() if not k.endswith(CAST_LEAVES)} == {
       jnp.dtype(jnp.float32)}
   tokens, visible, order = random_problem(0, batch=3)
   sigma = ordering.make_ordering(visible, jnp.asarray(order))
@@ -434,7 +437,7 @@ def _float_casts(jaxpr) -> set[tuple[int, ...]]:
 def test_the_sampling_loop_gets_its_weights_cast():
   """A bf16 model's weights are cast by a program of their own before the sampling loop's, so
   that no compiler pass can move the casts into the loop (every call casting every weight
-  again): the loop's program casts no weight matrix or embedding."""
+  again): the loop's program casts no weight matrix, embedding or sink."""
   model = models.build(model_config(vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4,
                                     d_ff=64, dtype="bfloat16"))
   params = init(model)
@@ -445,7 +448,7 @@ def test_the_sampling_loop_gets_its_weights_cast():
               if eqn.primitive.name in ("pjit", "jit")}
   loop = [jaxpr for name, jaxpr in programs.items() if name.startswith("sample_")]
   weights = {tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-             if jax.tree_util.keystr(path).endswith(("['kernel']", "['embedding']"))}
+             if jax.tree_util.keystr(path).endswith(CAST_LEAVES)}
   assert len(loop) == 1 and not _float_casts(loop[0]) & weights
   assert weights <= _float_casts(programs["prepare"])
 

@@ -29,7 +29,8 @@ def build(config: ml_collections.ConfigDict) -> TwoStreamTransformer | XLNetTran
   is an error; nothing is restated here.
 
   ``attention_impl`` (:mod:`asarm_jax.models.attention`): ``"pallas"`` (the fused kernel; per
-  shard under a mesh) applies only on GPUs and ``"cudnn"`` only on GPUs with 16-bit compute;
+  shard under a mesh) applies only on GPUs (or within ``attention.gpu_target()``) and ``"cudnn"``
+  only on GPUs with 16-bit compute;
   both fall back to the reference ``"xla"`` elsewhere, so a checkpoint trained with either
   loads and samples anywhere: the implementation never changes the parameters.
   Initialise with ``model.init(rng, *models.example_inputs(B, L, K))``.
@@ -78,22 +79,26 @@ def _fields(module: type[nn.Module], config: ml_collections.ConfigDict,
   return fields
 
 
-# The leaves that Dense, DenseGeneral and Embed cast to the compute dtype on every call.
-_CAST_BY_MODULE = ("kernel", "embedding")
+# The leaves that their users cast to the compute dtype on every call: Dense, DenseGeneral and
+# Embed their weights, attention the sink's key and value (to the queries' dtype).
+_CAST_BY_USER = ("kernel", "embedding", "sink_key", "sink_value")
 
 
 def compute_params(model: TwoStreamTransformer | XLNetTransformer, params: Any) -> Any:
-  """``params`` with every weight matrix and embedding table (the leaves named ``kernel`` or
-  ``embedding``) already in the model's compute dtype; other leaves are unchanged.
+  """``params`` with every weight matrix, embedding table and attention sink (the leaves named
+  ``kernel``, ``embedding``, ``sink_key`` or ``sink_value``) already in the model's compute
+  dtype; other leaves are unchanged.
 
   ``model.apply`` gives bit-identical outputs with either: Dense, DenseGeneral and Embed cast
-  those leaves to ``model.dtype`` themselves. What changes is the cost of a loop of calls (the
-  samplers): with float32 parameters and bf16 compute, every call converted all 110M weights
-  again, about a quarter of a batch-1 call on the H200. Cast once, outside the loop.
+  those leaves to ``model.dtype`` themselves, and attention the sinks. What changes is the cost
+  of a loop of calls (the samplers): with float32 parameters and bf16 compute, every call
+  converted all 110M weights again, about a quarter of a batch-1 call on the H200 (and the
+  sinks took two kernels a layer, 24 of a call's 281: ``benchmarks/compiled_kernels.py``).
+  Cast once, outside the loop.
   """
   def cast(path: tuple, leaf: Any) -> Any:
     name = getattr(path[-1], "key", None)
-    if name in _CAST_BY_MODULE and jnp.issubdtype(leaf.dtype, jnp.floating):
+    if name in _CAST_BY_USER and jnp.issubdtype(leaf.dtype, jnp.floating):
       return leaf.astype(model.dtype)
     return leaf
   return jax.tree_util.tree_map_with_path(cast, params)
@@ -119,8 +124,7 @@ def _usable_attention(impl: str, dtype: Any) -> str:
   if impl not in attention.IMPLEMENTATIONS:
     raise ValueError(f"model.attention_impl={impl!r}: expected one of "
                      f"{attention.IMPLEMENTATIONS}")
-  on_gpu = jax.default_backend() == "gpu"
-  usable = on_gpu and (impl != "cudnn" or dtype in (jnp.bfloat16, jnp.float16))
+  usable = not attention.interpreted() and (impl != "cudnn" or dtype in (jnp.bfloat16, jnp.float16))
   return impl if usable else "xla"
 
 

@@ -24,8 +24,11 @@ the sink (a key/value every row sees, with no ALiBi term), with fixed slopes
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -131,10 +134,24 @@ def _compiler_params(block_q: int):
   return plgpu.CompilerParams(num_warps=8 if block_q > BLOCK_Q else 4, num_stages=2)
 
 
+_GPU_TARGET = contextvars.ContextVar("gpu_target", default=False)
+
+
+@contextlib.contextmanager
+def gpu_target() -> Iterator[None]:
+  """Within it the kernels are traced for a GPU whatever this process's backend: for a program
+  compiled for a GPU that is not attached (``benchmarks/compiled_kernels.py``)."""
+  token = _GPU_TARGET.set(True)
+  try:
+    yield
+  finally:
+    _GPU_TARGET.reset(token)
+
+
 def interpreted() -> bool:
   """Whether the Pallas kernels (this module's and the batch-invariant matmul's) run in Pallas'
-  interpreter: off GPUs (the tests)."""
-  return jax.default_backend() != "gpu"
+  interpreter: off GPUs (the tests), unless within :func:`gpu_target`."""
+  return jax.default_backend() != "gpu" and not _GPU_TARGET.get()
 
 
 class _Rows:

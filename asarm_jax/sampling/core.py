@@ -104,6 +104,20 @@ def _prepare(net: Network) -> Callable[[Any], Any]:
   return jax.jit(net.prepare)
 
 
+def sampling_loop(net: Network, spec: SamplerSpec, use_cache: bool,
+                  num_slots: int) -> Callable[..., Generation]:
+  """The loop of one configuration as a function, not compiled: ``(params as
+  ``net.prepare`` gives them, tokens_NxL, visible_NxL, order_NxL, length_N, rng, temperature,
+  round_ms_S) -> Generation``, with ``spec`` as :func:`compiled_spec` gives it. ``generate``
+  jits it; ``benchmarks/compiled_kernels.py`` compiles it for a GPU that is not attached."""
+
+  def loop(params, tokens_NxL, visible_NxL, order_NxL, length_N, rng, temperature, round_ms_S):
+    return _loop(net, spec, use_cache, num_slots, params, tokens_NxL, visible_NxL, order_NxL,
+                 length_N, rng, temperature, round_ms_S)
+
+  return loop
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
               signature: Any) -> Callable[..., Generation]:
@@ -111,10 +125,7 @@ def _compiled(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
   is in the key so that the loop is traced exactly once per entry, which chex asserts. The
   temperature is a traced argument: changing it never recompiles."""
 
-  def loop(params, tokens_NxL, visible_NxL, order_NxL, length_N, rng, temperature, round_ms_S):
-    return _loop(net, spec, use_cache, num_slots, params, tokens_NxL, visible_NxL, order_NxL,
-                 length_N, rng, temperature, round_ms_S)
-
+  loop = sampling_loop(net, spec, use_cache, num_slots)
   # chex keys its trace counter on the function's name: give each entry its own counter.
   loop.__name__ = f"sample_{spec.tag()}_{next(_serial)}".replace(".", "_")
   return jax.jit(chex.assert_max_traces(loop, n=1))
