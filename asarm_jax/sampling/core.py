@@ -94,6 +94,14 @@ def _loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int, para
 
 _serial = itertools.count()
 
+# XLA's options for the loop. On GPUs, copy insertion proves by default only so much of a
+# program's live ranges region by region; past that (a 12-layer model's sampling loop is past
+# it) it keeps the copies it puts around conditionals, and ``auto``'s ``lax.switch`` rounds
+# copied every layer of the KV cache in and out: 48 copies of a 74 MB layer a round at batch
+# 64 (``benchmarks/compiled_kernels.py``). Without the limit there are none. Other backends
+# ignore the option.
+COMPILER_OPTIONS = {"xla_gpu_copy_insertion_use_region_analysis": True}
+
 
 @functools.lru_cache(maxsize=16)
 def _prepare(net: Network) -> Callable[[Any], Any]:
@@ -109,7 +117,8 @@ def sampling_loop(net: Network, spec: SamplerSpec, use_cache: bool,
   """The loop of one configuration as a function, not compiled: ``(params as
   ``net.prepare`` gives them, tokens_NxL, visible_NxL, order_NxL, length_N, rng, temperature,
   round_ms_S) -> Generation``, with ``spec`` as :func:`compiled_spec` gives it. ``generate``
-  jits it; ``benchmarks/compiled_kernels.py`` compiles it for a GPU that is not attached."""
+  jits it with :data:`COMPILER_OPTIONS`; ``benchmarks/compiled_kernels.py`` compiles it so
+  for a GPU that is not attached."""
 
   def loop(params, tokens_NxL, visible_NxL, order_NxL, length_N, rng, temperature, round_ms_S):
     return _loop(net, spec, use_cache, num_slots, params, tokens_NxL, visible_NxL, order_NxL,
@@ -128,7 +137,7 @@ def _compiled(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
   loop = sampling_loop(net, spec, use_cache, num_slots)
   # chex keys its trace counter on the function's name: give each entry its own counter.
   loop.__name__ = f"sample_{spec.tag()}_{next(_serial)}".replace(".", "_")
-  return jax.jit(chex.assert_max_traces(loop, n=1))
+  return jax.jit(chex.assert_max_traces(loop, n=1), compiler_options=COMPILER_OPTIONS)
 
 
 def _signature(tree: Any) -> Any:
