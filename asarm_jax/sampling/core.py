@@ -97,7 +97,7 @@ _serial = itertools.count()
 # XLA's options for the loop. On GPUs, copy insertion proves by default only so much of a
 # program's live ranges region by region; past that (a 12-layer model's sampling loop is past
 # it) it keeps the copies it puts around conditionals, and ``auto``'s ``lax.switch`` rounds
-# copied every layer of the KV cache in and out: 48 copies of a 74 MB layer a round at batch
+# copied every layer of the KV cache in and out: 48 copies of a 50 MB tensor a round at batch
 # 64 (``benchmarks/compiled_kernels.py``). Without the limit there are none. Other backends
 # ignore the option.
 COMPILER_OPTIONS = {"xla_gpu_copy_insertion_use_region_analysis": True}
