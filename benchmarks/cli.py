@@ -47,3 +47,17 @@ def spec_settings(spec: SamplerSpec) -> dict:
   size = {"tree": dict(num_nodes=spec.num_nodes, depth=spec.depth, ngram=spec.ngram),
           "sequential": {}}.get(spec.method, dict(k=spec.k))
   return {"method": spec.method, **size, "temperature": spec.temperature}
+
+
+def add_decode_cases(parser: argparse.ArgumentParser) -> None:
+  """The flags of a benchmark over decoding cases of a config's model: ``--config``,
+  ``--specs``, ``--batches``, ``--length`` and ``--deterministic``."""
+  parser.add_argument("--config", default="xlnet_base", help="configs/ name")
+  parser.add_argument("--specs", type=list_of(str),
+                      default="sequential,assd:5,assd_fused:5,tree:4:2,tree:8:6",
+                      help="samplers: method[:k] or tree:N[:D]")
+  parser.add_argument("--batches", type=list_of(int), default="1,64", help="batch sizes")
+  parser.add_argument("--length", type=int, default=0,
+                      help="tokens per row; 0: the model's maximum (data.seq_len)")
+  parser.add_argument("--deterministic", type=flag_bool, default=False,
+                      help="the batch-invariant network (deterministic decoding)")

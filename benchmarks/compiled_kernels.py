@@ -66,15 +66,7 @@ _GEMMS = ("__triton_gemm", "__triton_nested_gemm_fusion", "__cublas")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--config", default="xlnet_base", help="configs/ name")
-  parser.add_argument("--specs", type=cli.list_of(str),
-                      default="sequential,assd:5,assd_fused:5,tree:4:2,tree:8:6",
-                      help="samplers: method[:k] or tree:N[:D]")
-  parser.add_argument("--batches", type=cli.list_of(int), default="1,64", help="batch sizes")
-  parser.add_argument("--length", type=int, default=0,
-                      help="tokens per row; 0: the model's maximum (data.seq_len)")
-  parser.add_argument("--deterministic", type=cli.flag_bool, default=False,
-                      help="the batch-invariant network (deterministic decoding)")
+  cli.add_decode_cases(parser)
   parser.add_argument("--target", default=TARGET,
                       help="GpuTargetConfigProto (text) of the GPU compiled for when none is "
                       "attached")

@@ -84,18 +84,10 @@ SHOWN = ("wall_ms_per_call", "gpu_ms_per_call", "kernels_per_call", "roofline_ms
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--config", default="xlnet_base", help="configs/ name")
+  cli.add_decode_cases(parser)
   parser.add_argument("--attention_impl", default="", help="override model.attention_impl")
-  parser.add_argument("--specs", type=cli.list_of(str),
-                      default="sequential,assd:5,assd_fused:5,tree:4:2,tree:8:6",
-                      help="samplers: method[:k] or tree:N[:D]")
-  parser.add_argument("--batches", type=cli.list_of(int), default="1,64", help="batch sizes")
-  parser.add_argument("--length", type=int, default=0,
-                      help="tokens per row; 0: the model's maximum (data.seq_len)")
   parser.add_argument("--visible", type=float, default=0.05, help="prompt fraction of a row")
   parser.add_argument("--temperature", type=float, default=0.2)
-  parser.add_argument("--deterministic", type=cli.flag_bool, default=False,
-                      help="the batch-invariant network (deterministic decoding)")
   parser.add_argument("--repeats", type=int, default=3, help="timed calls per case")
   parser.add_argument("--trace_dir", default="",
                       help="keep each case's Perfetto trace under DIR/CASE (default: deleted)")
