@@ -9,9 +9,9 @@ A decoding call at batch 1 is launch-bound: on the H200 (2026-12-05, ``decode_pr
 sequential call launched about 270 kernels of a few microseconds each in its 0.63 ms. Which
 kernels a call launches is fixed when XLA compiles the loop, so it can be counted without
 running it. For every sampler of ``--specs`` and batch of ``--batches`` this compiles
-``sampling.generate``'s loop (``sampling.core.sampling_loop``: the real program, the same
-arguments' shapes as ``decode_profile``'s, ``--length`` tokens a row) and reads the compiled
-HLO. Without a GPU it compiles for the device of ``--target`` (XLA's ``GpuTargetConfigProto``
+``sampling.generate``'s loop (``sampling.core.sampling_loop`` with
+``sampling.core.COMPILER_OPTIONS``: the real program, the same arguments' shapes as
+``decode_profile``'s, ``--length`` tokens a row) and reads the compiled HLO. Without a GPU it compiles for the device of ``--target`` (XLA's ``GpuTargetConfigProto``
 in text form; the default describes the H200 of docs/results.md) on a compile-only device of
 the CUDA PJRT plugin, which needs neither a GPU nor a driver, only
 ``pip install jax-cuda12-plugin==<this JAX's version>``. Such a compilation has no device to

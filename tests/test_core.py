@@ -453,6 +453,18 @@ def test_the_sampling_loop_gets_its_weights_cast():
   assert weights <= _float_casts(programs["prepare"])
 
 
+def test_generate_traced_inside_another_jit_gives_its_own_tokens():
+  """``generate`` compiles its loop with ``core.COMPILER_OPTIONS``, which JAX accepts only for a
+  top-level program: traced inside a user's ``jax.jit`` it runs without them, same tokens."""
+  model = models.build(model_config(vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4,
+                                    d_ff=64))
+  params = init(model)
+  tokens, visible, _ = random_problem(0, batch=2)
+  decode = lambda p: sampling.generate(model, p, tokens, visible, jax.random.key(3),
+                                       method="assd", k=3).tokens_BxL
+  np.testing.assert_array_equal(jax.jit(decode)(params), decode(params))
+
+
 def test_a_model_block_lacking_a_key_is_an_error():
   """Defaults live in the config base only: the model restates none."""
   import ml_collections  # pylint: disable=g-import-not-at-top

@@ -99,7 +99,8 @@ _serial = itertools.count()
 # it) it keeps the copies it puts around conditionals, and ``auto``'s ``lax.switch`` rounds
 # copied every layer of the KV cache in and out: 48 copies of a 50 MB tensor a round at batch
 # 64 (``benchmarks/compiled_kernels.py``). Without the limit there are none. Other backends
-# ignore the option.
+# ignore the option. XLA takes options per program: where ``generate`` is traced inside
+# another ``jax.jit``, that program's options apply.
 COMPILER_OPTIONS = {"xla_gpu_copy_insertion_use_region_analysis": True}
 
 
@@ -129,15 +130,17 @@ def sampling_loop(net: Network, spec: SamplerSpec, use_cache: bool,
 
 @functools.lru_cache(maxsize=64)
 def _compiled(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
-              signature: Any) -> Callable[..., Generation]:
+              signature: Any, nested: bool) -> Callable[..., Generation]:
   """The jitted loop of one configuration; ``signature`` (shapes and dtypes of the arguments)
   is in the key so that the loop is traced exactly once per entry, which chex asserts. The
-  temperature is a traced argument: changing it never recompiles."""
+  temperature is a traced argument: changing it never recompiles. With
+  :data:`COMPILER_OPTIONS`, unless ``nested`` in another trace (which rejects them)."""
 
   loop = sampling_loop(net, spec, use_cache, num_slots)
   # chex keys its trace counter on the function's name: give each entry its own counter.
   loop.__name__ = f"sample_{spec.tag()}_{next(_serial)}".replace(".", "_")
-  return jax.jit(chex.assert_max_traces(loop, n=1), compiler_options=COMPILER_OPTIONS)
+  return jax.jit(chex.assert_max_traces(loop, n=1),
+                 compiler_options=None if nested else COMPILER_OPTIONS)
 
 
 def _signature(tree: Any) -> Any:
@@ -287,4 +290,7 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
   args = (_prepare(net)(params), tokens_BxL.astype(jnp.int32), visible_BxL,
           order_BxL.astype(order_dtype), length_B.astype(jnp.int32), rng,
           jnp.float32(spec.temperature), round_ms_S)
-  return _compiled(net, compiled_spec(spec), bool(cache), num_slots, _signature(args))(*args)
+  # Traced inside another program, the prepared params are that trace's tracers.
+  nested = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args))
+  return _compiled(net, compiled_spec(spec), bool(cache), num_slots, _signature(args),
+                   nested)(*args)
