@@ -25,10 +25,14 @@ def target_log_probs(model: nn.Module, params: Any, tokens_rank_BxL: Array,
   logits = forward.call(model, params, tokens_rank_BxL, sigma.perm_BxL, sigma.num_visible_B,
                         target_rank_BxK, valid_BxK, num_decoded)
   with jax.named_scope("log_probs"):  # a scope for profiles (benchmarks/profile_step.py)
-    logp = distribution.log_probs(logits, model.num_special_tokens, temperature)
     target_token_BxK = jnp.take_along_axis(tokens_rank_BxL,
                                            jnp.clip(target_rank_BxK, 0, length - 1), 1)
-    token_logp = jnp.take_along_axis(logp, target_token_BxK[..., None], -1)[..., 0]
+    if isinstance(temperature, (int, float)) and temperature > 0:
+      token_logp = distribution.token_log_probs(logits, target_token_BxK,
+                                                model.num_special_tokens, temperature)
+    else:  # greedy: the arg-max's table
+      logp = distribution.log_probs(logits, model.num_special_tokens, temperature)
+      token_logp = jnp.take_along_axis(logp, target_token_BxK[..., None], -1)[..., 0]
     return jnp.where(valid_BxK, token_logp, 0.0)
 
 
