@@ -39,14 +39,16 @@ def log_probs(logits_BxKxV: Array, num_special_tokens: int,
 
 def token_log_probs(logits_BxKxV: Array, tokens_BxK: Array, num_special_tokens: int,
                     temperature: float = 1.0) -> Array:
-  """``log_probs(...)[b, k, tokens[b, k]]``, float32 ``B x K``: the same values, for a static
-  ``temperature > 0`` (training, densities).
+  """``log_probs(...)[b, k, tokens[b, k]]``, float32 ``B x K``, for a static
+  ``temperature > 0`` (training, densities): the same values and the same gradient, bit for
+  bit, as autodiff's through the table.
 
-  Its gradient is ``(onehot(token) - softmax) * g / T``, one elementwise pass over the logits
-  that XLA fuses with what consumes it (the cast back to the head's dtype). Through
-  :func:`log_probs` autodiff materialises the cotangent of the whole table and the softmax,
-  float32 ``B x K x V`` each: for xlnet_base's training step on the H200, two 4.2 GB tensors
-  written and read again (``benchmarks/compiled_kernels.py``'s reader on the step).
+  The gradient is autodiff's own expression, ``(g onehot - (g / S) exp(shifted)) / T`` with
+  ``S`` the softmax's normaliser, written as one elementwise pass over the logits that XLA
+  fuses with what consumes it (the cast back to the head's dtype). Autodiff through
+  :func:`log_probs` materialises the table's cotangent and the softmax instead, float32
+  ``B x K x V`` each: for xlnet_base's training step on the H200, two 4.2 GB tensors written
+  and read again (``python -m benchmarks compiled_kernels --train_step=true``).
   """
   if not isinstance(temperature, (int, float)) or temperature <= 0:
     raise ValueError(f"token_log_probs needs a static temperature > 0; got {temperature!r}")
@@ -54,12 +56,16 @@ def token_log_probs(logits_BxKxV: Array, tokens_BxK: Array, num_special_tokens: 
                           float(temperature))
 
 
-def _tempered(logits_BxKxV: Array, num_special_tokens: int, temperature: float) -> Array:
-  """Float32 logits with the special ids at ``-inf``, over ``temperature`` (as
-  :func:`log_probs`)."""
+def _shifted(logits_BxKxV: Array, num_special_tokens: int, temperature: float,
+             max_BxKx1: Array | None = None) -> tuple[Array, Array]:
+  """:func:`log_probs`' tempered logits (special ids at ``-inf``) less their maximum (given,
+  or taken here), as ``jax.nn.log_softmax`` shifts them; and that maximum."""
   logits = logits_BxKxV.astype(jnp.float32)
   special = jnp.arange(logits.shape[-1]) < num_special_tokens
-  return jnp.where(special, -jnp.inf, logits) / temperature
+  x = jnp.where(special, -jnp.inf, logits) / temperature
+  if max_BxKx1 is None:
+    max_BxKx1 = jnp.max(x, -1, initial=-jnp.inf, keepdims=True)
+  return x - max_BxKx1, max_BxKx1
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -68,21 +74,25 @@ def _token_log_probs(logits_BxKxV, tokens_BxK, num_special_tokens, temperature):
 
 
 def _token_log_probs_fwd(logits_BxKxV, tokens_BxK, num_special_tokens, temperature):
-  x = _tempered(logits_BxKxV, num_special_tokens, temperature)
   # jax.nn.log_softmax's operations in its order, so the values are its bits.
-  shifted = x - jax.lax.stop_gradient(x.max(-1, keepdims=True))
-  log_sum_BxK = jnp.log(jnp.sum(jnp.exp(shifted), -1))
-  token_BxK = jnp.take_along_axis(shifted, tokens_BxK[..., None], -1)[..., 0] - log_sum_BxK
-  return token_BxK, (logits_BxKxV, tokens_BxK, x.max(-1) + log_sum_BxK)
+  shifted, max_BxKx1 = _shifted(logits_BxKxV, num_special_tokens, temperature)
+  sum_BxKx1 = jnp.sum(jnp.exp(shifted), -1, keepdims=True)
+  token_BxK = (jnp.take_along_axis(shifted, tokens_BxK[..., None], -1)
+               - jnp.log(sum_BxKx1))[..., 0]
+  return token_BxK, (logits_BxKxV, tokens_BxK, max_BxKx1, sum_BxKx1)
 
 
 def _token_log_probs_bwd(num_special_tokens, temperature, residuals, g_BxK):
-  logits_BxKxV, tokens_BxK, log_norm_BxK = residuals
-  x = _tempered(logits_BxKxV, num_special_tokens, temperature)
-  softmax = jnp.exp(x - log_norm_BxK[..., None])
-  onehot = jnp.arange(x.shape[-1]) == tokens_BxK[..., None]
-  d_BxKxV = (onehot - softmax) * (g_BxK / temperature)[..., None]
-  return d_BxKxV.astype(logits_BxKxV.dtype), None
+  logits_BxKxV, tokens_BxK, max_BxKx1, sum_BxKx1 = residuals
+  shifted, _ = _shifted(logits_BxKxV, num_special_tokens, temperature, max_BxKx1)
+  # Autodiff's steps: the table's cotangent is g at the token; through the log-sum-exp,
+  # -sum(g) / S times exp(shifted); through the division by T and the specials' mask.
+  onehot = jnp.arange(shifted.shape[-1]) == tokens_BxK[..., None]
+  g_BxKx1 = g_BxK[..., None]
+  d_shifted = jnp.where(onehot, g_BxKx1, 0.0) + (-g_BxKx1 / sum_BxKx1) * jnp.exp(shifted)
+  special = jnp.arange(shifted.shape[-1]) < num_special_tokens
+  d_logits = jnp.where(special, 0.0, d_shifted / temperature)
+  return d_logits.astype(logits_BxKxV.dtype), None
 
 
 _token_log_probs.defvjp(_token_log_probs_fwd, _token_log_probs_bwd)

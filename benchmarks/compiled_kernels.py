@@ -35,6 +35,11 @@ a Pallas kernel or an in-place update), and ``cache_copies``: the scopes of thos
 whole layer of the KV cache (``B x S x N x H``, ``S`` at least the length), a copy in every
 round that should not be there.
 One ``compiled_kernels`` record per (spec, batch).
+
+``--train_step=true`` compiles the config's training step instead (its batch and length, one
+device) and writes one ``compiled_train_step`` record: its ``kernels``, ``by_kind``,
+``top_scopes``, the largest buffer XLA's own kernels write whole and ``written_bytes``, all
+they write whole (what a change to the step's memory traffic shows in).
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asarm_jax import models, state
+from asarm_jax import models, optim, state, train
 from asarm_jax.models import attention
 from asarm_jax.sampling import core
 from asarm_jax.sampling.methods import auto
@@ -71,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="GpuTargetConfigProto (text) of the GPU compiled for when none is "
                       "attached")
   parser.add_argument("--top", type=int, default=12, help="scopes listed per record")
+  parser.add_argument("--train_step", type=cli.flag_bool, default=False,
+                      help="count the config's training step instead of the decoders")
 
 
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
@@ -269,6 +276,38 @@ def compile_loop(model: Any, spec_text: str, batch: int, length: int, device: An
   return loop.trace(*args).lower(lowering_platforms=("cuda",)).compile().as_text()
 
 
+def compile_train_step(config: str, device: Any) -> tuple[str, dict[str, int]]:
+  """The compiled HLO text of ``config``'s training step (its batch and length, the state
+  donated, as ``train.py`` runs it on one device) on ``device``, and its batch and length."""
+  settings = common.config_of(config)
+  model = models.build(settings.model)
+  tx = optim.make_optimizer(settings.optim, settings.train.num_steps)
+  batch, length = settings.train.batch_size, settings.data.seq_len
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  on_device = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  abstract = jax.eval_shape(lambda r: train.create_state(model, tx, r, length),
+                            jax.random.PRNGKey(0))
+  step = jax.jit(train.make_train_step(model, tx, settings), donate_argnums=0)
+  lowered = step.trace(jax.tree.map(on_device, abstract),
+                       on_device(jax.ShapeDtypeStruct((batch, length), jnp.int32)),
+                       on_device(jax.ShapeDtypeStruct((2,), jnp.uint32))).lower(
+                           lowering_platforms=("cuda",))
+  return lowered.compile().as_text(), {"batch": batch, "length": length}
+
+
+def step_metrics(found: Census, top: int) -> dict[str, Any]:
+  """A training step's metrics: its kernels by kind and scope, the largest buffer XLA's own
+  kernels write whole, and ``written_bytes``, what they write whole in all."""
+  largest = found.largest_write()
+  return {"kernels": len(found.kernels),
+          "written_bytes": sum(k.bytes() for k in found.copies()),
+          "largest_write_bytes": largest and largest.bytes(),
+          "largest_write_scope": largest and (scope(largest) or largest.name),
+          "by_kind": dict(collections.Counter(kind(k) for k in found.kernels).most_common()),
+          "top_scopes": [{"scope": s or "(none)", "kernels": n} for s, n in collections.Counter(
+              scope(k) for k in found.kernels).most_common(top)]}
+
+
 def metrics_of(found: Census, calls_per_round: int, num_layers: int, top: int,
                cache_layer: tuple[int, int, int, int]) -> dict[str, Any]:
   """The record's metrics of a round's census (module doc); ``cache_layer``: (batch, heads,
@@ -290,10 +329,21 @@ def metrics_of(found: Census, calls_per_round: int, num_layers: int, top: int,
 
 def run(config: str = "xlnet_base", specs: list[str] = ("sequential",),
         batches: list[int] = (1,), length: int = 0, deterministic: bool = False,
-        target: str = TARGET, top: int = 12) -> Iterator[dict]:
-  """One ``compiled_kernels`` record per (spec, batch)."""
+        target: str = TARGET, top: int = 12, train_step: bool = False) -> Iterator[dict]:
+  """One ``compiled_kernels`` record per (spec, batch); with ``train_step`` one
+  ``compiled_train_step`` record instead."""
   device, device_name = compile_only_device(target)
   made = []
+  if train_step:
+    with attention.gpu_target():
+      text, shape = compile_train_step(config, device)
+    comps, entry = computations(text)
+    record = records.make("compiled_train_step", shape, step_metrics(census(comps, entry), top),
+                          common.model_config(config), accelerator=device_name)
+    print(f"train step: {record['metrics']['kernels']} kernels, XLA writes "
+          f"{record['metrics']['written_bytes'] / 1e9:.2f} GB whole", flush=True)
+    yield record
+    return
   with attention.gpu_target():
     settings = common.config_of(config)
     model = models.build(settings.model)

@@ -158,3 +158,19 @@ def test_every_decoder_compiles_for_the_gpu_without_a_per_call_copy_of_the_cache
     metrics = record["metrics"]
     assert metrics["by_kind"]["pallas"] == layers * metrics["calls_per_round"], record
     assert metrics["cache_copies"] == [], record
+
+
+@needs_gpu_compiler
+def test_the_training_step_compiles_for_the_gpu(tmp_path):
+  """The demo config's training step compiles for the H200, its attention the fused kernel
+  forward and backward: three Pallas kernels a layer (forward, dq, dk and dv), none left to
+  XLA's reference attention."""
+  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+  subprocess.run([sys.executable, "-m", "benchmarks", "compiled_kernels", "--config=demo",
+                  "--train_step=true", f"--records_dir={tmp_path}"],
+                 env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=GPU_COMPILER), check=True,
+                 cwd=root)
+  [record] = [json.loads(line) for path in tmp_path.rglob("*.jsonl") for line in open(path)]
+  assert record["name"] == "compiled_train_step"
+  layers = common.config_of("demo").model.num_layers
+  assert record["metrics"]["by_kind"]["pallas"] == 3 * layers, record

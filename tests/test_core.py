@@ -238,10 +238,10 @@ def test_special_tokens_get_no_probability():
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_token_log_probs_are_the_tables_entries_with_its_gradient(temperature):
   """The training losses read each target's log-probability through
-  ``distribution.token_log_probs``, whose own VJP never builds the table's cotangent: the same
-  bits as ``log_probs``' entries, and the gradient of any weighted sum of them equal to
-  autodiff's through the table, (onehot - softmax) g / T, up to float32 rounding (a few ulps
-  of the largest entry)."""
+  ``distribution.token_log_probs``, whose own VJP never builds the table's cotangent: compiled
+  (as the train step is), the same bits as ``log_probs``' entries, and the same bits of the
+  gradient of a weighted sum of them as autodiff's through the table (a resumed old run
+  depends on it: ``test_old_workdir.py``)."""
   from asarm_jax import distribution  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(3, 5, VOCAB)) * 3, jnp.float32)
@@ -251,9 +251,9 @@ def test_token_log_probs_are_the_tables_entries_with_its_gradient(temperature):
                                                 tokens[..., None], -1)[..., 0]
   direct = lambda x: distribution.token_log_probs(x, tokens, 4, temperature)
   np.testing.assert_array_equal(jax.jit(direct)(logits), jax.jit(through_table)(logits))
-  grads = [jax.grad(lambda x, f=f: (f(x) * weights).sum())(logits)
+  grads = [jax.jit(jax.grad(lambda x, f=f: (f(x) * weights).sum()))(logits)
            for f in (through_table, direct)]
-  np.testing.assert_allclose(grads[1], grads[0], rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(grads[1], grads[0])
   assert np.all(np.asarray(grads[1][..., :4]) == 0)  # special ids: no probability, no gradient
   with pytest.raises(ValueError, match="static temperature > 0"):
     distribution.token_log_probs(logits, tokens, 4, 0.0)
