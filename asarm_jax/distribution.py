@@ -24,9 +24,7 @@ def log_probs(logits_BxKxV: Array, num_special_tokens: int,
   other rows of the call.
   """
   log_softmax = _invariant_log_softmax if batch_invariant else jax.nn.log_softmax
-  logits = logits_BxKxV.astype(jnp.float32)
-  special = jnp.arange(logits.shape[-1]) < num_special_tokens
-  logits = jnp.where(special, -jnp.inf, logits)
+  logits = _without_specials(logits_BxKxV, num_special_tokens)
   if isinstance(temperature, (int, float)) and temperature > 0:  # static: no greedy branch
     return log_softmax(logits / temperature)
   greedy = jnp.where(jnp.arange(logits.shape[-1]) == jnp.argmax(logits, -1, keepdims=True),
@@ -56,13 +54,17 @@ def token_log_probs(logits_BxKxV: Array, tokens_BxK: Array, num_special_tokens: 
                           float(temperature))
 
 
+def _without_specials(logits_BxKxV: Array, num_special_tokens: int) -> Array:
+  """Float32 logits with the special ids ``[0, num_special_tokens)`` at ``-inf``."""
+  logits = logits_BxKxV.astype(jnp.float32)
+  return jnp.where(jnp.arange(logits.shape[-1]) < num_special_tokens, -jnp.inf, logits)
+
+
 def _shifted(logits_BxKxV: Array, num_special_tokens: int, temperature: float,
              max_BxKx1: Array | None = None) -> tuple[Array, Array]:
   """:func:`log_probs`' tempered logits (special ids at ``-inf``) less their maximum (given,
   or taken here), as ``jax.nn.log_softmax`` shifts them; and that maximum."""
-  logits = logits_BxKxV.astype(jnp.float32)
-  special = jnp.arange(logits.shape[-1]) < num_special_tokens
-  x = jnp.where(special, -jnp.inf, logits) / temperature
+  x = _without_specials(logits_BxKxV, num_special_tokens) / temperature
   if max_BxKx1 is None:
     max_BxKx1 = jnp.max(x, -1, initial=-jnp.inf, keepdims=True)
   return x - max_BxKx1, max_BxKx1
