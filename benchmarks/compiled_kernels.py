@@ -11,9 +11,10 @@ kernels a call launches is fixed when XLA compiles the loop, so it can be counte
 running it. For every sampler of ``--specs`` and batch of ``--batches`` this compiles
 ``sampling.generate``'s loop (``sampling.core.sampling_loop`` with
 ``sampling.core.COMPILER_OPTIONS``: the real program, the same arguments' shapes as
-``decode_profile``'s, ``--length`` tokens a row) and reads the compiled HLO. Without a GPU it compiles for the device of ``--target`` (XLA's ``GpuTargetConfigProto``
-in text form; the default describes the H200 of docs/results.md) on a compile-only device of
-the CUDA PJRT plugin, which needs neither a GPU nor a driver, only
+``decode_profile``'s, ``--length`` tokens a row) and reads the compiled HLO. Without a GPU
+it compiles for the device of ``--target`` (XLA's ``GpuTargetConfigProto`` in text form; the
+default describes the H200 of docs/results.md) on a compile-only device of the CUDA PJRT
+plugin, which needs neither a GPU nor a driver, only
 ``pip install jax-cuda12-plugin==<this JAX's version>``. Such a compilation has no device to
 autotune on, so a GEMM gets XLA's default configuration (it may then take one kernel more or
 less, split over K or not); everything else is the program the GPU runs.
@@ -48,7 +49,7 @@ import collections
 import dataclasses
 import os
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -179,8 +180,7 @@ class Census:
     ``batch x S x heads x head_dim`` with ``S >= length`` (in any layout)."""
     def whole_layer(inst: Instruction) -> bool:
       for dims in re.findall(r"[a-z]+\d*\[([\d,]+)\]", inst.type):
-        sizes = sorted(int(d) for d in dims.split(","))
-        rest = list(sizes)
+        rest = [int(d) for d in dims.split(",")]
         for size in (batch, heads, head_dim):
           if size not in rest:
             break
@@ -255,13 +255,19 @@ def compile_only_device(target: str) -> tuple[Any, str]:
   return topology.devices[0], f"{name} (compiled without a device)"
 
 
+def _placed_on(device: Any) -> Callable[[Any], jax.ShapeDtypeStruct]:
+  """``x -> ShapeDtypeStruct`` of ``x``'s shape and dtype on ``device``: an argument to compile
+  for."""
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  return lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
 def compile_loop(model: Any, spec_text: str, batch: int, length: int, device: Any) -> str:
   """The compiled HLO text of ``sampling.generate``'s loop for ``batch`` rows of ``length``
   (cached, every row decoded at once) on ``device``."""
   spec = core.compiled_spec(cli.parse_spec(spec_text))
   net = ModelNetwork(model)
-  sharding = jax.sharding.SingleDeviceSharding(device)
-  on_device = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  on_device = _placed_on(device)
   params = jax.eval_shape(lambda: net.prepare(state.init_params(model, jax.random.key(0),
                                                                 length)))
   rows = lambda dtype: on_device(jax.ShapeDtypeStruct((batch, length), dtype))
@@ -283,8 +289,7 @@ def compile_train_step(config: str, device: Any) -> tuple[str, dict[str, int]]:
   model = models.build(settings.model)
   tx = optim.make_optimizer(settings.optim, settings.train.num_steps)
   batch, length = settings.train.batch_size, settings.data.seq_len
-  sharding = jax.sharding.SingleDeviceSharding(device)
-  on_device = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  on_device = _placed_on(device)
   abstract = jax.eval_shape(lambda r: train.create_state(model, tx, r, length),
                             jax.random.PRNGKey(0))
   step = jax.jit(train.make_train_step(model, tx, settings), donate_argnums=0)
@@ -295,36 +300,37 @@ def compile_train_step(config: str, device: Any) -> tuple[str, dict[str, int]]:
   return lowered.compile().as_text(), {"batch": batch, "length": length}
 
 
-def step_metrics(found: Census, top: int) -> dict[str, Any]:
-  """A training step's metrics: its kernels by kind and scope, the largest buffer XLA's own
-  kernels write whole, and ``written_bytes``, what they write whole in all."""
+def _kernel_metrics(found: Census, top: int) -> dict[str, Any]:
+  """What a round's and a step's records share: the largest buffer XLA's own kernels write
+  whole, and the kernels by kind and by scope (the ``top`` scopes)."""
   largest = found.largest_write()
-  return {"kernels": len(found.kernels),
-          "written_bytes": sum(k.bytes() for k in found.copies()),
-          "largest_write_bytes": largest and largest.bytes(),
+  scopes = collections.Counter(scope(k) for k in found.kernels)
+  return {"largest_write_bytes": largest and largest.bytes(),
           "largest_write_scope": largest and (scope(largest) or largest.name),
           "by_kind": dict(collections.Counter(kind(k) for k in found.kernels).most_common()),
-          "top_scopes": [{"scope": s or "(none)", "kernels": n} for s, n in collections.Counter(
-              scope(k) for k in found.kernels).most_common(top)]}
+          "top_scopes": [{"scope": s or "(none)", "kernels": n}
+                         for s, n in scopes.most_common(top)]}
+
+
+def step_metrics(found: Census, top: int) -> dict[str, Any]:
+  """A training step's metrics: its kernels, ``written_bytes`` (what XLA's own kernels write
+  whole in all) and :func:`_kernel_metrics`."""
+  return {"kernels": len(found.kernels),
+          "written_bytes": sum(k.bytes() for k in found.copies()),
+          **_kernel_metrics(found, top)}
 
 
 def metrics_of(found: Census, calls_per_round: int, num_layers: int, top: int,
                cache_layer: tuple[int, int, int, int]) -> dict[str, Any]:
   """The record's metrics of a round's census (module doc); ``cache_layer``: (batch, heads,
   head dim, length) of one layer of the loop's KV cache."""
-  scopes = [scope(k) for k in found.kernels]
-  in_layers = sum("block_i" in s for s in scopes)
-  largest = found.largest_write()
+  in_layers = sum("block_i" in scope(k) for k in found.kernels)
   return {"kernels_per_round": len(found.kernels), "calls_per_round": calls_per_round,
           "kernels_per_call": len(found.kernels) / calls_per_round,
           "kernels_per_layer": in_layers / num_layers / calls_per_round,
           "nested_loops": found.nested_loops,
-          "largest_write_bytes": largest and largest.bytes(),
-          "largest_write_scope": largest and (scope(largest) or largest.name),
           "cache_copies": found.cache_copies(*cache_layer),
-          "by_kind": dict(collections.Counter(kind(k) for k in found.kernels).most_common()),
-          "top_scopes": [{"scope": s or "(none)", "kernels": n}
-                         for s, n in collections.Counter(scopes).most_common(top)]}
+          **_kernel_metrics(found, top)}
 
 
 def run(config: str = "xlnet_base", specs: list[str] = ("sequential",),

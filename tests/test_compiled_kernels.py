@@ -1,6 +1,6 @@
 """The kernel census of a compiled program (benchmarks/compiled_kernels.py): the HLO reader on
-a hand-written module, and every decoder's loop compiled for a GPU without one where the CUDA
-compiler plugin is at hand."""
+a hand-written module, and every decoder's loop and the training step compiled for a GPU
+without one where the CUDA compiler plugin is at hand."""
 import json
 import os
 import subprocess
@@ -130,16 +130,20 @@ needs_gpu_compiler = pytest.mark.skipif(
 BATCH = 8
 
 
-def census_of_demo(specs: tuple[str, ...], folder) -> list[dict]:
-  """``compiled_kernels`` records of the demo model's loops at batch 1 and :data:`BATCH`,
-  compiled for the GPU in a process that has the plugin."""
+def compiled_for_the_gpu(folder, *flags: str) -> list[dict]:
+  """The records of ``python -m benchmarks compiled_kernels --config=demo FLAGS``, run in a
+  process that has the plugin."""
   root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
   subprocess.run([sys.executable, "-m", "benchmarks", "compiled_kernels", "--config=demo",
-                  f"--specs={','.join(specs)}", f"--batches=1,{BATCH}",
-                  f"--records_dir={folder}"],
+                  *flags, f"--records_dir={folder}"],
                  env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=GPU_COMPILER), check=True,
                  cwd=root)
-  made = [json.loads(line) for path in folder.rglob("*.jsonl") for line in open(path)]
+  return [json.loads(line) for path in folder.rglob("*.jsonl") for line in open(path)]
+
+
+def census_of_demo(specs: tuple[str, ...], folder) -> list[dict]:
+  """``compiled_kernels`` records of the demo model's loops at batch 1 and :data:`BATCH`."""
+  made = compiled_for_the_gpu(folder, f"--specs={','.join(specs)}", f"--batches=1,{BATCH}")
   assert sorted((r["settings"]["spec"], r["settings"]["batch"]) for r in made) == sorted(
       (spec, b) for spec in specs for b in (1, BATCH))
   return made
@@ -165,12 +169,7 @@ def test_the_training_step_compiles_for_the_gpu(tmp_path):
   """The demo config's training step compiles for the H200, its attention the fused kernel
   forward and backward: three Pallas kernels a layer (forward, dq, dk and dv), none left to
   XLA's reference attention."""
-  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-  subprocess.run([sys.executable, "-m", "benchmarks", "compiled_kernels", "--config=demo",
-                  "--train_step=true", f"--records_dir={tmp_path}"],
-                 env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=GPU_COMPILER), check=True,
-                 cwd=root)
-  [record] = [json.loads(line) for path in tmp_path.rglob("*.jsonl") for line in open(path)]
+  [record] = compiled_for_the_gpu(tmp_path, "--train_step=true")
   assert record["name"] == "compiled_train_step"
   layers = common.config_of("demo").model.num_layers
   assert record["metrics"]["by_kind"]["pallas"] == 3 * layers, record

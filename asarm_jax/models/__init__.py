@@ -124,7 +124,8 @@ def _usable_attention(impl: str, dtype: Any) -> str:
   if impl not in attention.IMPLEMENTATIONS:
     raise ValueError(f"model.attention_impl={impl!r}: expected one of "
                      f"{attention.IMPLEMENTATIONS}")
-  usable = not attention.interpreted() and (impl != "cudnn" or dtype in (jnp.bfloat16, jnp.float16))
+  usable = not attention.interpreted() and (impl != "cudnn"
+                                             or dtype in (jnp.bfloat16, jnp.float16))
   return impl if usable else "xla"
 
 
