@@ -10,7 +10,7 @@ sequential call launched about 270 kernels of a few microseconds each in its 0.6
 kernels a call launches is fixed when XLA compiles the loop, so it can be counted without
 running it. For every sampler of ``--specs`` and batch of ``--batches`` this compiles
 ``sampling.generate``'s loop (``sampling.core.sampling_loop`` with
-``sampling.core.COMPILER_OPTIONS``: the real program, the same arguments' shapes as
+``sampling.core.compiler_options``: the real program, the same arguments' shapes as
 ``decode_profile``'s, ``--length`` tokens a row) and reads the compiled HLO. Without a GPU
 it compiles for the device of ``--target`` (XLA's ``GpuTargetConfigProto`` in text form; the
 default describes the H200 of docs/results.md) on a compile-only device of the CUDA PJRT
@@ -79,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--top", type=int, default=12, help="scopes listed per record")
   parser.add_argument("--train_step", type=cli.flag_bool, default=False,
                       help="count the config's training step instead of the decoders")
+  parser.add_argument("--hlo_dir", default="",
+                      help="also write each compiled loop's HLO text here, as SPEC_bBATCH.hlo")
 
 
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
@@ -278,7 +280,7 @@ def compile_loop(model: Any, spec_text: str, batch: int, length: int, device: An
           on_device(jax.ShapeDtypeStruct((), jax.random.key(0).dtype)),
           on_device(jax.ShapeDtypeStruct((), jnp.float32)), round_ms)
   loop = jax.jit(core.sampling_loop(net, spec, True, batch),
-                 compiler_options=core.COMPILER_OPTIONS)
+                 compiler_options=core.compiler_options(models.is_batch_invariant(model)))
   return loop.trace(*args).lower(lowering_platforms=("cuda",)).compile().as_text()
 
 
@@ -335,9 +337,11 @@ def metrics_of(found: Census, calls_per_round: int, num_layers: int, top: int,
 
 def run(config: str = "xlnet_base", specs: list[str] = ("sequential",),
         batches: list[int] = (1,), length: int = 0, deterministic: bool = False,
-        target: str = TARGET, top: int = 12, train_step: bool = False) -> Iterator[dict]:
+        target: str = TARGET, top: int = 12, train_step: bool = False,
+        hlo_dir: str = "") -> Iterator[dict]:
   """One ``compiled_kernels`` record per (spec, batch); with ``train_step`` one
-  ``compiled_train_step`` record instead."""
+  ``compiled_train_step`` record instead. With ``hlo_dir``, each loop's compiled HLO text is
+  written there too."""
   device, device_name = compile_only_device(target)
   made = []
   if train_step:
@@ -360,7 +364,12 @@ def run(config: str = "xlnet_base", specs: list[str] = ("sequential",),
       spec = cli.parse_spec(text)
       calls_per_round = len(decode_profile.call_shapes(spec, 1, length)[1])
       for batch in batches:
-        found = round_census(compile_loop(model, text, batch, length, device))
+        hlo = compile_loop(model, text, batch, length, device)
+        if hlo_dir:
+          os.makedirs(hlo_dir, exist_ok=True)
+          with open(os.path.join(hlo_dir, f"{text}_b{batch}.hlo"), "w", encoding="utf-8") as f:
+            f.write(hlo)
+        found = round_census(hlo)
         made.append(records.make(
             "compiled_kernels",
             {"spec": text, "batch": batch, "length": length, "deterministic": deterministic},

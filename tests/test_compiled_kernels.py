@@ -2,6 +2,7 @@
 a hand-written module, and every decoder's loop and the training step compiled for a GPU
 without one where the CUDA compiler plugin is at hand."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -173,3 +174,41 @@ def test_the_training_step_compiles_for_the_gpu(tmp_path):
   assert record["name"] == "compiled_train_step"
   layers = common.config_of("demo").model.num_layers
   assert record["metrics"]["by_kind"]["pallas"] == 3 * layers, record
+
+
+def rounded_where_read(hlo: str, scope: str) -> list[bool]:
+  """For each kernel of the sampling loop's round that reads the float32 output of the Pallas
+  call of ``scope``: whether it rounds it to bf16 before any other use."""
+  comps, _ = compiled_kernels.computations(hlo)
+  kernels = compiled_kernels.round_census(hlo).kernels
+  [call] = [k for k in kernels
+            if k.op == "custom-call" and compiled_kernels.scope(k).endswith(scope)]
+  operands = lambda inst: re.findall(
+      r"%([\w.\-]+)", re.search(rf"{inst.op}\(([^)]*)\)", inst.text).group(1))
+  found = []
+  for reader in kernels:
+    if call.name not in operands(reader):
+      continue
+    called = re.search(r"calls=%([\w.\-]+)", reader.text)
+    body = comps[called.group(1)] if reader.op == "fusion" and called else []
+    params = [i.name for i in body if i.op == "parameter" and
+              f"parameter({operands(reader).index(call.name)})" in i.text]
+    uses = [i for i in body if params and params[0] in operands(i)]
+    found.append(bool(uses) and all(i.op == "convert" and i.type.startswith("bf16")
+                                    for i in uses))
+  return found
+
+
+@needs_gpu_compiler
+def test_deterministic_decoding_rounds_the_logits_to_bf16_at_every_batch(tmp_path):
+  """Deterministic decoding's program (a bf16 model's) keeps the model's rounding of the logits
+  to bf16 at batch 1 and at batch 64. With XLA's default excess precision, batch 64's one-row calls (64
+  rows: no slice of the padded head rows between the two converts) kept them in float32
+  while batch 1 rounded them, and the same row got other tokens on the H100 (2026-12-05);
+  ``sampling.core.DETERMINISTIC_OPTIONS`` turns excess precision off."""
+  compiled_for_the_gpu(tmp_path, "--config=text_small", "--length=128", "--specs=sequential",
+                       "--batches=1,64", "--deterministic=true", f"--hlo_dir={tmp_path / 'hlo'}")
+  for batch in (1, 64):
+    hlo = (tmp_path / "hlo" / f"sequential_b{batch}.hlo").read_text()
+    readers = rounded_where_read(hlo, "_head_logits/pallas_call")
+    assert readers and all(readers), (batch, readers)

@@ -478,7 +478,7 @@ def test_the_sampling_loop_gets_its_weights_cast():
 
 
 def test_generate_traced_inside_another_jit_gives_its_own_tokens():
-  """``generate`` compiles its loop with ``core.COMPILER_OPTIONS``, which JAX accepts only for a
+  """``generate`` compiles its loop with ``core.compiler_options``, which JAX accepts only for a
   top-level program: traced inside a user's ``jax.jit`` it runs without them, same tokens."""
   model = models.build(model_config(vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4,
                                     d_ff=64))

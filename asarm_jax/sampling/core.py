@@ -103,6 +103,19 @@ _serial = itertools.count()
 # another ``jax.jit``, that program's options apply.
 COMPILER_OPTIONS = {"xla_gpu_copy_insertion_use_region_analysis": True}
 
+# And for deterministic decoding: with excess precision allowed (XLA's default), XLA removes a
+# bf16 rounding, ``convert(convert(x, bf16), f32)``, where the two converts meet, and whether
+# they meet depends on the shapes. At batch 1 a slice of the padded head rows sits between the
+# logits' two converts and the logits are rounded to bf16; at batch 64 nothing does and they
+# keep float32: the same row got other tokens (H100, 2026-12-05, docs/sampling.md).
+DETERMINISTIC_OPTIONS = {**COMPILER_OPTIONS, "xla_allow_excess_precision": False}
+
+
+def compiler_options(deterministic: bool) -> dict[str, bool]:
+  """XLA's options for a sampling loop's program: :data:`DETERMINISTIC_OPTIONS` for
+  deterministic decoding, else :data:`COMPILER_OPTIONS`."""
+  return DETERMINISTIC_OPTIONS if deterministic else COMPILER_OPTIONS
+
 
 @functools.lru_cache(maxsize=16)
 def _prepare(net: Network) -> Callable[[Any], Any]:
@@ -118,7 +131,7 @@ def sampling_loop(net: Network, spec: SamplerSpec, use_cache: bool,
   """The loop of one configuration as a function, not compiled: ``(params as
   ``net.prepare`` gives them, tokens_NxL, visible_NxL, order_NxL, length_N, rng, temperature,
   round_ms_S) -> Generation``, with ``spec`` as :func:`compiled_spec` gives it. ``generate``
-  jits it with :data:`COMPILER_OPTIONS`; ``benchmarks/compiled_kernels.py`` compiles it so
+  jits it with :func:`compiler_options`; ``benchmarks/compiled_kernels.py`` compiles it so
   for a GPU that is not attached."""
 
   def loop(params, tokens_NxL, visible_NxL, order_NxL, length_N, rng, temperature, round_ms_S):
@@ -130,17 +143,17 @@ def sampling_loop(net: Network, spec: SamplerSpec, use_cache: bool,
 
 @functools.lru_cache(maxsize=64)
 def _compiled(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
-              signature: Any, nested: bool) -> Callable[..., Generation]:
+              signature: Any, nested: bool, deterministic: bool) -> Callable[..., Generation]:
   """The jitted loop of one configuration; ``signature`` (shapes and dtypes of the arguments)
   is in the key so that the loop is traced exactly once per entry, which chex asserts. The
   temperature is a traced argument: changing it never recompiles. With
-  :data:`COMPILER_OPTIONS`, unless ``nested`` in another trace (which rejects them)."""
+  :func:`compiler_options`, unless ``nested`` in another trace (which rejects them)."""
 
   loop = sampling_loop(net, spec, use_cache, num_slots)
   # chex keys its trace counter on the function's name: give each entry its own counter.
   loop.__name__ = f"sample_{spec.tag()}_{next(_serial)}".replace(".", "_")
   return jax.jit(chex.assert_max_traces(loop, n=1),
-                 compiler_options=None if nested else COMPILER_OPTIONS)
+                 compiler_options=None if nested else compiler_options(deterministic))
 
 
 def _signature(tree: Any) -> Any:
@@ -236,8 +249,10 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
       also implied by a model of ``models.batch_invariant``;
       for the two-stream model every matmul, every other float sum (layer norms, the
       log-softmax's normaliser) and the attention in fixed-tiling kernels,
-      :mod:`asarm_jax.models.invariant_matmul`), so that a row's log-probabilities are the
-      same bits whatever the batch, the slot or the rows per call. Slower: see
+      :mod:`asarm_jax.models.invariant_matmul`), and its program compiled without excess
+      precision (:data:`DETERMINISTIC_OPTIONS`), so that a row's log-probabilities are the
+      same bits whatever the batch, the slot or the rows per call. Traced inside another
+      ``jax.jit``, that program's options apply: give it the same. Slower: see
       docs/sampling.md, "Deterministic decoding".
 
   What holds:
@@ -250,7 +265,8 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
     kernel and each reduction's order per shape (and the attention kernel splits a small
     call's keys), and on the GPU in bf16 a near-tie then rounds either way, so rows differ
     between methods and batch sizes (31-41 of 64 long rows at batch 64).
-  * ``deterministic=True``, on the CPU and the GPU: a row's tokens, calls and counts do not
+  * ``deterministic=True``, tested on the CPU and by design on the GPU (where it is measured:
+    docs/sampling.md, "Deterministic decoding"): a row's tokens, calls and counts do not
     depend on the batch, the other rows or ``slots``, for every method and temperature (the
     same keys; ``auto`` then chooses its draft sizes by calls per round, not by this machine's
     timings, which depend on the slots); at temperature 0 every exact method returns the same
@@ -293,4 +309,4 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
   # Traced inside another program, the prepared params are that trace's tracers.
   nested = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args))
   return _compiled(net, compiled_spec(spec), bool(cache), num_slots, _signature(args),
-                   nested)(*args)
+                   nested, deterministic)(*args)
