@@ -13,7 +13,8 @@ The stages, most needed first (each command ends by ``timeout_s`` and keeps what
   carry pytest's wheels: docs/benchmarks.md);
 * ``profile``: ``decode_profile`` of ``config``;
 * ``greedy``: ``greedy_agreement`` of ``greedy_specs``, ``alone_rows`` rows through one slot,
-  deterministic decoding on first, then off (its records are written as they are measured);
+  for each setting of ``greedy_deterministic`` in turn (deterministic decoding on, then off;
+  its records are written as they are measured);
 * ``probe``: ``invariance_probe``: which module's output for a row first differs alone and
   among 64 rows, with the setting and without;
 * ``profile_det``: ``decode_profile`` of deterministic decoding (``det_specs``): where the
@@ -40,6 +41,7 @@ KNOBS = dict(
     config="xlnet_base",
     test_files="tests/test_deterministic.py,tests/test_attention.py,tests/test_exactness.py",
     greedy_specs="assd:5,assd_fused:5,tree:8,auto:8", alone_rows=4, compile_workers=4,
+    greedy_deterministic="true,false",
     det_specs="sequential,assd_fused:5,tree:8:6",
     timeout_s=540.0)
 
@@ -58,7 +60,8 @@ def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
       Stage("gpu_tests", (timed(stages.module("pytest", "-q", *knobs["test_files"].split(",")),
                                 JAX_DEFAULT_MATMUL_PRECISION="highest"),)),
       Stage("profile", (timed(profile),)),
-      Stage("greedy", (greedy(True), greedy(False))),
+      Stage("greedy", tuple(greedy(setting == "true")
+                            for setting in knobs["greedy_deterministic"].split(","))),
       Stage("probe", (timed(stages.benchmark("invariance_probe", runs, config=knobs["config"])),)),
       Stage("profile_det", (timed(stages.benchmark(
           "decode_profile", runs, config=knobs["config"], specs=knobs["det_specs"],
