@@ -259,6 +259,30 @@ def test_token_log_probs_are_the_tables_entries_with_its_gradient(temperature):
     distribution.token_log_probs(logits, tokens, 4, 0.0)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gelu_dense_is_dense_then_gelu_with_the_same_gradient(dtype):
+  """``two_stream.GeluDense`` (the MLP's first layer, its GELU recomputed in the backward
+  pass) has ``nn.Dense``'s parameters and initial values, and compiled, the same bits as
+  ``gelu(nn.Dense(...))`` forward and the same bits of every gradient: old checkpoints load
+  and train on unchanged."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from asarm_jax.models import two_stream  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 16), jnp.float32)
+  new = two_stream.GeluDense(32, dtype=dtype, param_dtype=jnp.float32)
+  old = nn.Dense(32, kernel_init=nn.initializers.lecun_normal(), dtype=dtype,
+                 param_dtype=jnp.float32)
+  params = new.init(jax.random.PRNGKey(0), x)
+  chex.assert_trees_all_equal(params, old.init(jax.random.PRNGKey(0), x))
+  params = jax.tree.map(lambda p: p + 0.1, params)  # a bias that is not zero
+  weights = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 32), jnp.float32)
+  losses = [lambda p, x: (new.apply(p, x).astype(jnp.float32) * weights).sum(),
+            lambda p, x: (nn.gelu(old.apply(p, x)).astype(jnp.float32) * weights).sum()]
+  values = [jax.jit(f)(params, x) for f in losses]
+  grads = [jax.jit(jax.grad(f, argnums=(0, 1)))(params, x) for f in losses]
+  np.testing.assert_array_equal(values[0], values[1])
+  chex.assert_trees_all_equal(grads[0], grads[1])
+
+
 # ---------------------------------------------------------------------------------------------
 # Objectives.
 
