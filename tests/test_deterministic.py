@@ -347,3 +347,16 @@ def test_deterministic_decoding_refuses_what_it_cannot_do():
   with pytest.raises(ValueError, match="a batch-invariant tree call has depth <= 62; got 63"):
     sampling.generate(MODEL, PARAMS, tokens, visible, jax.random.key(0), method="tree",
                       depth=63, deterministic=True)
+
+
+def test_deterministic_decoding_inside_another_jit_says_which_options_it_needs():
+  """Traced inside a user's ``jax.jit``, ``generate`` cannot pass its XLA options (excess
+  precision off: ``sampling.core.DETERMINISTIC_OPTIONS``), so it warns; the same tokens as
+  its own program here (the CPU keeps every rounding)."""
+  tokens, visible, order, lengths = _rows()
+  decode = lambda p: sampling.generate(MODEL, p, tokens, visible, jax.random.key(6),
+                                       order_BxL=order, length_B=lengths, method="sequential",
+                                       temperature=0.0, deterministic=True).tokens_BxL
+  with pytest.warns(UserWarning, match="DETERMINISTIC_OPTIONS"):
+    nested = jax.jit(decode)(PARAMS)
+  np.testing.assert_array_equal(nested, decode(PARAMS))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import warnings
 from typing import Any, Callable
 
 import chex
@@ -252,7 +253,7 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
       :mod:`asarm_jax.models.invariant_matmul`), and its program compiled without excess
       precision (:data:`DETERMINISTIC_OPTIONS`), so that a row's log-probabilities are the
       same bits whatever the batch, the slot or the rows per call. Traced inside another
-      ``jax.jit``, that program's options apply: give it the same. Slower: see
+      ``jax.jit``, that program's options apply (it warns): give it the same. Slower: see
       docs/sampling.md, "Deterministic decoding".
 
   What holds:
@@ -308,5 +309,10 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
           jnp.float32(spec.temperature), round_ms_S)
   # Traced inside another program, the prepared params are that trace's tracers.
   nested = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args))
+  if nested and deterministic:
+    warnings.warn("deterministic decoding traced inside another jax.jit takes that program's "
+                  "XLA options: compile it with compiler_options=sampling.core."
+                  "DETERMINISTIC_OPTIONS, or a row's tokens may depend on the batch on a GPU.",
+                  stacklevel=2)
   return _compiled(net, compiled_spec(spec), bool(cache), num_slots, _signature(args),
                    nested, deterministic)(*args)
