@@ -416,7 +416,7 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
     keys.append(_pad_to(visibility.key_node_BxS, 1, BLOCK_K, -1))
   ints = tuple(x.astype(jnp.int32) for x in rows + keys)
   args = (_pad_to(q, 1, block_q), *key_tensors, ints)
-  core = lambda *xs: _flash_core(*xs, alibi, tree, by_shape)
+  core = lambda *xs: _flash_core(*xs, alibi, tree, by_shape, num_rows)
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and mesh.size > 1:
     split_heads = "tensor" in mesh.axis_names and q.shape[2] % mesh.shape["tensor"] == 0
@@ -426,7 +426,7 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
     core = jax.shard_map(core, mesh=mesh, out_specs=tile, check_vma=False,
                          in_specs=(tile, tile, tile) + (P(heads, None),) * 3
                                   + ((per_row,) * len(ints),))
-  return core(*args)[:, :num_rows]
+  return core(*args)
 
 
 def _flash_tail(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi):
@@ -482,10 +482,11 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, *args, block_q: int = BL
                             *args)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape, num_rows):
+  """The first ``num_rows`` rows of the output (``q`` has whole tiles of rows)."""
   return _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree,
-                        by_shape=by_shape)[0]
+                        by_shape=by_shape, out_rows=num_rows)[0]
 
 
 def _key_splits(programs: int, num_blocks: int) -> int:
@@ -495,19 +496,25 @@ def _key_splits(programs: int, num_blocks: int) -> int:
   return max(d for d in range(1, most + 1) if num_blocks % d == 0)
 
 
-def _combine(acc_SxBxTxNxH, max_SxBxTxN, sum_SxBxTxN, dtype):
-  """The output and lse (``B x N x T``) of the splits' online-softmax states."""
-  top_BxTxN = max_SxBxTxN.max(0)
-  weight_SxBxTxN = jnp.exp2(max_SxBxTxN - top_BxTxN)
-  total_BxTxN = (weight_SxBxTxN * sum_SxBxTxN).sum(0)
-  out = (weight_SxBxTxN[..., None] * acc_SxBxTxNxH).sum(0) / total_BxTxN[..., None]
+def _combine(acc_SxBxTxNxH, max_SxBxTxN, sum_SxBxTxN, dtype, num_rows):
+  """The output of the first ``num_rows`` rows and the lse of all (``B x N x T``) of the
+  splits' online-softmax states. The splits are few (at most the key blocks) and met in
+  order, elementwise: XLA makes it one kernel with the slice, where a reduction over the
+  splits (whose maximum feeds the sums) took two and the slice a third."""
+  maxes, sums, accs = list(max_SxBxTxN), list(sum_SxBxTxN), list(acc_SxBxTxNxH)
+  top_BxTxN = functools.reduce(jnp.maximum, maxes)
+  weights = [jnp.exp2(m - top_BxTxN) for m in maxes]
+  total_BxTxN = functools.reduce(jnp.add, [w * s for w, s in zip(weights, sums)])
+  out = functools.reduce(jnp.add, [w[:, :num_rows, :, None] * a[:, :num_rows]
+                                   for w, a in zip(weights, accs)])
+  out = out / total_BxTxN[:, :num_rows, :, None]
   return out.astype(dtype), jnp.transpose(top_BxTxN + jnp.log2(total_BxTxN), (0, 2, 1))
 
 
 def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_state=False,
-                   by_shape=False):
-  """``(output, lse B x N x T)``, or (``to_state``) the online softmax's float32 state
-  ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``. With ``by_shape`` the work is
+                   by_shape=False, out_rows=None):
+  """``(output of the first out_rows rows, lse B x N x T)``, or (``to_state``) the online
+  softmax's float32 state ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``. With ``by_shape`` the work is
   cut to the call's shape: query tiles of :func:`_query_block` rows, and a grid too small to
   fill the device (a decoding call at batch 1: one query tile per head) runs several programs
   per query tile over runs of the key blocks and combines their states (flash-decoding); a
@@ -537,17 +544,23 @@ def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_
                block_q=block_q)
   if to_state:
     return [x[0] for x in outs]
-  return _combine(*outs, q.dtype) if splits > 1 else outs
+  if splits > 1:
+    return _combine(*outs, q.dtype, out_rows)
+  return outs[0][:, :out_rows], outs[1]
 
 
-def _flash_fwd(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape):
+def _flash_fwd(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape, num_rows):
   out, lse = _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree,
-                            by_shape=by_shape)
+                            by_shape=by_shape, out_rows=num_rows)
   return out, (q, k, v, sink_key, sink_value, slopes, ints, out, lse)
 
 
-def _flash_bwd(alibi, tree, by_shape, residuals, dout):
+def _flash_bwd(alibi, tree, by_shape, num_rows, residuals, dout):
   q, k, v, sink_key, sink_value, slopes, ints, out, lse = residuals
+  # The padded rows' output gradient is zero (as the slice's transpose pads it), so their
+  # delta is zero whatever their output.
+  out, dout = (_pad_to(x, 1, q.shape[1]) for x in (out, dout))
+  del num_rows  # the rows below are the padded ones, q's
   batch, num_rows, num_heads, head_dim = q.shape
   block_q = _query_block(num_rows, by_shape)
   num_keys = k.shape[1]
