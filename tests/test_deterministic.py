@@ -234,6 +234,7 @@ def _float_sums(jaxpr) -> list[str]:
           and any(jnp.issubdtype(var.aval.dtype, jnp.floating) for var in eqn.invars)]
 
 
+@pytest.mark.filterwarnings("ignore:deterministic decoding traced inside another jax.jit")
 @pytest.mark.parametrize("method", METHODS)
 def test_every_float_sum_of_a_decoding_is_a_fixed_order_kernel(method):
   """XLA chooses a reduction's order per shape, so in deterministic decoding every float sum
