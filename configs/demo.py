@@ -3,7 +3,7 @@
 Command:
   python -m asarm_jax.main --config=configs/demo.py --workdir=/tmp/asarm_demo
 
-Expected on a 2-core CPU (measured: 4.5 to 12 minutes in all, depending on the machine): data
+Expected on a 2-core CPU (measured: 3.8 to 12 minutes in all, depending on the machine): data
 preparation and tokenizer training in seconds, 1000 steps with the joint loss falling from ~9 to
 ~5 bits/token (held-out bits/token is reported at visible fractions 0, 0.05, 0.25 and 0.5;
 5.82/5.35 at 0/0.5 at the end, 2026-12-02), a checkpoint under WORKDIR/checkpoints, and three
