@@ -27,7 +27,7 @@ def target_log_probs(model: nn.Module, params: Any, tokens_rank_BxL: Array,
   with jax.named_scope("log_probs"):  # a scope for profiles (benchmarks/profile_step.py)
     target_token_BxK = jnp.take_along_axis(tokens_rank_BxL,
                                            jnp.clip(target_rank_BxK, 0, length - 1), 1)
-    if isinstance(temperature, (int, float)) and temperature > 0:
+    if distribution.static_positive(temperature):
       token_logp = distribution.token_log_probs(logits, target_token_BxK,
                                                 model.num_special_tokens, temperature)
     else:  # greedy: the arg-max's table

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ def log_probs(logits_BxKxV: Array, num_special_tokens: int,
   """
   log_softmax = _invariant_log_softmax if batch_invariant else jax.nn.log_softmax
   logits = _without_specials(logits_BxKxV, num_special_tokens)
-  if isinstance(temperature, (int, float)) and temperature > 0:  # static: no greedy branch
+  if static_positive(temperature):  # no greedy branch
     return log_softmax(logits / temperature)
   greedy = jnp.where(jnp.arange(logits.shape[-1]) == jnp.argmax(logits, -1, keepdims=True),
                      0.0, -jnp.inf)
@@ -48,10 +49,15 @@ def token_log_probs(logits_BxKxV: Array, tokens_BxK: Array, num_special_tokens: 
   ``B x K x V`` each: for xlnet_base's training step on the H200, two 4.2 GB tensors written
   and read again (``python -m benchmarks compiled_kernels --train_step=true``).
   """
-  if not isinstance(temperature, (int, float)) or temperature <= 0:
+  if not static_positive(temperature):
     raise ValueError(f"token_log_probs needs a static temperature > 0; got {temperature!r}")
   return _token_log_probs(logits_BxKxV, tokens_BxK.astype(jnp.int32), num_special_tokens,
                           float(temperature))
+
+
+def static_positive(temperature: Any) -> bool:
+  """Whether ``temperature`` is a Python number > 0 (known when tracing: no greedy branch)."""
+  return isinstance(temperature, (int, float)) and temperature > 0
 
 
 def _without_specials(logits_BxKxV: Array, num_special_tokens: int) -> Array:

@@ -202,9 +202,9 @@ def rounded_where_read(hlo: str, scope: str) -> list[bool]:
 @needs_gpu_compiler
 def test_deterministic_decoding_rounds_the_logits_to_bf16_at_every_batch(tmp_path):
   """Deterministic decoding's program (a bf16 model's) keeps the model's rounding of the logits
-  to bf16 at batch 1 and at batch 64. With XLA's default excess precision, batch 64's one-row calls (64
-  rows: no slice of the padded head rows between the two converts) kept them in float32
-  while batch 1 rounded them, and the same row got other tokens on the H100 (2026-12-05);
+  to bf16 at batch 1 and at batch 64. With XLA's default excess precision, batch 64's one-row
+  calls (64 rows: no slice of the padded head rows between the two converts) kept them in
+  float32 while batch 1 rounded them, and the same row got other tokens on the H100 (2026-12-05);
   ``sampling.core.DETERMINISTIC_OPTIONS`` turns excess precision off."""
   compiled_for_the_gpu(tmp_path, "--config=text_small", "--length=128", "--specs=sequential",
                        "--batches=1,64", "--deterministic=true", f"--hlo_dir={tmp_path / 'hlo'}")

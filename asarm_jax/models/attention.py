@@ -514,11 +514,11 @@ def _combine(acc_SxBxTxNxH, max_SxBxTxN, sum_SxBxTxN, dtype, num_rows):
 def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_state=False,
                    by_shape=False, out_rows=None):
   """``(output of the first out_rows rows, lse B x N x T)``, or (``to_state``) the online
-  softmax's float32 state ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``. With ``by_shape`` the work is
-  cut to the call's shape: query tiles of :func:`_query_block` rows, and a grid too small to
-  fill the device (a decoding call at batch 1: one query tile per head) runs several programs
-  per query tile over runs of the key blocks and combines their states (flash-decoding); a
-  row's rounding then depends on the call's shape."""
+  softmax's float32 state ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``. With
+  ``by_shape`` the work is cut to the call's shape: query tiles of :func:`_query_block` rows,
+  and a grid too small to fill the device (a decoding call at batch 1: one query tile per
+  head) runs several programs per query tile over runs of the key blocks and combines their
+  states (flash-decoding); a row's rounding then depends on the call's shape."""
   batch, num_rows, num_heads, head_dim = q.shape
   num_blocks = k.shape[1] // BLOCK_K
   block_q = _query_block(num_rows, by_shape)

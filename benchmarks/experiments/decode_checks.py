@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from benchmarks import while_loop_graphs
+from benchmarks import cli, while_loop_graphs
 from benchmarks.experiments import stages
 from benchmarks.experiments.stages import Stage
 
@@ -60,7 +60,7 @@ def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
       Stage("gpu_tests", (timed(stages.module("pytest", "-q", *knobs["test_files"].split(",")),
                                 JAX_DEFAULT_MATMUL_PRECISION="highest"),)),
       Stage("profile", (timed(profile),)),
-      Stage("greedy", tuple(greedy(setting == "true")
+      Stage("greedy", tuple(greedy(cli.flag_bool(setting))
                             for setting in knobs["greedy_deterministic"].split(","))),
       Stage("probe", (timed(stages.benchmark("invariance_probe", runs, config=knobs["config"])),)),
       Stage("profile_det", (timed(stages.benchmark(
