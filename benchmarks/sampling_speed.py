@@ -7,10 +7,10 @@ Prompts are held-out rows of the checkpoint's corpus (seq_len tokens) with a ran
 sampler spec) is compiled once by an untimed warm-up call, then timed at every visible fraction
 and temperature (the temperature is a traced argument: no recompilation). At batch 1 each
 timing covers ``--batch1_prompts`` prompts decoded one after another. Configurations run in
-priority order until ``--budget_s`` is spent; ``auto`` (the draft size chosen per row and
-round) comes right after sequential at each batch, so every cell compares it with the static
-decoders (run ``python -m benchmarks cost_model`` first, or it chooses by calls). One record
-per (configuration, visible, temperature). ``--reference=true`` adds a record
+priority order, batch 1 and 64 alternating, until ``--budget_s`` is spent; ``auto`` (the draft
+size chosen per row and round) comes right after sequential, so every cell compares it with
+the static decoders (run ``python -m benchmarks cost_model`` first, or it chooses by calls).
+One record per (configuration, visible, temperature). ``--reference=true`` adds a record
 of one call of a randomly initialised HF ``XLNetLMHeadModel`` at base size (fp32, batch 1,
 perm_mask plus a k-row target_mapping): the reference implementation's cost (needs torch and a
 GPU).
@@ -31,18 +31,18 @@ from asarm_jax.sampling.methods import auto
 from asarm_jax.sampling.spec import SamplerSpec
 from benchmarks import cli, records
 
-# (batch, spec fields) in priority order; each runs at every visible fraction and temperature.
-GRID = ([(1, dict(method="sequential")), (1, dict(method="auto", k=8)),
-         (1, dict(method="tree", num_nodes=16)),
-         (1, dict(method="assd_fused", k=5)), (1, dict(method="assd", k=5)),
-         (1, dict(method="tree", num_nodes=8)), (1, dict(method="tree", num_nodes=32)),
-         (1, dict(method="tree", num_nodes=4)), (1, dict(method="tree", num_nodes=64)),
-         (1, dict(method="tree", num_nodes=16, ngram=0)),
-         (64, dict(method="sequential")), (64, dict(method="auto", k=8)),
-         (64, dict(method="tree", num_nodes=4)),
-         (64, dict(method="tree", num_nodes=8)), (64, dict(method="assd_fused", k=5)),
-         (64, dict(method="assd", k=5)), (64, dict(method="tree", num_nodes=16)),
-         (64, dict(method="tree", num_nodes=32)), (64, dict(method="tree", num_nodes=64))])
+# (batch, spec fields) in priority order, the two batch sizes interleaved so that a short budget
+# still times both; each runs at every visible fraction and temperature.
+GRID = ([(1, dict(method="sequential")), (64, dict(method="sequential")),
+         (1, dict(method="auto", k=8)), (64, dict(method="auto", k=8)),
+         (1, dict(method="assd_fused", k=5)), (64, dict(method="assd", k=5)),
+         (1, dict(method="tree", num_nodes=8)), (64, dict(method="tree", num_nodes=4)),
+         (1, dict(method="tree", num_nodes=16)), (64, dict(method="assd_fused", k=5)),
+         (1, dict(method="assd", k=5)), (64, dict(method="tree", num_nodes=8)),
+         (1, dict(method="tree", num_nodes=32)), (1, dict(method="tree", num_nodes=4)),
+         (64, dict(method="tree", num_nodes=16)), (1, dict(method="tree", num_nodes=64)),
+         (64, dict(method="tree", num_nodes=32)), (64, dict(method="tree", num_nodes=64)),
+         (1, dict(method="tree", num_nodes=16, ngram=0))])
 VISIBLE = (0.05, 0.5)
 TEMPERATURES = (1.0, 0.7, 0.2, 0.0)
 
