@@ -282,6 +282,19 @@ def test_guard_latches_and_never_applies_a_nonfinite_update():
                   (0.0, 3, 3, True), (0.0, 0, 3, True), (0.0, 0, 3, True)]
 
 
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf, -jnp.inf])
+def test_guard_skips_a_nonfinite_value_in_any_one_leaf(bad):
+  tx = optim.skip_nonfinite(optax.sgd(1.0), max_consecutive=3)
+  params = {"a": jnp.ones(3), "b": jnp.ones((2, 2)), "c": jnp.ones(())}
+  state = tx.init(params)
+  for leaf in params:
+    grads = dict(params, **{leaf: params[leaf].at[(0,) * params[leaf].ndim].set(bad)})
+    updates, after = tx.update(grads, state, params)
+    assert int(after.skipped) == 1 and all(
+        not jnp.any(u) for u in jax.tree.leaves(updates)), leaf
+
+
 # --- Validated inputs ---------------------------------------------------------------------------
 
 
