@@ -200,7 +200,7 @@ def test_a_finished_stage_is_skipped_on_rerun_and_packed(tmp_path, monkeypatch):
 
 def test_cost_model_measures_auto_and_generate_reads_it(tmp_path, monkeypatch):
   monkeypatch.setenv("ASARM_JAX_CACHE_DIR", str(tmp_path))
-  made = cost_model_benchmark.run(config="demo", k=3, batch_sizes=[1, 2], hidden=4, repeats=1)
+  made = cost_model_benchmark.run(config="demo", k=3, batch_sizes=[1, 2], hidden=16, repeats=2)
   assert [(r["settings"]["batch"], r["settings"]["size"]) for r in made] == [
       (1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
   for r in made:

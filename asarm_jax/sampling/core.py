@@ -61,8 +61,8 @@ def _row_keys(rng: jax.Array, num_rows: int) -> jax.Array:
   return jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.arange(num_rows, dtype=jnp.uint32))
 
 
-def _loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int, params: Any,
-          tokens_NxL: Array, visible_NxL: Array, order_NxL: Array, length_N: Array,
+def _loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int, refill_rows: int,
+          params: Any, tokens_NxL: Array, visible_NxL: Array, order_NxL: Array, length_N: Array,
           rng: jax.Array, temperature: Array, round_ms_S: Array | None) -> Generation:
   """The first ``S`` rows' prefill, then rounds (with slots refilled from the queue) until every
   row is finished."""
@@ -80,7 +80,8 @@ def _loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int, para
   def round(carry):
     state, queue, num_calls = carry
     if num_slots < num_rows:
-      state, queue = queue_lib.refill(net, params, spec, method, use_cache, state, queue)
+      state, queue = queue_lib.refill(net, params, spec, method, use_cache, state, queue,
+                                      refill_rows)
     num_calls += methods.round_calls(method, spec, state)
     return method.round(net, params, spec, state), queue, num_calls
 
@@ -127,8 +128,8 @@ def _prepare(net: Network) -> Callable[[Any], Any]:
   return jax.jit(net.prepare)
 
 
-def sampling_loop(net: Network, spec: SamplerSpec, use_cache: bool,
-                  num_slots: int) -> Callable[..., Generation]:
+def sampling_loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
+                  refill_rows: int) -> Callable[..., Generation]:
   """The loop of one configuration as a function, not compiled: ``(params as
   ``net.prepare`` gives them, tokens_NxL, visible_NxL, order_NxL, length_N, rng, temperature,
   round_ms_S) -> Generation``, with ``spec`` as :func:`compiled_spec` gives it. ``generate``
@@ -136,21 +137,22 @@ def sampling_loop(net: Network, spec: SamplerSpec, use_cache: bool,
   for a GPU that is not attached."""
 
   def loop(params, tokens_NxL, visible_NxL, order_NxL, length_N, rng, temperature, round_ms_S):
-    return _loop(net, spec, use_cache, num_slots, params, tokens_NxL, visible_NxL, order_NxL,
-                 length_N, rng, temperature, round_ms_S)
+    return _loop(net, spec, use_cache, num_slots, refill_rows, params, tokens_NxL, visible_NxL,
+                 order_NxL, length_N, rng, temperature, round_ms_S)
 
   return loop
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
-              signature: Any, nested: bool, deterministic: bool) -> Callable[..., Generation]:
+              refill_rows: int, signature: Any, nested: bool,
+              deterministic: bool) -> Callable[..., Generation]:
   """The jitted loop of one configuration; ``signature`` (shapes and dtypes of the arguments)
   is in the key so that the loop is traced exactly once per entry, which chex asserts. The
   temperature is a traced argument: changing it never recompiles. With
   :func:`compiler_options`, unless ``nested`` in another trace (which rejects them)."""
 
-  loop = sampling_loop(net, spec, use_cache, num_slots)
+  loop = sampling_loop(net, spec, use_cache, num_slots, refill_rows)
   # chex keys its trace counter on the function's name: give each entry its own counter.
   loop.__name__ = f"sample_{spec.tag()}_{next(_serial)}".replace(".", "_")
   return jax.jit(chex.assert_max_traces(loop, n=1),
@@ -195,15 +197,14 @@ def _resolve(spec: SamplerSpec | None, loose: dict[str, Any]) -> SamplerSpec:
   return SamplerSpec.from_kwargs(**args)
 
 
-def _check_slots(slots: Any, num_rows: int) -> int:
-  if slots is None:
-    return num_rows
-  if isinstance(slots, bool) or not isinstance(slots, (int, np.integer)):
-    raise ValueError(f"slots={slots!r}: expected an int from 1 to the number of rows "
-                     f"({num_rows}).")
-  if not 1 <= slots <= num_rows:
-    raise ValueError(f"slots={slots}: expected 1 to the number of rows ({num_rows}).")
-  return int(slots)
+def _check_count(name: str, value: Any, default: int, most: int, what: str) -> int:
+  """``value`` (``default`` where None) as an int from 1 to ``most``, or a one-line error."""
+  if value is None:
+    return default
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+      1 <= value <= most):
+    raise ValueError(f"{name}={value!r}: expected an int from 1 to {what} ({most}).")
+  return int(value)
 
 
 def _row_rng(rng: Any, num_rows: int) -> jax.Array:
@@ -222,7 +223,8 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
              k: int | None = None, temperature: float | None = None, depth: int | None = None,
              ngram: int | None = None, order_BxL: Array | None = None,
              length_B: Array | None = None, cache: bool = True,
-             slots: int | None = None, deterministic: bool = False) -> Generation:
+             slots: int | None = None, refill: int | None = None,
+             deterministic: bool = False) -> Generation:
   """Fills every hidden, non-padding position of ``tokens_BxL``, in one dispatch.
 
   Args:
@@ -246,6 +248,8 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
     slots: rows decoded at once (default: all ``B``). With ``S < B`` slots, continuous
       batching (:mod:`asarm_jax.sampling.queue`): a slot whose row is finished takes the next
       row inside the loop.
+    refill: with slots, the rows prefilled together in one call: a refill waits until this
+      many slots are free, or as many as rows wait (default: ``S // 8``, at least 1).
     deterministic: decode with the network's batch-invariant mode (``Network.batch_invariant``,
       also implied by a model of ``models.batch_invariant``;
       for the two-stream model every matmul, every other float sum (layer norms, the
@@ -282,7 +286,9 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
   if tokens_BxL.ndim != 2:
     raise ValueError(f"tokens_BxL has shape {tokens_BxL.shape}; expected (batch, length).")
   shape = tokens_BxL.shape
-  num_slots = _check_slots(slots, shape[0])
+  num_slots = _check_count("slots", slots, shape[0], shape[0], "the number of rows")
+  refill_rows = _check_count("refill", refill, queue_lib.default_refill(num_slots), num_slots,
+                             "the number of slots")
   tokens_BxL = _check("tokens_BxL", tokens_BxL, shape, "iu", "an integer dtype")
   visible_BxL = _check("visible_BxL", visible_BxL, shape, "b", "bool")
   order_BxL = (jnp.zeros(shape, jnp.float32) if order_BxL is None else
@@ -314,5 +320,5 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
                   "XLA options: compile it with compiler_options=sampling.core."
                   "DETERMINISTIC_OPTIONS, or a row's tokens may depend on the batch on a GPU.",
                   stacklevel=2)
-  return _compiled(net, compiled_spec(spec), bool(cache), num_slots, _signature(args),
-                   nested, deterministic)(*args)
+  return _compiled(net, compiled_spec(spec), bool(cache), num_slots, refill_rows,
+                   _signature(args), nested, deterministic)(*args)
