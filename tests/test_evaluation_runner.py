@@ -189,6 +189,22 @@ def test_middles_scored_elsewhere_match_scoring_here(workdir, tmp_path, monkeypa
     score_middles.score_file(str(wrong))
 
 
+def test_middles_written_without_a_sample_count_are_scored(tmp_path):
+  """A generation report without ``num_samples`` (as ``benchmarks humaneval`` writes one) gets
+  the middles per task, so the file scores elsewhere; tasks of unequal counts are refused."""
+  kind, ecfg = "humaneval_single_line", default_eval_config()
+  ecfg.update(humaneval_max_tasks=3, seed=0)
+  tasks = infill_eval.humaneval_tasks(kind, 3, 0)
+  path = str(tmp_path / "b_middles.json")
+  infill_eval.write_middles(path, kind, ecfg, {t.task_id: [t.middle] for t in tasks},
+                            {"num_too_long": 0})
+  report = score_middles.score_file(path, workers=1)
+  assert report["num_samples"] == 1 and report["pass@1"] == 1.0
+  with pytest.raises(ValueError, match="middles; expected one number"):
+    infill_eval.write_middles(path, kind, ecfg, {tasks[0].task_id: ["a"],
+                                                 tasks[1].task_id: ["a", "b"]}, {})
+
+
 def test_humaneval_subsample_is_deterministic():
   a = infill_eval.humaneval_tasks("humaneval_multi_line", 5, seed=3)
   b = infill_eval.humaneval_tasks("humaneval_multi_line", 5, seed=3)

@@ -78,9 +78,14 @@ def score_humaneval(tasks: Sequence[humaneval_infill.InfillTask],
 def write_middles(path: str, kind: str, ecfg: ml_collections.ConfigDict,
                   by_task: Mapping[str, Sequence[str]], report: Mapping[str, Any]) -> None:
   """The generated middles of a HumanEval ``kind`` as one JSON document: what picks the tasks
-  (``humaneval_max_tasks``, ``seed``), ``pass_at``, the generation ``report`` and ``by_task``."""
+  (``humaneval_max_tasks``, ``seed``), ``pass_at``, the generation ``report`` (with
+  ``num_samples``, the middles per task, where it lacks them) and ``by_task``."""
+  counts = sorted({len(middles) for middles in by_task.values()})
+  if len(counts) > 1:
+    raise ValueError(f"{path}: tasks hold {counts} middles; expected one number for all")
+  report = {"num_samples": counts[0] if counts else 0, **report}
   document = {"kind": kind, "humaneval_max_tasks": ecfg.humaneval_max_tasks, "seed": ecfg.seed,
-              "pass_at": list(ecfg.pass_at), "report": jsonio.strict(dict(report)),
+              "pass_at": list(ecfg.pass_at), "report": jsonio.strict(report),
               "by_task": dict(by_task)}
   with open(f"{path}.tmp", "w", encoding="utf-8") as f:
     json.dump(document, f)
