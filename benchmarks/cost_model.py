@@ -5,8 +5,8 @@
   python -m benchmarks cost_model --config=xlnet_base    (random weights of configs/NAME.py)
   python -m benchmarks cost_model --workdir=runs/asarm --deterministic=true
 
-A round of draft size 1 is sequential decoding's (one draft call of one row); of ``k >= 2``,
-``assd``'s (a density call of ``k + 1`` rows and a draft call of ``k`` rows), so each is timed
+A round of draft size 0 is sequential decoding's (one call of one row); of ``k >= 1``,
+``assd_fused``'s (one call of ``(k + 1)^2`` rows), so each is timed
 as ``generate`` with that sampler on random rows of the model's length whose last ``--hidden``
 tokens are hidden, less a run with half as many hidden, over the rounds between them (each the
 fastest of ``--repeats``, after an untimed compiling run). The table goes to
@@ -54,8 +54,8 @@ def ms_per_round(net: sampling.ModelNetwork, params: Any, size: int, batch: int,
   (2026-12-05)."""
   rs = np.random.default_rng(0)
   tokens = rs.integers(net.num_special_tokens, net.vocab_size, (batch, length), np.int32)
-  spec = (sampling.SamplerSpec("sequential") if size == 1 else
-          sampling.SamplerSpec("assd", k=size))
+  spec = (sampling.SamplerSpec("sequential") if size == 0 else
+          sampling.SamplerSpec("assd_fused", k=size))
 
   def fastest(num_hidden: int) -> tuple[float, float]:
     """(ms, rounds) of the fastest of ``repeats`` runs, after an untimed one."""
@@ -67,7 +67,7 @@ def ms_per_round(net: sampling.ModelNetwork, params: Any, size: int, batch: int,
     for seed in range(repeats):
       start = time.perf_counter()
       out = run(seed)
-      rounds = (int(out.num_network_calls) - 1) / (1 if size == 1 else 2)
+      rounds = int(out.num_network_calls) - 1  # one call a round, after the prefill
       timed.append((1e3 * (time.perf_counter() - start), rounds))
     return min(timed)
 

@@ -202,13 +202,13 @@ def test_cost_model_measures_auto_and_generate_reads_it(tmp_path, monkeypatch):
   monkeypatch.setenv("ASARM_JAX_CACHE_DIR", str(tmp_path))
   made = cost_model_benchmark.run(config="demo", k=3, batch_sizes=[1, 2], hidden=16, repeats=2)
   assert [(r["settings"]["batch"], r["settings"]["size"]) for r in made] == [
-      (1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+      (b, k) for b in (1, 2) for k in (0, 1, 2, 3)]
   for r in made:
     records.validate(r)
     assert r["metrics"]["round_ms"] > 0
   model = models.build(common.config_of("demo").model)
-  read = cost_model.round_ms(sampling.ModelNetwork(model), (1, 2, 3), 2)
-  np.testing.assert_allclose(read, [r["metrics"]["round_ms"] for r in made[3:]], rtol=1e-6)
+  read = cost_model.round_ms(sampling.ModelNetwork(model), (0, 1, 2, 3), 2)
+  np.testing.assert_allclose(read, [r["metrics"]["round_ms"] for r in made[4:]], rtol=1e-6)
 
 
 def test_invariance_probe_names_the_first_module_that_differs():
@@ -267,10 +267,11 @@ def test_the_deterministic_cost_model_is_the_batch_invariant_networks_own(tmp_pa
   beside (not over) the default one's."""
   monkeypatch.setenv("ASARM_JAX_CACHE_DIR", str(tmp_path))
   monkeypatch.setattr(cost_model_benchmark, "ms_per_round",
-                      lambda net, *args: 2.0 if net.model.batch_invariant else 1.0)
+                      lambda net, *args: 3.0 if net.model.batch_invariant else 2.0)
   for deterministic in (False, True):
     cost_model_benchmark.run(config="demo", k=3, batch_sizes=[1], deterministic=deterministic)
   net = sampling.ModelNetwork(models.build(common.config_of("demo").model))
-  np.testing.assert_array_equal(cost_model.round_ms(net, (1, 2, 3), 1), [1.0] * 3)
-  np.testing.assert_array_equal(cost_model.round_ms(net.batch_invariant(), (1, 2, 3), 1),
-                                [2.0] * 3)
+  # Neither is the prior's one call a round.
+  np.testing.assert_array_equal(cost_model.round_ms(net, (0, 1, 2, 3), 1), [2.0] * 4)
+  np.testing.assert_array_equal(cost_model.round_ms(net.batch_invariant(), (0, 1, 2, 3), 1),
+                                [3.0] * 4)

@@ -195,10 +195,10 @@ def _decode(keywords: dict, temperature: float, slots: int | None):
 
 def _cost_by_slots(net, sizes, num_slots):
   """A measured cost table (:func:`cost_model.round_ms`) whose best draft size at the prior
-  acceptance is the largest through one slot and 1 through more."""
+  acceptance is the largest through one slot and 0 (sequential steps) through more."""
   del net
   sizes_S = np.asarray(sizes, np.float32)
-  return 1 + 0.01 * sizes_S if num_slots == 1 else sizes_S ** 2
+  return 1 + 0.01 * sizes_S if num_slots == 1 else 1 + sizes_S ** 2
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -210,7 +210,7 @@ def test_a_row_is_the_same_whatever_the_batch_and_the_method(method, monkeypatch
   of the row)."""
   monkeypatch.setattr(cost_model, "round_ms", _cost_by_slots)
   sizes = auto.sizes(sampling.SamplerSpec("auto", k=3))
-  prior_1xD = np.full((1, max(sizes) - 1), auto.PRIOR_ACCEPTANCE, np.float32)
+  prior_1xD = np.full((1, max(sizes)), auto.PRIOR_ACCEPTANCE, np.float32)
   assert len({int(auto.choose(sizes, prior_1xD, np.array([9]), _cost_by_slots(None, sizes, s))[0])
               for s in (1, 3)}) == 2
   for temperature in (1.0, 0.0):

@@ -1,12 +1,12 @@
 """What a round of ``auto`` costs, per draft size and number of slots: measured once per machine
 and network, cached on disk, read by ``generate``.
 
-A round with draft size 1 is one draft call of one row (sequential decoding's round); with
-``k >= 2`` drafts, a density call of ``k + 1`` rows and a draft call of ``k`` rows (``assd``'s
-round). ``python -m benchmarks cost_model --workdir=W`` times exactly those rounds through
-``generate`` and writes them with :func:`save` to ``CACHE_DIR/cost_models/DEVICE-NETWORK.json``
-(rerun it to refresh). Without a file, the cost of a round is its number
-of calls (1 or 2): where calls are launch-bound, as at batch 1 on a GPU, that is close.
+A round of draft size 0 is one call of one row per batch row (sequential decoding's round); of
+``k >= 1``, one fused call of ``(k + 1)^2`` rows (``assd_fused``'s round). ``python -m
+benchmarks cost_model --workdir=W`` times exactly those rounds through ``generate`` and writes
+them with :func:`save` to ``CACHE_DIR/cost_models/DEVICE-NETWORK.json`` (rerun it to refresh).
+Without a file (or with one of another kind of round, :data:`ROUND`), every round costs its
+one call: where calls are launch-bound, as at batch 1 on a GPU, that is close.
 """
 from __future__ import annotations
 
@@ -38,9 +38,12 @@ def path(net: Network) -> str:
   return os.path.join(cache_dir(), "cost_models", f"{device}-{name}.json")
 
 
+ROUND = "assd_fused"  # the rounds a cost file times (earlier files timed assd's)
+
+
 def prior_ms(sizes: Sequence[int]) -> np.ndarray:
-  """The cost without a measurement: a round's calls (1 at size 1, else 2)."""
-  return np.asarray([1.0 if k == 1 else 2.0 for k in sizes], np.float32)
+  """The cost without a measurement: a round's one call, at every size."""
+  return np.ones(len(sizes), np.float32)
 
 
 @functools.lru_cache(maxsize=16)
@@ -59,6 +62,10 @@ def round_ms(net: Network, sizes: Sequence[int], num_slots: int) -> np.ndarray:
                  "(python -m benchmarks cost_model --workdir=W measures one).", file)
     return prior_ms(sizes)
   table = _load(file, os.path.getmtime(file))
+  if table.get("round") != ROUND:
+    logging.info("auto: %s times other rounds than %s; choosing by calls (rerun python -m "
+                 "benchmarks cost_model).", file, ROUND)
+    return prior_ms(sizes)
   batch_M = np.log2(np.asarray(table["batch_sizes"], np.float64))
   measured = {k: np.asarray(column) for k, column in zip(table["sizes"],
                                                         np.asarray(table["round_ms"]).T)}
@@ -70,7 +77,8 @@ def round_ms(net: Network, sizes: Sequence[int], num_slots: int) -> np.ndarray:
 
 def save(net: Network, table: dict) -> str:
   """Writes ``table`` (``{"batch_sizes": M, "sizes": S, "round_ms": M x S, ...}``) as
-  ``net``'s cost file; returns its path."""
+  ``net``'s cost file, marked as timing :data:`ROUND` rounds; returns its path."""
+  table = {**table, "round": ROUND}
   file = path(net)
   os.makedirs(os.path.dirname(file), exist_ok=True)
   tmp = f"{file}.tmp{os.getpid()}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from asarm_jax.sampling import drafts
@@ -26,6 +27,7 @@ from asarm_jax.sampling.network import Network
 from asarm_jax.sampling.spec import SamplerSpec
 from asarm_jax.sampling.state import State
 
+Array = jnp.ndarray
 
 CALLS_PER_ROUND = 1  # network calls of one round, for the whole batch
 
@@ -33,13 +35,17 @@ def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: 
   return drafts.first_block(net, params, state, spec.k, use_cache)
 
 
-def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
-  rng_B, rng_draft_B, rng_verify_B = state_lib.split(state.rng_B, 3)
-  k, n_B, block, num_target_B = spec.k, state.num_decoded_B, state.carry, state.num_target_B
+def verify_and_draft(net: Network, params: Any, state: State, block: drafts.Block, k: int,
+                     num_valid_B: Array, has_bonus_B: Array, rng_draft_B: jax.Array,
+                     rng_verify_B: jax.Array) -> tuple[State, Array, Array, Array, drafts.Block]:
+  """One fused call at block size ``k`` (static; a row's own block may be shorter: its
+  ``num_valid_B`` drafts): verifies the pending ``block`` (``k`` columns) and drafts ``k``
+  tokens for the next one. Returns the state with the call's cache, the tokens for ranks
+  ``n..n+k`` with how many to commit and how many drafts were accepted
+  (:func:`drafts.verify`), and the next block."""
+  n_B, num_target_B = state.num_decoded_B, state.num_target_B
   batch, length = state.tokens_rank_BxL.shape
   target_BxK1, valid_BxK1 = state_lib.targets(n_B, num_target_B, k + 1)
-  num_valid_B = valid_BxK1[:, :k].sum(-1).astype(jnp.int32)
-  has_bonus_B = target_BxK1[:, -1] < num_target_B
   drafted_rank_BxL = state_lib.write(state.tokens_rank_BxL, n_B, block.drafts_BxK, num_valid_B)
   # Content rows: the uncached residual/bonus rank (num_cached = n - 1, or n after the
   # prefill) and the drafts. Query rows: k + 1 density rows, then for each acceptance length
@@ -60,9 +66,24 @@ def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   next_BxAxKxF = features_BxTxF[:, k + 1:].reshape((batch, k + 1, k, -1))
   next_BxKxF = jnp.take_along_axis(next_BxAxKxF, num_accepted_B[:, None, None, None], 1)[:, 0]
   logq_next_BxKxV = state_lib.log_probs(net, params, state, next_BxKxF)
-  needed_B = state_lib.live(state) & ~(block.exact_first_B & (num_valid_B == 1))
   block = drafts.Block(state_lib.draw(rng_draft_B, logq_next_BxKxV), logq_next_BxKxV,
-                       jnp.zeros_like(needed_B))
-  state = state.replace(cache=cache, num_calls_B=state.num_calls_B + needed_B, carry=block,
-                        rng_B=rng_B)
+                       jnp.zeros_like(n_B, bool))
+  return state.replace(cache=cache), tokens_BxK1, num_new_B, num_accepted_B, block
+
+
+def calls(state: State, block: drafts.Block, num_valid_B: Array) -> Array:
+  """int32 ``B``: a fused call counts for every live row except a lone exact draft."""
+  return (state_lib.live(state) & ~(block.exact_first_B & (num_valid_B == 1))).astype(jnp.int32)
+
+
+def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
+  rng_B, rng_draft_B, rng_verify_B = state_lib.split(state.rng_B, 3)
+  k, n_B, block = spec.k, state.num_decoded_B, state.carry
+  target_BxK1, valid_BxK1 = state_lib.targets(n_B, state.num_target_B, k + 1)
+  num_valid_B = valid_BxK1[:, :k].sum(-1).astype(jnp.int32)
+  has_bonus_B = target_BxK1[:, -1] < state.num_target_B
+  state, tokens_BxK1, num_new_B, num_accepted_B, next_block = verify_and_draft(
+      net, params, state, block, k, num_valid_B, has_bonus_B, rng_draft_B, rng_verify_B)
+  state = state.replace(num_calls_B=state.num_calls_B + calls(state, block, num_valid_B),
+                        carry=next_block, rng_B=rng_B)
   return state_lib.commit(state, tokens_BxK1, num_new_B, n_B + num_accepted_B)
