@@ -61,6 +61,14 @@ def first_block(net: Network, params: Any, state: State, k: int, use_cache: bool
                     jnp.zeros_like(state.num_decoded_B), state.tokens_rank_BxL.shape[1])
 
 
+def bounds(state: State, k: int) -> tuple[Array, Array]:
+  """Of a pending block of ``k`` drafts at the pointer: how many are valid (int32 ``B``: the
+  tokens left, at most ``k``), and whether a bonus rank follows them (bool ``B``)."""
+  target_BxK1, valid_BxK1 = state_lib.targets(state.num_decoded_B, state.num_target_B, k + 1)
+  return (valid_BxK1[:, :k].sum(-1).astype(jnp.int32),
+          target_BxK1[:, -1] < state.num_target_B)
+
+
 def _row(x_BxKxV: Array, index_B: Array) -> Array:
   """``x[b, index[b]]``, ``B x V``."""
   return jnp.take_along_axis(x_BxKxV, index_B[:, None, None], 1)[:, 0]
