@@ -36,9 +36,10 @@ class GuardState(NamedTuple):
 def skip_nonfinite(inner: optax.GradientTransformation,
                    max_consecutive: int) -> optax.GradientTransformation:
   """Wraps ``inner`` so that an update whose global norm is not finite (a NaN/Inf gradient, or
-  squares past float32's range) is skipped (zero update, inner state unchanged) and counted. Unlike ``optax.apply_if_finite`` it never gives in: once
-  ``max_consecutive`` updates in a row were non-finite, ``tripped`` latches and every later update
-  is skipped, so the parameters stay finite until the caller reads ``tripped`` and stops."""
+  squares past float32's range) is skipped (zero update, inner state unchanged) and counted.
+  Unlike ``optax.apply_if_finite`` it never gives in: once ``max_consecutive`` updates in a row
+  were non-finite, ``tripped`` latches and every later update is skipped, so the parameters
+  stay finite until the caller reads ``tripped`` and stops."""
 
   def init(params):
     zero = jnp.zeros((), jnp.int32)

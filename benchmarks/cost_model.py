@@ -6,16 +6,16 @@
   python -m benchmarks cost_model --workdir=runs/asarm --deterministic=true
 
 A round of draft size 0 is sequential decoding's (one call of one row); of ``k >= 1``,
-``assd_fused``'s (one call of ``(k + 1)^2`` rows), so each is timed
-as ``generate`` with that sampler on random rows of the model's length whose last ``--hidden``
-tokens are hidden, less a run with half as many hidden, over the rounds between them (each the
-fastest of ``--repeats``, after an untimed compiling run). The table goes to
+``assd_fused``'s (one call of ``(k + 1)^2`` rows), so each is timed as ``generate`` with that
+sampler on random rows of the model's length whose last ``--hidden`` tokens are hidden, less a
+run with half as many hidden, over the rounds between them (each the fastest of
+``--repeats``, after an untimed compiling run). The table goes to
 :func:`asarm_jax.sampling.cost_model.path`, where ``generate`` reads it for ``auto``; rerun to
-refresh. The cost does not depend on the weights, so any
-checkpoint of the architecture, or ``--config`` with random weights, will do (the file is keyed
-by the model's fields: the same fields give the same file). ``--deterministic=true`` measures
-the batch-invariant network that ``generate(..., deterministic=True)`` decodes with (its own
-file). One record per (batch, size).
+refresh. The cost does not depend on the weights, so any checkpoint of the architecture, or
+``--config`` with random weights, will do (the file is keyed by the model's fields: the same
+fields give the same file). ``--deterministic=true`` measures the batch-invariant network that
+``generate(..., deterministic=True)`` decodes with (its own file). One record per (batch,
+size).
 """
 from __future__ import annotations
 

@@ -145,14 +145,13 @@ def call_shapes(spec: SamplerSpec, prompt: int, length: int) -> tuple[Shape, lis
   """The prefill's shape and a round's calls' shapes, for ``prompt`` = m tokens of ``length``."""
   slots = (prompt + length) / 2
   k, nodes, depth = spec.k, spec.num_nodes, spec.depth
+  fused = [Shape(k + 1, (k + 1) + (k + 1) * k, slots, 2 * k + 1)]
   rounds = {"sequential": [Shape(1, 1, slots)],
             "assd": [Shape(k, k + 1, slots), Shape(1, k, slots)],
-            "assd_fused": [Shape(k + 1, (k + 1) + (k + 1) * k, slots, 2 * k + 1)],
+            "assd_fused": fused, "auto": fused,  # auto: at its largest size
             "tree": [Shape(1 + nodes, (nodes + 1) * (depth + 1), slots + nodes,
                            nodes + 1 + depth)],
-            "mdlm": [Shape(length, k, length)]}
-  rounds["auto"] = rounds["assd_fused"]  # at its largest size
-  rounds = rounds[spec.method]
+            "mdlm": [Shape(length, k, length)]}[spec.method]
   first = {"sequential": 1, "tree": depth + 1}.get(spec.method, k)
   return Shape(prompt, first, prompt), rounds
 

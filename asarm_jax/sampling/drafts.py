@@ -61,12 +61,11 @@ def first_block(net: Network, params: Any, state: State, k: int, use_cache: bool
                     jnp.zeros_like(state.num_decoded_B), state.tokens_rank_BxL.shape[1])
 
 
-def bounds(state: State, k: int) -> tuple[Array, Array]:
-  """Of a pending block of ``k`` drafts at the pointer: how many are valid (int32 ``B``: the
-  tokens left, at most ``k``), and whether a bonus rank follows them (bool ``B``)."""
-  target_BxK1, valid_BxK1 = state_lib.targets(state.num_decoded_B, state.num_target_B, k + 1)
-  return (valid_BxK1[:, :k].sum(-1).astype(jnp.int32),
-          target_BxK1[:, -1] < state.num_target_B)
+def bounds(target_BxK1: Array, valid_BxK1: Array, num_target_B: Array) -> tuple[Array, Array]:
+  """Of a pending block of ``k`` drafts at the pointer, given the ``k + 1`` ranks from it
+  (:func:`state_lib.targets`): how many drafts are valid (int32 ``B``: the tokens left, at most
+  ``k``), and whether a bonus rank follows them (bool ``B``)."""
+  return (valid_BxK1[:, :-1].sum(-1).astype(jnp.int32), target_BxK1[:, -1] < num_target_B)
 
 
 def _row(x_BxKxV: Array, index_B: Array) -> Array:

@@ -87,9 +87,9 @@ def write_out(method: Any, spec: SamplerSpec, queue: Queue, state: State,
   """The rows of the slots ``slots_K`` (int; ``S`` or more: none) written to the queue's
   results."""
   num_slots, num_rows = queue.row_S.shape[0], queue.rows.tokens_NxL.shape[0]
-  rows_K = jnp.where(slots_K < num_slots, queue.row_S[jnp.minimum(slots_K, num_slots - 1)],
-                     num_rows)
-  take = lambda x_S: x_S[jnp.minimum(slots_K, num_slots - 1)]
+  clamped_K = jnp.minimum(slots_K, num_slots - 1)
+  rows_K = jnp.where(slots_K < num_slots, queue.row_S[clamped_K], num_rows)
+  take = lambda x_S: x_S[clamped_K]
   put = lambda results, values: results.at[rows_K].set(values, mode="drop")
   return queue.replace(
       tokens_NxL=put(queue.tokens_NxL, ordering.to_position_space(take(state.tokens_rank_BxL),

@@ -28,8 +28,8 @@ def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: 
 def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   rng_B, rng_draft_B, rng_verify_B = state_lib.split(state.rng_B, 3)
   k, n_B, block = spec.k, state.num_decoded_B, state.carry
-  num_valid_B, has_bonus_B = drafts.bounds(state, k)
   target_BxK1, valid_BxK1 = state_lib.targets(n_B, state.num_target_B, k + 1)
+  num_valid_B, has_bonus_B = drafts.bounds(target_BxK1, valid_BxK1, state.num_target_B)
   drafted_rank_BxL = state_lib.write(state.tokens_rank_BxL, n_B, block.drafts_BxK, num_valid_B)
   # The pending drafts' content (ranks n..n+k-1, cached from n) and k + 1 density rows.
   logp_BxK1xV, cache = state_lib.call(net, params, state, drafted_rank_BxL, target_BxK1,

@@ -79,7 +79,8 @@ def calls(state: State, block: drafts.Block, num_valid_B: Array) -> Array:
 def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   rng_B, rng_draft_B, rng_verify_B = state_lib.split(state.rng_B, 3)
   k, n_B, block = spec.k, state.num_decoded_B, state.carry
-  num_valid_B, has_bonus_B = drafts.bounds(state, k)
+  num_valid_B, has_bonus_B = drafts.bounds(
+      *state_lib.targets(n_B, state.num_target_B, k + 1), state.num_target_B)
   state, tokens_BxK1, num_new_B, num_accepted_B, next_block = verify_and_draft(
       net, params, state, block, k, num_valid_B, has_bonus_B, rng_draft_B, rng_verify_B)
   state = state.replace(num_calls_B=state.num_calls_B + calls(state, block, num_valid_B),
