@@ -31,21 +31,24 @@ def flag_bool(text: str) -> bool:
 
 
 def parse_spec(text: str, depth: int = 6, ngram: int = 2) -> SamplerSpec:
-  """A sampler written ``method[:k]``, or ``tree:N[:D]`` (node budget N, depth D, else
-  ``depth``), as a spec; e.g. ``sequential``, ``assd_fused:5``, ``tree:8``, ``tree:4:2``."""
+  """A sampler written ``method[:k]``, ``auto:k:batch`` (one draft size per batch), or
+  ``tree:N[:D]`` (node budget N, depth D, else ``depth``), as a spec; e.g. ``sequential``,
+  ``assd_fused:5``, ``tree:8``, ``tree:4:2``."""
   method, *sizes = text.split(":")
+  size_choice = sizes.pop() if method == "auto" and sizes[-1:] == ["batch"] else "row"
   if len(sizes) > (2 if method == "tree" else 1) or not all(s.isdigit() for s in sizes):
-    raise ValueError(f"bad sampler {text!r}: METHOD[:K], or tree:N[:D]")
+    raise ValueError(f"bad sampler {text!r}: METHOD[:K], auto:K:batch, or tree:N[:D]")
   if method == "tree":
     return SamplerSpec(method="tree", num_nodes=int(sizes[0]) if sizes else 8,
                        depth=int(sizes[1]) if len(sizes) > 1 else depth, ngram=ngram)
-  return SamplerSpec(method=method, k=int(sizes[0]) if sizes else 1)
+  return SamplerSpec(method=method, k=int(sizes[0]) if sizes else 1, size_choice=size_choice)
 
 
 def spec_settings(spec: SamplerSpec) -> dict:
   """The fields of ``spec`` that its method uses: a record's settings."""
   size = {"tree": dict(num_nodes=spec.num_nodes, depth=spec.depth, ngram=spec.ngram),
-          "sequential": {}}.get(spec.method, dict(k=spec.k))
+          "sequential": {}, "auto": dict(k=spec.k, size_choice=spec.size_choice)
+          }.get(spec.method, dict(k=spec.k))
   return {"method": spec.method, **size, "temperature": spec.temperature}
 
 

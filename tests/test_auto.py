@@ -1,4 +1,5 @@
-"""``method="auto"``: the draft size chosen per row and round, and the cost model it reads.
+"""``method="auto"``: the draft size chosen per row (or per batch) and round, and the cost
+model it reads.
 
 The chi-square runs ``auto_k4`` (calls as the cost) are in ``test_exactness.py`` (analytic
 joint) and ``test_sampling.py`` (network), and auto's rows are checked independent of slots and
@@ -35,11 +36,13 @@ def _with_cost(tmp_path, monkeypatch, round_ms_S) -> None:
                         "round_ms": [list(round_ms_S)] * 2})
 
 
-def _generate(rows: slice = slice(None), seed: int = 7, temperature: float = 1.0):
+def _generate(rows: slice = slice(None), seed: int = 7, temperature: float = 1.0,
+              size_choice: str = "row"):
   tokens, visible, order, lengths = (x[rows] for x in batch())
+  spec = sampling.SamplerSpec("auto", k=4, temperature=temperature, size_choice=size_choice)
   return jax.tree.map(np.asarray, sampling.generate(
-      NET, PARAMS, tokens, visible, jax.random.key(seed), method="auto", k=4,
-      temperature=temperature, order_BxL=order, length_B=lengths))
+      NET, PARAMS, tokens, visible, jax.random.key(seed), spec=spec, order_BxL=order,
+      length_B=lengths))
 
 
 def test_sizes():
@@ -67,6 +70,22 @@ def test_switching_sizes_within_rows_keeps_the_sequential_joint(tmp_path, monkey
     known = {pos: tok - NUM_SPECIAL for pos, tok in group[0].items()}
     joints[name] = analytic_joint.sequential_joint(table, known, hidden_in_order(group),
                                                    (1.0,))[1.0]
+  p = p_values(gen, joints)
+  assert all(value > ALPHA for value in p.values()), p
+
+
+def test_one_size_per_batch_keeps_the_sequential_joint(tmp_path, monkeypatch):
+  """``size_choice="batch"``: every live row drafts the batch's size, chosen from all rows'
+  past; the choices differ from the rows' own, and the samples of every group still pass the
+  chi-square test against the brute-force sequential joint."""
+  _with_cost(tmp_path, monkeypatch, (1.0, 1.7, 1.9, 2.1, 2.3))
+  gen = _generate(size_choice="batch")
+  assert (gen.rounds_by_size_BxS != _generate().rounds_by_size_BxS).any(1).mean() > 0.05
+  check_prompt_padding_and_calls(gen, "auto_k4")
+  table = analytic_joint.table(PARAMS)
+  joints = {name: analytic_joint.sequential_joint(
+      table, {pos: tok - NUM_SPECIAL for pos, tok in group[0].items()},
+      hidden_in_order(group), (1.0,))[1.0] for name, group in GROUPS.items()}
   p = p_values(gen, joints)
   assert all(value > ALPHA for value in p.values()), p
 
@@ -137,6 +156,17 @@ def test_choose_maximises_expected_tokens_per_ms():
     want.append(int(np.argmax(np.asarray(tokens) / np.asarray(round_ms_S))))
   assert want == [4, 0, 1]
   np.testing.assert_array_equal(auto.choose(SIZES, acceptance_BxD, left_B, round_ms_S), want)
+  # Per batch: one size, of the counted rows' expected tokens summed.
+  tokens_BxS = np.asarray([[min(1 + sum(a ** j for j in range(1, k + 1)), left) for k in SIZES]
+                           for a, left in ((0.9, 10), (0.1, 10), (0.9, 2))])
+  for counted in ([True, True, True], [True, False, True], [False, True, False]):
+    best = int(np.argmax(tokens_BxS[counted].sum(0) / np.asarray(round_ms_S)))
+    np.testing.assert_array_equal(auto.choose(SIZES, acceptance_BxD, left_B, round_ms_S,
+                                              jnp.asarray(counted)), [best] * 3)
+  assert auto.choose(SIZES, acceptance_BxD, left_B, round_ms_S, jnp.asarray([1, 0, 0], bool)
+                     )[0] == 4
+  assert auto.choose(SIZES, acceptance_BxD, left_B, round_ms_S, jnp.asarray([0, 1, 0], bool)
+                     )[0] == 0
 
 
 def test_the_cost_file_is_read_interpolated_and_falls_back_to_calls(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 from asarm_jax import models, sampling
 from asarm_jax.sampling import cost_model, methods
 from benchmarks import (cli, common, decode_profile, experiment, greedy_agreement,
-                        invariance_probe, records, report)
+                        invariance_probe, records, report, speed_ratios)
 from benchmarks import cost_model as cost_model_benchmark
 from benchmarks.experiments import EXPERIMENTS
 
@@ -79,12 +79,15 @@ def test_committed_docs_are_what_the_records_make():
 @pytest.mark.parametrize("text,fields", [
     ("sequential", dict(method="sequential")), ("assd_fused:5", dict(method="assd_fused", k=5)),
     ("tree:8", dict(method="tree", num_nodes=8, depth=6)),
-    ("tree:4:2", dict(method="tree", num_nodes=4, depth=2))])
+    ("tree:4:2", dict(method="tree", num_nodes=4, depth=2)),
+    ("auto:8", dict(method="auto", k=8, size_choice="row")),
+    ("auto:8:batch", dict(method="auto", k=8, size_choice="batch"))])
 def test_sampler_flags(text, fields):
   spec = cli.parse_spec(text)
   assert all(getattr(spec, k) == v for k, v in fields.items())
-  with pytest.raises(ValueError):
-    cli.parse_spec("tree:8:2:1")
+  for bad in ("tree:8:2:1", "assd:5:batch", "auto:batch:8"):
+    with pytest.raises(ValueError):
+      cli.parse_spec(bad)
 
 
 XLNET_BASE = decode_profile.Sizes(num_layers=12, d_model=768, d_ff=3072, vocab_size=32000,
@@ -297,3 +300,33 @@ def test_the_deterministic_cost_model_is_the_batch_invariant_networks_own(tmp_pa
   np.testing.assert_array_equal(cost_model.round_ms(net, (0, 1, 2, 3), 1), [2.0] * 4)
   np.testing.assert_array_equal(cost_model.round_ms(net.batch_invariant(), (0, 1, 2, 3), 1),
                                 [3.0] * 4)
+
+
+def test_speed_ratios_divide_the_runs_of_one_cell():
+  known = dict(date="2026-01-02", machine="m", accelerator="a", commit="c")
+  speed = lambda method, tokens_per_s, **more: records.make(
+      "sampling_speed", {"batch": 64, "method": method, **more, "temperature": 1.0,
+                         "visible": 0.05, "prompts": 4},
+      {"tokens_per_call": 2.0, "tokens_per_s": tokens_per_s, "ms_per_call": 1.0, **(
+          {"round_share_by_size": {"0": 0.25, "3": 0.75, "5": 0.0}} if method == "auto" else {})},
+      **known)
+  made = list(speed_ratios.run_on([speed("sequential", 100.0), speed("auto", 150.0, k=8),
+                                   speed("tree", 300.0, num_nodes=8, depth=6, ngram=2)]))
+  rows = {r["settings"]["decoder"]: r["metrics"] for r in made}
+  assert rows["auto, k=8"]["against sequential"] == "1.50x"
+  assert rows["auto, k=8"]["against the fastest other"] == "0.50x"
+  assert rows["auto, k=8"]["auto's rounds by draft size"] == "0: 25%, 3: 75%"
+  assert rows["tree, N=8, depth 6"]["against the fastest other"] == "2.00x"
+  assert made[0]["commit"] == "c" and made[0]["name"] == "decoders_speed"
+
+  humaneval = lambda method, batching, size, seconds: records.make(
+      "humaneval", {"method": method, "batch_size": size, "batching": batching},
+      {"tokens_per_call": 1.0, "generation_s": seconds}, **known)
+  made = list(speed_ratios.run_on([
+      humaneval("sequential", "continuous", 1, 2.0), humaneval("sequential", "batches", 1, 6.0),
+      humaneval("assd", "continuous", 1, 1.0)]))
+  assert [(r["settings"]["batching"], r["metrics"]["against sequential, same batching"],
+           r["metrics"]["against the other batching"]) for r in made] == [
+      ("1 slot", "1.00x", "3.00x"), ("dispatches of 1", "1.00x", "0.33x"), ("1 slot", "2.00x", "")]
+  with pytest.raises(ValueError, match="expected"):
+    list(speed_ratios.run_on(made))

@@ -322,6 +322,7 @@ def _unlinked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ("sample.depth", 0, r"sample.depth=0: expected an int >= 1"),
     ("sample.ngram", -1, r"sample.ngram=-1: expected an int >= 0"),
     ("sample.num_nodes", 0, r"sample.num_nodes=0: expected an int >= 1"),
+    ("sample.size_choice", "slot", r"sample.size_choice='slot': expected one of \('row', "),
     ("seed", -1, r"seed=-1: expected an int >= 0"),
     ("optim.learning_rate", float("nan"), r"optim.learning_rate=nan: expected a finite number > 0"),
     ("data.source_dirs", ("/nonexistent/folder",), r"data.source_dirs: '/nonexistent/folder' is "

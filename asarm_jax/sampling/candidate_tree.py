@@ -50,12 +50,12 @@ def ancestors(tree: Tree, depth: int) -> Array:
   eye_BxNxN = jnp.broadcast_to(jnp.eye(num_nodes, dtype=bool), (batch, num_nodes, num_nodes))
   has_parent_BxN = tree.parent_BxN >= 0
 
-  def extend(_, anc_BxNxN):
-    from_parent = jnp.take_along_axis(
-        anc_BxNxN, jnp.clip(tree.parent_BxN, 0, num_nodes - 1)[:, :, None], 1)
-    return eye_BxNxN | (from_parent & has_parent_BxN[:, :, None])
-
-  return jax.lax.fori_loop(0, depth - 1, extend, eye_BxNxN)
+  parent_BxNx1 = jnp.clip(tree.parent_BxN, 0, num_nodes - 1)[:, :, None]
+  anc_BxNxN = eye_BxNxN
+  for _ in range(depth - 1):  # unrolled: a loop would be a nested loop of the round
+    from_parent = jnp.take_along_axis(anc_BxNxN, parent_BxNx1, 1)
+    anc_BxNxN = eye_BxNxN | (from_parent & has_parent_BxN[:, :, None])
+  return anc_BxNxN
 
 
 def product_tree(logq_BxDxV: Array, num_nodes: int) -> Tree:

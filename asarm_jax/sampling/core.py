@@ -182,7 +182,8 @@ def compiled_spec(spec: SamplerSpec) -> SamplerSpec:
   temperature is left out: it is a traced argument."""
   if spec.method == "sequential" or (spec.k == 1 and spec.method in ("assd", "parallel")):
     return SamplerSpec(method="sequential", k=1)
-  return SamplerSpec(method=spec.method, **spec.sizes())
+  return SamplerSpec(method=spec.method, **spec.sizes(),
+                     size_choice=spec.size_choice if spec.method == "auto" else "row")
 
 
 def _resolve(spec: SamplerSpec | None, loose: dict[str, Any]) -> SamplerSpec:

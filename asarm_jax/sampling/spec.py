@@ -15,7 +15,8 @@ import numpy as np
 from asarm_jax.masks import MAX_TREE_NODES
 
 METHODS = ("sequential", "parallel", "assd", "assd_fused", "tree", "auto", "mdlm")
-FIELDS = ("method", "k", "num_nodes", "depth", "ngram", "temperature")
+FIELDS = ("method", "k", "num_nodes", "depth", "ngram", "temperature", "size_choice")
+SIZE_CHOICES = ("row", "batch")
 # The size settings each method reads besides the temperature (the others read ``k``), and
 # how describe() and tag() write each one.
 _SIZES = {"sequential": (), "tree": ("num_nodes", "depth", "ngram")}
@@ -46,6 +47,10 @@ class SamplerSpec:
     depth: the tree's depth D: draft rows per node; at most D + 1 tokens per call (``tree``).
     ngram: the prompt-lookup match length that adds a candidate chain to the tree; 0 is off.
     temperature: divides the logits of every draw; ``0`` is greedy decoding.
+    size_choice: whose past chooses ``auto``'s draft size each round: ``"row"`` (each row its
+      own, so a row's tokens never depend on its neighbours) or ``"batch"`` (one size for the
+      batch, the most expected tokens of all live rows per ms: a batch's call costs its largest
+      size, so rows that chose less would pay for drafts they do not make).
   """
   method: str = "assd_fused"
   k: int = 5
@@ -53,6 +58,7 @@ class SamplerSpec:
   depth: int = 6
   ngram: int = 2
   temperature: float = 1.0
+  size_choice: str = "row"
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -67,6 +73,8 @@ class SamplerSpec:
     if (isinstance(t, bool) or not isinstance(t, (int, float, np.number)) or not math.isfinite(t)
         or t < 0):
       raise ValueError(f"temperature={t!r}; expected a finite number >= 0.")
+    if self.size_choice not in SIZE_CHOICES:
+      raise ValueError(f"size_choice={self.size_choice!r}; expected one of {SIZE_CHOICES}.")
 
   @classmethod
   def from_config(cls, sample: Mapping[str, Any]) -> "SamplerSpec":
@@ -105,9 +113,13 @@ class SamplerSpec:
   def describe(self) -> str:
     """One short line, e.g. ``assd_fused k=5 T=1`` or ``tree N=8 D=6 ngram=2 T=0.2``."""
     sizes = "".join(f" {_NAMES[n][0]}={v}" for n, v in self.sizes().items())
-    return f"{self.method}{sizes} T={self.temperature:g}"
+    return f"{self.method}{sizes}{' per batch' * self._per_batch()} T={self.temperature:g}"
 
   def tag(self) -> str:
     """A file-name part that names every setting that changes the samples or their calls."""
     sizes = "".join(f"_{_NAMES[n][1]}{v}" for n, v in self.sizes().items())
-    return f"{self.method}{sizes}_t{self.temperature:g}"
+    return f"{self.method}{sizes}{'_batch' * self._per_batch()}_t{self.temperature:g}"
+
+  def _per_batch(self) -> bool:
+    """Whether ``auto`` chooses one draft size for the batch (other methods ignore it)."""
+    return self.method == "auto" and self.size_choice == "batch"

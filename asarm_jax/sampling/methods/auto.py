@@ -19,11 +19,15 @@ size with the most ``E(k) / round_ms(k)`` (ties: the smaller). The batch's call 
 largest size a live row holds or chose (one compiled shape per size, picked by ``lax.switch``);
 a row verifies its own ``k`` drafts, reads no density or draft rows beyond its own, and each
 draw has its own key (:func:`asarm_jax.sampling.state.draw`), so a row's sample does not depend
-on its neighbours.
+on its neighbours. With ``spec.size_choice="batch"`` the batch takes one size instead: the one
+with the most expected tokens of all live rows together per ms, so that no row pays a call
+larger than its own drafts (at batch 64 rows that chose 1 paid a call of size 3); a row's
+tokens then depend on its neighbours' past, in their values, not in their law.
 
 **Exact.** A row's next size is a function of its past (its committed tokens and
-acceptances), fixed before the call that drafts that block. Given the past, a round verifies a
-block of a fixed size by speculative sampling, whose committed tokens follow the model's
+acceptances; per batch, of every row's, drawn with keys its future draws do not share), fixed
+before the call that drafts that block. Given the past, a round verifies a block of a fixed
+size by speculative sampling, whose committed tokens follow the model's
 sequential conditionals whatever the proposal (:func:`asarm_jax.sampling.drafts.verify`), so
 the tokens' law is the sequential one whatever rule picks ``k`` from the past
 (``docs/sampling.md``).
@@ -80,13 +84,16 @@ class Carry:
 
 
 def _index(sizes_S: tuple[int, ...], k_B: Array) -> Array:
-  """The position of each ``k`` in ``sizes_S``."""
-  return jnp.searchsorted(jnp.asarray(sizes_S), k_B).astype(jnp.int32)
+  """The position of each ``k`` in ``sizes_S`` (sorted): the sizes below it, counted with one
+  comparison (``jnp.searchsorted`` is a nested loop of the round on the GPU)."""
+  return jnp.sum(k_B[:, None] > jnp.asarray(sizes_S), axis=1, dtype=jnp.int32)
 
 
 def choose(sizes_S: tuple[int, ...], acceptance_BxD: Array, left_B: Array,
-           round_ms_S: Array) -> Array:
-  """The index (into ``sizes_S``) of each row's size with the most expected tokens per ms."""
+           round_ms_S: Array, batch_B: Array | None = None) -> Array:
+  """The index (into ``sizes_S``) of each row's size with the most expected tokens per ms;
+  with ``batch_B`` (bool: the rows that count), one index for all rows: the size with the most
+  expected tokens of those rows together per ms."""
   # Expected tokens at k = 0..K: 1 + sum_{j=1..k} prod_{d=1..j} a_d, summed in order
   # (deterministic decoding: XLA's cumsum may pick its order per shape).
   reach_B, expected = 1.0, [jnp.ones_like(left_B, jnp.float32)]
@@ -95,6 +102,9 @@ def choose(sizes_S: tuple[int, ...], acceptance_BxD: Array, left_B: Array,
     expected.append(expected[-1] + reach_B)
   tokens_BxS = jnp.stack(expected, 1)[:, jnp.asarray(sizes_S)]
   tokens_BxS = jnp.minimum(tokens_BxS, jnp.maximum(left_B, 1)[:, None])
+  if batch_B is not None:
+    tokens_BxS = jnp.broadcast_to(jnp.sum(jnp.where(batch_B[:, None], tokens_BxS, 0.0), 0),
+                                  tokens_BxS.shape)
   return jnp.argmax(tokens_BxS / round_ms_S, axis=1).astype(jnp.int32)
 
 
@@ -115,10 +125,16 @@ def init(net: Network, params: Any, spec: SamplerSpec, state: State, use_cache: 
   batch = state.num_decoded_B.shape[0]
   acceptance_BxD = jnp.full((batch, sizes_S[-1]), PRIOR_ACCEPTANCE, jnp.float32)
   index_B = choose(sizes_S, acceptance_BxD, state.num_target_B - state.num_decoded_B,
-                   state.round_ms_S)
+                   state.round_ms_S, _counted(spec, state))
   state = drafts.first_block(net, params, state, sizes_S[-1], use_cache)
   return state.replace(carry=Carry(state.carry, jnp.maximum(jnp.asarray(sizes_S)[index_B], 1),
                                    acceptance_BxD, jnp.zeros((batch, len(sizes_S)), jnp.int32)))
+
+
+def _counted(spec: SamplerSpec, state: State) -> Array | None:
+  """The rows whose past chooses the batch's size (``size_choice="batch"``: the live ones), or
+  None: each row chooses its own."""
+  return state_lib.live(state) if spec.size_choice == "batch" else None
 
 
 def rounds_by_size(spec: SamplerSpec, state: State) -> Array:
@@ -169,7 +185,8 @@ def round(net: Network, params: Any, spec: SamplerSpec, state: State) -> State:
   num_valid_B = jnp.where(live_B, jnp.minimum(k_B, num_target_B - n_B), 0)
   has_bonus_B = live_B & (n_B + k_B < num_target_B)
   # The next block's size, from the past only (before this round's verification).
-  next_index_B = choose(sizes_S, carry.acceptance_BxD, num_target_B - n_B - 1, state.round_ms_S)
+  next_index_B = choose(sizes_S, carry.acceptance_BxD, num_target_B - n_B - 1, state.round_ms_S,
+                        _counted(spec, state))
   next_k_B = jnp.asarray(sizes_S)[next_index_B]
 
   def fused(k: int):
