@@ -8,8 +8,8 @@ sampler spec) is compiled once by an untimed warm-up call, then timed at every v
 and temperature (the temperature is a traced argument: no recompilation). At batch 1 each
 timing covers ``--batch1_prompts`` prompts decoded one after another. Configurations run in
 priority order, batch 1 and 64 alternating, until ``--budget_s`` is spent; ``auto`` (the draft
-size chosen per row and round) comes right after sequential, so every cell compares it with
-the static decoders (run ``python -m benchmarks cost_model`` first, or it chooses by calls).
+size chosen per row and round; at batch 64 also one size per batch) comes right after
+sequential, so every cell compares it with the static decoders (run ``python -m benchmarks cost_model`` first, or it chooses by calls).
 One record per (configuration, visible, temperature). ``--reference=true`` adds a record
 of one call of a randomly initialised HF ``XLNetLMHeadModel`` at base size (fp32, batch 1,
 perm_mask plus a k-row target_mapping): the reference implementation's cost (needs torch and a
@@ -35,6 +35,7 @@ from benchmarks import cli, records
 # still times both; each runs at every visible fraction and temperature.
 GRID = ([(1, dict(method="sequential")), (64, dict(method="sequential")),
          (1, dict(method="auto", k=8)), (64, dict(method="auto", k=8)),
+         (64, dict(method="auto", k=8, size_choice="batch")),
          (1, dict(method="assd_fused", k=5)), (64, dict(method="assd", k=5)),
          (1, dict(method="tree", num_nodes=8)), (64, dict(method="tree", num_nodes=4)),
          (1, dict(method="tree", num_nodes=16)), (64, dict(method="assd_fused", k=5)),
