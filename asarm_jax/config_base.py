@@ -113,16 +113,16 @@ def base_config() -> ml_collections.ConfigDict:
   # (parallel, assd, assd_fused); num_nodes: the tree's node budget N and depth its depth D
   # (tree); ngram: length of the prompt-lookup match that adds a candidate chain to the tree
   # (0: off); temperature 0 = greedy; size_choice: auto's draft size chosen per "row" or per
-  # "batch" (a row's tokens then depend on its neighbours). prompt / prompt_file: what --mode=sample fills, slots of
-  # them at once (continuous batching; 0: all); num_examples held-out snippets with the middle
-  # example_mask_fraction hidden after training. deterministic: decode with the batch-invariant
-  # kernels, so a row's tokens never depend on the batch, the slots or the method's call shapes
-  # (docs/sampling.md, "Deterministic decoding"; sample and eval modes).
+  # "batch" (a row's tokens then depend on its neighbours). prompt / prompt_file: what
+  # --mode=sample fills, slots of them at once (continuous batching; 0: all); num_examples
+  # held-out snippets with the middle example_mask_fraction hidden after training.
+  # deterministic: decode with the batch-invariant kernels, so a row's tokens never depend on
+  # the batch, the slots or the method's call shapes (docs/sampling.md, "Deterministic
+  # decoding"; sample and eval modes).
   c.sample = ml_collections.ConfigDict(dict(
       method="assd_fused", k=5, num_nodes=8, depth=6, ngram=2, temperature=1.0,
-      size_choice="row", prompt="",
-      prompt_file="", slots=0, num_examples=3, example_mask_fraction=0.25,
-      deterministic=False))
+      size_choice="row", prompt="", prompt_file="", slots=0, num_examples=3,
+      example_mask_fraction=0.25, deterministic=False))
   c.eval = default_eval_config()
   return c
 

@@ -9,7 +9,8 @@ and temperature (the temperature is a traced argument: no recompilation). At bat
 timing covers ``--batch1_prompts`` prompts decoded one after another. Configurations run in
 priority order, batch 1 and 64 alternating, until ``--budget_s`` is spent; ``auto`` (the draft
 size chosen per row and round; at batch 64 also one size per batch) comes right after
-sequential, so every cell compares it with the static decoders (run ``python -m benchmarks cost_model`` first, or it chooses by calls).
+sequential, so every cell compares it with the static decoders (run ``python -m benchmarks
+cost_model`` first, or it chooses by calls).
 One record per (configuration, visible, temperature). ``--reference=true`` adds a record
 of one call of a randomly initialised HF ``XLNetLMHeadModel`` at base size (fp32, batch 1,
 perm_mask plus a k-row target_mapping): the reference implementation's cost (needs torch and a

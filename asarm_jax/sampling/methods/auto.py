@@ -27,10 +27,9 @@ tokens then depend on its neighbours' past, in their values, not in their law.
 **Exact.** A row's next size is a function of its past (its committed tokens and
 acceptances; per batch, of every row's, drawn with keys its future draws do not share), fixed
 before the call that drafts that block. Given the past, a round verifies a block of a fixed
-size by speculative sampling, whose committed tokens follow the model's
-sequential conditionals whatever the proposal (:func:`asarm_jax.sampling.drafts.verify`), so
-the tokens' law is the sequential one whatever rule picks ``k`` from the past
-(``docs/sampling.md``).
+size by speculative sampling, whose committed tokens follow the model's sequential
+conditionals whatever the proposal (:func:`asarm_jax.sampling.drafts.verify`), so the tokens'
+law is the sequential one whatever rule picks ``k`` from the past (``docs/sampling.md``).
 
 Calls: one a round, counted for every live row except a lone exact draft (as ``assd_fused``).
 """
