@@ -183,7 +183,7 @@ def compiled_spec(spec: SamplerSpec) -> SamplerSpec:
   if spec.method == "sequential" or (spec.k == 1 and spec.method in ("assd", "parallel")):
     return SamplerSpec(method="sequential", k=1)
   return SamplerSpec(method=spec.method, **spec.sizes(),
-                     size_choice=spec.size_choice if spec.method == "auto" else "row")
+                     size_choice="batch" if spec.per_batch() else "row")
 
 
 def _resolve(spec: SamplerSpec | None, loose: dict[str, Any]) -> SamplerSpec:

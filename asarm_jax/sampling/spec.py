@@ -113,13 +113,14 @@ class SamplerSpec:
   def describe(self) -> str:
     """One short line, e.g. ``assd_fused k=5 T=1`` or ``tree N=8 D=6 ngram=2 T=0.2``."""
     sizes = "".join(f" {_NAMES[n][0]}={v}" for n, v in self.sizes().items())
-    return f"{self.method}{sizes}{' per batch' * self._per_batch()} T={self.temperature:g}"
+    return f"{self.method}{sizes}{' per batch' * self.per_batch()} T={self.temperature:g}"
 
   def tag(self) -> str:
     """A file-name part that names every setting that changes the samples or their calls."""
     sizes = "".join(f"_{_NAMES[n][1]}{v}" for n, v in self.sizes().items())
-    return f"{self.method}{sizes}{'_batch' * self._per_batch()}_t{self.temperature:g}"
+    return f"{self.method}{sizes}{'_batch' * self.per_batch()}_t{self.temperature:g}"
 
-  def _per_batch(self) -> bool:
-    """Whether ``auto`` chooses one draft size for the batch (other methods ignore it)."""
+  def per_batch(self) -> bool:
+    """Whether ``auto`` chooses one draft size for the batch (``size_choice`` means nothing to
+    other methods)."""
     return self.method == "auto" and self.size_choice == "batch"
