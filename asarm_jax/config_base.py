@@ -100,6 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=32, num_steps=1000, log_every=50, eval_every=500, eval_batches=4,
       eval_fractions=(0.0, 0.05, 0.25, 0.5), checkpoint_every=500, keep_checkpoints=3,
       time_limit_s=0.0,  # > 0: save and stop after this long, counted once step 1 compiled
+      stop_step=0,  # > 0: save and stop at this step; the schedule still spans num_steps
       debug_nan_steps=()))  # test hook: steps whose loss is made NaN (docs/reliability.md)
 
   # Mesh axis sizes; one may be -1 (the remaining devices). rules map the parameters' logical

@@ -223,7 +223,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     tick, tick_step = time.perf_counter(), step
     agreed_stop = None  # the previous step's vote: read one step late, so dispatch runs ahead
     time_limit, clock = config.train.time_limit_s, None
-    while step < num_steps:
+    # train.stop_step: a run in phases by step (a later phase with other overrides resumes it)
+    # on the one schedule of num_steps.
+    end = min(num_steps, config.train.stop_step or num_steps)
+    while step < end:
       batch = sharding.global_batch(mesh, next(iterator))
       votes = sharding.global_batch(mesh, np.full(local_batch, stop.requested))
       state, metrics, vote = train_step(state, batch, base_rng, votes)
@@ -237,8 +240,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                      time_limit, step)
         stop.requested = True
       progress.advance(step)
-      logged = step % config.train.log_every == 0 or step == num_steps
-      saving = step % config.train.checkpoint_every == 0 or step == num_steps
+      logged = step % config.train.log_every == 0 or step == end
+      saving = step % config.train.checkpoint_every == 0 or step == end
       if logged:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         trace.write(step, metrics)
@@ -258,7 +261,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         _report_saved(ckpt, progress, block=False)
       if logged or saving:
         _check_guard(state, step, config, ckpt)
-      if heldout and (step % config.train.eval_every == 0 or step == num_steps):
+      if heldout and (step % config.train.eval_every == 0 or step == end):
         totals = [jax.device_get(eval_step(state.params, b)) for b in heldout]
         evals = {k: float(np.mean([t[k] for t in totals])) for k in totals[0]}
         writer.write(step, evals, prefix="heldout")
@@ -277,7 +280,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       ckpt.save(step, state, gathered_data_state(iterator), meta, force=True)
     _report_saved(ckpt, progress, block=True)
     progress.close()
-    if step < num_steps:
+    if step == end < num_steps:
+      logging.info("Stopped at train.stop_step=%d; rerun with a later train.stop_step (0: "
+                   "train.num_steps) to go on.", step)
+    elif step < num_steps:
       logging.warning("Stopped at step %d after a signal or train.time_limit_s; rerun the "
                       "command to resume.", step)
     elif jax.process_index() == 0:

@@ -23,7 +23,7 @@ _POSITIVE_INTS = (
     "train.checkpoint_every", "train.keep_checkpoints", "optim.accumulation_steps",
     "optim.max_consecutive_nonfinite")
 _NON_NEGATIVE_INTS = ("seed", "data.max_files", "train.eval_batches", "optim.warmup_steps",
-                      "sample.num_examples")
+                      "sample.num_examples", "train.stop_step")
 _POSITIVE_NUMBERS = ("optim.learning_rate", "optim.grad_clip")
 _NON_NEGATIVE_NUMBERS = ("train.time_limit_s",)  # 0 is no limit
 _STRING_TUPLES = ("data.source_dirs", "data.exclude_patterns", "data.extensions")

@@ -125,29 +125,32 @@ def signal_at(plans: dict[str, tuple[subprocess.Popen, int, int]], timeout: floa
 
 
 def test_preempted_runs_resume_to_the_uninterrupted_run_exactly(tiny):
-  """SIGTERM, SIGINT and SIGKILL at random (seeded) steps, then the same command again: every
-  metric of every step equals the uninterrupted run's (so separate runs from scratch agree too,
-  up to the kill), and so do the final state and data position."""
+  """SIGTERM, SIGINT and SIGKILL at random (seeded) steps, then the same command again; and a
+  run stopped by ``train.stop_step``, then resumed without it: every metric of every step equals
+  the uninterrupted run's (so separate runs from scratch agree too, up to the kill), and so do
+  the final state and data position."""
   overrides, tmp = tiny
   rng = random.Random(0)
   signals = {"term": signal.SIGTERM, "int": signal.SIGINT, "kill": signal.SIGKILL}
   steps = {"term": rng.randint(4, 20), "int": rng.randint(4, 20), "kill": rng.randint(8, 30)}
+  stop_step = rng.randint(4, NUM_STEPS - 1)
   straight = f"{tmp}/straight"
-  runs = {name: f"{tmp}/{name}" for name in signals}
+  runs = {name: f"{tmp}/{name}" for name in (*signals, "phased")}
   # The uninterrupted run first, alone until its first step is logged: it fills the compilation
   # cache, and the other runs start from it instead of compiling the same step again.
   procs = {straight: launch(overrides, straight)}
   deadline = time.time() + 300
   while not read_trace(straight) and procs[straight].poll() is None and time.time() < deadline:
     time.sleep(0.05)
-  procs.update({w: launch(overrides, w) for w in runs.values()})
+  procs.update({runs[n]: launch(overrides, runs[n]) for n in signals})
+  procs[runs["phased"]] = launch({**overrides, "train.stop_step": stop_step}, runs["phased"])
   signal_at({runs[n]: (procs[runs[n]], steps[n], signals[n]) for n in signals})
   rcs = {w: p.wait(timeout=300) for w, p in procs.items()}
   logs = {}
   for name, workdir in runs.items():
     with open(f"{workdir}.log") as f:
       logs[name] = f.read()
-  assert rcs == {straight: 0, runs["term"]: 0, runs["int"]: 0,
+  assert rcs == {straight: 0, runs["term"]: 0, runs["int"]: 0, runs["phased"]: 0,
                  runs["kill"]: -signal.SIGKILL}, logs["term"][-3000:]
 
   config = demo_config(overrides)
@@ -157,6 +160,9 @@ def test_preempted_runs_resume_to_the_uninterrupted_run_exactly(tiny):
     assert steps[name] <= stopped[name] < NUM_STEPS
     assert f"Stopped at step {stopped[name]} after a signal" in logs[name]
     assert restore(runs[name], config).step == stopped[name]
+  assert f"Stopped at train.stop_step={stop_step};" in logs["phased"]
+  assert read_trace(runs["phased"])[-1]["step"] == stop_step
+  assert restore(runs["phased"], config).step == stopped.setdefault("phased", stop_step)
   assert read_trace(runs["kill"])[-1]["step"] < NUM_STEPS  # killed mid-run
   complete = restore(runs["kill"], config)  # the newest complete checkpoint, if any
   stopped["kill"] = complete.step if complete else None
@@ -319,6 +325,7 @@ def _unlinked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ("sample.temperature", float("nan"), r"sample.temperature=nan: expected a finite number >= 0"),
     ("sample.temperature", float("inf"), r"sample.temperature=inf: expected a finite number >= 0"),
     ("train.time_limit_s", -1.0, r"train.time_limit_s=-1.0: expected a finite number >= 0"),
+    ("train.stop_step", -1, r"train.stop_step=-1: expected an int >= 0"),
     ("sample.depth", 0, r"sample.depth=0: expected an int >= 1"),
     ("sample.ngram", -1, r"sample.ngram=-1: expected an int >= 0"),
     ("sample.num_nodes", 0, r"sample.num_nodes=0: expected an int >= 1"),

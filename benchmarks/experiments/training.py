@@ -8,6 +8,7 @@ from asarm_jax.sampling.spec import FIELDS, SamplerSpec
 from benchmarks.experiments import stages
 
 STARTUP_S = 240  # the hard stop's margin over train.time_limit_s: startup and compilation
+BY_STEPS_S = 1200  # the hard stop of a run with no time limit (stopped by its steps)
 
 
 def recipe(lr: float, batch: int) -> dict[str, Any]:
@@ -35,15 +36,16 @@ def prepare(knobs: dict[str, Any], runs: str) -> stages.Command:
 
 def train(knobs: dict[str, Any], runs: str, workdir: str, limit_s: float, steps: int,
           causal: bool = False, **extra: Any) -> stages.Command:
-  """Trains RUNS/WORKDIR for ``limit_s`` seconds after compilation (``train.time_limit_s``;
-  SIGTERM checkpoints at the hard stop), resuming from its checkpoint where it has one."""
+  """Trains RUNS/WORKDIR for ``limit_s`` seconds after compilation (``train.time_limit_s``; 0:
+  to ``train.stop_step`` or ``steps``, with a hard stop after :data:`BY_STEPS_S`; SIGTERM
+  checkpoints at the hard stop), resuming from its checkpoint where it has one."""
   fractions = (0.0, 0.0) if causal else tuple(knobs["fractions"])
   return stages.main("train", config_file(knobs["model"], causal), f"{runs}/{workdir}", {
       **model_overrides(knobs, runs), "train.num_steps": steps, "train.eval_every": steps,
       "train.checkpoint_every": 1000, "train.log_every": 100,
       **recipe(knobs["lr"], knobs["batch"]), "objective.fraction_range": fractions,
       "sample.num_examples": 0, "train.time_limit_s": limit_s, **extra},
-      timeout_s=limit_s + STARTUP_S, memory_fraction=0.62)
+      timeout_s=(limit_s or BY_STEPS_S) + STARTUP_S, memory_fraction=0.62)
 
 
 def spec_overrides(spec: SamplerSpec) -> dict[str, Any]:
