@@ -30,6 +30,29 @@ def test_knobs_are_overridden_with_their_types():
     experiment.knobs_of("headline", ["nothing=1"])
 
 
+def test_the_judge_judges_every_samples_file_it_is_given(tmp_path):
+  files = ("/s/asarm/gen_samples_a.npz", "/s/mdlm/gen_samples_b.npz")
+  knobs = experiment.knobs_of("causal_lm", [f"samples={','.join(files)}"])
+  judged = next(s for s in experiment.build("causal_lm", knobs, str(tmp_path))
+                if s.name == "judged")
+  assert judged.commands[0].argv[-2:] == files
+  assert set(judged.outputs) == {f"{f[:-4]}_judged.{ext}" for f in files for ext in ("json", "png")}
+
+
+def test_mdlm_baseline_trains_both_models_the_same_steps(tmp_path):
+  knobs = experiment.knobs_of("mdlm_baseline", ["steps=100", "draft_steps=30"])
+  built = {s.name: s for s in experiment.build("mdlm_baseline", knobs, str(tmp_path))}
+  flags = lambda command: {a.split("=")[0]: a.split("=", 1)[1] for a in command.argv
+                           if a.startswith("--config.")}
+  first, late = map(flags, built["asarm"].commands)
+  (mdlm,) = map(flags, built["mdlm"].commands)
+  assert first["--config.train.stop_step"] == "70" and "--config.train.stop_step" not in late
+  assert late["--config.objective.draft_weight"] == "0.25"
+  assert mdlm["--config.objective.kind"] == "mdlm"
+  for run in (first, late, mdlm):  # one schedule, stopped by steps, never by time
+    assert (run["--config.train.num_steps"], run["--config.train.time_limit_s"]) == ("100", "0")
+
+
 def test_a_bad_override_fails_the_dry_run(tmp_path):
   knobs = experiment.knobs_of("recipe", [])
   built = experiment.build("recipe", knobs, str(tmp_path))

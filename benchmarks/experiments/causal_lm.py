@@ -6,8 +6,8 @@ the judge of the headline's generation-quality samples.
       --set samples=$PWD/docs/archive/results/run3_2026-12-03/gen_samples_step7650_t1_f0.05_seed0_b64.npz
 
 Stages: ``prepare``; ``causal`` (training); ``density`` (held-out bits and the prefix-only
-single-line tasks, sequential at T=0.2); ``judged`` (the headline's samples judged, where
-``samples`` is set); ``greedy`` (single-line at T=0 with sequential and a tree at batch 64 and
+single-line tasks, sequential at T=0.2); ``judged`` (samples judged, where ``samples`` names
+their files, comma-separated: the headline's, or ``mdlm_baseline``'s two); ``greedy`` (single-line at T=0 with sequential and a tree at batch 64 and
 batch 1: every exact decoder must give the same middles); ``overhead`` (the fixed cost of a
 batch-1 task, with a profiler trace). Estimated at ~1500 s of H200 time.
 """
@@ -44,10 +44,11 @@ def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
           cli.parse_spec("sequential").replace(temperature=0.2), causal=True),), EVAL_FILES),
   ]
   if knobs["samples"]:
-    stem = os.path.splitext(knobs["samples"])[0]
+    files = knobs["samples"].split(",")
+    stems = [os.path.splitext(path)[0] for path in files]
     built.append(Stage("judged", (stages.module(
-        "asarm_jax.evaluation.judge_samples", f"--judge={runs}/causal", knobs["samples"]),),
-        (f"{stem}_judged.json", f"{stem}_judged.png")))
+        "asarm_jax.evaluation.judge_samples", f"--judge={runs}/causal", *files),),
+        tuple(f"{stem}_judged.{ext}" for stem in stems for ext in ("json", "png"))))
   return built + [
       Stage("greedy", greedy, EVAL_FILES),
       Stage("overhead", (stages.benchmark("task_overhead", runs, workdir=f"{runs}/causal",
