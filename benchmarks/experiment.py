@@ -6,8 +6,10 @@
 A stage whose done-marker record is in RUNS/stages.jsonl is skipped on a rerun. After every
 stage, its logs and outputs (RUNS/out/STAGE/) and the benchmarks' records (RUNS/records/) are
 packed into OUT/NAME.tgz: the one file a device call returns. ``--detach`` starts the run from a
-copy of the checkout (RUNS/code), detached from the calling process, and returns; ``--wait
-STAGE`` waits (at most ``--wait_s``) until STAGE is done, then packs what is there.
+copy of the checkout of its own (RUNS/code_*), detached from the calling process, and returns;
+``--wait STAGE`` waits (at most ``--wait_s``) until STAGE is done, then packs what is there.
+Two detached runs of disjoint ``--stages`` may share RUNS, e.g. one model's evaluations beside
+another's training once the stages they read are done (their done-markers are one line each).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from typing import Any
 
@@ -109,21 +112,25 @@ def run_stage(stage: stage_lib.Stage, runs: str, experiment: str, knobs: dict) -
 
 
 def pack(runs: str, out: str, experiment: str) -> None:
-  """RUNS/out, RUNS/records and RUNS/stages.jsonl into OUT/EXPERIMENT.tgz."""
+  """RUNS/out, RUNS/records and RUNS/stages.jsonl into OUT/EXPERIMENT.tgz, written whole under
+  another name and then renamed (a run and a ``--wait`` may pack at the same moment)."""
   if not out:
     return
   os.makedirs(out, exist_ok=True)
-  with tarfile.open(os.path.join(out, f"{experiment}.tgz"), "w:gz") as tar:
+  fd, partial = tempfile.mkstemp(prefix=f".{experiment}_", suffix=".tgz", dir=out)
+  with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
     for name in ("out", "records", "stages.jsonl"):
       if os.path.exists(os.path.join(runs, name)):
         tar.add(os.path.join(runs, name), arcname=name)
+  os.replace(partial, os.path.join(out, f"{experiment}.tgz"))
 
 
 def start_detached(argv: list[str], runs: str) -> None:
-  """``python -m benchmarks experiment ARGV`` from a copy of the checkout in RUNS/code, in a
-  new session (a later device call may replace or remove the checkout it was started from)."""
-  code = os.path.join(runs, "code")
-  shutil.rmtree(code, ignore_errors=True)
+  """``python -m benchmarks experiment ARGV`` from a new copy of the checkout, RUNS/code_*, in a
+  new session (a later device call may replace or remove the checkout it was started from, and
+  another detached run of the same RUNS has its own copy)."""
+  os.makedirs(runs, exist_ok=True)
+  code = tempfile.mkdtemp(prefix="code_", dir=runs)
   for name in CODE:
     (shutil.copytree if os.path.isdir(name) else shutil.copy)(name, os.path.join(code, name))
   # The log stays open for the child; this process returns at once.

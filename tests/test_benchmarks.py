@@ -200,6 +200,17 @@ def test_gpu_kernels_are_the_streams_within_the_call():
                               {"kernel": "attention", "ms": 0.01, "share": 1 / 3}]
 
 
+def test_two_detached_runs_of_one_runs_folder_run_from_their_own_code(tmp_path, monkeypatch):
+  started = []
+  monkeypatch.setattr(experiment.subprocess, "Popen", lambda argv, cwd, **_: started.append(cwd))
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  for stages in ("prepare,asarm,mdlm", "asarm_density"):
+    experiment.start_detached(["mdlm_baseline", f"--stages={stages}"], str(tmp_path))
+  first, second = started
+  assert first != second  # the second copy leaves the first run's code alone
+  assert all(os.path.isfile(os.path.join(code, "asarm_jax", "train.py")) for code in started)
+
+
 def test_a_finished_stage_is_skipped_on_rerun_and_packed(tmp_path, monkeypatch):
   """Stages run in order, each marks itself done; a rerun runs only what is not done, and
   every run packs RUNS/out, the records and the done-markers into OUT/NAME.tgz."""
@@ -223,6 +234,7 @@ def test_a_finished_stage_is_skipped_on_rerun_and_packed(tmp_path, monkeypatch):
   with tarfile.open(out / "recipe.tgz") as tar:
     names = tar.getnames()
   assert "stages.jsonl" in names and "out/second/0.log" in names
+  assert os.listdir(out) == ["recipe.tgz"]  # written under another name, then renamed
 
 
 def test_cost_model_measures_auto_and_generate_reads_it(tmp_path, monkeypatch):

@@ -14,7 +14,9 @@ decoders of ``asarm_specs``, their calls measured) and ``mdlm_single_line``/
 ``mdlm_multi_line`` (``specs``: the MDLM at calls = tokens, tokens/2 and tokens/4), the middles
 for a CPU machine to score; ``asarm_gen``/``mdlm_gen`` (generation-quality samples, the AS-ARM's
 exact decoders and the MDLM at the same three numbers of calls, for the causal LM of
-``causal_lm`` to judge). Estimated at ~1500 s of H100 time.
+``causal_lm`` to judge). Estimated at ~1500 s of H100 time, run as one detached run, or at
+~1300 s with the AS-ARM's evaluations in a second detached run beside the MDLM's training
+(``docs/mdlm.md``).
 """
 from __future__ import annotations
 
