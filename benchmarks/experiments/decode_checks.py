@@ -21,8 +21,10 @@ The stages, most needed first (each command ends by ``timeout_s`` and keeps what
   setting's time goes;
 * ``profile_cublas`` and ``profile_graphs``: ``profile`` with
   ``--xla_gpu_enable_triton_gemm=false``, and with the sampling loop recorded as a CUDA graph
-  (:mod:`benchmarks.while_loop_graphs`' flags, measured at batch 1 only so far); the records
-  carry the flags.
+  (:mod:`benchmarks.while_loop_graphs`' flags); the records carry the flags;
+* ``graphs``: :mod:`benchmarks.while_loop_graphs` for ``graphs_specs`` at batch 1 and 64, each
+  decoder's fixed cost and cost per token with XLA's defaults and with the loop and ``auto``'s
+  conditionals as CUDA graphs; ``gpu_tests_graphs``: the exactness tests with those flags.
 
 Estimated at ~35 minutes of H200 time (each command at most ``timeout_s``): more than one
 session's 30; a later session runs the stages left (``--stages=...``: a fresh machine has no
@@ -43,11 +45,13 @@ KNOBS = dict(
     greedy_specs="assd:5,assd_fused:5,tree:8,auto:8", alone_rows=4, compile_workers=4,
     greedy_deterministic="true,false",
     det_specs="sequential,assd_fused:5,tree:8:6",
+    graphs_specs="sequential,assd_fused:5,tree:8,auto:8",
     timeout_s=540.0)
 
 
 def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
-  """gpu_tests, profile, greedy, probe, profile_det, profile_cublas, profile_graphs."""
+  """gpu_tests, profile, greedy, probe, profile_det, profile_cublas, profile_graphs, graphs,
+  gpu_tests_graphs."""
   timed = lambda command, **env: dataclasses.replace(
       command, env=tuple(env.items()), timeout_s=knobs["timeout_s"])
   profile = stages.benchmark("decode_profile", runs, config=knobs["config"],
@@ -68,4 +72,10 @@ def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
           deterministic=True, compile_workers=knobs["compile_workers"])),)),
       Stage("profile_cublas", (timed(profile, XLA_FLAGS="--xla_gpu_enable_triton_gemm=false"),)),
       Stage("profile_graphs", (timed(profile, XLA_FLAGS=while_loop_graphs.XLA_FLAGS["graphs"]),)),
+      Stage("graphs", tuple(timed(stages.benchmark(
+          "while_loop_graphs", runs, config=f"configs/{knobs['config']}.py", hidden="0,16,64",
+          rows=8, specs=knobs["graphs_specs"], batch=batch)) for batch in (1, 64))),
+      Stage("gpu_tests_graphs", (timed(stages.module("pytest", "-q", "tests/test_exactness.py"),
+                                       JAX_DEFAULT_MATMUL_PRECISION="highest",
+                                       XLA_FLAGS=while_loop_graphs.XLA_FLAGS["graphs"]),)),
   ]
