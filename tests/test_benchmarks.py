@@ -1,6 +1,8 @@
 """The benchmarks package: every experiment's dry run, the record schema, the docs' tables."""
+import json
 import os
 import types
+from typing import Any
 
 import jax
 import numpy as np
@@ -51,6 +53,51 @@ def test_mdlm_baseline_trains_both_models_the_same_steps(tmp_path):
   assert mdlm["--config.objective.kind"] == "mdlm"
   for run in (first, late, mdlm):  # one schedule, stopped by steps, never by time
     assert (run["--config.train.num_steps"], run["--config.train.time_limit_s"]) == ("100", "0")
+
+
+def test_mdlm_comparison_reads_the_packed_run(tmp_path):
+  """Density side by side, and per (task, model, decoder) pass@1, calls per token and the paired
+  McNemar test against the AS-ARM's sequential decoding, from the files a run returns."""
+  from benchmarks import mdlm_comparison  # pylint: disable=g-import-not-at-top
+  knobs = {"model": "demo", "steps": 10, "batch": 4}
+  records.write(str(tmp_path / "stages.jsonl"), [records.make(
+      "experiment_stage", {"stage": stage, "knobs": knobs}, {"seconds": seconds},
+      accelerator="gpu", commit="abc") for stage, seconds in (("asarm", 90.0), ("mdlm", 80.0))])
+
+  def put(stage: str, name: str, content: Any) -> None:
+    folder = tmp_path / "out" / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in content) if name.endswith("l") else json.dumps(
+        content)
+    (folder / name).write_text(text)
+
+  bits = lambda **orders: {"tasks": {"density": {"bits_per_token": {
+      order: {"0.05": value} for order, value in orders.items()}}}}
+  put("asarm_density", "asarm__eval__results.json",
+      bits(left_to_right=2.0, any_subset=2.1, mdlm_elbo=2.6))
+  put("mdlm_density", "mdlm__eval__results.json", bits(mdlm_elbo=2.4))
+  outcomes = {"asarm": {"sequential": [1, 1, 1, 1, 1, 0]}, "mdlm": {"mdlm_k2": [0, 0, 0, 0, 0, 1]}}
+  for model, decoders in outcomes.items():
+    for decoder, passed in decoders.items():
+      stem = f"{model}__eval__humaneval_single_line_step10_{decoder}_t0.2_seed0_b64_continuous"
+      put(f"{model}_single_line", f"{stem}_report.json",
+          {"pass@1": sum(passed) / 6, "num_tasks": 6, "tokens_per_call": 2.0 if "k2" in decoder
+           else 1.0})
+      put(f"{model}_single_line", f"{stem}_scores.jsonl",
+          [{"task_id": f"t{i}", "sample": 0, "passed": bool(p)} for i, p in enumerate(passed)])
+  made = {}
+  for record in mdlm_comparison.run(str(tmp_path)):
+    made.setdefault(record["name"], []).append(record)
+  assert [r["metrics"]["tokens_M"] for r in made["mdlm_training"]] == [10 * 4 * 128 / 1e6] * 2
+  (density,) = made["mdlm_density"]
+  assert density["settings"] == {"visible": 0.05}
+  assert list(density["metrics"].values()) == [2.0, 2.1, 2.6, 2.4]
+  first, second = made["mdlm_humaneval"]
+  assert (first["settings"]["decoder"], second["settings"]["decoder"]) == ("sequential", "mdlm_k2")
+  assert second["metrics"]["calls/token"] == 0.5 and second["metrics"]["passed"] == 1
+  # 5 tasks only the AS-ARM passes, 1 only the MDLM: 2 P(X <= 1), X ~ Binomial(6, 1/2)
+  assert second["metrics"]["McNemar p against the AS-ARM's sequential"] == pytest.approx(14 / 64)
+  assert second["commit"] == "abc" and second["accelerator"] == "gpu"
 
 
 def test_a_bad_override_fails_the_dry_run(tmp_path):
