@@ -10,7 +10,8 @@ asarm_jax.evaluation.score_middles`` (its ``*_report.json`` beside each). Writes
 ``mdlm_density`` record per visible fraction (the AS-ARM's exact left-to-right and any-subset
 bits, the bound of its independent marginals, and the MDLM's bound: ``docs/mdlm.md``), and one
 ``mdlm_humaneval`` record per (task, model, decoder): pass@1, tokens per call, calls per
-hidden token and the paired exact McNemar test against the AS-ARM's sequential decoding. Each record keeps the run's date, machine, accelerator and commit.
+hidden token and the paired exact McNemar test against the AS-ARM's sequential decoding. Each
+record keeps the run's date, machine, accelerator and commit.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from benchmarks import common, records
 MODELS = ("asarm", "mdlm")
 KINDS = ("single_line", "multi_line")
 # ..._humaneval_single_line_step2400_tree_n8_d6_g2_t0.2_seed0_b64_continuous_report.json
-_SCORED = re.compile(r"humaneval_(\w+?_line)_step(\d+)_(.+)_t([\d.]+)_seed\d+_b\d+_\w+_report\.json$")
+_SCORED = re.compile(r"humaneval_(\w+?_line)_step\d+_(.+)_t([\d.]+)_seed\d+_b\d+_\w+_report\.json$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,13 +80,13 @@ def humaneval(unpacked: str) -> Iterator[tuple[dict, dict]]:
                 for path in glob.glob(os.path.join(folder, "*_report.json"))]
       # sequential first: the baseline of the comparisons
       ours = [(path, match) for path, match in scored if match and match.group(1) == kind]
-      for path, match in sorted(ours, key=lambda pm: (pm[1].group(3) != "sequential", pm[0])):
+      for path, match in sorted(ours, key=lambda pm: (pm[1].group(2) != "sequential", pm[0])):
         report = _load(path)
         passes = compare_passes.passes(path[:-len("_report.json")] + "_scores.jsonl")
         base = base or passes
         paired = compare_passes.compare(base, passes)
-        yield {"task": kind, "model": model, "decoder": match.group(3),
-               "temperature": float(match.group(4))}, {
+        yield {"task": kind, "model": model, "decoder": match.group(2),
+               "temperature": float(match.group(3))}, {
             "pass@1": report["pass@1"], "passed": paired["passed"], "tasks": report["num_tasks"],
             "tokens/call": report["tokens_per_call"],
             "calls/token": 1.0 / report["tokens_per_call"],

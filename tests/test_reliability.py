@@ -162,7 +162,8 @@ def test_preempted_runs_resume_to_the_uninterrupted_run_exactly(tiny):
     assert restore(runs[name], config).step == stopped[name]
   assert f"Stopped at train.stop_step={stop_step};" in logs["phased"]
   assert read_trace(runs["phased"])[-1]["step"] == stop_step
-  assert restore(runs["phased"], config).step == stopped.setdefault("phased", stop_step)
+  stopped["phased"] = stop_step
+  assert restore(runs["phased"], config).step == stop_step
   assert read_trace(runs["kill"])[-1]["step"] < NUM_STEPS  # killed mid-run
   complete = restore(runs["kill"], config)  # the newest complete checkpoint, if any
   stopped["kill"] = complete.step if complete else None

@@ -7,8 +7,9 @@ the judge of the headline's generation-quality samples.
 
 Stages: ``prepare``; ``causal`` (training); ``density`` (held-out bits and the prefix-only
 single-line tasks, sequential at T=0.2); ``judged`` (samples judged, where ``samples`` names
-their files, comma-separated: the headline's, or ``mdlm_baseline``'s two); ``greedy`` (single-line at T=0 with sequential and a tree at batch 64 and
-batch 1: every exact decoder must give the same middles); ``overhead`` (the fixed cost of a
+their files, comma-separated: the headline's, or ``mdlm_baseline``'s two); ``greedy``
+(single-line at T=0 with sequential and a tree at batch 64 and batch 1: every exact decoder must
+give the same middles); ``overhead`` (the fixed cost of a
 batch-1 task, with a profiler trace). Estimated at ~1500 s of H200 time.
 """
 from __future__ import annotations
