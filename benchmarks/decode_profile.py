@@ -72,6 +72,7 @@ import jax
 import numpy as np
 
 from asarm_jax import models, sampling
+from asarm_jax.sampling import core
 from asarm_jax.sampling.spec import SamplerSpec
 from benchmarks import cli, common, records, report, sampling_speed, trace_summary
 
@@ -296,6 +297,7 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
       made.append(records.make("decode_profile", {
           "spec": case.text, "batch": batch, "visible": visible, "temperature": temperature,
           "length": length, "deterministic": deterministic,
+          "command_buffers": not deterministic and core.command_buffers(case.spec, batch),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}, metrics, described))
       yield made[-1]
       summaries += summary

@@ -1,21 +1,24 @@
 """Every decoder's cost with and without XLA command buffers for loops and conditionals.
 
   python -m benchmarks while_loop_graphs --config=configs/xlnet_base.py \
-      [--specs=sequential,assd_fused:5,tree:8,auto:8] [--batch=1]
+      [--specs=sequential,assd_fused:5,tree:8,auto:8] [--batch=1] [--variants=off,on]
 
 On a GPU, XLA runs a ``lax.while_loop`` from the host: every iteration copies the loop
 predicate to the host and launches the body's kernels one by one, so a batch-1 sampler is
 bound by the host (:mod:`benchmarks.task_overhead` with ``--trace`` on the H200: the GPU busy
-25% of the traced tasks). With ``--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL`` the loop
-is recorded as one CUDA graph with conditional nodes and runs on the device; so are the
-``lax.switch`` of ``auto``'s draft sizes, whose branch index the host otherwise reads back in
-every round. This decodes ``--rows`` dispatches of ``--batch`` rows of random tokens, ``h``
-hidden from the middle for h in ``--hidden``, with a randomly initialised model of ``--config``,
-with each sampler of ``--specs`` (random weights: a drafting decoder's acceptance is not a
-trained model's, but its calls are the same in both variants), once per ``--variants`` entry
-in a fresh process (XLA reads its flags once). One record per (variant, spec): the median
-milliseconds per dispatch at each h, the fitted fixed cost and cost per hidden token, the
-network calls, and whether its tokens equal the first variant's.
+25% of the traced tasks). With command buffers for WHILE and CONDITIONAL
+(``sampling.core.COMMAND_BUFFER_OPTIONS``) the loop is recorded as one CUDA graph with
+conditional nodes and runs on the device; so is the ``lax.switch`` of ``auto``'s draft sizes,
+whose branch index the host otherwise reads back in every round. ``sampling.generate``
+compiles its loop so where they were measured to help (``sampling.core.command_buffers``).
+Each variant runs in a fresh process with ``$ASARM_JAX_COMMAND_BUFFERS`` set to it: ``off``,
+``on`` or ``measured`` (that rule). It decodes ``--rows`` dispatches of ``--batch`` rows of
+random tokens, ``h`` hidden from the middle for h in ``--hidden``, with a randomly
+initialised model of ``--config``, with each sampler of ``--specs`` (random weights: a
+drafting decoder's acceptance is not a trained model's, but its calls are the same in every
+variant). One record per (variant, spec): the median milliseconds per dispatch at each h,
+the fitted fixed cost and cost per hidden token, the network calls, and whether its tokens
+equal the first variant's.
 """
 from __future__ import annotations
 
@@ -30,9 +33,6 @@ import numpy as np
 
 from benchmarks import cli, records
 
-XLA_FLAGS = {"plain": "",
-             "graphs": "--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL "
-                       "--xla_gpu_graph_min_graph_size=1"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--hidden", type=cli.list_of(int), default="0,16,64",
                       help="hidden tokens per row")
   parser.add_argument("--rows", type=int, default=16, help="timed rows per h")
-  parser.add_argument("--variants", type=cli.list_of(str), default="plain,graphs",
-                      help="plain: XLA's defaults; graphs: WHILE and CONDITIONAL command buffers")
+  parser.add_argument("--variants", type=cli.list_of(str), default="off,on",
+                      help="$ASARM_JAX_COMMAND_BUFFERS of each: off, on or measured")
   parser.add_argument("--specs", type=cli.list_of(str), default="sequential",
                       help="samplers to time (benchmarks.cli.parse_spec)")
   parser.add_argument("--batch", type=int, default=1, help="rows per dispatch")
@@ -81,19 +81,19 @@ def time_variant(config_path: str, hidden: list[int], rows: int, specs: list[str
 
 
 def run(config: str = "configs/xlnet_base.py", hidden: list[int] = (0, 4), rows: int = 16,
-        variants: list[str] = ("plain", "graphs"), specs: list[str] = ("sequential",),
+        variants: list[str] = ("off", "on"), specs: list[str] = ("sequential",),
         batch: int = 1) -> list[dict]:
-  """One record per (variant, spec), each variant timed in a child process with its XLA
-  flags."""
+  """One record per (variant, spec), each variant timed in a child process with
+  ``$ASARM_JAX_COMMAND_BUFFERS`` set to it."""
+  from asarm_jax.sampling import core  # pylint: disable=g-import-not-at-top
   made, first_tokens = [], {}
   for variant in variants:
-    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " "
-                                      + XLA_FLAGS[variant]).strip())
+    env = dict(os.environ, **{core.COMMAND_BUFFERS_ENV: variant})
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.while_loop_graphs", config,
          ",".join(map(str, hidden)), str(rows), ",".join(specs), str(batch)], env=env,
         capture_output=True, text=True, check=False)
-    settings = {"variant": variant, "xla_flags": XLA_FLAGS[variant], "hidden": list(hidden),
+    settings = {"variant": variant, "command_buffers": variant, "hidden": list(hidden),
                 "rows": rows, "batch": batch}
     if proc.returncode:
       print(f"{variant}: failed\n{proc.stderr[-3000:]}", flush=True)

@@ -214,7 +214,7 @@ def test_decode_profile_runs_on_the_cpu():
     m = r["metrics"]
     assert r["settings"] | {"spec": 0, "batch": 0, "deterministic": 0} == {
         "spec": 0, "batch": 0, "deterministic": 0, "visible": 0.05, "temperature": 0.2,
-        "length": 16, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+        "length": 16, "command_buffers": False, "xla_flags": os.environ.get("XLA_FLAGS", "")}
     assert m["num_network_calls"] >= 2 and 0 < m["tokens_per_call"] <= 3
     assert m["wall_ms_per_call"] > 0 and m["roofline_ms"] > 0 and m["flops_per_call"] > 0
     assert m["wall_ratio"] == pytest.approx(m["wall_ms_per_call"] / m["roofline_ms"])

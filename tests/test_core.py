@@ -519,3 +519,26 @@ def test_a_model_block_lacking_a_key_is_an_error():
   partial = {k: v for k, v in model_config().items() if k != "alibi"}
   with pytest.raises(ValueError, match=r"lacks \['alibi'\]"):
     models.build(ml_collections.ConfigDict(partial))
+
+
+def test_loops_run_as_cuda_graphs_where_measured_to_help(monkeypatch):
+  """``sampling.core.command_buffers``: ``auto`` at any batch and every decoder at batch 1
+  (docs/results.md, 2026-12-06), unless ``$ASARM_JAX_COMMAND_BUFFERS`` says on or off; the
+  options keep XLA's default commands and add the loop's, and deterministic decoding never
+  takes them. (A loop compiled with them for a GPU: tests/test_compiled_kernels.py.)"""
+  from asarm_jax.sampling import core  # pylint: disable=g-import-not-at-top
+  specs = (sampling.SamplerSpec(method="sequential"), sampling.SamplerSpec(method="tree"),
+           sampling.SamplerSpec(method="auto"))
+  decide = lambda: [core.command_buffers(spec, slots) for spec in specs for slots in (1, 64)]
+  monkeypatch.delenv(core.COMMAND_BUFFERS_ENV, raising=False)
+  assert decide() == [True, False, True, False, True, True]
+  for setting in ("on", "off"):
+    monkeypatch.setenv(core.COMMAND_BUFFERS_ENV, setting)
+    assert decide() == [setting == "on"] * 6
+  monkeypatch.setenv(core.COMMAND_BUFFERS_ENV, "yes")
+  with pytest.raises(ValueError, match="measured, on or off"):
+    decide()
+  commands = core.compiler_options(False, True)["xla_gpu_enable_command_buffer"].split(",")
+  assert commands[:2] == ["FUSION", "CUBLAS"] and commands[-2:] == ["WHILE", "CONDITIONAL"]
+  assert core.compiler_options(False, False) == core.COMPILER_OPTIONS
+  assert core.compiler_options(True, True) == core.DETERMINISTIC_OPTIONS

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import warnings
 from typing import Any, Callable
 
@@ -113,10 +114,41 @@ COMPILER_OPTIONS = {"xla_gpu_copy_insertion_use_region_analysis": True}
 DETERMINISTIC_OPTIONS = {**COMPILER_OPTIONS, "xla_allow_excess_precision": False}
 
 
-def compiler_options(deterministic: bool) -> dict[str, bool]:
+# CUDA graphs: XLA records the loop and its conditionals as command buffers that run on the
+# device, where by default the host reads every round's predicate (and ``auto``'s branch
+# index) back and launches the round's kernels one by one. XLA's default commands (FUSION to
+# DYNAMIC_SLICE_FUSION) plus WHILE and CONDITIONAL: per-program options replace the list, they
+# do not add to it. Measured on an H100 (2026-12-06, docs/results.md, random weights, tokens
+# identical): per hidden token 5-7% faster at batch 1 for every decoder and 20-22% for
+# ``auto`` at batch 1 and 64; at batch 64 the other decoders gain 3-8% a token but pay ~5 ms
+# more a dispatch, which loses on short middles. Hence :func:`command_buffers`.
+COMMAND_BUFFER_OPTIONS = {
+    "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,"
+                                     "DYNAMIC_SLICE_FUSION,WHILE,CONDITIONAL",
+    "xla_gpu_graph_min_graph_size": 1}
+# "measured" (the default: :func:`command_buffers`' rule), "on" or "off".
+COMMAND_BUFFERS_ENV = "ASARM_JAX_COMMAND_BUFFERS"
+
+
+def command_buffers(spec: SamplerSpec, num_slots: int) -> bool:
+  """Whether a loop of ``spec`` over ``num_slots`` slots runs as CUDA graphs: where measured to
+  help (``auto`` at any batch, every decoder at batch 1), unless ``$ASARM_JAX_COMMAND_BUFFERS``
+  says ``on`` or ``off``. Other backends ignore the options."""
+  setting = os.environ.get(COMMAND_BUFFERS_ENV, "measured")
+  if setting not in ("measured", "on", "off"):
+    raise ValueError(f"{COMMAND_BUFFERS_ENV}={setting!r}: expected measured, on or off")
+  if setting != "measured":
+    return setting == "on"
+  return spec.method == "auto" or num_slots == 1
+
+
+def compiler_options(deterministic: bool, graphs: bool = False) -> dict[str, Any]:
   """XLA's options for a sampling loop's program: :data:`DETERMINISTIC_OPTIONS` for
-  deterministic decoding, else :data:`COMPILER_OPTIONS`."""
-  return DETERMINISTIC_OPTIONS if deterministic else COMPILER_OPTIONS
+  deterministic decoding, else :data:`COMPILER_OPTIONS`, with :data:`COMMAND_BUFFER_OPTIONS`
+  if ``graphs`` (deterministic decoding is not timed with them: never)."""
+  if deterministic:
+    return DETERMINISTIC_OPTIONS
+  return {**COMPILER_OPTIONS, **COMMAND_BUFFER_OPTIONS} if graphs else COMPILER_OPTIONS
 
 
 @functools.lru_cache(maxsize=16)
@@ -145,8 +177,8 @@ def sampling_loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: i
 
 @functools.lru_cache(maxsize=64)
 def _compiled(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
-              refill_rows: int, signature: Any, nested: bool,
-              deterministic: bool) -> Callable[..., Generation]:
+              refill_rows: int, signature: Any, nested: bool, deterministic: bool,
+              graphs: bool) -> Callable[..., Generation]:
   """The jitted loop of one configuration; ``signature`` (shapes and dtypes of the arguments)
   is in the key so that the loop is traced exactly once per entry, which chex asserts. The
   temperature is a traced argument: changing it never recompiles. With
@@ -156,7 +188,7 @@ def _compiled(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
   # chex keys its trace counter on the function's name: give each entry its own counter.
   loop.__name__ = f"sample_{spec.tag()}_{next(_serial)}".replace(".", "_")
   return jax.jit(chex.assert_max_traces(loop, n=1),
-                 compiler_options=None if nested else compiler_options(deterministic))
+                 compiler_options=None if nested else compiler_options(deterministic, graphs))
 
 
 def _signature(tree: Any) -> Any:
@@ -322,5 +354,6 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
                   "XLA options: compile it with compiler_options=sampling.core."
                   "DETERMINISTIC_OPTIONS, or a row's tokens may depend on the batch on a GPU.",
                   stacklevel=2)
-  return _compiled(net, compiled_spec(spec), bool(cache), num_slots, refill_rows,
-                   _signature(args), nested, deterministic)(*args)
+  spec = compiled_spec(spec)
+  return _compiled(net, spec, bool(cache), num_slots, refill_rows, _signature(args), nested,
+                   deterministic, command_buffers(spec, num_slots))(*args)

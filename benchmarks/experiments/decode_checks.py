@@ -20,11 +20,11 @@ The stages, most needed first (each command ends by ``timeout_s`` and keeps what
 * ``profile_det``: ``decode_profile`` of deterministic decoding (``det_specs``): where the
   setting's time goes;
 * ``profile_cublas`` and ``profile_graphs``: ``profile`` with
-  ``--xla_gpu_enable_triton_gemm=false``, and with the sampling loop recorded as a CUDA graph
-  (:mod:`benchmarks.while_loop_graphs`' flags); the records carry the flags;
+  ``--xla_gpu_enable_triton_gemm=false``, and with every sampling loop recorded as a CUDA graph
+  (``ASARM_JAX_COMMAND_BUFFERS=on``); the records carry the settings;
 * ``graphs``: :mod:`benchmarks.while_loop_graphs` for ``graphs_specs`` at batch 1 and 64, each
-  decoder's fixed cost and cost per token with XLA's defaults and with the loop and ``auto``'s
-  conditionals as CUDA graphs; ``gpu_tests_graphs``: the exactness tests with those flags.
+  decoder's fixed cost and cost per token without and with the loop and ``auto``'s
+  conditionals as CUDA graphs; ``gpu_tests_graphs``: the exactness tests with them on.
 
 Estimated at ~35 minutes of H200 time (each command at most ``timeout_s``): more than one
 session's 30; a later session runs the stages left (``--stages=...``: a fresh machine has no
@@ -35,7 +35,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from benchmarks import cli, while_loop_graphs
+from asarm_jax.sampling import core
+from benchmarks import cli
 from benchmarks.experiments import stages
 from benchmarks.experiments.stages import Stage
 
@@ -71,11 +72,11 @@ def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
           "decode_profile", runs, config=knobs["config"], specs=knobs["det_specs"],
           deterministic=True, compile_workers=knobs["compile_workers"])),)),
       Stage("profile_cublas", (timed(profile, XLA_FLAGS="--xla_gpu_enable_triton_gemm=false"),)),
-      Stage("profile_graphs", (timed(profile, XLA_FLAGS=while_loop_graphs.XLA_FLAGS["graphs"]),)),
+      Stage("profile_graphs", (timed(profile, **{core.COMMAND_BUFFERS_ENV: "on"}),)),
       Stage("graphs", tuple(timed(stages.benchmark(
           "while_loop_graphs", runs, config=f"configs/{knobs['config']}.py", hidden="0,16,64",
           rows=8, specs=knobs["graphs_specs"], batch=batch)) for batch in (1, 64))),
       Stage("gpu_tests_graphs", (timed(stages.module("pytest", "-q", "tests/test_exactness.py"),
                                        JAX_DEFAULT_MATMUL_PRECISION="highest",
-                                       XLA_FLAGS=while_loop_graphs.XLA_FLAGS["graphs"]),)),
+                                       **{core.COMMAND_BUFFERS_ENV: "on"}),)),
   ]
