@@ -29,10 +29,13 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 
+from asarm_jax import models, sampling, train
+from asarm_jax.config_base import from_file
+from asarm_jax.sampling import core
 from benchmarks import cli, records
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,10 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def time_variant(config_path: str, hidden: list[int], rows: int, specs: list[str],
                  batch: int) -> dict:
   """Per spec and h: median ms per dispatch of ``batch`` rows, the network calls and the
-  generated tokens (this process's XLA flags)."""
-  import jax  # pylint: disable=g-import-not-at-top  (XLA reads XLA_FLAGS at its first backend)
-  from asarm_jax import models, sampling, train  # pylint: disable=g-import-not-at-top
-  from asarm_jax.config_base import from_file  # pylint: disable=g-import-not-at-top
+  generated tokens (this process's ``$ASARM_JAX_COMMAND_BUFFERS``)."""
   config = from_file(config_path)
   model = models.build(config.model)
   seq_len = config.data.seq_len
@@ -85,7 +85,6 @@ def run(config: str = "configs/xlnet_base.py", hidden: list[int] = (0, 4), rows:
         batch: int = 1) -> list[dict]:
   """One record per (variant, spec), each variant timed in a child process with
   ``$ASARM_JAX_COMMAND_BUFFERS`` set to it."""
-  from asarm_jax.sampling import core  # pylint: disable=g-import-not-at-top
   made, first_tokens = [], {}
   for variant in variants:
     env = dict(os.environ, **{core.COMMAND_BUFFERS_ENV: variant})
@@ -93,8 +92,7 @@ def run(config: str = "configs/xlnet_base.py", hidden: list[int] = (0, 4), rows:
         [sys.executable, "-m", "benchmarks.while_loop_graphs", config,
          ",".join(map(str, hidden)), str(rows), ",".join(specs), str(batch)], env=env,
         capture_output=True, text=True, check=False)
-    settings = {"variant": variant, "command_buffers": variant, "hidden": list(hidden),
-                "rows": rows, "batch": batch}
+    settings = {"variant": variant, "hidden": list(hidden), "rows": rows, "batch": batch}
     if proc.returncode:
       print(f"{variant}: failed\n{proc.stderr[-3000:]}", flush=True)
       made.append(records.make("while_loop_graphs", settings, {"error": proc.stderr[-3000:]},

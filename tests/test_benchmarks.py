@@ -11,7 +11,7 @@ import pytest
 from asarm_jax import models, sampling
 from asarm_jax.sampling import cost_model, methods
 from benchmarks import (cli, common, decode_profile, experiment, greedy_agreement,
-                        invariance_probe, records, report, speed_ratios)
+                        invariance_probe, records, report, speed_ratios, while_loop_graphs)
 from benchmarks import cost_model as cost_model_benchmark
 from benchmarks.experiments import EXPERIMENTS
 
@@ -412,3 +412,16 @@ def test_speed_ratios_divide_the_runs_of_one_cell():
       ("1 slot", "1.00x", "3.00x"), ("dispatches of 1", "1.00x", "0.33x"), ("1 slot", "2.00x", "")]
   with pytest.raises(ValueError, match="expected"):
     list(speed_ratios.run_on(made))
+
+
+def test_while_loop_graphs_sets_the_switch_in_each_variants_process():
+  """Each variant's child decodes with ``$ASARM_JAX_COMMAND_BUFFERS`` set to it: ``on`` times
+  the decoder (the CPU ignores the options), and a setting the rule does not know is an error
+  record, not a crash of the benchmark."""
+  config = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.py")
+  on, unknown = while_loop_graphs.run(config=config, hidden=[0, 2], rows=1,
+                                      variants=["on", "yes"])
+  records.validate(on)
+  assert on["settings"]["variant"] == "on" and on["metrics"]["same_tokens_as_first"]
+  assert on["metrics"]["calls"] == {"0": 1.0, "2": 3.0}
+  assert "expected measured, on or off" in unknown["metrics"]["error"]
