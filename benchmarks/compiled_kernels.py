@@ -279,9 +279,10 @@ def compile_loop(model: Any, spec_text: str, batch: int, length: int, device: An
           on_device(jax.ShapeDtypeStruct((batch,), jnp.int32)),
           on_device(jax.ShapeDtypeStruct((), jax.random.key(0).dtype)),
           on_device(jax.ShapeDtypeStruct((), jnp.float32)), round_ms)
+  deterministic = models.is_batch_invariant(model)
   loop = jax.jit(core.sampling_loop(net, spec, True, batch, 1),  # a slot a row: no refill
-                 compiler_options=core.compiler_options(models.is_batch_invariant(model),
-                                                        core.command_buffers(spec, batch)))
+                 compiler_options=core.compiler_options(
+                     deterministic, core.command_buffers(spec, batch, deterministic)))
   return loop.trace(*args).lower(lowering_platforms=("cuda",)).compile().as_text()
 
 

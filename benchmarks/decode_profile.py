@@ -297,7 +297,7 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
       made.append(records.make("decode_profile", {
           "spec": case.text, "batch": batch, "visible": visible, "temperature": temperature,
           "length": length, "deterministic": deterministic,
-          "command_buffers": not deterministic and core.command_buffers(case.spec, batch),
+          "command_buffers": core.command_buffers(case.spec, batch, deterministic),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}, metrics, described))
       yield made[-1]
       summaries += summary

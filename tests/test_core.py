@@ -529,16 +529,19 @@ def test_loops_run_as_cuda_graphs_where_measured_to_help(monkeypatch):
   from asarm_jax.sampling import core  # pylint: disable=g-import-not-at-top
   specs = (sampling.SamplerSpec(method="sequential"), sampling.SamplerSpec(method="tree"),
            sampling.SamplerSpec(method="auto"))
-  decide = lambda: [core.command_buffers(spec, slots) for spec in specs for slots in (1, 64)]
+  decide = lambda deterministic=False: [core.command_buffers(spec, slots, deterministic)
+                                        for spec in specs for slots in (1, 64)]
   monkeypatch.delenv(core.COMMAND_BUFFERS_ENV, raising=False)
   assert decide() == [True, False, True, False, True, True]
+  assert decide(deterministic=True) == [False] * 6
   for setting in ("on", "off"):
     monkeypatch.setenv(core.COMMAND_BUFFERS_ENV, setting)
     assert decide() == [setting == "on"] * 6
+    assert decide(deterministic=True) == [False] * 6
   monkeypatch.setenv(core.COMMAND_BUFFERS_ENV, "yes")
   with pytest.raises(ValueError, match="measured, on or off"):
     decide()
   commands = core.compiler_options(False, True)["xla_gpu_enable_command_buffer"].split(",")
   assert commands[:2] == ["FUSION", "CUBLAS"] and commands[-2:] == ["WHILE", "CONDITIONAL"]
   assert core.compiler_options(False, False) == core.COMPILER_OPTIONS
-  assert core.compiler_options(True, True) == core.DETERMINISTIC_OPTIONS
+  assert core.compiler_options(True, False) == core.DETERMINISTIC_OPTIONS

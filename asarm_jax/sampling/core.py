@@ -130,13 +130,16 @@ COMMAND_BUFFER_OPTIONS = {
 COMMAND_BUFFERS_ENV = "ASARM_JAX_COMMAND_BUFFERS"
 
 
-def command_buffers(spec: SamplerSpec, num_slots: int) -> bool:
+def command_buffers(spec: SamplerSpec, num_slots: int, deterministic: bool) -> bool:
   """Whether a loop of ``spec`` over ``num_slots`` slots runs as CUDA graphs: where measured to
   help (``auto`` at any batch, every decoder at batch 1), unless ``$ASARM_JAX_COMMAND_BUFFERS``
-  says ``on`` or ``off``. Other backends ignore the options."""
+  says ``on`` or ``off``; never for deterministic decoding (not timed with them). Other
+  backends ignore the options."""
   setting = os.environ.get(COMMAND_BUFFERS_ENV, "measured")
   if setting not in ("measured", "on", "off"):
     raise ValueError(f"{COMMAND_BUFFERS_ENV}={setting!r}: expected measured, on or off")
+  if deterministic:
+    return False
   if setting != "measured":
     return setting == "on"
   return spec.method == "auto" or num_slots == 1
@@ -145,10 +148,9 @@ def command_buffers(spec: SamplerSpec, num_slots: int) -> bool:
 def compiler_options(deterministic: bool, graphs: bool = False) -> dict[str, Any]:
   """XLA's options for a sampling loop's program: :data:`DETERMINISTIC_OPTIONS` for
   deterministic decoding, else :data:`COMPILER_OPTIONS`, with :data:`COMMAND_BUFFER_OPTIONS`
-  if ``graphs`` (deterministic decoding is not timed with them: never)."""
-  if deterministic:
-    return DETERMINISTIC_OPTIONS
-  return {**COMPILER_OPTIONS, **COMMAND_BUFFER_OPTIONS} if graphs else COMPILER_OPTIONS
+  if ``graphs`` (:func:`command_buffers` decides)."""
+  options = DETERMINISTIC_OPTIONS if deterministic else COMPILER_OPTIONS
+  return {**options, **COMMAND_BUFFER_OPTIONS} if graphs else options
 
 
 @functools.lru_cache(maxsize=16)
@@ -356,4 +358,4 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
                   stacklevel=2)
   spec = compiled_spec(spec)
   return _compiled(net, spec, bool(cache), num_slots, refill_rows, _signature(args), nested,
-                   deterministic, command_buffers(spec, num_slots))(*args)
+                   deterministic, command_buffers(spec, num_slots, deterministic))(*args)
