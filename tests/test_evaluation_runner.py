@@ -205,6 +205,29 @@ def test_middles_written_without_a_sample_count_are_scored(tmp_path):
                                                  tasks[1].task_id: ["a", "b"]}, {})
 
 
+def test_scoring_a_subsample_of_the_tasks_scores_exactly_those_tasks(tmp_path):
+  """``max_tasks`` scores the seeded subsample of a file's tasks: each scored task's outcome is
+  the one scoring every task gives it, and pass@1 is their mean."""
+  kind, ecfg = "humaneval_single_line", default_eval_config()
+  ecfg.update(humaneval_max_tasks=8, seed=5)
+  tasks = infill_eval.humaneval_tasks(kind, 8, 5)
+  # half the middles are the references, half a line that cannot be right
+  by_task = {t.task_id: [t.middle if i % 2 else "    raise AssertionError()\n"]
+             for i, t in enumerate(tasks)}
+  for name in ("all", "some"):
+    infill_eval.write_middles(str(tmp_path / f"{name}_middles.json"), kind, ecfg, by_task,
+                              {"num_too_long": 0})
+  score_middles.score_file(str(tmp_path / "all_middles.json"), workers=1)
+  every = compare_passes.passes(str(tmp_path / "all_scores.jsonl"))
+  some = score_middles.score_file(str(tmp_path / "some_middles.json"), workers=1, max_tasks=3)
+  chosen = infill_eval.subsample(tasks, 3, 5)
+  scored = compare_passes.passes(str(tmp_path / "some_scores.jsonl"))
+  assert sorted(scored) == sorted((t.task_id, 0) for t in chosen)
+  assert scored == {key: every[key] for key in scored} and len(set(every.values())) == 2
+  assert some["pass@1"] == sum(scored.values()) / 3
+  assert (some["num_tasks"], some["num_too_long"], some["generated_tasks"]) == (3, 0, 8)
+
+
 def test_humaneval_subsample_is_deterministic():
   a = infill_eval.humaneval_tasks("humaneval_multi_line", 5, seed=3)
   b = infill_eval.humaneval_tasks("humaneval_multi_line", 5, seed=3)

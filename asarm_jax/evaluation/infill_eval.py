@@ -28,11 +28,14 @@ HUMANEVAL_KINDS = {"humaneval_single_line": humaneval_infill.single_line_tasks,
 
 def humaneval_tasks(kind: str, max_tasks: int, seed: int) -> list[humaneval_infill.InfillTask]:
   """The tasks of ``kind``, or a deterministic subsample of ``max_tasks`` (0: all) in task order."""
-  tasks = HUMANEVAL_KINDS[kind]()
+  return subsample(HUMANEVAL_KINDS[kind](), max_tasks, seed)
+
+
+def subsample(tasks: Sequence[Any], max_tasks: int, seed: int) -> list[Any]:
+  """``max_tasks`` of ``tasks`` (0 or more than there are: all), drawn with ``seed``, in order."""
   if 0 < max_tasks < len(tasks):
-    chosen = sorted(random.Random(seed).sample(range(len(tasks)), max_tasks))
-    tasks = [tasks[i] for i in chosen]
-  return tasks
+    return [tasks[i] for i in sorted(random.Random(seed).sample(range(len(tasks)), max_tasks))]
+  return list(tasks)
 
 
 def humaneval(model: nn.Module, params: Any, tokenizer: Any, ecfg: ml_collections.ConfigDict,

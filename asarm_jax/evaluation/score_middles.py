@@ -1,6 +1,6 @@
 """Scores HumanEval middles that were generated elsewhere (``eval.humaneval_execute=False``).
 
-  python -m asarm_jax.evaluation.score_middles [--workers=N] [--timeout_s=S] \
+  python -m asarm_jax.evaluation.score_middles [--workers=N] [--timeout_s=S] [--max_tasks=N] \
       WORKDIR/eval/KIND_TAG_middles.json[.gz] ...
 
 Generation needs the accelerator; running the tests needs only a CPU. A device session can
@@ -10,7 +10,10 @@ from the file's ``kind``, ``humaneval_max_tasks`` and ``seed``, and must be exac
 middles were generated for (tasks too long to lay out have none, and count as failed). For each
 file, ``KIND_TAG_scores.jsonl`` (resumable, the same sandbox records as an on-device run) and
 ``KIND_TAG_report.json`` (the report ``--mode=eval`` would have written) are written beside it,
-and a markdown table is printed.
+and a markdown table is printed. ``--max_tasks=N`` scores N of a file's tasks, drawn with its
+``seed`` (:func:`infill_eval.subsample`: for a file of every task, the tasks a generation with
+``eval.humaneval_max_tasks=N`` would have had), the same N for every file of one task list, so
+paired comparisons hold; the report's ``num_tasks`` is then N, ``generated_tasks`` the file's.
 """
 from __future__ import annotations
 
@@ -32,9 +35,10 @@ def stem(path: str) -> str:
   raise ValueError(f"{path}: expected a file named *{SUFFIXES[1]} or *{SUFFIXES[0]}")
 
 
-def score_file(path: str, workers: int = 2, timeout_s: float = 5.0) -> dict:
+def score_file(path: str, workers: int = 2, timeout_s: float = 5.0, max_tasks: int = 0) -> dict:
   """The HumanEval report of one middles file (``num_tasks``, ``pass@k``, ``status_counts``,
-  the generation's ``tokens_per_call``, ...); writes the scores and the report beside it."""
+  the generation's ``tokens_per_call``, ...), on ``max_tasks`` of its tasks (0: all); writes
+  the scores and the report beside it."""
   base = stem(path)
   with jsonio.open_text(path) as f:
     document = json.load(f)
@@ -50,6 +54,11 @@ def score_file(path: str, workers: int = 2, timeout_s: float = 5.0) -> dict:
   if bad:
     raise ValueError(f"{path}: {len(bad)} tasks lack {report['num_samples']} middles, e.g. {bad[0]}")
   ks = [k for k in document["pass_at"] if k <= report["num_samples"]]
+  if 0 < max_tasks < len(tasks):
+    generated, tasks = len(tasks), infill_eval.subsample(tasks, max_tasks, document["seed"])
+    by_task = {t.task_id: by_task[t.task_id] for t in tasks if t.task_id in by_task}
+    report = {**report, "num_tasks": len(tasks), "num_too_long": len(tasks) - len(by_task),
+              "generated_tasks": generated}
   result = {**report, **infill_eval.score_humaneval(tasks, by_task, ks, workers, timeout_s,
                                                     f"{base}_scores.jsonl")}
   with open(f"{base}_report.json", "w", encoding="utf-8") as f:
@@ -62,10 +71,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("files", nargs="+", help="*_middles.json[.gz] files")
   parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
   parser.add_argument("--timeout_s", type=float, default=5.0)
+  parser.add_argument("--max_tasks", type=int, default=0,
+                      help="score this many of each file's tasks, drawn with its seed (0: all)")
   args = parser.parse_args(argv)
   lines = ["| file | tasks | too long | tokens/call | pass@1 |", "|---|---|---|---|---|"]
   for path in args.files:
-    r = score_file(path, args.workers, args.timeout_s)
+    r = score_file(path, args.workers, args.timeout_s, args.max_tasks)
     passed = r.get("pass@1")
     lines.append(f"| {os.path.basename(stem(path))} | {r['num_tasks']} | {r['num_too_long']} | "
                  f"{r['tokens_per_call'] or float('nan'):.3f} | "
