@@ -83,6 +83,9 @@ def humaneval(unpacked: str) -> Iterator[tuple[dict, dict]]:
       for path, match in sorted(ours, key=lambda pm: (pm[1].group(2) != "sequential", pm[0])):
         report = _load(path)
         passes = compare_passes.passes(path[:-len("_report.json")] + "_scores.jsonl")
+        if "scored_tasks" in report:  # a subsample (score_middles --max_tasks)
+          scored = set(report["scored_tasks"])
+          passes = {key: passed for key, passed in passes.items() if key[0] in scored}
         base = base or passes
         paired = compare_passes.compare(base, passes)
         yield {"task": kind, "model": model, "decoder": match.group(2),

@@ -226,6 +226,7 @@ def test_scoring_a_subsample_of_the_tasks_scores_exactly_those_tasks(tmp_path):
   assert scored == {key: every[key] for key in scored} and len(set(every.values())) == 2
   assert some["pass@1"] == sum(scored.values()) / 3
   assert (some["num_tasks"], some["num_too_long"], some["generated_tasks"]) == (3, 0, 8)
+  assert some["scored_tasks"] == [t.task_id for t in chosen]
 
 
 def test_humaneval_subsample_is_deterministic():

@@ -13,7 +13,8 @@ file, ``KIND_TAG_scores.jsonl`` (resumable, the same sandbox records as an on-de
 and a markdown table is printed. ``--max_tasks=N`` scores N of a file's tasks, drawn with its
 ``seed`` (:func:`infill_eval.subsample`: for a file of every task, the tasks a generation with
 ``eval.humaneval_max_tasks=N`` would have had), the same N for every file of one task list, so
-paired comparisons hold; the report's ``num_tasks`` is then N, ``generated_tasks`` the file's.
+paired comparisons hold; the report's ``num_tasks`` is then N, ``generated_tasks`` the file's,
+and ``scored_tasks`` their ids (the scores file may hold more, from another run).
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def score_file(path: str, workers: int = 2, timeout_s: float = 5.0, max_tasks: i
     generated, tasks = len(tasks), infill_eval.subsample(tasks, max_tasks, document["seed"])
     by_task = {t.task_id: by_task[t.task_id] for t in tasks if t.task_id in by_task}
     report = {**report, "num_tasks": len(tasks), "num_too_long": len(tasks) - len(by_task),
-              "generated_tasks": generated}
+              "generated_tasks": generated, "scored_tasks": [t.task_id for t in tasks]}
   result = {**report, **infill_eval.score_humaneval(tasks, by_task, ks, workers, timeout_s,
                                                     f"{base}_scores.jsonl")}
   with open(f"{base}_report.json", "w", encoding="utf-8") as f:
