@@ -9,8 +9,7 @@ figures from it.
 
 The stages, most needed first (each command ends by ``timeout_s`` and keeps what it measured):
 
-* ``gpu_tests``: ``pytest`` on ``test_files``, its log the result (the checkout's ``.whl`` must
-  carry pytest's wheels: docs/benchmarks.md);
+* ``gpu_tests``: ``pytest`` on ``test_files`` (the GPU image has it), its log the result;
 * ``profile``: ``decode_profile`` of ``config``;
 * ``greedy``: ``greedy_agreement`` of ``greedy_specs``, ``alone_rows`` rows through one slot,
   for each setting of ``greedy_deterministic`` in turn (deterministic decoding on, then off;
