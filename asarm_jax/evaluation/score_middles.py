@@ -55,12 +55,12 @@ def score_file(path: str, workers: int = 2, timeout_s: float = 5.0, max_tasks: i
   if bad:
     raise ValueError(f"{path}: {len(bad)} tasks lack {report['num_samples']} middles, e.g. {bad[0]}")
   ks = [k for k in document["pass_at"] if k <= report["num_samples"]]
-  if 0 < max_tasks < len(tasks):
-    generated, tasks = len(tasks), infill_eval.subsample(tasks, max_tasks, document["seed"])
-    by_task = {t.task_id: by_task[t.task_id] for t in tasks if t.task_id in by_task}
-    report = {**report, "num_tasks": len(tasks), "num_too_long": len(tasks) - len(by_task),
-              "generated_tasks": generated, "scored_tasks": [t.task_id for t in tasks]}
-  result = {**report, **infill_eval.score_humaneval(tasks, by_task, ks, workers, timeout_s,
+  chosen = infill_eval.subsample(tasks, max_tasks, document["seed"])
+  if len(chosen) < len(tasks):
+    by_task = {t.task_id: by_task[t.task_id] for t in chosen if t.task_id in by_task}
+    report = {**report, "num_tasks": len(chosen), "num_too_long": len(chosen) - len(by_task),
+              "generated_tasks": len(tasks), "scored_tasks": [t.task_id for t in chosen]}
+  result = {**report, **infill_eval.score_humaneval(chosen, by_task, ks, workers, timeout_s,
                                                     f"{base}_scores.jsonl")}
   with open(f"{base}_report.json", "w", encoding="utf-8") as f:
     json.dump(result, f, indent=1)
