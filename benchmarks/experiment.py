@@ -104,8 +104,11 @@ def run_stage(stage: stage_lib.Stage, runs: str, experiment: str, knobs: dict) -
         codes.append(proc.wait())
     print(f"{stage.name}: command {i} exited {codes[-1]}", flush=True)
   for pattern in stage.outputs:
-    for path in glob.glob(os.path.join(runs, pattern)):
-      shutil.copy(path, os.path.join(folder, os.path.relpath(path, runs).replace("/", "__")))
+    for path in glob.glob(os.path.join(runs, pattern)):  # a path outside RUNS: its base name
+      relative = os.path.relpath(path, runs)
+      outside = relative.startswith(os.pardir + os.sep)
+      name = os.path.basename(path) if outside else relative.replace(os.sep, "__")
+      shutil.copy(path, os.path.join(folder, name))
   records.write(os.path.join(runs, "stages.jsonl"), [records.make(
       "experiment_stage", {"experiment": experiment, "stage": stage.name, "knobs": knobs},
       {"seconds": time.time() - start, "exit_codes": codes})])

@@ -1,6 +1,7 @@
 """The AS-ARM against the MDLM of ``experiment mdlm_baseline``, from the run's packed outputs.
 
   python -m benchmarks mdlm_comparison --unpacked=DIR   # mdlm_baseline.tgz, unpacked in DIR
+      [--judged=JDIR]   # causal_lm.tgz of the judge of this run's samples, unpacked in JDIR
 
 Reads what the device call returned: ``stages.jsonl`` (the machine, commit and each stage's
 seconds), ``out/{asarm,mdlm}_density/*results.json`` and the HumanEval middles of
@@ -10,8 +11,12 @@ asarm_jax.evaluation.score_middles`` (its ``*_report.json`` beside each). Writes
 ``mdlm_density`` record per visible fraction (the AS-ARM's exact left-to-right and any-subset
 bits, the bound of its independent marginals, and the MDLM's bound: ``docs/mdlm.md``), and one
 ``mdlm_humaneval`` record per (task, model, decoder): pass@1, tokens per call, calls per
-hidden token and the paired exact McNemar test against the AS-ARM's sequential decoding. Each
-record keeps the run's date, machine, accelerator and commit.
+hidden token and the paired exact McNemar test against the AS-ARM's sequential decoding. With
+``--judged``, one ``mdlm_generation_quality`` record per sampler of either model's samples (and
+one for the held-out data) from the judge's ``out/judged/*_judged.json``: tokens per call, judge
+perplexity, entropy, and two Welch t-tests of the perplexity: against the same model's first
+sampler (the AS-ARM's sequential, the MDLM's k=1) and against the AS-ARM's sequential. Each
+record keeps the date, machine, accelerator and commit of the run that made it.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import os
 import re
 from typing import Any, Iterator
 
-from asarm_jax.evaluation import compare_passes
+from asarm_jax.evaluation import compare_passes, metrics
 from benchmarks import common, records
 
 MODELS = ("asarm", "mdlm")
@@ -34,6 +39,8 @@ _SCORED = re.compile(r"humaneval_(\w+?_line)_step\d+_(.+)_t([\d.]+)_seed\d+_b\d+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--unpacked", required=True,
                       help="the folder mdlm_baseline.tgz was unpacked in (stages.jsonl, out/)")
+  parser.add_argument("--judged", default="",
+                      help="the folder causal_lm.tgz of the samples' judge was unpacked in")
 
 
 def _load(path: str) -> dict:
@@ -96,13 +103,46 @@ def humaneval(unpacked: str) -> Iterator[tuple[dict, dict]]:
             "McNemar p against the AS-ARM's sequential": paired["p"]}
 
 
-def run(unpacked: str) -> Iterator[dict]:
-  stage_records = {r["settings"]["stage"]: r
-                   for r in records.read(os.path.join(unpacked, "stages.jsonl"))}
-  first = next(iter(stage_records.values()))
-  known = {f: first[f] for f in ("date", "machine", "accelerator", "commit")}
-  made = [("mdlm_training", training(stage_records, first["settings"]["knobs"])),
-          ("mdlm_density", density(unpacked)), ("mdlm_humaneval", humaneval(unpacked))]
-  for name, rows in made:
-    for settings, metrics in rows:
-      yield records.make(name, settings, metrics, **known)
+def generation_quality(judged: str) -> Iterator[tuple[dict, dict]]:
+  """Judge perplexity and entropy of each model's samples, by sampler; the held-out data once.
+  A file's model is told by its samplers: the MDLM's are all ``mdlm``."""
+  results = [_load(path) for path in
+             sorted(glob.glob(os.path.join(judged, "out", "judged", "*_judged.json")))]
+  by_model = {("mdlm" if all(r["method"] in ("mdlm", "data") for r in result["methods"].values())
+               else "asarm"): result["methods"] for result in results}
+  base = by_model["asarm"][next(iter(by_model["asarm"]))]
+  rows = [(model, name, row) for model in MODELS for name, row in by_model[model].items()
+          if row["method"] != "data"]
+  data = next(row for row in by_model["asarm"].values() if row["method"] == "data")
+  for model, sampler, row in rows + [("data", "held-out data", data)]:
+    t, p = metrics.welch_t_test_from_stats(
+        row["judge_ppl"], row["judge_ppl_std"], row["num_samples"], base["judge_ppl"],
+        base["judge_ppl_std"], base["num_samples"])
+    yield {"model": model, "sampler": sampler}, {
+        "tokens/call": row["tokens_per_call"] or "—", "samples": row["num_samples"],
+        "judge PPL": row["judge_ppl"], "PPL sd": row["judge_ppl_std"], "entropy": row["entropy"],
+        "p (PPL) against the model's first sampler": row["p_ppl"] if model != "data" else "—",
+        "t (PPL) against the AS-ARM's sequential": t,
+        "p (PPL) against the AS-ARM's sequential": p}
+
+
+def _known(stages_file: str) -> dict:
+  """The date, machine, accelerator and commit of the run that wrote ``stages_file``."""
+  first = next(iter(records.read(stages_file)))
+  return {f: first[f] for f in ("date", "machine", "accelerator", "commit")}
+
+
+def run(unpacked: str, judged: str = "") -> Iterator[dict]:
+  stages_file = os.path.join(unpacked, "stages.jsonl")
+  stage_records = {r["settings"]["stage"]: r for r in records.read(stages_file)}
+  knobs = next(iter(stage_records.values()))["settings"]["knobs"]
+  made = [("mdlm_training", training(stage_records, knobs), stages_file),
+          ("mdlm_density", density(unpacked), stages_file),
+          ("mdlm_humaneval", humaneval(unpacked), stages_file)]
+  if judged:
+    made.append(("mdlm_generation_quality", generation_quality(judged),
+                 os.path.join(judged, "stages.jsonl")))
+  for name, rows, source in made:
+    known = _known(source)
+    for settings, values in rows:
+      yield records.make(name, settings, values, **known)

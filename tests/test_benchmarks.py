@@ -55,22 +55,22 @@ def test_mdlm_baseline_trains_both_models_the_same_steps(tmp_path):
     assert (run["--config.train.num_steps"], run["--config.train.time_limit_s"]) == ("100", "0")
 
 
-def test_mdlm_comparison_reads_the_packed_run(tmp_path):
-  """Density side by side, and per (task, model, decoder) pass@1, calls per token and the paired
-  McNemar test against the AS-ARM's sequential decoding, from the files a run returns."""
-  from benchmarks import mdlm_comparison  # pylint: disable=g-import-not-at-top
+def _put(folder, name: str, content: Any) -> None:
+  """``content`` as ``folder/name``: JSON, or JSON lines where the name ends in ``l``."""
+  folder.mkdir(parents=True, exist_ok=True)
+  text = "".join(json.dumps(r) + "\n" for r in content) if name.endswith("l") else json.dumps(
+      content)
+  (folder / name).write_text(text)
+
+
+def _packed_mdlm_baseline(unpacked) -> None:
+  """What ``experiment mdlm_baseline`` returns, in small: stages, density and scored middles
+  (the AS-ARM's sequential passes 5 of 6 tasks, the MDLM's k=2 the 6th only)."""
   knobs = {"model": "demo", "steps": 10, "batch": 4}
-  records.write(str(tmp_path / "stages.jsonl"), [records.make(
+  records.write(str(unpacked / "stages.jsonl"), [records.make(
       "experiment_stage", {"stage": stage, "knobs": knobs}, {"seconds": seconds},
       accelerator="gpu", commit="abc") for stage, seconds in (("asarm", 90.0), ("mdlm", 80.0))])
-
-  def put(stage: str, name: str, content: Any) -> None:
-    folder = tmp_path / "out" / stage
-    folder.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r) + "\n" for r in content) if name.endswith("l") else json.dumps(
-        content)
-    (folder / name).write_text(text)
-
+  put = lambda stage, name, content: _put(unpacked / "out" / stage, name, content)
   bits = lambda **orders: {"tasks": {"density": {"bits_per_token": {
       order: {"0.05": value} for order, value in orders.items()}}}}
   put("asarm_density", "asarm__eval__results.json",
@@ -88,6 +88,13 @@ def test_mdlm_comparison_reads_the_packed_run(tmp_path):
       put(f"{model}_single_line", f"{stem}_scores.jsonl",
           [{"task_id": f"t{i}", "sample": 0, "passed": bool(p)}
            for i, p in enumerate(passed + ([1] if subsample else []))])
+
+
+def test_mdlm_comparison_reads_the_packed_run(tmp_path):
+  """Density side by side, and per (task, model, decoder) pass@1, calls per token and the paired
+  McNemar test against the AS-ARM's sequential decoding, from the files a run returns."""
+  from benchmarks import mdlm_comparison  # pylint: disable=g-import-not-at-top
+  _packed_mdlm_baseline(tmp_path)
   made = {}
   for record in mdlm_comparison.run(str(tmp_path)):
     made.setdefault(record["name"], []).append(record)
@@ -101,6 +108,41 @@ def test_mdlm_comparison_reads_the_packed_run(tmp_path):
   # 5 tasks only the AS-ARM passes, 1 only the MDLM: 2 P(X <= 1), X ~ Binomial(6, 1/2)
   assert second["metrics"]["McNemar p against the AS-ARM's sequential"] == pytest.approx(14 / 64)
   assert second["commit"] == "abc" and second["accelerator"] == "gpu"
+  assert "mdlm_generation_quality" not in made  # no judge given
+
+
+def test_mdlm_comparison_sets_both_models_samples_against_the_asarm_sequential(tmp_path):
+  """With the judge's results, one record per sampler of each model and one for the data, each
+  perplexity tested against the AS-ARM's sequential (Welch, from the judged means and sds);
+  the records name the judge's run, not the training run."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  from benchmarks import mdlm_comparison  # pylint: disable=g-import-not-at-top
+  _packed_mdlm_baseline(tmp_path / "run")
+  judged = tmp_path / "judge"
+  records.write(str(judged / "stages.jsonl"), [records.make(
+      "experiment_stage", {"stage": "judged", "knobs": {}}, {"seconds": 1.0}, commit="judge")])
+  row = lambda method, ppl, sd, p: {"method": method, "tokens_per_call": None if method == "data"
+                                    else 1.0, "num_samples": 8, "judge_ppl": ppl,
+                                    "judge_ppl_std": sd, "entropy": 4.0, "p_ppl": p}
+  data = row("data", 7.0, 4.0, 0.01)
+  for model, methods_ in (("mdlm", {"mdlm(k=1)": row("mdlm", 500.0, 300.0, 1.0),
+                                    "mdlm(k=2)": row("mdlm", 600.0, 400.0, 0.6), "data": data}),
+                          ("asarm", {"sequential": row("sequential", 90.0, 60.0, 1.0),
+                                     "assd(k=5)": row("assd", 95.0, 50.0, 0.9), "data": data})):
+    _put(judged / "out" / "judged", f"{model}__eval__gen_samples_judged.json",
+         {"baseline": next(iter(methods_)), "methods": methods_})
+  made = [r for r in mdlm_comparison.run(str(tmp_path / "run"), str(judged))
+          if r["name"] == "mdlm_generation_quality"]
+  assert [(r["settings"]["model"], r["settings"]["sampler"]) for r in made] == [
+      ("asarm", "sequential"), ("asarm", "assd(k=5)"), ("mdlm", "mdlm(k=1)"),
+      ("mdlm", "mdlm(k=2)"), ("data", "held-out data")]
+  mdlm_k2 = made[3]["metrics"]
+  reference = scipy.stats.ttest_ind_from_stats(600.0, 400.0, 8, 90.0, 60.0, 8, equal_var=False)
+  assert mdlm_k2["t (PPL) against the AS-ARM's sequential"] == pytest.approx(reference.statistic)
+  assert mdlm_k2["p (PPL) against the AS-ARM's sequential"] == pytest.approx(reference.pvalue)
+  assert mdlm_k2["p (PPL) against the model's first sampler"] == 0.6
+  assert made[0]["metrics"]["t (PPL) against the AS-ARM's sequential"] == 0.0
+  assert all(r["commit"] == "judge" for r in made)
 
 
 def test_a_bad_override_fails_the_dry_run(tmp_path):
@@ -270,7 +312,11 @@ def test_a_finished_stage_is_skipped_on_rerun_and_packed(tmp_path, monkeypatch):
   counts = tmp_path / "counts.txt"
   touch = lambda name: stage_lib.Command(
       (sys.executable, "-c", f"open({str(counts)!r}, 'a').write({name!r})"))
-  built = [stage_lib.Stage("first", (touch("1"),)), stage_lib.Stage("second", (touch("2"),))]
+  beside = tmp_path / "samples" / "gen_judged.json"  # an output outside RUNS, e.g. the judge's
+  beside.parent.mkdir()
+  beside.write_text("{}")
+  built = [stage_lib.Stage("first", (touch("1"),)),
+           stage_lib.Stage("second", (touch("2"),), (str(beside),))]
   monkeypatch.setattr(experiment, "build", lambda *args: built)
   monkeypatch.setattr(experiment, "knobs_of", lambda *args: {})
   runs, out = tmp_path / "runs", tmp_path / "out"
@@ -284,6 +330,7 @@ def test_a_finished_stage_is_skipped_on_rerun_and_packed(tmp_path, monkeypatch):
   with tarfile.open(out / "recipe.tgz") as tar:
     names = tar.getnames()
   assert "stages.jsonl" in names and "out/second/0.log" in names
+  assert "out/second/gen_judged.json" in names
   assert os.listdir(out) == ["recipe.tgz"]  # written under another name, then renamed
 
 

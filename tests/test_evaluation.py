@@ -177,6 +177,16 @@ def test_welch_t_test_matches_scipy(a, b):
   assert p == pytest.approx(reference.pvalue, rel=1e-9, abs=1e-300)
 
 
+@pytest.mark.parametrize("stats_a, stats_b", [
+    ((90.55, 67.31, 64), (580.6, 338.3, 64)), ((1.0, 0.5, 3), (1.2, 4.0, 40)),
+    ((2.0, 0.0, 5), (2.0, 1e-3, 2))])
+def test_welch_t_test_from_stats_matches_scipy(stats_a, stats_b):
+  reference = scipy.stats.ttest_ind_from_stats(*stats_a, *stats_b, equal_var=False)
+  t, p = metrics.welch_t_test_from_stats(*stats_a, *stats_b)
+  assert t == pytest.approx(reference.statistic, rel=1e-9)
+  assert p == pytest.approx(reference.pvalue, rel=1e-9, abs=1e-300)
+
+
 def test_welch_t_test_degenerate_samples():
   assert metrics.welch_t_test([1.0, 1.0], [2.0, 2.0, 2.0]) == (-math.inf, 0.0)
   assert all(math.isnan(v) for v in metrics.welch_t_test([3.0, 3.0], [3.0, 3.0]))

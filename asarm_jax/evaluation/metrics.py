@@ -61,13 +61,23 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
   if len(a) < 2 or len(b) < 2:
     raise ValueError("each sample needs at least two values")
   mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
-  var_a = sum((x - mean_a) ** 2 for x in a) / (len(a) - 1) / len(a)
-  var_b = sum((x - mean_b) ** 2 for x in b) / (len(b) - 1) / len(b)
+  sd_a = math.sqrt(sum((x - mean_a) ** 2 for x in a) / (len(a) - 1))
+  sd_b = math.sqrt(sum((x - mean_b) ** 2 for x in b) / (len(b) - 1))
+  return welch_t_test_from_stats(mean_a, sd_a, len(a), mean_b, sd_b, len(b))
+
+
+def welch_t_test_from_stats(mean_a: float, sd_a: float, n_a: int, mean_b: float, sd_b: float,
+                            n_b: int) -> tuple[float, float]:
+  """:func:`welch_t_test` from each sample's mean, standard deviation (``ddof=1``) and size,
+  as ``scipy.stats.ttest_ind_from_stats(equal_var=False)``."""
+  if n_a < 2 or n_b < 2:
+    raise ValueError("each sample needs at least two values")
+  var_a, var_b = sd_a**2 / n_a, sd_b**2 / n_b
   diff, se2 = mean_a - mean_b, var_a + var_b
   if se2 == 0.0:
     return (math.nan, math.nan) if diff == 0.0 else (math.copysign(math.inf, diff), 0.0)
   t = diff / math.sqrt(se2)
-  df = se2**2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
+  df = se2**2 / (var_a**2 / (n_a - 1) + var_b**2 / (n_b - 1))
   return t, regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
 
 
