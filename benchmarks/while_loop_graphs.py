@@ -92,7 +92,8 @@ def run(config: str = "configs/xlnet_base.py", hidden: list[int] = (0, 4), rows:
         [sys.executable, "-m", "benchmarks.while_loop_graphs", config,
          ",".join(map(str, hidden)), str(rows), ",".join(specs), str(batch)], env=env,
         capture_output=True, text=True, check=False)
-    settings = {"variant": variant, "hidden": list(hidden), "rows": rows, "batch": batch}
+    settings = {"variant": variant, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                "hidden": list(hidden), "rows": rows, "batch": batch}
     if proc.returncode:
       print(f"{variant}: failed\n{proc.stderr[-3000:]}", flush=True)
       made.append(records.make("while_loop_graphs", settings, {"error": proc.stderr[-3000:]},

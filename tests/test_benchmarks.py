@@ -473,5 +473,6 @@ def test_while_loop_graphs_sets_the_switch_in_each_variants_process():
                                       variants=["on", "yes"])
   records.validate(on)
   assert on["settings"]["variant"] == "on" and on["metrics"]["same_tokens_as_first"]
+  assert on["settings"]["xla_flags"] == os.environ.get("XLA_FLAGS", "")  # the children's
   assert on["metrics"]["calls"] == {"0": 1.0, "2": 3.0}
   assert "expected measured, on or off" in unknown["metrics"]["error"]

@@ -121,9 +121,9 @@ DETERMINISTIC_OPTIONS = {**COMPILER_OPTIONS, "xla_allow_excess_precision": False
 # do not add to it. Measured on an H100 (2026-12-06, docs/results.md, random weights, tokens
 # identical): per hidden token 5-7% faster at batch 1 for every decoder and 20-22% for
 # ``auto`` at batch 1 and 64; at batch 64 the other decoders gain 3-8% a token but pay ~5 ms
-# more a dispatch, which loses on short middles. Per program on JAX 0.11.2 (the same day, 4
-# dispatches a point) a batch-1 sequential dispatch paid ~3 ms once and gained from ~45 hidden
-# tokens on; ``auto`` gained at every length. Hence :func:`command_buffers`.
+# more a dispatch, which loses on short middles. Per program on JAX 0.11.2 (the same day, 8
+# dispatches a point, side by side) batch 1 gained at every length: per hidden token -7% for
+# sequential and -23% for ``auto``. Hence :func:`command_buffers`.
 COMMAND_BUFFER_OPTIONS = {
     "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,"
                                      "DYNAMIC_SLICE_FUSION,WHILE,CONDITIONAL",
