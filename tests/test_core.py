@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from asarm_jax import density, forward, masks, models, objectives, ordering, sampling
+from asarm_jax.sampling import core
 from tests.helpers import equations, model_config
 
 VOCAB, LENGTH = 40, 8
@@ -501,6 +502,30 @@ def test_the_sampling_loop_gets_its_weights_cast():
   assert weights <= _float_casts(programs["prepare"])
 
 
+def test_weights_are_prepared_without_copying_the_leaves_left_as_they_are():
+  """The prepare program computes only the leaves ``net.prepare`` changes (the bf16 casts);
+  the others are the caller's arrays themselves, not copies made in every dispatch."""
+  model = models.build(model_config(vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4,
+                                    d_ff=64, dtype="bfloat16"))
+  params = init(model)
+  net = sampling.ModelNetwork(model)
+  prepared = core._prepare(net, params, graphs=False)  # pylint: disable=protected-access
+  expected = models.compute_params(model, params)
+  assert jax.tree.structure(prepared) == jax.tree.structure(expected)
+  kept = 0
+  for (path, leaf), given, want in zip(jax.tree_util.tree_leaves_with_path(prepared),
+                                       jax.tree.leaves(params), jax.tree.leaves(expected)):
+    cast = jax.tree_util.keystr(path).endswith(CAST_LEAVES)
+    assert (leaf is given) != cast and leaf.dtype == want.dtype, jax.tree_util.keystr(path)
+    np.testing.assert_array_equal(np.asarray(leaf, np.float32), np.asarray(want, np.float32))
+    kept += not cast
+  leaves = jax.tree.leaves(params)
+  program, _, _ = core._prepare_program(  # pylint: disable=protected-access
+      net, jax.tree.structure(params), tuple(jax.ShapeDtypeStruct(x.shape, x.dtype)
+                                             for x in leaves), False)
+  assert kept > 0 and " copy(" not in program.lower(*leaves).compile().as_text()
+
+
 def test_generate_traced_inside_another_jit_gives_its_own_tokens():
   """``generate`` compiles its loop with ``core.compiler_options``, which JAX accepts only for a
   top-level program: traced inside a user's ``jax.jit`` it runs without them, same tokens."""
@@ -511,6 +536,10 @@ def test_generate_traced_inside_another_jit_gives_its_own_tokens():
   decode = lambda p: sampling.generate(model, p, tokens, visible, jax.random.key(3),
                                        method="assd", k=3).tokens_BxL
   np.testing.assert_array_equal(jax.jit(decode)(params), decode(params))
+  # every argument closed over: still traced inside, at batch 1 (command buffers' rule)
+  alone = lambda: sampling.generate(model, params, tokens[:1], visible[:1], jax.random.key(3),
+                                    method="sequential").tokens_BxL
+  np.testing.assert_array_equal(jax.jit(alone)(), alone())
 
 
 def test_a_model_block_lacking_a_key_is_an_error():
@@ -526,7 +555,6 @@ def test_loops_run_as_cuda_graphs_where_measured_to_help(monkeypatch):
   (docs/results.md, 2026-12-06), unless ``$ASARM_JAX_COMMAND_BUFFERS`` says on or off; the
   options keep XLA's default commands and add the loop's, and deterministic decoding never
   takes them. (A loop compiled with them for a GPU: tests/test_compiled_kernels.py.)"""
-  from asarm_jax.sampling import core  # pylint: disable=g-import-not-at-top
   specs = (sampling.SamplerSpec(method="sequential"), sampling.SamplerSpec(method="tree"),
            sampling.SamplerSpec(method="auto"))
   decide = lambda deterministic=False: [core.command_buffers(spec, slots, deterministic)

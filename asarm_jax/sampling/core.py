@@ -156,12 +156,44 @@ def compiler_options(deterministic: bool, graphs: bool = False) -> dict[str, Any
 
 
 @functools.lru_cache(maxsize=16)
-def _prepare(net: Network) -> Callable[[Any], Any]:
-  """``net.prepare`` as a program of its own, run before the loop's: inside the loop's program
-  XLA may move its casts into the loop (the H200 profile of 2026-12-05, with the casts there,
-  still showed a 30 us convert in every batch-1 call, the cost of casting the 32k x 768
-  embedding)."""
-  return jax.jit(net.prepare)
+def _prepare_program(net: Network, treedef: Any, leaves: tuple[jax.ShapeDtypeStruct, ...],
+                     graphs: bool) -> tuple[Callable[..., list[Any]], Any, tuple[int, ...]]:
+  """``net.prepare`` of params of this structure as ``(program, out treedef, sources)``: the
+  program computes the leaves it changes; ``sources[i]`` is the input leaf that output leaf
+  ``i`` returns unchanged, or ``-1 - j`` for the program's ``j``-th output. A program of its
+  own, run before the loop's: inside the loop's program XLA may move its casts into the loop
+  (the H200 profile of 2026-12-05, with the casts there, still showed a 30 us convert in every
+  batch-1 call). Unchanged leaves do not pass through it: a jitted output is a new buffer, so
+  each would be copied in every dispatch (75 copy kernels of xlnet_base's 173 leaves, beside
+  its 98 casts, compiled for the H200); with ``graphs`` the casts run as one CUDA graph."""
+  jaxpr = jax.make_jaxpr(lambda *xs: net.prepare(jax.tree.unflatten(treedef, xs)),
+                         return_shape=True)(*leaves)
+  closed, out_shape = jaxpr
+  inputs = {id(var): i for i, var in enumerate(closed.jaxpr.invars)}
+  computed, sources = [], []
+  for i, var in enumerate(closed.jaxpr.outvars):
+    if id(var) in inputs:
+      sources.append(inputs[id(var)])
+    else:
+      sources.append(-1 - len(computed))
+      computed.append(i)
+
+  def prepare(*xs):  # the leaves it changes
+    outs = jax.tree.leaves(net.prepare(jax.tree.unflatten(treedef, xs)))
+    return [outs[i] for i in computed]
+
+  program = jax.jit(prepare, compiler_options=COMMAND_BUFFER_OPTIONS if graphs else None)
+  return program, jax.tree.structure(out_shape), tuple(sources)
+
+
+def _prepare(net: Network, params: Any, graphs: bool) -> Any:
+  """``net.prepare(params)``, computed by :func:`_prepare_program`'s program."""
+  leaves, treedef = jax.tree.flatten(params)
+  program, out_treedef, sources = _prepare_program(
+      net, treedef, tuple(jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in leaves), graphs)
+  computed = program(*leaves)
+  return jax.tree.unflatten(out_treedef, [leaves[s] if s >= 0 else computed[-1 - s]
+                                          for s in sources])
 
 
 def sampling_loop(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
@@ -348,11 +380,12 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
     round_ms_S = (cost_model.prior_ms(auto.sizes(spec)) if deterministic else
                   cost_model.round_ms(net, auto.sizes(spec), num_slots))
   order_dtype = jnp.float32 if np.dtype(order_BxL.dtype).kind == "f" else jnp.int32
-  args = (_prepare(net)(params), tokens_BxL.astype(jnp.int32), visible_BxL,
-          order_BxL.astype(order_dtype), length_B.astype(jnp.int32), rng,
+  # Traced inside another program (where an operation gives a tracer), whose options apply.
+  nested = isinstance(jnp.zeros((), jnp.int32), jax.core.Tracer)
+  graphs = command_buffers(spec, num_slots, deterministic)
+  args = (_prepare(net, params, graphs and not nested), tokens_BxL.astype(jnp.int32),
+          visible_BxL, order_BxL.astype(order_dtype), length_B.astype(jnp.int32), rng,
           jnp.float32(spec.temperature), round_ms_S)
-  # Traced inside another program, the prepared params are that trace's tracers.
-  nested = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args))
   if nested and deterministic:
     warnings.warn("deterministic decoding traced inside another jax.jit takes that program's "
                   "XLA options: compile it with compiler_options=sampling.core."
@@ -360,4 +393,4 @@ def generate(model: nn.Module | Network, params: Any, tokens_BxL: Array, visible
                   stacklevel=2)
   spec = compiled_spec(spec)
   return _compiled(net, spec, bool(cache), num_slots, refill_rows, _signature(args), nested,
-                   deterministic, command_buffers(spec, num_slots, deterministic))(*args)
+                   deterministic, graphs)(*args)
