@@ -49,7 +49,8 @@ def call(model: nn.Module, params: Any, tokens_rank_BxL: Array, perm_BxL: Array,
       ``B x K`` per target row) for draft marginals p(x_j | decoded).
     cache: optional rank-indexed KV cache (``model.init_cache(B, S)``, ``S >= L``). Then only
       the content rows of ranks ``content_rank_BxR`` are computed (written into the cache;
-      ranks ``>= L`` are dropped), every row attends over the cache, and ``(logits,
+      ranks ``>= L`` are dropped, or with one row of one rank into the last slot:
+      ``two_stream.write_layer_cache``), every row attends over the cache, and ``(logits,
       new_cache)`` is returned. Cached slots must hold the content of the ranks the masks let
       rows see. Slots ``>= L`` have no rank: only ``tree`` rows may see slots ``L..L+N-1``
       (a cache may have more slots than it needs, e.g. rounded to the kernel's key blocks).

@@ -502,6 +502,27 @@ def test_the_sampling_loop_gets_its_weights_cast():
   assert weights <= _float_casts(programs["prepare"])
 
 
+def test_a_one_row_cache_write_updates_in_place_what_the_scatter_writes():
+  """A batch-1 decoding call writes each layer's one new key and value by a dynamic update
+  slice, not a scatter, whose bounds check reads the slot back (two GPU kernels a layer more);
+  at every slot it writes what the batched scatter writes for that row."""
+  from asarm_jax.models import two_stream  # pylint: disable=g-import-not-at-top
+  rs = np.random.default_rng(0)
+  normal = lambda *shape: jnp.asarray(rs.normal(size=shape), jnp.float32)
+  cache = two_stream.LayerCache(normal(2, 6, 3, 4), normal(2, 6, 3, 4))
+  k_Bx1xNxH, v_Bx1xNxH = normal(2, 1, 3, 4), normal(2, 1, 3, 4)
+  first = lambda tree: jax.tree.map(lambda x: x[:1], tree)
+  for slot in range(6):
+    slots_Bx1 = jnp.asarray([[slot], [(slot + 2) % 6]])
+    both = two_stream.write_layer_cache(cache, k_Bx1xNxH, v_Bx1xNxH, slots_Bx1)
+    alone = two_stream.write_layer_cache(first(cache), *first((k_Bx1xNxH, v_Bx1xNxH, slots_Bx1)))
+    for one, batched in zip(alone, both):
+      np.testing.assert_array_equal(one, batched[:1])
+  text = jax.jit(two_stream.write_layer_cache).lower(
+      first(cache), *first((k_Bx1xNxH, v_Bx1xNxH, slots_Bx1))).as_text()
+  assert "dynamic_update_slice" in text and "scatter" not in text
+
+
 def test_weights_are_prepared_without_copying_the_leaves_left_as_they_are():
   """The prepare program computes only the leaves ``net.prepare`` changes (the bf16 casts);
   the others are the caller's arrays themselves, not copies made in every dispatch."""

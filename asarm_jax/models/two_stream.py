@@ -71,9 +71,19 @@ class LayerCache(NamedTuple):
 
 def write_layer_cache(cache: LayerCache, k_BxRxNxH: Array, v_BxRxNxH: Array,
                       slots_BxR: Array) -> LayerCache:
-  """Writes R rows' keys and values at their slots (slots out of range are dropped)."""
-  rows_Bx1 = jnp.arange(k_BxRxNxH.shape[0])[:, None]
-  write = lambda old, new: old.at[rows_Bx1, slots_BxR].set(new.astype(old.dtype), mode="drop")
+  """Writes R rows' keys and values at their slots. Slots out of range are dropped, but for
+  one row of one slot (a batch-1 decoding call), which is clamped into range instead: a
+  sampler writes out of range only for a finished row, whose slots no call reads again. A
+  scatter checks its bounds by reading the slot back and selecting, which on the GPU took two
+  kernels a layer more than the in-place update (xlnet_base, sequential at batch 1: 245
+  kernels a call, 220 without: ``benchmarks/compiled_kernels.py``)."""
+  if k_BxRxNxH.shape[:2] == (1, 1):
+    start = (0, slots_BxR[0, 0], 0, 0)
+    write = lambda old, new: jax.lax.dynamic_update_slice(old, new.astype(old.dtype), start)
+  else:
+    rows_Bx1 = jnp.arange(k_BxRxNxH.shape[0])[:, None]
+    write = lambda old, new: old.at[rows_Bx1, slots_BxR].set(new.astype(old.dtype),
+                                                             mode="drop")
   return LayerCache(write(cache.key, k_BxRxNxH), write(cache.value, v_BxRxNxH))
 
 
@@ -157,7 +167,7 @@ class Attention(nn.Module):
     """Rows ``T = R + K``: the first ``R = num_content`` are content rows.
 
     Without a cache the keys are the R content rows (``S = R``). With one, the content rows'
-    keys and values are first written at ``cache_slots_BxR`` (slots out of range are dropped)
+    keys and values are first written at ``cache_slots_BxR`` (:func:`write_layer_cache`)
     and every row attends over the whole cache (``S`` = cache length).
     """
     layer = self.layer
