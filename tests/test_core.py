@@ -540,11 +540,10 @@ def test_weights_are_prepared_without_copying_the_leaves_left_as_they_are():
     assert (leaf is given) != cast and leaf.dtype == want.dtype, jax.tree_util.keystr(path)
     np.testing.assert_array_equal(np.asarray(leaf, np.float32), np.asarray(want, np.float32))
     kept += not cast
-  leaves = jax.tree.leaves(params)
   program, _, _ = core._prepare_program(  # pylint: disable=protected-access
-      net, jax.tree.structure(params), tuple(jax.ShapeDtypeStruct(x.shape, x.dtype)
-                                             for x in leaves), False)
-  assert kept > 0 and " copy(" not in program.lower(*leaves).compile().as_text()
+      net, core._signature(params), False)  # pylint: disable=protected-access
+  compiled = program.lower(*jax.tree.leaves(params)).compile().as_text()
+  assert kept > 0 and " copy(" not in compiled
 
 
 def test_generate_traced_inside_another_jit_gives_its_own_tokens():

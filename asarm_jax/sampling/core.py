@@ -156,19 +156,21 @@ def compiler_options(deterministic: bool, graphs: bool = False) -> dict[str, Any
 
 
 @functools.lru_cache(maxsize=16)
-def _prepare_program(net: Network, treedef: Any, leaves: tuple[jax.ShapeDtypeStruct, ...],
+def _prepare_program(net: Network, signature: Any,
                      graphs: bool) -> tuple[Callable[..., list[Any]], Any, tuple[int, ...]]:
-  """``net.prepare`` of params of this structure as ``(program, out treedef, sources)``: the
-  program computes the leaves it changes; ``sources[i]`` is the input leaf that output leaf
-  ``i`` returns unchanged, or ``-1 - j`` for the program's ``j``-th output. A program of its
+  """``net.prepare`` of params of this :func:`_signature` as ``(program, out treedef,
+  sources)``: the program computes the leaves it changes; ``sources[i]`` is the input leaf
+  that output leaf ``i`` returns unchanged, or ``-1 - j`` for the program's ``j``-th output.
+  A program of its
   own, run before the loop's: inside the loop's program XLA may move its casts into the loop
   (the H200 profile of 2026-12-05, with the casts there, still showed a 30 us convert in every
   batch-1 call). Unchanged leaves do not pass through it: a jitted output is a new buffer, so
   each would be copied in every dispatch (75 copy kernels of xlnet_base's 173 leaves, beside
   its 98 casts, compiled for the H200); with ``graphs`` the casts run as one CUDA graph."""
-  jaxpr = jax.make_jaxpr(lambda *xs: net.prepare(jax.tree.unflatten(treedef, xs)),
-                         return_shape=True)(*leaves)
-  closed, out_shape = jaxpr
+  treedef, leaves = signature
+  closed, out_shape = jax.make_jaxpr(lambda *xs: net.prepare(jax.tree.unflatten(treedef, xs)),
+                                     return_shape=True)(
+      *(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype, *_ in leaves))
   inputs = {id(var): i for i, var in enumerate(closed.jaxpr.invars)}
   computed, sources = [], []
   for i, var in enumerate(closed.jaxpr.outvars):
@@ -188,9 +190,8 @@ def _prepare_program(net: Network, treedef: Any, leaves: tuple[jax.ShapeDtypeStr
 
 def _prepare(net: Network, params: Any, graphs: bool) -> Any:
   """``net.prepare(params)``, computed by :func:`_prepare_program`'s program."""
-  leaves, treedef = jax.tree.flatten(params)
-  program, out_treedef, sources = _prepare_program(
-      net, treedef, tuple(jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in leaves), graphs)
+  program, out_treedef, sources = _prepare_program(net, _signature(params), graphs)
+  leaves = jax.tree.leaves(params)
   computed = program(*leaves)
   return jax.tree.unflatten(out_treedef, [leaves[s] if s >= 0 else computed[-1 - s]
                                           for s in sources])
