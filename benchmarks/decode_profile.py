@@ -12,8 +12,9 @@ divided by its ``num_network_calls`` (the batch's calls: the prefill plus every 
 and the median is ``wall_ms_per_call``. One more call runs under ``jax.profiler.trace`` inside
 the annotation ``decode_profile_call``; the kernels of the GPU's streams in that span give
 ``gpu_ms_per_call`` (their durations summed), ``gpu_busy_ms_per_call`` (the union of their
-intervals), ``kernels_per_call`` and ``top_kernels`` (name, ms per call, share of the summed
-time), all divided by that call's ``num_network_calls``. Without a GPU those fields are null.
+intervals), ``kernels_per_call`` and the ``--top`` kernels by time, ``top_kernels`` (name, ms
+per call, share of the summed time, launches per call), all divided by that call's
+``num_network_calls``. Without a GPU those fields are null.
 The profiled call's ``trace_summary`` records (busy time per thread) come too; the host's
 runtime threads are in the trace with ``--host_tracer_level=2`` (a trace several times larger:
 does the GPU wait on the host?). Profiling switches XLA's command buffers off, so the profiled
@@ -92,6 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--repeats", type=int, default=3, help="timed calls per case")
   parser.add_argument("--trace_dir", default="",
                       help="keep each case's Perfetto trace under DIR/CASE (default: deleted)")
+  parser.add_argument("--top", type=int, default=8, help="kernels listed per case")
   parser.add_argument("--compile_workers", type=int, default=1,
                       help="threads that run the compiling calls at once")
   parser.add_argument("--host_tracer_level", type=int, default=1,
@@ -215,12 +217,14 @@ def kernel_metrics(kernels: list[dict], calls: int, top: int) -> dict[str, Any]:
   busy = trace_summary.busy_us([(e["ts"], e["ts"] + e["dur"]) for e in kernels],
                                min(e["ts"] for e in kernels),
                                max(e["ts"] + e["dur"] for e in kernels))
-  by_name = collections.Counter()
+  by_name, launches = collections.Counter(), collections.Counter()
   for e in kernels:
     by_name[e["name"]] += e["dur"]
+    launches[e["name"]] += 1
   return {"gpu_ms_per_call": total / 1e3 / calls, "gpu_busy_ms_per_call": busy / 1e3 / calls,
           "kernels_per_call": len(kernels) / calls,
-          "top_kernels": [{"kernel": name[:100], "ms": dur / 1e3 / calls, "share": dur / total}
+          "top_kernels": [{"kernel": name[:100], "ms": dur / 1e3 / calls, "share": dur / total,
+                           "launches": launches[name] / calls}
                           for name, dur in by_name.most_common(top)]}
 
 
@@ -263,7 +267,7 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
         specs: list[str] = ("sequential",), batches: list[int] = (1,), length: int = 0,
         visible: float = 0.05, temperature: float = 0.2, repeats: int = 3, trace_dir: str = "",
         compile_workers: int = 1, host_tracer_level: int = 1, hbm_bytes_per_s: float = 4.8e12,
-        peak_flops: float = 790e12, deterministic: bool = False) -> Iterator[dict]:
+        peak_flops: float = 790e12, deterministic: bool = False, top: int = 8) -> Iterator[dict]:
   """One ``decode_profile`` record per (spec, batch), each yielded once measured, then the
   traces' ``trace_summary`` records."""
   model, params, loaded = common.random_model(config, attention_impl=attention_impl or None)
@@ -284,7 +288,7 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
     for case in cases:
       batch = case.tokens.shape[0]
       folder = os.path.join(trace_dir or scratch, f"{case.spec.tag()}_b{batch}")
-      measured, summary = measure(model, params, case, repeats, folder, host_tracer_level)
+      measured, summary = measure(model, params, case, repeats, folder, host_tracer_level, top)
       calls, gpu = measured["num_network_calls"], measured["gpu_ms_per_call"]
       cost = roofline(sizes, case.spec, batch, int(visible * length), length, calls,
                       hbm_bytes_per_s, peak_flops)
