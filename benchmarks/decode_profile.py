@@ -17,11 +17,12 @@ per call, share of the summed time, launches per call), all divided by that call
 ``num_network_calls``. Without a GPU those fields are null.
 The profiled call's ``trace_summary`` records (busy time per thread) come too; the host's
 runtime threads are in the trace with ``--host_tracer_level=2`` (a trace several times larger:
-does the GPU wait on the host?). Profiling switches XLA's command buffers off, so the profiled
-call's span is not the wall time. ``--compile_workers=N`` runs the compiling calls in N threads
-at once (they overlap on the device, XLA's autotuning included; the timed and profiled calls
-run alone). ``--deterministic=true`` profiles the batch-invariant network of deterministic
-decoding instead (``models.batch_invariant``: its matmul kernels and attention).
+does the GPU wait on the host?). The profiled call runs without CUDA graphs (the timed calls
+follow ``sampling.generate``'s rule), so its span is not the wall time. ``--compile_workers=N``
+runs the compiling calls in N threads at once (they overlap on the device, XLA's autotuning
+included; the timed and profiled calls run alone). ``--deterministic=true`` profiles the
+batch-invariant network of deterministic decoding instead (``models.batch_invariant``: its
+matmul kernels and attention).
 
 The roofline (:func:`call_cost`, :func:`roofline_ms`) of one call with ``R`` content rows, ``K``
 query rows and ``S`` cache slots read per row, at batch ``B``, for a model of ``layers``,
@@ -61,6 +62,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import glob
 import os
@@ -228,16 +230,35 @@ def kernel_metrics(kernels: list[dict], calls: int, top: int) -> dict[str, Any]:
                           for name, dur in by_name.most_common(top)]}
 
 
+@contextlib.contextmanager
+def without_graphs() -> Iterator[None]:
+  """Within it every sampling loop runs without CUDA graphs (``$ASARM_JAX_COMMAND_BUFFERS``
+  ``off``): the profiler does not see the kernels a graph launches (2026-12-06, on an H100: a
+  batch-1 sequential call on graphs showed 1.3 of its 220 kernels)."""
+  before = os.environ.get(core.COMMAND_BUFFERS_ENV)
+  os.environ[core.COMMAND_BUFFERS_ENV] = "off"
+  try:
+    yield
+  finally:
+    if before is None:
+      del os.environ[core.COMMAND_BUFFERS_ENV]
+    else:
+      os.environ[core.COMMAND_BUFFERS_ENV] = before
+
+
 def profile(model: Any, params: Any, case: Case, folder: str,
             host_tracer_level: int) -> tuple[sampling.Generation, str]:
-  """One call of ``case`` under the profiler, its trace under ``folder``: the generation and
-  the Perfetto file."""
+  """One call of ``case`` under the profiler, without CUDA graphs (:func:`without_graphs`;
+  compiled before the trace), its trace under ``folder``: the generation and the Perfetto
+  file."""
   options = jax.profiler.ProfileOptions()
   options.host_tracer_level, options.python_tracer_level = host_tracer_level, 0
   options.enable_hlo_proto = False
-  with jax.profiler.trace(folder, create_perfetto_trace=True, profiler_options=options):
-    with jax.profiler.TraceAnnotation(WITHIN):
-      out = decode(model, params, case, seed=0)
+  with without_graphs():
+    decode(model, params, case, seed=99)
+    with jax.profiler.trace(folder, create_perfetto_trace=True, profiler_options=options):
+      with jax.profiler.TraceAnnotation(WITHIN):
+        out = decode(model, params, case, seed=0)
   trace_summary.keep_perfetto_only(folder)
   return out, glob.glob(os.path.join(folder, "**", "perfetto_trace.json.gz"), recursive=True)[0]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from asarm_jax import models, sampling
-from asarm_jax.sampling import cost_model, methods
+from asarm_jax.sampling import core, cost_model, methods
 from benchmarks import (cli, common, decode_profile, experiment, greedy_agreement,
                         invariance_probe, records, report, speed_ratios, while_loop_graphs)
 from benchmarks import cost_model as cost_model_benchmark
@@ -476,3 +476,15 @@ def test_while_loop_graphs_sets_the_switch_in_each_variants_process():
   assert on["settings"]["xla_flags"] == os.environ.get("XLA_FLAGS", "")  # the children's
   assert on["metrics"]["calls"] == {"0": 1.0, "2": 3.0}
   assert "expected measured, on or off" in unknown["metrics"]["error"]
+
+
+def test_decode_profile_profiles_without_graphs_and_restores_the_setting(monkeypatch):
+  monkeypatch.setenv(core.COMMAND_BUFFERS_ENV, "on")
+  spec = cli.parse_spec("sequential")
+  with decode_profile.without_graphs():
+    assert not core.command_buffers(spec, 1, deterministic=False)
+  assert core.command_buffers(spec, 1, deterministic=False)
+  monkeypatch.delenv(core.COMMAND_BUFFERS_ENV)
+  with decode_profile.without_graphs():
+    assert not core.command_buffers(spec, 1, deterministic=False)
+  assert core.COMMAND_BUFFERS_ENV not in os.environ
