@@ -10,7 +10,7 @@ import pytest
 
 from asarm_jax import models, sampling
 from asarm_jax.sampling import core, cost_model, methods
-from benchmarks import (cli, common, decode_profile, experiment, greedy_agreement,
+from benchmarks import (cli, common, decode_profile, experiment, greedy_agreement, kernel_scopes,
                         invariance_probe, records, report, speed_ratios, while_loop_graphs)
 from benchmarks import cost_model as cost_model_benchmark
 from benchmarks.experiments import EXPERIMENTS
@@ -488,3 +488,32 @@ def test_decode_profile_profiles_without_graphs_and_restores_the_setting(monkeyp
   with decode_profile.without_graphs():
     assert not core.command_buffers(spec, 1, deterministic=False)
   assert core.COMMAND_BUFFERS_ENV not in os.environ
+
+
+def test_kernel_scopes_name_each_profiled_kernel_by_its_instruction_and_merge_layers(tmp_path):
+  hlo = "\n".join([
+      "ENTRY %main (p: f32[2]) -> f32[2] {",
+      '  %gemm_fusion_dot.267 = bf16[2,768]{1,0} fusion(%a), kind=kCustom, metadata={op_name='
+      '"jit(f)/while/body/TwoStreamTransformer/block_0/attention/query/dot_general"}',
+      '  %gemm_fusion_dot.268 = bf16[2,768]{1,0} fusion(%a), kind=kCustom, metadata={op_name='
+      '"jit(f)/while/body/TwoStreamTransformer/block_1/attention/query/dot_general"}',
+      '  %loop_pad-fusion.1 = bf16[16,768]{1,0} fusion(%a), kind=kLoop, metadata={op_name='
+      '"jit(f)/while/body/TwoStreamTransformer/block_0/attention/attend/pad"}',
+      "}"])
+  kernel = lambda name, ms, launches: {"kernel": name, "ms": ms, "share": ms, "launches": launches}
+  top = [kernel("gemm_fusion_dot_267", 0.3, 1), kernel("_forward_kernel", 0.25, 2),
+         kernel("gemm_fusion_dot_268", 0.2, 1), kernel("loop_pad_fusion_1", 0.05, 2),
+         kernel("memcpy32_post", 0.005, 1)]
+  profile = records.make("decode_profile", {"spec": "sequential", "batch": 1},
+                         {"gpu_ms_per_call": 1.0, "kernels_per_call": 7.0, "top_kernels": top},
+                         commit="abc1234")
+  path = tmp_path / "decode_profile.jsonl"
+  records.write(str(path), [profile])
+  (tmp_path / "hlo.txt").write_text(hlo)
+  made = list(kernel_scopes.run(str(path), str(tmp_path / "hlo.txt")))
+  rows = [(r["metrics"]["scope"], round(r["metrics"]["ms_per_call"], 6),
+           r["metrics"]["launches_per_call"]) for r in made]
+  assert rows == [("block_i/attention/query/dot_general", 0.5, 2), ("_forward_kernel", 0.25, 2),
+                  ("block_i/attention/attend/pad", 0.05, 2)]  # memcpy: below 1% of the call
+  assert made[0]["metrics"]["us_per_launch"] == pytest.approx(250.0)
+  assert {r["commit"] for r in made} == {"abc1234"}
