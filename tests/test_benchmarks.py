@@ -10,8 +10,9 @@ import pytest
 
 from asarm_jax import models, sampling
 from asarm_jax.sampling import core, cost_model, methods
-from benchmarks import (cli, common, decode_profile, experiment, greedy_agreement, kernel_scopes,
-                        invariance_probe, records, report, speed_ratios, while_loop_graphs)
+from benchmarks import (cli, common, decode_profile, experiment, greedy_agreement,
+                        invariance_probe, kernel_scopes, records, report, speed_ratios,
+                        while_loop_graphs)
 from benchmarks import cost_model as cost_model_benchmark
 from benchmarks.experiments import EXPERIMENTS
 
