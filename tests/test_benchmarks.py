@@ -289,8 +289,9 @@ def test_gpu_kernels_are_the_streams_within_the_call():
   assert m["gpu_ms_per_call"] == pytest.approx(0.030)  # 60 us over 2 calls
   assert m["gpu_busy_ms_per_call"] == pytest.approx(0.025)  # [110, 150) and [160, 170)
   assert m["kernels_per_call"] == 1.5
-  assert m["top_kernels"] == [{"kernel": "gemm", "ms": 0.02, "share": 2 / 3},
-                              {"kernel": "attention", "ms": 0.01, "share": 1 / 3}]
+  assert m["top_kernels"] == [{"kernel": "gemm", "ms": 0.02, "share": 2 / 3, "launches": 1.0},
+                              {"kernel": "attention", "ms": 0.01, "share": 1 / 3,
+                               "launches": 0.5}]
 
 
 def test_two_detached_runs_of_one_runs_folder_run_from_their_own_code(tmp_path, monkeypatch):
