@@ -165,8 +165,9 @@ def build(logq_BxDxV: Array, chain: tuple[Array, Array] | None, num_nodes: int,
 
 def walk(tree: Tree, draws_BxN1: Array, depth: int) -> tuple[Array, Array, Array, Array]:
   """Walks the tree with the exact draws (``draws[:, 0]`` the root's, ``draws[:, 1 + u]``
-  node ``u``'s); paths are at most ``depth`` nodes long. Returns the path (``B x D`` nodes, ``-1`` past its end), its length ``a``, the
-  node where the walk stopped (``-1``: the root) and that node's draw, committed after the path.
+  node ``u``'s); paths are at most ``depth`` nodes long. Returns the path (``B x D`` nodes,
+  ``-1`` past its end), its length ``a``, the node where the walk stopped (``-1``: the root)
+  and that node's draw, committed after the path.
   """
   batch = tree.tokens_BxN.shape[0]
   current_B = jnp.full((batch,), -1, jnp.int32)
