@@ -249,13 +249,16 @@ def without_graphs() -> Iterator[None]:
 def profile(model: Any, params: Any, case: Case, folder: str,
             host_tracer_level: int) -> tuple[sampling.Generation, str]:
   """One call of ``case`` under the profiler, without CUDA graphs (:func:`without_graphs`;
-  compiled before the trace), its trace under ``folder``: the generation and the Perfetto
-  file."""
+  compiled before the trace where the timed calls ran on graphs), its trace under ``folder``:
+  the generation and the Perfetto file."""
   options = jax.profiler.ProfileOptions()
   options.host_tracer_level, options.python_tracer_level = host_tracer_level, 0
   options.enable_hlo_proto = False
+  on_graphs = core.command_buffers(case.spec, case.tokens.shape[0],
+                                   models.is_batch_invariant(model))
   with without_graphs():
-    decode(model, params, case, seed=99)
+    if on_graphs:  # its program without graphs is not compiled yet
+      decode(model, params, case, seed=99)
     with jax.profiler.trace(folder, create_perfetto_trace=True, profiler_options=options):
       with jax.profiler.TraceAnnotation(WITHIN):
         out = decode(model, params, case, seed=0)

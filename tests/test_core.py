@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from asarm_jax import density, forward, masks, models, objectives, ordering, sampling
+from asarm_jax.models import two_stream
 from asarm_jax.sampling import core
 from tests.helpers import equations, model_config
 
@@ -267,7 +268,6 @@ def test_gelu_dense_is_dense_then_gelu_with_the_same_gradient(dtype):
   ``gelu(nn.Dense(...))`` forward and the same bits of every gradient: old checkpoints load
   and train on unchanged."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from asarm_jax.models import two_stream  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 16), jnp.float32)
   new = two_stream.GeluDense(32, dtype=dtype, param_dtype=jnp.float32)
   old = nn.Dense(32, kernel_init=nn.initializers.lecun_normal(), dtype=dtype,
@@ -506,7 +506,6 @@ def test_a_one_row_cache_write_updates_in_place_what_the_scatter_writes():
   """A batch-1 decoding call writes each layer's one new key and value by a dynamic update
   slice, not a scatter, whose bounds check reads the slot back (two GPU kernels a layer more);
   at every slot it writes what the batched scatter writes for that row."""
-  from asarm_jax.models import two_stream  # pylint: disable=g-import-not-at-top
   rs = np.random.default_rng(0)
   normal = lambda *shape: jnp.asarray(rs.normal(size=shape), jnp.float32)
   cache = two_stream.LayerCache(normal(2, 6, 3, 4), normal(2, 6, 3, 4))

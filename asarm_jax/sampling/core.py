@@ -161,12 +161,12 @@ def _prepare_program(net: Network, signature: Any,
   """``net.prepare`` of params of this :func:`_signature` as ``(program, out treedef,
   sources)``: the program computes the leaves it changes; ``sources[i]`` is the input leaf
   that output leaf ``i`` returns unchanged, or ``-1 - j`` for the program's ``j``-th output.
-  A program of its
-  own, run before the loop's: inside the loop's program XLA may move its casts into the loop
-  (the H200 profile of 2026-12-05, with the casts there, still showed a 30 us convert in every
-  batch-1 call). Unchanged leaves do not pass through it: a jitted output is a new buffer, so
-  each would be copied in every dispatch (75 copy kernels of xlnet_base's 173 leaves, beside
-  its 98 casts, compiled for the H200); with ``graphs`` the casts run as one CUDA graph."""
+  A program of its own, run before the loop's: inside the loop's program XLA may move its
+  casts into the loop (the H200 profile of 2026-12-05, with the casts there, still showed a
+  30 us convert in every batch-1 call). Unchanged leaves do not pass through it: a jitted
+  output is a new buffer, so each would be copied in every dispatch (75 copy kernels of
+  xlnet_base's 173 leaves, beside its 98 casts, compiled for the H200); with ``graphs`` the
+  casts run as one CUDA graph."""
   treedef, leaves = signature
   closed, out_shape = jax.make_jaxpr(lambda *xs: net.prepare(jax.tree.unflatten(treedef, xs)),
                                      return_shape=True)(
