@@ -22,8 +22,10 @@ def config_of(name: str, **model):
 
 
 def model_config(name: str, **model) -> dict:
-  """The ``config`` field of a record: the config file and the model keys given."""
-  return {"file": f"configs/{name}.py", **{f"model.{k}": v for k, v in model.items() if v}}
+  """The ``config`` field of a record: the config file and the model keys given (but those
+  None or empty)."""
+  return {"file": f"configs/{name}.py",
+          **{f"model.{k}": v for k, v in model.items() if v is not None and v != ""}}
 
 
 def random_model(name: str, **model) -> tuple[Any, Any, ml_collections.ConfigDict]:

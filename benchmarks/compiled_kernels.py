@@ -77,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="GpuTargetConfigProto (text) of the GPU compiled for when none is "
                       "attached")
   parser.add_argument("--top", type=int, default=12, help="scopes listed per record")
+  parser.add_argument("--fused_decoding", type=cli.flag_bool, default=True,
+                      help="model.fused_decoding (false: XLA's kernels for the dense parts)")
   parser.add_argument("--train_step", type=cli.flag_bool, default=False,
                       help="count the config's training step instead of the decoders")
   parser.add_argument("--hlo_dir", default="",
@@ -340,7 +342,7 @@ def metrics_of(found: Census, calls_per_round: int, num_layers: int, top: int,
 def run(config: str = "xlnet_base", specs: list[str] = ("sequential",),
         batches: list[int] = (1,), length: int = 0, deterministic: bool = False,
         target: str = TARGET, top: int = 12, train_step: bool = False,
-        hlo_dir: str = "") -> Iterator[dict]:
+        hlo_dir: str = "", fused_decoding: bool = True) -> Iterator[dict]:
   """One ``compiled_kernels`` record per (spec, batch); with ``train_step`` one
   ``compiled_train_step`` record instead. With ``hlo_dir``, each loop's compiled HLO text is
   written there too."""
@@ -357,7 +359,7 @@ def run(config: str = "xlnet_base", specs: list[str] = ("sequential",),
     yield record
     return
   with attention.gpu_target():
-    settings = common.config_of(config)
+    settings = common.config_of(config, fused_decoding=fused_decoding)
     model = models.build(settings.model)
     if deterministic:
       model = models.batch_invariant(model)
@@ -377,7 +379,8 @@ def run(config: str = "xlnet_base", specs: list[str] = ("sequential",),
             {"spec": text, "batch": batch, "length": length, "deterministic": deterministic},
             metrics_of(found, calls_per_round, model.num_layers, top,
                        (batch, model.num_heads, model.d_model // model.num_heads, length)),
-            common.model_config(config, attention_impl=model.attention_impl),
+            common.model_config(config, attention_impl=model.attention_impl,
+                                fused_decoding=model.fused_decoding),
             accelerator=device_name))
         yield made[-1]
         print(f"{text} batch {batch}: " + ", ".join(

@@ -90,6 +90,8 @@ SHOWN = ("wall_ms_per_call", "gpu_ms_per_call", "kernels_per_call", "roofline_ms
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   cli.add_decode_cases(parser)
   parser.add_argument("--attention_impl", default="", help="override model.attention_impl")
+  parser.add_argument("--fused_decoding", type=cli.flag_bool, default=True,
+                      help="model.fused_decoding (false: XLA's kernels for the dense parts)")
   parser.add_argument("--visible", type=float, default=0.05, help="prompt fraction of a row")
   parser.add_argument("--temperature", type=float, default=0.2)
   parser.add_argument("--repeats", type=int, default=3, help="timed calls per case")
@@ -291,10 +293,12 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
         specs: list[str] = ("sequential",), batches: list[int] = (1,), length: int = 0,
         visible: float = 0.05, temperature: float = 0.2, repeats: int = 3, trace_dir: str = "",
         compile_workers: int = 1, host_tracer_level: int = 1, hbm_bytes_per_s: float = 4.8e12,
-        peak_flops: float = 790e12, deterministic: bool = False, top: int = 8) -> Iterator[dict]:
+        peak_flops: float = 790e12, deterministic: bool = False, top: int = 8,
+        fused_decoding: bool = True) -> Iterator[dict]:
   """One ``decode_profile`` record per (spec, batch), each yielded once measured, then the
   traces' ``trace_summary`` records."""
-  model, params, loaded = common.random_model(config, attention_impl=attention_impl or None)
+  model, params, loaded = common.random_model(config, attention_impl=attention_impl or None,
+                                              fused_decoding=fused_decoding)
   if deterministic:
     model = models.batch_invariant(model)
   sizes = sizes_of(model, params)
@@ -306,7 +310,8 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
            for text in specs for batch in batches]
   with concurrent.futures.ThreadPoolExecutor(compile_workers) as pool:  # compiles, untimed
     list(pool.map(lambda case: decode(model, params, case, seed=99), cases))
-  described = common.model_config(config, attention_impl=model.attention_impl)
+  described = common.model_config(config, attention_impl=model.attention_impl,
+                                  fused_decoding=model.fused_decoding)
   made, summaries = [], []
   with tempfile.TemporaryDirectory() as scratch:
     for case in cases:

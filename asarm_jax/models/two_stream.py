@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from asarm_jax import masks
-from asarm_jax.models import attention, invariant_matmul
+from asarm_jax.models import attention, fused_dense, invariant_matmul
 
 Array = jnp.ndarray
 
@@ -106,6 +106,26 @@ def rotary(x_BxTxNxH: Array, positions_BxT: Array, base: float) -> Array:
     return out.astype(x_BxTxNxH.dtype)
 
 
+def attend_cached(layer: "Layer", q_BxTxNxH: Array, k_BxRxNxH: Array, v_BxRxNxH: Array,
+                  sink_key_NxH: Array, sink_value_NxH: Array, positions_BxT: Array,
+                  key_positions_BxS: Array, visibility: masks.Visibility,
+                  cache: LayerCache | None, cache_slots_BxR: Array | None
+                  ) -> tuple[Array, LayerCache | None]:
+  """Attention of the ``T`` rows' projections (the first ``R`` rows are content rows, whose
+  keys and values are given): queries and keys rotated, the keys and values written at
+  ``cache_slots_BxR`` and the whole cache attended where there is a cache (``S`` its length),
+  else the ``R`` keys (``S = R``). Returns ``B x T x N x H`` and the cache."""
+  q_BxTxNxH = rotary(q_BxTxNxH, positions_BxT, layer.rope_base)
+  k_BxRxNxH = rotary(k_BxRxNxH, positions_BxT[:, :k_BxRxNxH.shape[1]], layer.rope_base)
+  if cache is not None:
+    cache = write_layer_cache(cache, k_BxRxNxH, v_BxRxNxH, cache_slots_BxR)
+    k_BxRxNxH, v_BxRxNxH = cache
+  out_BxTxNxH = attention.attend(
+      q_BxTxNxH, k_BxRxNxH, v_BxRxNxH, sink_key_NxH, sink_value_NxH, visibility, positions_BxT,
+      key_positions_BxS, layer.alibi, layer.attention_impl, layer.batch_invariant)
+  return out_BxTxNxH, cache
+
+
 def dot_general(batch_invariant: bool) -> Any:
   """The matmul of every Dense: XLA's (``None``) or the batch-invariant kernel."""
   return invariant_matmul.dot_general if batch_invariant else None
@@ -122,12 +142,20 @@ class Layer:
   param_dtype: Any
   out_init_std: float
   attention_impl: str
+  fused_decoding: bool  # TwoStreamTransformer.fused_decoding
   batch_invariant: bool  # TwoStreamTransformer.batch_invariant
 
   def dense(self) -> dict[str, Any]:
     """The keywords of every Dense and DenseGeneral of a layer."""
     return dict(dtype=self.dtype, param_dtype=self.param_dtype,
                 dot_general=dot_general(self.batch_invariant))
+
+  def fuses(self, num_rows: int, width: int) -> bool:
+    """Whether a cached call of ``num_rows`` rows (over the batch) runs each block through
+    :mod:`asarm_jax.models.fused_dense` (:meth:`Block.fused`)."""
+    return (self.fused_decoding and self.attention_impl == "pallas" and not self.batch_invariant
+            and fused_dense.supports(num_rows, width, (width, self.d_ff))
+            and fused_dense.supports(num_rows, self.d_ff, (width,)))
 
   def norm(self, name: str) -> nn.Module:
     """A LayerNorm: flax's, or with fixed-order statistics when batch-invariant."""
@@ -179,21 +207,14 @@ class Attention(nn.Module):
     dense = lambda name: nn.DenseGeneral(
         (layer.num_heads, head_dim), use_bias=False,
         kernel_init=nn.initializers.lecun_normal(), name=name, **layer.dense())
-    q_BxTxNxH = rotary(dense("query")(x_BxTxD), positions_BxT, layer.rope_base)
-    content_BxSxD = x_BxTxD[:, :num_content]
-    k_BxSxNxH = rotary(dense("key")(content_BxSxD), positions_BxT[:, :num_content],
-                       layer.rope_base)
-    v_BxSxNxH = dense("value")(content_BxSxD)
-    if cache is not None:
-      cache = write_layer_cache(cache, k_BxSxNxH, v_BxSxNxH, cache_slots_BxR)
-      k_BxSxNxH, v_BxSxNxH = cache
-
+    content_BxRxD = x_BxTxD[:, :num_content]
     sink_init = nn.initializers.normal(0.02)
-    sink_k = self.param("sink_key", sink_init, (layer.num_heads, head_dim), layer.param_dtype)
-    sink_v = self.param("sink_value", sink_init, (layer.num_heads, head_dim), layer.param_dtype)
-    out_BxTxNxH = attention.attend(
-        q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_k, sink_v, visibility, positions_BxT,
-        key_positions_BxS, layer.alibi, layer.attention_impl, layer.batch_invariant)
+    out_BxTxNxH, cache = attend_cached(
+        layer, dense("query")(x_BxTxD), dense("key")(content_BxRxD),
+        dense("value")(content_BxRxD),
+        self.param("sink_key", sink_init, (layer.num_heads, head_dim), layer.param_dtype),
+        self.param("sink_value", sink_init, (layer.num_heads, head_dim), layer.param_dtype),
+        positions_BxT, key_positions_BxS, visibility, cache, cache_slots_BxR)
     out_BxTxD = nn.DenseGeneral(width, axis=(-2, -1), use_bias=False,
                                 kernel_init=nn.initializers.normal(layer.out_init_std),
                                 name="out", **layer.dense())(out_BxTxNxH)
@@ -240,6 +261,10 @@ class Block(nn.Module):
                num_content: int, visibility: masks.Visibility, cache: LayerCache | None = None,
                cache_slots_BxR: Array | None = None) -> tuple[Array, LayerCache | None]:
     layer = self.layer
+    if (cache is not None and not self.is_initializing()
+        and layer.fuses(x_BxTxD.shape[0] * x_BxTxD.shape[1], x_BxTxD.shape[2])):
+      return self.fused(x_BxTxD, positions_BxT, key_positions_BxS, num_content, visibility,
+                        cache, cache_slots_BxR)
     attended, cache = Attention(layer, name="attention")(
         layer.norm("ln_attention")(x_BxTxD), positions_BxT, key_positions_BxS, num_content,
         visibility, cache, cache_slots_BxR)
@@ -249,6 +274,39 @@ class Block(nn.Module):
     h = nn.Dense(x_BxTxD.shape[-1], kernel_init=nn.initializers.normal(layer.out_init_std),
                  name="mlp_out", **layer.dense())(h)
     return x_BxTxD + h, cache
+
+  def fused(self, x_BxTxD: Array, positions_BxT: Array, key_positions_BxS: Array,
+            num_content: int, visibility: masks.Visibility, cache: LayerCache,
+            cache_slots_BxR: Array) -> tuple[Array, LayerCache]:
+    """The block of a decoding call (:meth:`Layer.fuses`) from the same parameters, its dense
+    parts as four kernels of :func:`fused_dense.dense` around the attention: LayerNorm with
+    the query, key and value projections (of every row: the content rows' keys and values are
+    then sliced, cheaper than a kernel more); the output projection with the residual add;
+    LayerNorm with the MLP's first matmul, bias and GELU; the second with its bias and the
+    residual add. XLA's form ran 16 kernels a layer (xlnet_base, sequential at batch 1)."""
+    layer, params = self.layer, self.variables["params"]
+    batch, num_rows, width = x_BxTxD.shape
+    heads = (batch, num_rows, layer.num_heads, width // layer.num_heads)
+    attn = params["attention"]
+    weight = lambda module, depth=width: module["kernel"].astype(layer.dtype).reshape(depth, -1)
+    norm = lambda name: fused_dense.Norm(params[name]["scale"], params[name]["bias"],
+                                         nn.LayerNorm.epsilon)
+    x_MxD = x_BxTxD.reshape(batch * num_rows, width)
+    q_MxD, k_MxD, v_MxD = fused_dense.dense(
+        x_MxD, [weight(attn[name]) for name in ("query", "key", "value")],
+        norm=norm("ln_attention"))
+    content = lambda y_MxD: y_MxD.reshape(heads)[:, :num_content]
+    attended_BxTxNxH, cache = attend_cached(
+        layer, q_MxD.reshape(heads), content(k_MxD), content(v_MxD),
+        attn["sink_key"], attn["sink_value"], positions_BxT,
+        key_positions_BxS, visibility, cache, cache_slots_BxR)
+    x_MxD, = fused_dense.dense(attended_BxTxNxH.reshape(x_MxD.shape),
+                               [weight(attn["out"])], residual_MxN=x_MxD)
+    h_MxF, = fused_dense.dense(x_MxD, [weight(params["mlp_in"])], norm=norm("ln_mlp"),
+                               bias_N=params["mlp_in"]["bias"], gelu=True)
+    x_MxD, = fused_dense.dense(h_MxF, [weight(params["mlp_out"], layer.d_ff)],
+                               bias_N=params["mlp_out"]["bias"], residual_MxN=x_MxD)
+    return x_MxD.reshape(x_BxTxD.shape), cache
 
 
 class TwoStreamTransformer(nn.Module):
@@ -287,6 +345,10 @@ class TwoStreamTransformer(nn.Module):
   # asarm_jax.models.attention.IMPLEMENTATIONS; the parameters are the same for all;
   # models.build replaces it by "xla" where the kernel does not run.
   attention_impl: str
+  # A cached call of at most fused_dense.MAX_ROWS rows (decoding) runs each block's dense parts
+  # as fused kernels (Block.fused) where the attention kernel runs ("pallas", not
+  # batch-invariant); False: XLA's kernels (the same function, for side-by-side timings).
+  fused_decoding: bool
   # Not a config key: decoding sets it (sampling.generate(..., deterministic=True)). Every
   # matmul through the fixed-tiling kernel of models.invariant_matmul and attention through the
   # fused kernel, so a row's outputs never depend on the call's shape (forward only).
@@ -310,7 +372,8 @@ class TwoStreamTransformer(nn.Module):
 
     layer = Layer(self.num_heads, self.d_ff, self.rope_base, self.alibi, self.dtype,
                   self.param_dtype, out_init_std=0.02 / (2 * self.num_layers) ** 0.5,
-                  attention_impl=self._attention_impl(), batch_invariant=self.batch_invariant)
+                  attention_impl=self._attention_impl(), fused_decoding=self.fused_decoding,
+                  batch_invariant=self.batch_invariant)
     if cache is None:
       key_positions_BxS = positions_BxL
     else:

@@ -1,0 +1,149 @@
+"""A decoding call's dense parts: the fused kernels against XLA's kernels for the same work.
+
+  python -m benchmarks fused_dense --config=xlnet_base [--rows=2,42,72,128] \
+      [--tilings=32x128x4x3,16x128x4x3] [--calls=50]
+
+The parts of a layer (``models.two_stream.Block.fused``) at the config's sizes and compute
+dtype: ``qkv`` (LayerNorm, then the query, key and value projections), ``out`` (the output
+projection and the residual add), ``mlp_in`` (LayerNorm, matmul, bias, GELU) and ``mlp_out``
+(matmul, bias, residual add). For each part and each row count of ``--rows`` (2: sequential
+at batch 1; 42: fused ASSD k=5; 72: a tree of 8 nodes, depth 6; 128: sequential at batch 64),
+random inputs, and ``--calls`` calls of each variant under the profiler: ``xla`` (the part as
+jnp ops, as the unfused block writes it, which XLA fuses as it can) and ``fused`` with each
+tiling of ``--tilings`` (``BNxBKxWARPSxSTAGES``; default: ``fused_dense.tiling``'s alone).
+
+Metrics per (part, rows, variant): ``gpu_us_per_call`` (the kernels' durations summed, from the
+trace), ``kernels_per_call``, ``bytes_per_call`` (the weights, the rows read and written, in
+the compute dtype), ``tb_per_s`` (bytes over GPU time) and ``max_abs_error`` against the part
+in float32. Without a GPU the GPU fields are null (the kernels run interpreted).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import tempfile
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asarm_jax.models import fused_dense
+from benchmarks import cli, common, decode_profile, records, trace_summary
+
+PARTS = ("qkv", "out", "mlp_in", "mlp_out")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", default="xlnet_base", help="configs/ name")
+  parser.add_argument("--rows", type=cli.list_of(int), default="2,42,72,128",
+                      help="rows per call")
+  parser.add_argument("--tilings", type=cli.list_of(str), default="",
+                      help="BNxBKxWARPSxSTAGES each; default: fused_dense.tiling's")
+  parser.add_argument("--calls", type=int, default=50, help="profiled calls per variant")
+
+
+def part_inputs(part: str, rows: int, width: int, d_ff: int, dtype: Any,
+                seed: int = 0) -> dict[str, Any]:
+  """Random arrays of a part: ``x_MxK``, ``kernels`` and (by part) ``norm`` (scale and bias),
+  ``bias_N`` and ``residual_MxN``; :func:`keywords` makes them :func:`fused_dense.dense`'s."""
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape, scale=1.0: jnp.asarray(rng.normal(size=shape) * scale, dtype)
+  depth, widths = {"qkv": (width, (width,) * 3), "out": (width, (width,)),
+                   "mlp_in": (width, (d_ff,)), "mlp_out": (d_ff, (width,))}[part]
+  made = {"x_MxK": normal(rows, depth),
+          "kernels": [normal(depth, w, scale=depth ** -0.5) for w in widths]}
+  if part in ("qkv", "mlp_in"):
+    made["norm"] = (normal(depth) + 1, normal(depth))
+  if part in ("mlp_in", "mlp_out"):
+    made["bias_N"] = normal(widths[0])
+  if part in ("out", "mlp_out"):
+    made["residual_MxN"] = normal(rows, widths[0])
+  return made
+
+
+def keywords(part: str, arrays: dict[str, Any]) -> dict[str, Any]:
+  """:func:`part_inputs`' arrays as :func:`fused_dense.dense`'s keywords."""
+  made = dict(arrays, gelu=part == "mlp_in")
+  if "norm" in made:
+    made["norm"] = fused_dense.Norm(*made["norm"], nn.LayerNorm.epsilon)
+  return made
+
+
+def unfused(x_MxK: Any, kernels: list[Any], norm: fused_dense.Norm | None = None,
+            bias_N: Any = None, gelu: bool = False, residual_MxN: Any = None
+            ) -> tuple[Any, ...]:
+  """The part as the unfused block computes it (``nn.LayerNorm``, matmuls in the weights'
+  dtype, the bias, GELU and residual add after them)."""
+  dtype = kernels[0].dtype
+  if norm is not None:
+    params = {"params": {"scale": norm.scale_K, "bias": norm.bias_K}}
+    x_MxK = nn.LayerNorm(epsilon=norm.epsilon, dtype=dtype).apply(params, x_MxK)
+  outs = []
+  for kernel in kernels:
+    out = jnp.dot(x_MxK.astype(dtype), kernel.astype(dtype),
+                  precision=jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None)
+    if bias_N is not None:
+      out = out + bias_N.astype(dtype)
+    if gelu:
+      out = nn.gelu(out)
+    if residual_MxN is not None:
+      out = residual_MxN.astype(dtype) + out
+    outs.append(out)
+  return tuple(outs)
+
+
+def parse_tiling(text: str) -> fused_dense.Tiling:
+  """``BNxBKxWARPSxSTAGES`` as a :class:`fused_dense.Tiling`."""
+  return fused_dense.Tiling(*map(int, text.split("x")))
+
+
+def gpu_time(fn: Callable[[], Any], calls: int) -> tuple[float | None, float | None]:
+  """``(GPU us, kernels)`` per call of ``fn`` (compiled first), from ``calls`` calls under the
+  profiler; ``(None, None)`` without GPU kernels."""
+  jax.block_until_ready(fn())
+  with tempfile.TemporaryDirectory() as folder:
+    with jax.profiler.trace(folder, create_perfetto_trace=True):
+      with jax.profiler.TraceAnnotation(decode_profile.WITHIN):
+        for _ in range(calls):
+          out = fn()
+        jax.block_until_ready(out)
+    trace_summary.keep_perfetto_only(folder)
+    path = next(os.path.join(root, name) for root, _, names in os.walk(folder)
+                for name in names if name == "perfetto_trace.json.gz")
+    kernels = decode_profile.device_kernels(*trace_summary.load(path))
+  if not kernels:
+    return None, None
+  return sum(e["dur"] for e in kernels) / calls, len(kernels) / calls
+
+
+def run(config: str = "xlnet_base", rows: list[int] = (2, 42, 72, 128),
+        tilings: list[str] = (), calls: int = 50) -> Iterator[dict]:
+  """One ``fused_dense`` record per (part, rows, variant), each yielded once measured."""
+  model = common.config_of(config).model
+  dtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[model.dtype]
+  for part in PARTS:
+    for num_rows in rows:
+      arrays = part_inputs(part, num_rows, model.d_model, model.d_ff, dtype)
+      exact = unfused(**keywords(part, jax.tree_util.tree_map(
+          lambda a: a.astype(jnp.float32), arrays)))
+      widths = [w.shape[1] for w in arrays["kernels"]]
+      moved = (sum(w.size for w in arrays["kernels"]) + arrays["x_MxK"].size + num_rows
+               * sum(widths) * (2 if "residual_MxN" in arrays else 1)) * jnp.dtype(dtype).itemsize
+      fused = [parse_tiling(t) for t in tilings] or [None]
+      for variant, tiles in [("xla", None)] + [("fused", t) for t in fused]:
+        impl = unfused if variant == "xla" else functools.partial(fused_dense.dense, tiles=tiles)
+        fn = jax.jit(lambda a, impl=impl: impl(**keywords(part, a)))
+        error = max(float(jnp.abs(g.astype(jnp.float32) - e).max())
+                    for g, e in zip(fn(arrays), exact))
+        us, kernels = gpu_time(lambda: fn(arrays), calls)
+        used = tiles or fused_dense.tiling(arrays["x_MxK"].shape[1], widths)
+        yield records.make("fused_dense", {
+            "part": part, "rows": num_rows, "variant": variant, "calls": calls,
+            "tiling": None if variant == "xla" else "x".join(map(str, used))}, {
+                "gpu_us_per_call": us, "kernels_per_call": kernels,
+                "bytes_per_call": int(moved),
+                "tb_per_s": None if us is None else moved / us / 1e6,
+                "max_abs_error": error}, common.model_config(config))
