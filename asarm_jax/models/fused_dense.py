@@ -32,6 +32,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
@@ -53,11 +54,13 @@ class Tiling(NamedTuple):
   num_stages: int = 3
 
 
-class Norm(NamedTuple):
-  """A LayerNorm of the input rows: ``scale_K``, ``bias_K`` and the variance's ``epsilon``."""
+@struct.dataclass
+class Norm:
+  """A LayerNorm of the input rows: ``scale_K``, ``bias_K`` and the variance's ``epsilon`` (a
+  constant of the kernel, not an operand)."""
   scale_K: Array
   bias_K: Array
-  epsilon: float
+  epsilon: float = struct.field(pytree_node=False)
 
 
 def supports(num_rows: int, depth: int, widths: Sequence[int]) -> bool:
@@ -111,7 +114,7 @@ def dense(x_MxK: Array, kernels: Sequence[Array], *, norm: Norm | None = None,
       epsilon=None if norm is None else norm.epsilon, has_bias=bias_N is not None, gelu=gelu,
       has_residual=residual_MxN is not None)
   return tuple(pl.pallas_call(
-      kernel, grid=(sum(counts),),
+      kernel, grid=(sum(counts),), name="fused_dense",
       out_shape=[jax.ShapeDtypeStruct((num_rows, w), dtype) for w in widths],
       interpret=attention.interpreted(), compiler_params=compiler_params)(*operands))
 
