@@ -10,7 +10,8 @@ projection and the residual add), ``mlp_in`` (LayerNorm, matmul, bias, GELU) and
 at batch 1; 42: fused ASSD k=5; 72: a tree of 8 nodes, depth 6; 128: sequential at batch 64),
 random inputs, and ``--calls`` calls of each variant under the profiler: ``xla`` (the part as
 jnp ops, as the unfused block writes it, which XLA fuses as it can) and ``fused`` with each
-tiling of ``--tilings`` (``BNxBKxWARPSxSTAGES``; default: ``fused_dense.tiling``'s alone).
+tiling of ``--tilings`` (``BNxBKxWARPSxSTAGES[xUNROLL]``, UNROLL 0 or 1; default:
+``fused_dense.tiling``'s alone).
 
 Metrics per (part, rows, variant): ``gpu_us_per_call`` (the kernels' durations summed, from the
 trace), ``kernels_per_call``, ``bytes_per_call`` (the weights, the rows read and written, in
@@ -41,24 +42,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--rows", type=cli.list_of(int), default="2,42,72,128",
                       help="rows per call")
   parser.add_argument("--tilings", type=cli.list_of(str), default="",
-                      help="BNxBKxWARPSxSTAGES each; default: fused_dense.tiling's")
+                      help="BNxBKxWARPSxSTAGES[xUNROLL] each; default: fused_dense.tiling's")
   parser.add_argument("--calls", type=int, default=50, help="profiled calls per variant")
 
 
 def part_inputs(part: str, rows: int, width: int, d_ff: int, dtype: Any,
                 seed: int = 0) -> dict[str, Any]:
   """Random arrays of a part: ``x_MxK``, ``kernels`` and (by part) ``norm`` (scale and bias),
-  ``bias_N`` and ``residual_MxN``; :func:`keywords` makes them :func:`fused_dense.dense`'s."""
+  ``bias_N`` and ``residual_MxN``; :func:`keywords` makes them :func:`fused_dense.dense`'s.
+  The norm and the bias are float32, as the model's parameters (only the matrices are cast to
+  the compute dtype before a sampling loop)."""
   rng = np.random.default_rng(seed)
-  normal = lambda *shape, scale=1.0: jnp.asarray(rng.normal(size=shape) * scale, dtype)
+  normal = lambda *shape, scale=1.0, of=dtype: jnp.asarray(rng.normal(size=shape) * scale, of)
   depth, widths = {"qkv": (width, (width,) * 3), "out": (width, (width,)),
                    "mlp_in": (width, (d_ff,)), "mlp_out": (d_ff, (width,))}[part]
   made = {"x_MxK": normal(rows, depth),
           "kernels": [normal(depth, w, scale=depth ** -0.5) for w in widths]}
   if part in ("qkv", "mlp_in"):
-    made["norm"] = (normal(depth) + 1, normal(depth))
+    made["norm"] = (normal(depth, of=jnp.float32) + 1, normal(depth, of=jnp.float32))
   if part in ("mlp_in", "mlp_out"):
-    made["bias_N"] = normal(widths[0])
+    made["bias_N"] = normal(widths[0], of=jnp.float32)
   if part in ("out", "mlp_out"):
     made["residual_MxN"] = normal(rows, widths[0])
   return made
@@ -96,8 +99,9 @@ def unfused(x_MxK: Any, kernels: list[Any], norm: fused_dense.Norm | None = None
 
 
 def parse_tiling(text: str) -> fused_dense.Tiling:
-  """``BNxBKxWARPSxSTAGES`` as a :class:`fused_dense.Tiling`."""
-  return fused_dense.Tiling(*map(int, text.split("x")))
+  """``BNxBKxWARPSxSTAGES[xUNROLL]`` (UNROLL 0 or 1) as a :class:`fused_dense.Tiling`."""
+  fields = list(map(int, text.split("x")))
+  return fused_dense.Tiling(*fields[:4], *map(bool, fields[4:]))
 
 
 def gpu_time(fn: Callable[[], Any], calls: int) -> tuple[float | None, float | None]:
@@ -142,7 +146,7 @@ def run(config: str = "xlnet_base", rows: list[int] = (2, 42, 72, 128),
         used = tiles or fused_dense.tiling(arrays["x_MxK"].shape[1], widths)
         yield records.make("fused_dense", {
             "part": part, "rows": num_rows, "variant": variant, "calls": calls,
-            "tiling": None if variant == "xla" else "x".join(map(str, used))}, {
+            "tiling": None if variant == "xla" else "x".join(map(str, map(int, used)))}, {
                 "gpu_us_per_call": us, "kernels_per_call": kernels,
                 "bytes_per_call": int(moved),
                 "tb_per_s": None if us is None else moved / us / 1e6,

@@ -61,10 +61,10 @@ def test_kernel_matches_the_unfused_part(part, rows):
 
 def test_every_tiling_gives_the_same_part():
   """The tiling changes the order of the sums only: 16- and 32-column tiles, 16- to 64-column
-  steps over the depth."""
+  steps over the depth, unrolled or looped."""
   args = random_part(0, 3, 128, (64,), True, True, True)
-  outs = [fused_dense.dense(**args, gelu=True, tiles=fused_dense.Tiling(n, k))[0]
-          for n in (16, 32) for k in (16, 64)]
+  outs = [fused_dense.dense(**args, gelu=True, tiles=fused_dense.Tiling(n, k, unroll=u))[0]
+          for n in (16, 32) for k in (16, 64) for u in (True, False)]
   for out in outs[1:]:
     np.testing.assert_allclose(out, outs[0], rtol=1e-5, atol=1e-5)
 
