@@ -39,9 +39,12 @@ from jax.experimental.pallas import triton as plgpu
 from asarm_jax.models import attention
 
 Array = jnp.ndarray
-MAX_ROWS = 128
+# One 16-row tile. With more rows XLA's GEMMs were faster (H100, 2026-12-06: a 42-row MLP in
+# 8.3-10.4 us against 7.4, 128 rows 14-33 against 10.7; benchmarks/fused_dense.py).
+MAX_ROWS = 16
 _BLOCKS_N = (32, 16)  # the largest that divides every weight's width
-_BLOCKS_K = (128, 64, 32, 16)  # the largest that divides the depth
+_BLOCKS_K = (256, 128, 64, 32, 16)  # the largest that divides the depth
+_UNROLL_STEPS = 4  # steps over the depth unrolled up to this many (d_model 768: 3), else looped
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
@@ -75,9 +78,13 @@ def supports(num_rows: int, depth: int, widths: Sequence[int]) -> bool:
 def tiling(depth: int, widths: Sequence[int]) -> Tiling:
   """The default tiling of weights of ``depth`` rows and ``widths`` columns (see
   :func:`supports`): the widest ``block_n`` and ``block_k`` of :data:`_BLOCKS_N` and
-  :data:`_BLOCKS_K` that divide them."""
-  return Tiling(next(b for b in _BLOCKS_N if all(w % b == 0 for w in widths)),
-                next(b for b in _BLOCKS_K if depth % b == 0))
+  :data:`_BLOCKS_K` that divide them, unrolled up to :data:`_UNROLL_STEPS` steps. On the H100
+  a part of 2 rows (``benchmarks/fused_dense.py``, 2026-12-06): LayerNorm with the query, key
+  and value in 4.6 us (XLA's four kernels 8.4), the MLP's first half in 4.6 (6.9); steps of
+  a 3072-deep matmul unrolled took 12 us, looped 7.5 (XLA's split over the depth 3.6)."""
+  block_k = next(b for b in _BLOCKS_K if depth % b == 0)
+  return Tiling(next(b for b in _BLOCKS_N if all(w % b == 0 for w in widths)), block_k,
+                unroll=depth // block_k <= _UNROLL_STEPS)
 
 
 def dense(x_MxK: Array, kernels: Sequence[Array], *, norm: Norm | None = None,

@@ -154,8 +154,7 @@ class Layer:
     """Whether a cached call of ``num_rows`` rows (over the batch) runs each block through
     :mod:`asarm_jax.models.fused_dense` (:meth:`Block.fused`)."""
     return (self.fused_decoding and self.attention_impl == "pallas" and not self.batch_invariant
-            and fused_dense.supports(num_rows, width, (width, self.d_ff))
-            and fused_dense.supports(num_rows, self.d_ff, (width,)))
+            and fused_dense.supports(num_rows, width, (width, self.d_ff)))
 
   def norm(self, name: str) -> nn.Module:
     """A LayerNorm: flax's, or with fixed-order statistics when batch-invariant."""
@@ -278,12 +277,14 @@ class Block(nn.Module):
   def fused(self, x_BxTxD: Array, positions_BxT: Array, key_positions_BxS: Array,
             num_content: int, visibility: masks.Visibility, cache: LayerCache,
             cache_slots_BxR: Array) -> tuple[Array, LayerCache]:
-    """The block of a decoding call (:meth:`Layer.fuses`) from the same parameters, its dense
-    parts as four kernels of :func:`fused_dense.dense` around the attention: LayerNorm with
-    the query, key and value projections (of every row: the content rows' keys and values are
-    then sliced, cheaper than a kernel more); the output projection with the residual add;
-    LayerNorm with the MLP's first matmul, bias and GELU; the second with its bias and the
-    residual add. XLA's form ran 16 kernels a layer (xlnet_base, sequential at batch 1)."""
+    """The block of a decoding call (:meth:`Layer.fuses`) from the same parameters, three of
+    its dense parts as kernels of :func:`fused_dense.dense` around the attention: LayerNorm
+    with the query, key and value projections (of every row: the content rows' keys and
+    values are then sliced, cheaper than a kernel more); the output projection with the
+    residual add; LayerNorm with the MLP's first matmul, bias and GELU. The MLP's second
+    matmul (3072 deep at xlnet_base) stays XLA's, which splits the depth among programs and
+    adds bias and residual as it sums the splits. XLA's form ran 16 kernels a layer
+    (xlnet_base, sequential at batch 1)."""
     layer, params = self.layer, self.variables["params"]
     batch, num_rows, width = x_BxTxD.shape
     heads = (batch, num_rows, layer.num_heads, width // layer.num_heads)
@@ -304,9 +305,9 @@ class Block(nn.Module):
                                [weight(attn["out"])], residual_MxN=x_MxD)
     h_MxF, = fused_dense.dense(x_MxD, [weight(params["mlp_in"])], norm=norm("ln_mlp"),
                                bias_N=params["mlp_in"]["bias"], gelu=True)
-    x_MxD, = fused_dense.dense(h_MxF, [weight(params["mlp_out"], layer.d_ff)],
-                               bias_N=params["mlp_out"]["bias"], residual_MxN=x_MxD)
-    return x_MxD.reshape(x_BxTxD.shape), cache
+    out = params["mlp_out"]
+    h_MxD = h_MxF @ weight(out, layer.d_ff) + out["bias"].astype(layer.dtype)  # nn.Dense's
+    return (x_MxD + h_MxD).reshape(x_BxTxD.shape), cache
 
 
 class TwoStreamTransformer(nn.Module):
@@ -345,8 +346,8 @@ class TwoStreamTransformer(nn.Module):
   # asarm_jax.models.attention.IMPLEMENTATIONS; the parameters are the same for all;
   # models.build replaces it by "xla" where the kernel does not run.
   attention_impl: str
-  # A cached call of at most fused_dense.MAX_ROWS rows (decoding) runs each block's dense parts
-  # as fused kernels (Block.fused) where the attention kernel runs ("pallas", not
+  # A cached call of at most fused_dense.MAX_ROWS rows (decoding) runs most of each block's dense
+  # parts as fused kernels (Block.fused) where the attention kernel runs ("pallas", not
   # batch-invariant); False: XLA's kernels (the same function, for side-by-side timings).
   fused_decoding: bool
   # Not a config key: decoding sets it (sampling.generate(..., deterministic=True)). Every
