@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
       vocab_size=c.data.get_ref("vocab_size"), max_len=c.data.get_ref("seq_len"),
       num_layers=4, d_model=256, num_heads=4, d_ff=1024, rope_base=10_000.0, alibi=True,
       tie_embeddings=True, num_special_tokens=4, causal_prompt=False, dtype="float32",
-      param_dtype="float32", attention_impl="pallas", fused_decoding=True))
+      param_dtype="float32", attention_impl="pallas", fused_decoding=False))
 
   # kind: "asarm" (the joint loss below) or "mdlm" (the masked-diffusion baseline's negative
   # ELBO, asarm_jax/mdlm.py, docs/mdlm.md; it reads no other objective key).

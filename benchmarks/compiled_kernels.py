@@ -77,8 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="GpuTargetConfigProto (text) of the GPU compiled for when none is "
                       "attached")
   parser.add_argument("--top", type=int, default=12, help="scopes listed per record")
-  parser.add_argument("--fused_decoding", type=cli.flag_bool, default=True,
-                      help="model.fused_decoding (false: XLA's kernels for the dense parts)")
+  parser.add_argument("--fused_decoding", type=cli.flag_bool, default=None,
+                      help="override model.fused_decoding (the fused kernels of few-row calls)")
   parser.add_argument("--train_step", type=cli.flag_bool, default=False,
                       help="count the config's training step instead of the decoders")
   parser.add_argument("--hlo_dir", default="",
@@ -342,7 +342,7 @@ def metrics_of(found: Census, calls_per_round: int, num_layers: int, top: int,
 def run(config: str = "xlnet_base", specs: list[str] = ("sequential",),
         batches: list[int] = (1,), length: int = 0, deterministic: bool = False,
         target: str = TARGET, top: int = 12, train_step: bool = False,
-        hlo_dir: str = "", fused_decoding: bool = True) -> Iterator[dict]:
+        hlo_dir: str = "", fused_decoding: bool | None = None) -> Iterator[dict]:
   """One ``compiled_kernels`` record per (spec, batch); with ``train_step`` one
   ``compiled_train_step`` record instead. With ``hlo_dir``, each loop's compiled HLO text is
   written there too."""

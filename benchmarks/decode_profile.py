@@ -90,8 +90,8 @@ SHOWN = ("wall_ms_per_call", "gpu_ms_per_call", "kernels_per_call", "roofline_ms
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   cli.add_decode_cases(parser)
   parser.add_argument("--attention_impl", default="", help="override model.attention_impl")
-  parser.add_argument("--fused_decoding", type=cli.flag_bool, default=True,
-                      help="model.fused_decoding (false: XLA's kernels for the dense parts)")
+  parser.add_argument("--fused_decoding", type=cli.flag_bool, default=None,
+                      help="override model.fused_decoding (the fused kernels of few-row calls)")
   parser.add_argument("--visible", type=float, default=0.05, help="prompt fraction of a row")
   parser.add_argument("--temperature", type=float, default=0.2)
   parser.add_argument("--repeats", type=int, default=3, help="timed calls per case")
@@ -294,7 +294,7 @@ def run(config: str = "xlnet_base", attention_impl: str = "",
         visible: float = 0.05, temperature: float = 0.2, repeats: int = 3, trace_dir: str = "",
         compile_workers: int = 1, host_tracer_level: int = 1, hbm_bytes_per_s: float = 4.8e12,
         peak_flops: float = 790e12, deterministic: bool = False, top: int = 8,
-        fused_decoding: bool = True) -> Iterator[dict]:
+        fused_decoding: bool | None = None) -> Iterator[dict]:
   """One ``decode_profile`` record per (spec, batch), each yielded once measured, then the
   traces' ``trace_summary`` records."""
   model, params, loaded = common.random_model(config, attention_impl=attention_impl or None,

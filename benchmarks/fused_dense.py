@@ -8,7 +8,10 @@ dtype: ``qkv`` (LayerNorm, then the query, key and value projections), ``out`` (
 projection and the residual add), ``mlp_in`` (LayerNorm, matmul, bias, GELU) and ``mlp_out``
 (matmul, bias, residual add). For each part and each row count of ``--rows`` (2: sequential
 at batch 1; 42: fused ASSD k=5; 72: a tree of 8 nodes, depth 6; 128: sequential at batch 64),
-random inputs, and ``--calls`` calls of each variant under the profiler: ``xla`` (the part as
+random inputs, and ``--calls`` calls of each variant under the profiler, each call on the next
+of copies of the weights that fill ``--cold_bytes`` (so that they come from memory, not from
+the L2 cache, as in a decoding call; with one copy the 2-row parts ran about twice as fast as
+they do inside the model): ``xla`` (the part as
 jnp ops, as the unfused block writes it, which XLA fuses as it can) and ``fused`` with each
 tiling of ``--tilings`` (``BNxBKxWARPSxSTAGES[xUNROLL]``, UNROLL 0 or 1; default:
 ``fused_dense.tiling``'s alone).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import tempfile
 from typing import Any, Callable, Iterator
@@ -44,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--tilings", type=cli.list_of(str), default="",
                       help="BNxBKxWARPSxSTAGES[xUNROLL] each; default: fused_dense.tiling's")
   parser.add_argument("--calls", type=int, default=50, help="profiled calls per variant")
+  parser.add_argument("--cold_bytes", type=float, default=1e8,
+                      help="weights cycled through, in bytes (past the L2 cache: 50 MB on the "
+                      "H100 and H200)")
 
 
 def part_inputs(part: str, rows: int, width: int, d_ff: int, dtype: Any,
@@ -104,15 +111,15 @@ def parse_tiling(text: str) -> fused_dense.Tiling:
   return fused_dense.Tiling(*fields[:4], *map(bool, fields[4:]))
 
 
-def gpu_time(fn: Callable[[], Any], calls: int) -> tuple[float | None, float | None]:
-  """``(GPU us, kernels)`` per call of ``fn`` (compiled first), from ``calls`` calls under the
-  profiler; ``(None, None)`` without GPU kernels."""
-  jax.block_until_ready(fn())
+def gpu_time(fn: Callable[[int], Any], calls: int) -> tuple[float | None, float | None]:
+  """``(GPU us, kernels)`` per call of ``fn(i)`` (compiled first), from calls ``i < calls``
+  under the profiler; ``(None, None)`` without GPU kernels."""
+  jax.block_until_ready(fn(0))
   with tempfile.TemporaryDirectory() as folder:
     with jax.profiler.trace(folder, create_perfetto_trace=True):
       with jax.profiler.TraceAnnotation(decode_profile.WITHIN):
-        for _ in range(calls):
-          out = fn()
+        for i in range(calls):
+          out = fn(i)
         jax.block_until_ready(out)
     trace_summary.keep_perfetto_only(folder)
     path = next(os.path.join(root, name) for root, _, names in os.walk(folder)
@@ -124,7 +131,7 @@ def gpu_time(fn: Callable[[], Any], calls: int) -> tuple[float | None, float | N
 
 
 def run(config: str = "xlnet_base", rows: list[int] = (2, 42, 72, 128),
-        tilings: list[str] = (), calls: int = 50) -> Iterator[dict]:
+        tilings: list[str] = (), calls: int = 50, cold_bytes: float = 1e8) -> Iterator[dict]:
   """One ``fused_dense`` record per (part, rows, variant), each yielded once measured."""
   model = common.config_of(config).model
   dtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[model.dtype]
@@ -136,16 +143,20 @@ def run(config: str = "xlnet_base", rows: list[int] = (2, 42, 72, 128),
       widths = [w.shape[1] for w in arrays["kernels"]]
       moved = (sum(w.size for w in arrays["kernels"]) + arrays["x_MxK"].size + num_rows
                * sum(widths) * (2 if "residual_MxN" in arrays else 1)) * jnp.dtype(dtype).itemsize
+      weight_bytes = sum(w.size for w in arrays["kernels"]) * jnp.dtype(dtype).itemsize
+      copies = [dict(arrays, kernels=[w + i for w in arrays["kernels"]])
+                for i in range(max(1, math.ceil(cold_bytes / weight_bytes)))]
       fused = [parse_tiling(t) for t in tilings] or [None]
       for variant, tiles in [("xla", None)] + [("fused", t) for t in fused]:
         impl = unfused if variant == "xla" else functools.partial(fused_dense.dense, tiles=tiles)
         fn = jax.jit(lambda a, impl=impl: impl(**keywords(part, a)))
         error = max(float(jnp.abs(g.astype(jnp.float32) - e).max())
                     for g, e in zip(fn(arrays), exact))
-        us, kernels = gpu_time(lambda: fn(arrays), calls)
+        us, kernels = gpu_time(lambda i: fn(copies[i % len(copies)]), calls)
         used = tiles or fused_dense.tiling(arrays["x_MxK"].shape[1], widths)
         yield records.make("fused_dense", {
             "part": part, "rows": num_rows, "variant": variant, "calls": calls,
+            "weight_copies": len(copies),
             "tiling": None if variant == "xla" else "x".join(map(str, map(int, used)))}, {
                 "gpu_us_per_call": us, "kernels_per_call": kernels,
                 "bytes_per_call": int(moved),

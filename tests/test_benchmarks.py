@@ -10,7 +10,7 @@ import pytest
 
 from asarm_jax import models, sampling
 from asarm_jax.sampling import core, cost_model, methods
-from benchmarks import (cli, common, decode_profile, experiment, greedy_agreement,
+from benchmarks import (cli, common, decode_profile, experiment, fused_dense, greedy_agreement,
                         invariance_probe, kernel_scopes, records, report, speed_ratios,
                         while_loop_graphs)
 from benchmarks import cost_model as cost_model_benchmark
@@ -519,3 +519,19 @@ def test_kernel_scopes_name_each_profiled_kernel_by_its_instruction_and_merge_la
                   ("block_i/attention/attend/pad", 0.05, 2)]  # memcpy: below 1% of the call
   assert made[0]["metrics"]["us_per_launch"] == pytest.approx(250.0)
   assert {r["commit"] for r in made} == {"abc1234"}
+
+
+def test_fused_dense_compares_every_part_on_cycled_weights():
+  """``fused_dense`` runs each layer part fused and as XLA's ops on the same inputs (their
+  errors against float32 at float32's level on the demo model), on as many weight copies as
+  ``--cold_bytes`` asks, GPU fields null on the CPU."""
+  made = list(fused_dense.run("demo", rows=[2], tilings=["16x64x4x3x0"], calls=2,
+                              cold_bytes=1e6))
+  assert [(r["settings"]["part"], r["settings"]["variant"]) for r in made] == [
+      (part, variant) for part in fused_dense.PARTS for variant in ("xla", "fused")]
+  for record in made:
+    assert record["metrics"]["max_abs_error"] < 1e-4, record
+    assert record["metrics"]["gpu_us_per_call"] is None
+    copies = record["settings"]["weight_copies"]
+    assert copies > 1 and (copies - 1) * record["metrics"]["bytes_per_call"] < 1e6 * 1.5
+  assert made[1]["settings"]["tiling"] == "16x64x4x3x0"
