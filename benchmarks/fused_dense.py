@@ -1,20 +1,18 @@
 """A decoding call's dense parts: the fused kernels against XLA's kernels for the same work.
 
-  python -m benchmarks fused_dense --config=xlnet_base [--rows=2,42,72,128] \
-      [--tilings=32x128x4x3,16x128x4x3] [--calls=50]
+  python -m benchmarks fused_dense --config=xlnet_base [--rows=2,16] \
+      [--tilings=32x256x4,16x256x8] [--calls=50] [--cold_bytes=1e8]
 
-The parts of a layer (``models.two_stream.Block.fused``) at the config's sizes and compute
-dtype: ``qkv`` (LayerNorm, then the query, key and value projections), ``out`` (the output
-projection and the residual add), ``mlp_in`` (LayerNorm, matmul, bias, GELU) and ``mlp_out``
-(matmul, bias, residual add). For each part and each row count of ``--rows`` (2: sequential
-at batch 1; 42: fused ASSD k=5; 72: a tree of 8 nodes, depth 6; 128: sequential at batch 64),
-random inputs, and ``--calls`` calls of each variant under the profiler, each call on the next
-of copies of the weights that fill ``--cold_bytes`` (so that they come from memory, not from
-the L2 cache, as in a decoding call; with one copy the 2-row parts ran about twice as fast as
-they do inside the model): ``xla`` (the part as
-jnp ops, as the unfused block writes it, which XLA fuses as it can) and ``fused`` with each
-tiling of ``--tilings`` (``BNxBKxWARPSxSTAGES[xUNROLL]``, UNROLL 0 or 1; default:
-``fused_dense.tiling``'s alone).
+The parts of a layer that ``models.two_stream.Block.fused`` fuses, at the config's sizes and
+compute dtype: ``qkv`` (LayerNorm, then the query, key and value projections), ``out`` (the
+output projection and the residual add) and ``mlp_in`` (LayerNorm, matmul, bias, GELU). For
+each part and each row count of ``--rows`` (at most ``fused_dense.MAX_ROWS``; 2: a sequential
+call at batch 1), random inputs, and ``--calls`` calls of each variant under the profiler, each
+call on the next of copies of the weights that fill ``--cold_bytes`` (so that they come from
+memory, not from the L2 cache, as in a decoding call: with one copy the 2-row parts ran about
+twice as fast as inside the model): ``xla`` (the part as jnp ops, as the unfused block writes
+it, which XLA fuses as it can) and ``fused`` with each tiling of ``--tilings``
+(``BNxBKxWARPS``; default: ``fused_dense.tiling``'s alone).
 
 Metrics per (part, rows, variant): ``gpu_us_per_call`` (the kernels' durations summed, from the
 trace), ``kernels_per_call``, ``bytes_per_call`` (the weights, the rows read and written, in
@@ -38,15 +36,15 @@ import numpy as np
 from asarm_jax.models import fused_dense
 from benchmarks import cli, common, decode_profile, records, trace_summary
 
-PARTS = ("qkv", "out", "mlp_in", "mlp_out")
+PARTS = ("qkv", "out", "mlp_in")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--config", default="xlnet_base", help="configs/ name")
-  parser.add_argument("--rows", type=cli.list_of(int), default="2,42,72,128",
+  parser.add_argument("--rows", type=cli.list_of(int), default="2,16",
                       help="rows per call")
   parser.add_argument("--tilings", type=cli.list_of(str), default="",
-                      help="BNxBKxWARPSxSTAGES[xUNROLL] each; default: fused_dense.tiling's")
+                      help="BNxBKxWARPS each; default: fused_dense.tiling's")
   parser.add_argument("--calls", type=int, default=50, help="profiled calls per variant")
   parser.add_argument("--cold_bytes", type=float, default=1e8,
                       help="weights cycled through, in bytes (past the L2 cache: 50 MB on the "
@@ -62,14 +60,14 @@ def part_inputs(part: str, rows: int, width: int, d_ff: int, dtype: Any,
   rng = np.random.default_rng(seed)
   normal = lambda *shape, scale=1.0, of=dtype: jnp.asarray(rng.normal(size=shape) * scale, of)
   depth, widths = {"qkv": (width, (width,) * 3), "out": (width, (width,)),
-                   "mlp_in": (width, (d_ff,)), "mlp_out": (d_ff, (width,))}[part]
+                   "mlp_in": (width, (d_ff,))}[part]
   made = {"x_MxK": normal(rows, depth),
           "kernels": [normal(depth, w, scale=depth ** -0.5) for w in widths]}
   if part in ("qkv", "mlp_in"):
     made["norm"] = (normal(depth, of=jnp.float32) + 1, normal(depth, of=jnp.float32))
-  if part in ("mlp_in", "mlp_out"):
+  if part == "mlp_in":
     made["bias_N"] = normal(widths[0], of=jnp.float32)
-  if part in ("out", "mlp_out"):
+  if part == "out":
     made["residual_MxN"] = normal(rows, widths[0])
   return made
 
@@ -106,9 +104,8 @@ def unfused(x_MxK: Any, kernels: list[Any], norm: fused_dense.Norm | None = None
 
 
 def parse_tiling(text: str) -> fused_dense.Tiling:
-  """``BNxBKxWARPSxSTAGES[xUNROLL]`` (UNROLL 0 or 1) as a :class:`fused_dense.Tiling`."""
-  fields = list(map(int, text.split("x")))
-  return fused_dense.Tiling(*fields[:4], *map(bool, fields[4:]))
+  """``BNxBKxWARPS`` as a :class:`fused_dense.Tiling`."""
+  return fused_dense.Tiling(*map(int, text.split("x")))
 
 
 def gpu_time(fn: Callable[[int], Any], calls: int) -> tuple[float | None, float | None]:
@@ -130,7 +127,7 @@ def gpu_time(fn: Callable[[int], Any], calls: int) -> tuple[float | None, float 
   return sum(e["dur"] for e in kernels) / calls, len(kernels) / calls
 
 
-def run(config: str = "xlnet_base", rows: list[int] = (2, 42, 72, 128),
+def run(config: str = "xlnet_base", rows: list[int] = (2, 16),
         tilings: list[str] = (), calls: int = 50, cold_bytes: float = 1e8) -> Iterator[dict]:
   """One ``fused_dense`` record per (part, rows, variant), each yielded once measured."""
   model = common.config_of(config).model
@@ -157,7 +154,7 @@ def run(config: str = "xlnet_base", rows: list[int] = (2, 42, 72, 128),
         yield records.make("fused_dense", {
             "part": part, "rows": num_rows, "variant": variant, "calls": calls,
             "weight_copies": len(copies),
-            "tiling": None if variant == "xla" else "x".join(map(str, map(int, used)))}, {
+            "tiling": None if variant == "xla" else "x".join(map(str, used))}, {
                 "gpu_us_per_call": us, "kernels_per_call": kernels,
                 "bytes_per_call": int(moved),
                 "tb_per_s": None if us is None else moved / us / 1e6,

@@ -40,16 +40,16 @@ def unfused(x_MxK, kernels, norm, bias_N, residual_MxN, gelu):
 
 
 @pytest.mark.parametrize("rows", [1, 5, 16])
-@pytest.mark.parametrize("part", ["qkv", "out", "mlp_in", "mlp_out"])
+@pytest.mark.parametrize("part", ["qkv", "out", "mlp_in", "deep"])
 def test_kernel_matches_the_unfused_part(part, rows):
-  """Each part of a layer (the block's four launches) equals flax's LayerNorm, matmuls, bias,
-  GELU and residual add in float32, for row counts that fill the 16-row tile partly or whole:
+  """Each part of a layer (the block's three launches, and a deeper matmul with bias and
+  residual) equals flax's LayerNorm, matmuls, bias, GELU and residual add in float32, for row counts that fill the 16-row tile partly or whole:
   the rows past the call's are masked, never mixed in."""
   depth, widths, norm, bias, gelu, residual = {
       "qkv": (64, (96, 96, 96), True, False, False, False),
       "out": (96, (64,), False, False, False, True),
       "mlp_in": (64, (256,), True, True, True, False),
-      "mlp_out": (256, (64,), False, True, False, True)}[part]
+      "deep": (1024, (64,), False, True, False, True)}[part]
   args = random_part(rows, rows, depth, widths, norm, bias, residual)
   got = jax.jit(lambda a: fused_dense.dense(**a, gelu=gelu))(args)
   expected = unfused(**args, gelu=gelu)
@@ -60,13 +60,12 @@ def test_kernel_matches_the_unfused_part(part, rows):
 
 
 def test_every_tiling_gives_the_same_part():
-  """The tiling changes the order of the sums only: 16- and 32-column tiles, 16- to 64-column
-  steps over the depth, unrolled or looped."""
+  """The tiling changes the order of the sums only: 16- and 32-column tiles, chunks of 16 to
+  128 rows of the weights."""
   args = random_part(0, 3, 128, (64,), True, True, True)
-  assert fused_dense.tiling(768, (768,) * 3) == fused_dense.Tiling(32, 256, unroll=True)
-  assert fused_dense.tiling(3072, (768,)) == fused_dense.Tiling(32, 256, unroll=False)
-  outs = [fused_dense.dense(**args, gelu=True, tiles=fused_dense.Tiling(n, k, unroll=u))[0]
-          for n in (16, 32) for k in (16, 64) for u in (True, False)]
+  assert fused_dense.tiling(768, (768,) * 3) == fused_dense.Tiling(32, 256)
+  outs = [fused_dense.dense(**args, gelu=True, tiles=fused_dense.Tiling(n, k))[0]
+          for n in (16, 32) for k in (16, 64, 128)]
   for out in outs[1:]:
     np.testing.assert_allclose(out, outs[0], rtol=1e-5, atol=1e-5)
 
@@ -92,6 +91,8 @@ def test_shapes_it_does_not_take_are_refused():
     fused_dense.dense(**{**args, "bias_N": jnp.zeros(64)})
   with pytest.raises(ValueError, match="at most 16 rows"):
     fused_dense.dense(jnp.zeros((17, 64)), args["kernels"])
+  with pytest.raises(ValueError, match="of at most 1024"):
+    fused_dense.dense(jnp.zeros((2, 2048)), [jnp.zeros((2048, 64))])
   with pytest.raises(ValueError, match="does not divide"):
     fused_dense.dense(args["x_MxK"], args["kernels"], tiles=fused_dense.Tiling(48, 16))
   assert not fused_dense.supports(2, 40, (64,)) and fused_dense.supports(2, 48, (64,))

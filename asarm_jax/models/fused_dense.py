@@ -15,14 +15,14 @@ statistics and ``nn.LayerNorm``'s variance ``E[x^2] - E[x]^2`` (clipped at 0); `
 ``nn.gelu``'s tanh form. Everything after the matmul is computed in float32 from its float32
 accumulator and rounded once, to the weights' dtype.
 
-Each program computes one ``BM x BN`` output tile over ``K`` in ``BK``-chunks, ``BM`` the rows
-rounded up to a power of two from 16: the rows past the call's are masked in every load and
-store, so no padded copy of the input exists. With a norm each program first reads its rows'
-chunks once for the statistics (a few KB; the weight tile is almost all of its traffic).
+Each program computes one ``BM x BN`` output tile, ``BM`` the rows rounded up to a power of
+two from 16: the rows past the call's are masked in every load and store, so no padded copy of
+the input exists. A program issues the reads of all its weight rows (the whole depth, in
+``BK``-row chunks: at most :data:`MAX_DEPTH`) before it uses any, so that they wait for memory
+once; the statistics of a norm come from the same loaded input rows.
 
-Forward only, for calls of at most :data:`MAX_ROWS` rows (``models.two_stream`` uses it for
-cached calls); a Pallas kernel lowered through Triton on GPUs, Pallas' interpreter elsewhere
-(the tests).
+Forward only, for calls of at most :data:`MAX_ROWS` rows (``models.two_stream.Block.fused``); a
+Pallas kernel lowered through Triton on GPUs, Pallas' interpreter elsewhere (the tests).
 """
 from __future__ import annotations
 
@@ -42,22 +42,18 @@ Array = jnp.ndarray
 # One 16-row tile. With more rows XLA's GEMMs were faster (H100, 2026-12-06: a 42-row MLP in
 # 8.3-10.4 us against 7.4, 128 rows 14-33 against 10.7; benchmarks/fused_dense.py).
 MAX_ROWS = 16
+MAX_DEPTH = 1024  # a program holds all its weights' rows at once: 48 KB at 768 x 32 in bf16
 _BLOCKS_N = (32, 16)  # the largest that divides every weight's width
 _BLOCKS_K = (256, 128, 64, 32, 16)  # the largest that divides the depth
-_UNROLL_STEPS = 4  # steps over the depth unrolled up to this many (d_model 768: 3), else looped
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
 class Tiling(NamedTuple):
-  """A launch's tiles (``block_n`` output columns by ``block_k`` input columns a step), whether
-  the steps are unrolled (every chunk's loads issued at once: a loop of steps waited for each
-  chunk's, about 0.3 us a step on the H100) and Triton's settings; :func:`tiling` gives the
-  default."""
+  """A launch's tiles (``block_n`` output columns, read in chunks of ``block_k`` rows of the
+  weights) and Triton's warps; :func:`tiling` gives the default."""
   block_n: int
   block_k: int
   num_warps: int = 4
-  num_stages: int = 3
-  unroll: bool = True
 
 
 @struct.dataclass
@@ -71,20 +67,16 @@ class Norm:
 
 def supports(num_rows: int, depth: int, widths: Sequence[int]) -> bool:
   """Whether :func:`dense` takes ``num_rows`` rows of ``depth`` onto weights of ``widths``."""
-  return (num_rows <= MAX_ROWS and any(depth % b == 0 for b in _BLOCKS_K)
+  return (num_rows <= MAX_ROWS and depth <= MAX_DEPTH and any(depth % b == 0 for b in _BLOCKS_K)
           and any(all(w % b == 0 for w in widths) for b in _BLOCKS_N))
 
 
 def tiling(depth: int, widths: Sequence[int]) -> Tiling:
   """The default tiling of weights of ``depth`` rows and ``widths`` columns (see
   :func:`supports`): the widest ``block_n`` and ``block_k`` of :data:`_BLOCKS_N` and
-  :data:`_BLOCKS_K` that divide them, unrolled up to :data:`_UNROLL_STEPS` steps. On the H100
-  a part of 2 rows (``benchmarks/fused_dense.py``, 2026-12-06): LayerNorm with the query, key
-  and value in 4.6 us (XLA's four kernels 8.4), the MLP's first half in 4.6 (6.9); steps of
-  a 3072-deep matmul unrolled took 12 us, looped 7.5 (XLA's split over the depth 3.6)."""
-  block_k = next(b for b in _BLOCKS_K if depth % b == 0)
-  return Tiling(next(b for b in _BLOCKS_N if all(w % b == 0 for w in widths)), block_k,
-                unroll=depth // block_k <= _UNROLL_STEPS)
+  :data:`_BLOCKS_K` that divide them."""
+  return Tiling(next(b for b in _BLOCKS_N if all(w % b == 0 for w in widths)),
+                next(b for b in _BLOCKS_K if depth % b == 0))
 
 
 def dense(x_MxK: Array, kernels: Sequence[Array], *, norm: Norm | None = None,
@@ -98,7 +90,7 @@ def dense(x_MxK: Array, kernels: Sequence[Array], *, norm: Norm | None = None,
   widths = tuple(w.shape[1] for w in kernels)
   if not supports(num_rows, depth, widths):
     raise ValueError(f"fused dense: {num_rows} rows of {depth} onto widths {widths} "
-                     f"(at most {MAX_ROWS} rows; sizes multiples of 16)")
+                     f"(at most {MAX_ROWS} rows of at most {MAX_DEPTH}; sizes multiples of 16)")
   if len(kernels) > 1 and (bias_N is not None or gelu or residual_MxN is not None):
     raise ValueError("fused dense: a bias, GELU or residual needs a single weight")
   tiles = tiles or tiling(depth, widths)
@@ -116,11 +108,10 @@ def dense(x_MxK: Array, kernels: Sequence[Array], *, norm: Norm | None = None,
     operands.append(residual_MxN)
   compiler_params = None
   if not attention.interpreted():
-    compiler_params = plgpu.CompilerParams(num_warps=tiles.num_warps,
-                                           num_stages=tiles.num_stages)
+    compiler_params = plgpu.CompilerParams(num_warps=tiles.num_warps, num_stages=1)
   kernel = functools.partial(
       _kernel, num_rows=num_rows, block_m=max(16, 1 << (num_rows - 1).bit_length()),
-      block_n=tiles.block_n, block_k=tiles.block_k, unroll=tiles.unroll, tiles=counts,
+      block_n=tiles.block_n, block_k=tiles.block_k, tiles=counts,
       epsilon=None if norm is None else norm.epsilon, has_bias=bias_N is not None, gelu=gelu,
       has_residual=residual_MxN is not None)
   return tuple(pl.pallas_call(
@@ -129,11 +120,13 @@ def dense(x_MxK: Array, kernels: Sequence[Array], *, norm: Norm | None = None,
       interpret=attention.interpreted(), compiler_params=compiler_params)(*operands))
 
 
-def _kernel(*refs, num_rows: int, block_m: int, block_n: int, block_k: int, unroll: bool,
+def _kernel(*refs, num_rows: int, block_m: int, block_n: int, block_k: int,
             tiles: tuple[int, ...], epsilon: float | None, has_bias: bool, gelu: bool,
             has_residual: bool):
   """One ``block_m x block_n`` output tile of the weight whose column tiles hold this
-  program's (``tiles``: each weight's count, in order)."""
+  program's (``tiles``: each weight's count, in order). Every chunk of the tile's weights is
+  loaded before any is used, so that their reads from memory overlap: one latency a program,
+  not one a chunk (a loop, or chunks loaded as used, waited for each)."""
   refs = list(refs)
   x_ref = refs.pop(0)
   scale_ref, shift_ref = (refs.pop(0), refs.pop(0)) if epsilon is not None else (None, None)
@@ -142,45 +135,26 @@ def _kernel(*refs, num_rows: int, block_m: int, block_n: int, block_k: int, unro
   residual_ref = refs.pop(0) if has_residual else None
   out_refs = refs
   depth = x_ref.shape[1]
-  num_k = depth // block_k
+  chunks = [pl.ds(i * block_k, block_k) for i in range(depth // block_k)]
   rows_ok = (jnp.arange(block_m) < num_rows)[:, None]
   rows = pl.ds(0, block_m)
 
-  def steps(body, carry):  # over the depth's chunks (Triton's loops take no unroll)
-    if not unroll:
-      return jax.lax.fori_loop(0, num_k, body, carry)
-    for i in range(num_k):
-      carry = body(i, carry)
-    return carry
-
-  def x_chunk(i):  # float32 block_m x block_k, rows past the call's are 0
-    chunk = x_ref.at[rows, pl.ds(i * block_k, block_k)]
-    return plgpu.load(chunk, mask=rows_ok, other=0).astype(jnp.float32)
-
-  if epsilon is not None:
-    def moments(i, sums):
-      x = x_chunk(i)
-      return sums[0] + jnp.sum(x, axis=1), sums[1] + jnp.sum(x * x, axis=1)
-    zeros = jnp.zeros((block_m,), jnp.float32)
-    total, squares = steps(moments, (zeros, zeros))
-    mean = total / depth
-    inverse = jax.lax.rsqrt(jnp.maximum(0.0, squares / depth - mean * mean) + epsilon)
-
   def tile(w_ref, out_ref, first_column):
     columns = pl.ds(first_column, block_n)
-
-    def accumulate(i, acc):
-      x = x_chunk(i)
-      if epsilon is not None:
-        chunk = pl.ds(i * block_k, block_k)
-        x = (x - mean[:, None]) * (inverse[:, None] * scale_ref[chunk]) + shift_ref[chunk]
-      w = w_ref[pl.ds(i * block_k, block_k), columns]
-      precision = jax.lax.Precision.HIGHEST if w.dtype == jnp.float32 else None
-      return acc + jax.lax.dot_general(x.astype(w.dtype), w, (((1,), (0,)), ((), ())),
-                                       precision=precision,
-                                       preferred_element_type=jnp.float32)
-
-    out = steps(accumulate, jnp.zeros((block_m, block_n), jnp.float32))
+    w_chunks = [w_ref[chunk, columns] for chunk in chunks]
+    # Rows past the call's read as 0 (their statistics finite, their results never stored).
+    x_chunks = [plgpu.load(x_ref.at[rows, chunk], mask=rows_ok, other=0).astype(jnp.float32)
+                for chunk in chunks]
+    if epsilon is not None:
+      mean = sum(jnp.sum(x, axis=1) for x in x_chunks) / depth
+      square = sum(jnp.sum(x * x, axis=1) for x in x_chunks) / depth
+      inverse = jax.lax.rsqrt(jnp.maximum(0.0, square - mean * mean) + epsilon)
+      x_chunks = [(x - mean[:, None]) * (inverse[:, None] * scale_ref[chunk]) + shift_ref[chunk]
+                  for x, chunk in zip(x_chunks, chunks)]
+    precision = jax.lax.Precision.HIGHEST if w_chunks[0].dtype == jnp.float32 else None
+    out = sum(jax.lax.dot_general(x.astype(w.dtype), w, (((1,), (0,)), ((), ())),
+                                  precision=precision, preferred_element_type=jnp.float32)
+              for x, w in zip(x_chunks, w_chunks))
     if bias_ref is not None:
       out += bias_ref[columns]
     if gelu:
