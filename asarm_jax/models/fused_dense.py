@@ -39,8 +39,8 @@ from jax.experimental.pallas import triton as plgpu
 from asarm_jax.models import attention
 
 Array = jnp.ndarray
-# One 16-row tile. With more rows XLA's GEMMs were faster (H100, 2026-12-06: a 42-row MLP in
-# 8.3-10.4 us against 7.4, 128 rows 14-33 against 10.7; benchmarks/fused_dense.py).
+# One 16-row tile. With more rows XLA's GEMMs were faster (H100, 2026-12-06, at 9cda879: a
+# 42-row MLP in 8.3-10.4 us against 7.4, 128 rows 14-33 against 10.7; benchmarks/fused_dense.py).
 MAX_ROWS = 16
 MAX_DEPTH = 1024  # a program holds all its weights' rows at once: 48 KB at 768 x 32 in bf16
 _BLOCKS_N = (32, 16)  # the largest that divides every weight's width
