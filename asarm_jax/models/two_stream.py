@@ -106,7 +106,7 @@ def rotary(x_BxTxNxH: Array, positions_BxT: Array, base: float) -> Array:
     return out.astype(x_BxTxNxH.dtype)
 
 
-def attend_cached(layer: "Layer", q_BxTxNxH: Array, k_BxRxNxH: Array, v_BxRxNxH: Array,
+def attend_cached(layer: Layer, q_BxTxNxH: Array, k_BxRxNxH: Array, v_BxRxNxH: Array,
                   sink_key_NxH: Array, sink_value_NxH: Array, positions_BxT: Array,
                   key_positions_BxS: Array, visibility: masks.Visibility,
                   cache: LayerCache | None, cache_slots_BxR: Array | None
