@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from asarm_jax import forward, models
-from asarm_jax.models import attention, fused_dense
+from asarm_jax.models import attention, fused_dense, two_stream
 from tests.helpers import equations, model_config
 
 
@@ -157,3 +157,14 @@ def test_a_decoding_call_takes_the_fused_block_with_the_same_result():
   assert launches(unfused_model, 1) == 0
   assert launches(models.batch_invariant(fused_model), 1) == 0
 
+
+
+def test_a_block_fuses_on_one_device_only():
+  """Under a mesh of several devices (sharded weights) the block keeps XLA's kernels."""
+  layer = two_stream.Layer(num_heads=2, d_ff=64, rope_base=1e4, alibi=True, dtype=jnp.float32,
+                           param_dtype=jnp.float32, out_init_std=0.02, attention_impl="pallas",
+                           fused_decoding=True, batch_invariant=False)
+  assert layer.fuses(16, 32) and not layer.fuses(17, 32)
+  several = mock.Mock(empty=False, size=2)
+  with mock.patch.object(jax.sharding, "get_abstract_mesh", lambda: several):
+    assert not layer.fuses(16, 32)

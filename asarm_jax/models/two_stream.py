@@ -152,8 +152,11 @@ class Layer:
 
   def fuses(self, num_rows: int, width: int) -> bool:
     """Whether a cached call of ``num_rows`` rows (over the batch) runs each block through
-    :mod:`asarm_jax.models.fused_dense` (:meth:`Block.fused`)."""
+    :mod:`asarm_jax.models.fused_dense` (:meth:`Block.fused`): on one device (XLA cannot
+    partition a Pallas call over a mesh, and the kernels take whole weights)."""
+    mesh = jax.sharding.get_abstract_mesh()
     return (self.fused_decoding and self.attention_impl == "pallas" and not self.batch_invariant
+            and (mesh.empty or mesh.size == 1)
             and fused_dense.supports(num_rows, width, (width, self.d_ff)))
 
   def norm(self, name: str) -> nn.Module:
