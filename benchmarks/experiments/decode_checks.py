@@ -23,9 +23,12 @@ The stages, most needed first (each command ends by ``timeout_s`` and keeps what
   (``ASARM_JAX_COMMAND_BUFFERS=on``); the records carry the settings;
 * ``graphs``: :mod:`benchmarks.while_loop_graphs` for ``graphs_specs`` at batch 1 and 64, each
   decoder's fixed cost and cost per token without and with the loop and ``auto``'s
-  conditionals as CUDA graphs; ``gpu_tests_graphs``: the exactness tests with them on.
+  conditionals as CUDA graphs; ``gpu_tests_graphs``: the exactness tests with them on;
+* ``fused``: ``fused_dense`` (the fused dense kernels against XLA's, per part), then
+  ``decode_profile`` of ``fused_specs`` at batch 1 with ``model.fused_decoding`` on and off,
+  side by side (the records' ``config`` says which).
 
-Estimated at ~35 minutes of H200 time (each command at most ``timeout_s``): more than one
+Estimated at ~40 minutes of H200 time (each command at most ``timeout_s``): more than one
 session's 30; a later session runs the stages left (``--stages=...``: a fresh machine has no
 ``--runs`` of the last).
 """
@@ -46,12 +49,13 @@ KNOBS = dict(
     greedy_deterministic="true,false",
     det_specs="sequential,assd_fused:5,tree:8:6",
     graphs_specs="sequential,assd_fused:5,tree:8,auto:8",
+    fused_specs="sequential,assd:5,assd_fused:5",
     timeout_s=540.0)
 
 
 def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
   """gpu_tests, profile, greedy, probe, profile_det, profile_cublas, profile_graphs, graphs,
-  gpu_tests_graphs."""
+  gpu_tests_graphs, fused."""
   timed = lambda command, **env: dataclasses.replace(
       command, env=tuple(env.items()), timeout_s=knobs["timeout_s"])
   profile = stages.benchmark("decode_profile", runs, config=knobs["config"],
@@ -78,4 +82,9 @@ def build(knobs: dict[str, Any], runs: str) -> list[Stage]:
       Stage("gpu_tests_graphs", (timed(stages.module("pytest", "-q", "tests/test_exactness.py"),
                                        JAX_DEFAULT_MATMUL_PRECISION="highest",
                                        **{core.COMMAND_BUFFERS_ENV: "on"}),)),
+      Stage("fused", (timed(stages.benchmark("fused_dense", runs, config=knobs["config"])),
+                      *(timed(stages.benchmark(
+                          "decode_profile", runs, config=knobs["config"],
+                          specs=knobs["fused_specs"], batches="1", fused_decoding=on,
+                          compile_workers=knobs["compile_workers"])) for on in (True, False)))),
   ]
