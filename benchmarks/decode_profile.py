@@ -64,7 +64,6 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
-import glob
 import os
 import re
 import tempfile
@@ -265,7 +264,7 @@ def profile(model: Any, params: Any, case: Case, folder: str,
       with jax.profiler.TraceAnnotation(WITHIN):
         out = decode(model, params, case, seed=0)
   trace_summary.keep_perfetto_only(folder)
-  return out, glob.glob(os.path.join(folder, "**", "perfetto_trace.json.gz"), recursive=True)[0]
+  return out, trace_summary.perfetto_files(folder)[0]
 
 
 def measure(model: Any, params: Any, case: Case, repeats: int, folder: str,

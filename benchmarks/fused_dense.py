@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import tempfile
 from typing import Any, Callable, Iterator
 
@@ -118,13 +117,12 @@ def gpu_time(fn: Callable[[int], Any], calls: int) -> tuple[float | None, float 
         for i in range(calls):
           out = fn(i)
         jax.block_until_ready(out)
-    trace_summary.keep_perfetto_only(folder)
-    path = next(os.path.join(root, name) for root, _, names in os.walk(folder)
-                for name in names if name == "perfetto_trace.json.gz")
-    kernels = decode_profile.device_kernels(*trace_summary.load(path))
-  if not kernels:
+    kernels = decode_profile.device_kernels(
+        *trace_summary.load(trace_summary.perfetto_files(folder)[0]))
+  metrics = decode_profile.kernel_metrics(kernels, calls, top=0)
+  if metrics["gpu_ms_per_call"] is None:
     return None, None
-  return sum(e["dur"] for e in kernels) / calls, len(kernels) / calls
+  return 1e3 * metrics["gpu_ms_per_call"], metrics["kernels_per_call"]
 
 
 def run(config: str = "xlnet_base", rows: list[int] = (2, 16),
@@ -138,9 +136,10 @@ def run(config: str = "xlnet_base", rows: list[int] = (2, 16),
       exact = unfused(**keywords(part, jax.tree_util.tree_map(
           lambda a: a.astype(jnp.float32), arrays)))
       widths = [w.shape[1] for w in arrays["kernels"]]
-      moved = (sum(w.size for w in arrays["kernels"]) + arrays["x_MxK"].size + num_rows
-               * sum(widths) * (2 if "residual_MxN" in arrays else 1)) * jnp.dtype(dtype).itemsize
-      weight_bytes = sum(w.size for w in arrays["kernels"]) * jnp.dtype(dtype).itemsize
+      itemsize = jnp.dtype(dtype).itemsize
+      weight_bytes = sum(w.size for w in arrays["kernels"]) * itemsize
+      moved = weight_bytes + (arrays["x_MxK"].size + num_rows * sum(widths)
+                              * (2 if "residual_MxN" in arrays else 1)) * itemsize
       copies = [dict(arrays, kernels=[w + i for w in arrays["kernels"]])
                 for i in range(max(1, math.ceil(cold_bytes / weight_bytes)))]
       fused = [parse_tiling(t) for t in tilings] or [None]

@@ -96,9 +96,14 @@ def keep_perfetto_only(folder: str) -> None:
         os.remove(os.path.join(parent, name))
 
 
+def perfetto_files(folder: str) -> list[str]:
+  """Every ``perfetto_trace.json.gz`` under ``folder`` (the profiler's traces), sorted."""
+  return sorted(glob.glob(os.path.join(folder, "**", "perfetto_trace.json.gz"), recursive=True))
+
+
 def run(trace: str, top: int = 8, within: str = "") -> list[dict]:
   """The records of every ``perfetto_trace.json.gz`` under the folder ``trace``."""
-  paths = glob.glob(os.path.join(trace, "**", "perfetto_trace.json.gz"), recursive=True)
+  paths = perfetto_files(trace)
   if not paths:
     raise ValueError(f"no perfetto_trace.json.gz under {trace}")
-  return [record for path in sorted(paths) for record in summary(path, top, within)]
+  return [record for path in paths for record in summary(path, top, within)]
