@@ -65,6 +65,43 @@ def test_kernel_skips_no_visible_key():
   np.testing.assert_allclose(out("pallas"), out("xla"), rtol=2e-5, atol=2e-5)
 
 
+def test_kernels_loop_over_the_run_of_seen_blocks_without_a_branch():
+  """Each kernel loops over the run of blocks some row sees (:func:`attention._run`), with no
+  branch in its loop (Triton then fetches a block ahead: cp.async in the compiled kernel); a
+  block inside the run that no row sees leaves the values and gradients the reference's: here
+  rows see keys of the first and last of three blocks, never the middle one."""
+  t, f = jnp.bool_(True), jnp.bool_(False)
+  runs = [attention._run(needed) for needed in ([f, f, f], [f, t, f, t, f], [t, f], [f, t])]
+  assert [(int(a), int(b)) for a, b in runs] == [(3, 3), (1, 4), (0, 1), (1, 2)]
+  differentiable, (visibility, qpos, kpos), weights = random_call(1, 70, 192, False)
+  block = attention.BLOCK_K
+  ranks = np.concatenate([np.arange(block), np.arange(2 * block, 3 * block),
+                          np.arange(block, 2 * block)])  # the middle block: ranks past every limit
+  visibility = visibility._replace(
+      key_rank_BxS=jnp.broadcast_to(jnp.asarray(ranks, jnp.int32), visibility.key_rank_BxS.shape),
+      row_limit_BxT=jnp.minimum(visibility.row_limit_BxT, 2 * block))
+  loss = lambda impl: lambda *xs: (attention.attend(*xs, visibility, qpos, kpos, True, impl)
+                                   * weights).sum()
+  grad = lambda impl: jax.value_and_grad(loss(impl), argnums=range(5))
+  for expected, got in zip(jax.tree_util.tree_leaves(jax.jit(grad("xla"))(*differentiable)),
+                           jax.tree_util.tree_leaves(jax.jit(grad("pallas"))(*differentiable))):
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5 * float(jnp.abs(expected).max()))
+  kernels = []
+
+  def find(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "pallas_call":
+        kernels.append(eqn.params["jaxpr"])
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (tuple, list)) else (value,):
+          if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
+            find(getattr(sub, "jaxpr", sub))
+
+  find(jax.make_jaxpr(grad("pallas"))(*differentiable).jaxpr)
+  assert len(kernels) == 3  # forward, dq, dk/dv
+  assert all("cond[" not in str(kernel) and "while[" in str(kernel) for kernel in kernels)
+
+
 def test_model_logits_and_cache_agree_across_implementations():
   """The two-stream model with the kernel gives the reference's logits, cached and not."""
   reference = models.build(model_config(vocab_size=40, num_layers=2, d_model=32, num_heads=2,

@@ -7,7 +7,8 @@ node bitsets. Implementations (``model.attention_impl``):
 * ``"pallas"``: a fused flash-attention kernel (Pallas, lowered through Triton on GPUs). It
   derives every score's visibility and its ALiBi term from the per-row and per-key integers, so
   no ``B x T x S`` mask or bias ever exists; key blocks that no row of a query block can see
-  are skipped (about half of them under the prefix-LM and causal rules). The sink is the
+  are skipped (about half of them under the prefix-LM and causal rules), the loops running
+  over the run of blocks some row sees, without a branch (:func:`_run`). The sink is the
   initial state of the online softmax. A call of at most 128 rows gets query tiles of as few
   rows as hold them (16 for a decoding call's one or two, not 64; 128 for a tree call's 72,
   which then reads the keys once, not twice), and a call of too few query tiles to fill the
@@ -183,6 +184,33 @@ def _block_needed(rows: _Rows, key_rank, key_node):
   return needed
 
 
+def _run(needed: list[Array]) -> tuple[Array, Array]:
+  """``(first, stop)``: the run of indices ``[first, stop)`` that holds every index whose
+  ``needed`` (a scalar bool each) is true; empty if none. The kernels loop over the run of key
+  (or query) blocks some row sees: a block inside it that no row sees is computed fully masked,
+  which leaves the online softmax's state and the gradients as they were, bit for bit (its
+  weights are ``exp2(-1e30 - max) = 0``); a loop without a branch lets Triton fetch the next
+  block while one is computed. A decoding call's rank-indexed cache is seen as a prefix, and
+  causal training's keys too."""
+  n = len(needed)
+  first = stop = jnp.int32(n)
+  for j, need in enumerate(needed):
+    first = jnp.where(need & (first == n), jnp.int32(j), first)
+    stop = jnp.where(need, jnp.int32(j + 1), stop)
+  return first, jnp.where(first == n, first, stop)
+
+
+def _key_blocks_needed(rows: _Rows, key_rank_ref, key_node_ref, start, num_blocks: int):
+  """Whether some row of the tile sees each key block ``start + j``, ``j < num_blocks`` (small
+  loads, independent: issued together)."""
+  needed = []
+  for j in range(num_blocks):
+    keys = pl.ds((start + j) * BLOCK_K, BLOCK_K)
+    key_node = None if key_node_ref is None else key_node_ref[keys]
+    needed.append(_block_needed(rows, key_rank_ref[keys], key_node))
+  return needed
+
+
 def _dot(a, b, trans_a: bool = False, trans_b: bool = False):
   """``a @ b`` (optionally transposed operands) with float32 accumulation; float32 operands
   are multiplied in full precision (not TF32)."""
@@ -251,17 +279,17 @@ def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree, to_state, splits=
   total = jnp.full_like(m, sink_weight)
   acc = jnp.broadcast_to(sink_value_ref[...].astype(jnp.float32)[None, :] * sink_weight, q.shape)
 
-  def body(j, carry):
-    keys = pl.ds((split * num_key_blocks + j) * BLOCK_K, BLOCK_K)
-    key_rank = key_rank_ref[keys]
-    key_node = None if key_node_ref is None else key_node_ref[keys]
-    return jax.lax.cond(
-        _block_needed(rows, key_rank, key_node),
-        lambda c: _online_step(c, q, k_ref[keys, :], v_ref[keys, :], rows, key_rank, key_node,
-                               key_position_ref[keys], slope, scale),
-        lambda c: c, carry)
+  start = split * num_key_blocks
 
-  acc, m, total = jax.lax.fori_loop(0, num_key_blocks, body, (acc, m, total))
+  def body(j, carry):
+    keys = pl.ds((start + j) * BLOCK_K, BLOCK_K)
+    key_node = None if key_node_ref is None else key_node_ref[keys]
+    return _online_step(carry, q, k_ref[keys, :], v_ref[keys, :], rows, key_rank_ref[keys],
+                        key_node, key_position_ref[keys], slope, scale)
+
+  first, stop = _run(_key_blocks_needed(rows, key_rank_ref, key_node_ref, start,
+                                        num_key_blocks))
+  acc, m, total = jax.lax.fori_loop(first, stop, body, (acc, m, total))
   if to_state:
     for ref, value in zip(outputs, (acc, m, total)):
       ref[...] = value
@@ -308,20 +336,17 @@ def _dq_kernel(*refs, num_key_blocks, scale, alibi, tree):
 
   def body(j, dq):
     keys = pl.ds(j * BLOCK_K, BLOCK_K)
-    key_rank = key_rank_ref[keys]
     key_node = None if key_node_ref is None else key_node_ref[keys]
+    k = k_ref[keys, :]
+    s = _scores(q, k, rows, key_position_ref[keys], slope, scale)
+    p = jnp.where(_tile_visible(rows, key_rank_ref[keys], key_node),
+                  jnp.exp2(s - lse[:, None]), 0.0)
+    dp = _dot(dout, v_ref[keys, :], trans_b=True)
+    ds = p * (dp - delta[:, None])
+    return dq + _dot(ds.astype(k.dtype), k)
 
-    def block(dq):
-      k = k_ref[keys, :]
-      s = _scores(q, k, rows, key_position_ref[keys], slope, scale)
-      p = jnp.where(_tile_visible(rows, key_rank, key_node), jnp.exp2(s - lse[:, None]), 0.0)
-      dp = _dot(dout, v_ref[keys, :], trans_b=True)
-      ds = p * (dp - delta[:, None])
-      return dq + _dot(ds.astype(k.dtype), k)
-
-    return jax.lax.cond(_block_needed(rows, key_rank, key_node), block, lambda d: d, dq)
-
-  dq = jax.lax.fori_loop(0, num_key_blocks, body, jnp.zeros(q.shape, jnp.float32))
+  first, stop = _run(_key_blocks_needed(rows, key_rank_ref, key_node_ref, 0, num_key_blocks))
+  dq = jax.lax.fori_loop(first, stop, body, jnp.zeros(q.shape, jnp.float32))
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
@@ -334,27 +359,28 @@ def _dkv_kernel(*refs, num_query_blocks, block_q, scale, alibi, tree):
   key_node = None if key_node_ref is None else key_node_ref[...]
   slope = _slope(alibi, slope_ref)
 
-  def body(i, carry):
+  def tile(i):
     rows_slice = pl.ds(i * block_q, block_q)
-    rows = _Rows(limit_ref.at[rows_slice], position_ref.at[rows_slice],
-                 *(None, None) if words[0] is None else
-                 (words[0].at[rows_slice], words[1].at[rows_slice]))
+    return rows_slice, _Rows(limit_ref.at[rows_slice], position_ref.at[rows_slice],
+                             *(None, None) if words[0] is None else
+                             (words[0].at[rows_slice], words[1].at[rows_slice]))
 
-    def block(carry):
-      dk, dv = carry
-      q, dout = q_ref[rows_slice, :], dout_ref[rows_slice, :]
-      s = _scores(q, k, rows, key_position, slope, scale)
-      p = jnp.where(_tile_visible(rows, key_rank, key_node),
-                    jnp.exp2(s - lse_ref[rows_slice][:, None]), 0.0)
-      dv = dv + _dot(p.astype(dout.dtype), dout, trans_a=True)
-      dp = _dot(dout, v, trans_b=True)
-      ds = p * (dp - delta_ref[rows_slice][:, None])
-      return dk + _dot(ds.astype(q.dtype), q, trans_a=True), dv
+  def body(i, carry):
+    rows_slice, rows = tile(i)
+    dk, dv = carry
+    q, dout = q_ref[rows_slice, :], dout_ref[rows_slice, :]
+    s = _scores(q, k, rows, key_position, slope, scale)
+    p = jnp.where(_tile_visible(rows, key_rank, key_node),
+                  jnp.exp2(s - lse_ref[rows_slice][:, None]), 0.0)
+    dv = dv + _dot(p.astype(dout.dtype), dout, trans_a=True)
+    dp = _dot(dout, v, trans_b=True)
+    ds = p * (dp - delta_ref[rows_slice][:, None])
+    return dk + _dot(ds.astype(q.dtype), q, trans_a=True), dv
 
-    return jax.lax.cond(_block_needed(rows, key_rank, key_node), block, lambda c: c, carry)
-
+  first, stop = _run([_block_needed(tile(i)[1], key_rank, key_node)
+                      for i in range(num_query_blocks)])
   zeros = jnp.zeros(k.shape, jnp.float32)
-  dk, dv = jax.lax.fori_loop(0, num_query_blocks, body, (zeros, zeros))
+  dk, dv = jax.lax.fori_loop(first, stop, body, (zeros, zeros))
   dk_ref[...] = (dk * scale).astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
