@@ -34,6 +34,7 @@ from typing import Iterator
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 from jax.sharding import PartitionSpec as P
 
 from asarm_jax import masks
@@ -131,7 +132,6 @@ def _query_block(num_rows: int, by_shape: bool) -> int:
 
 def _compiler_params(block_q: int):
   """Triton's settings: 8 warps for the 128-row tiles (twice the accumulator), else 4."""
-  from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
   return plgpu.CompilerParams(num_warps=8 if block_q > BLOCK_Q else 4, num_stages=2)
 
 
@@ -155,13 +155,32 @@ def interpreted() -> bool:
   return jax.default_backend() != "gpu" and not _GPU_TARGET.get()
 
 
-class _Rows:
-  """One block of rows (query tile), loaded once per program."""
+def _load(ref, rows_ok):
+  """The block of ``ref``, its rows past the call's (``rows_ok`` false: a tile partly filled)
+  read as 0 without touching memory; ``rows_ok`` None: every row is the call's."""
+  if rows_ok is None:
+    return ref[...]
+  mask = rows_ok.reshape(rows_ok.shape + (1,) * (len(ref.shape) - 1))
+  return plgpu.load(ref, mask=mask, other=0)
 
-  def __init__(self, limit_ref, position_ref, word0_ref, word1_ref):
-    self.limit = limit_ref[...]
-    self.position = position_ref[...]
-    self.words = None if word0_ref is None else (word0_ref[...], word1_ref[...])
+
+def _store(ref, value, rows_ok):
+  """``ref[...] = value`` for the call's rows (see :func:`_load`)."""
+  if rows_ok is None:
+    ref[...] = value
+  else:
+    plgpu.store(ref, value, mask=rows_ok.reshape(rows_ok.shape + (1,) * (value.ndim - 1)))
+
+
+class _Rows:
+  """One block of rows (query tile), loaded once per program; rows past the call's
+  (``rows_ok``) read limit 0: they see the sink only."""
+
+  def __init__(self, limit_ref, position_ref, word0_ref, word1_ref, rows_ok=None):
+    self.limit = _load(limit_ref, rows_ok)
+    self.position = _load(position_ref, rows_ok)
+    self.words = (None if word0_ref is None else
+                  (_load(word0_ref, rows_ok), _load(word1_ref, rows_ok)))
     # Does any row of the tile see any key by rank / by tree node?
     self.max_limit = jnp.max(self.limit)
     self.any_node = (None if self.words is None else
@@ -260,17 +279,22 @@ def _online_step(carry, q, k, v, rows: _Rows, key_rank, key_node, key_position, 
   return acc, m_next, total * correction + jnp.sum(p, 1)
 
 
-def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree, to_state, splits=1):
+def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree, to_state, splits=1,
+                    num_rows=None, block_q=BLOCK_Q):
   """The online softmax over ``num_key_blocks`` key blocks in slot order, from the sink (max =
   its score, sum = 1, accumulator = its value) to the output and log-sum-exp or, ``to_state``,
   to the state ``(accumulator, max, sum)`` (:func:`_tail_kernel` goes on from it). With
   ``splits``, the grid's last axis runs ``splits`` programs per query tile, the ``s``-th over
   the ``s``-th run of ``num_key_blocks`` blocks (the sink's weight and value in the first
-  only), each writing its state."""
+  only), each writing its state. ``num_rows``: the call's rows, if not a multiple of
+  ``block_q`` (a tile's rows past them are masked: no padded copy of the rows exists)."""
   (q_ref, k_ref, v_ref, sink_key_ref, sink_value_ref, slope_ref, limit_ref, position_ref, words,
    key_rank_ref, key_position_ref, key_node_ref, outputs) = _unpack(refs, tree)
-  rows = _Rows(limit_ref, position_ref, *words)
-  q = q_ref[...]
+  rows_ok = None
+  if num_rows is not None:
+    rows_ok = (pl.program_id(2) // splits) * block_q + jnp.arange(block_q) < num_rows
+  rows = _Rows(limit_ref, position_ref, *words, rows_ok)
+  q = _load(q_ref, rows_ok)
   slope = _slope(alibi, slope_ref)
   split = pl.program_id(2) % splits if splits > 1 else 0
   m = jnp.sum(q.astype(jnp.float32) * sink_key_ref[...].astype(jnp.float32)[None, :], 1) * (
@@ -292,10 +316,10 @@ def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree, to_state, splits=
   acc, m, total = jax.lax.fori_loop(first, stop, body, (acc, m, total))
   if to_state:
     for ref, value in zip(outputs, (acc, m, total)):
-      ref[...] = value
+      _store(ref, value, rows_ok)
   else:
-    outputs[0][...] = (acc / total[:, None]).astype(outputs[0].dtype)
-    outputs[1][...] = m + jnp.log2(total)
+    _store(outputs[0], (acc / total[:, None]).astype(outputs[0].dtype), rows_ok)
+    _store(outputs[1], m + jnp.log2(total), rows_ok)
 
 
 def _tail_kernel(q_ref, k_ref, v_ref, slope_ref, group_row_ref, limit_ref, position_ref,
@@ -424,7 +448,8 @@ def _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions):
 
 def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi,
            by_shape):
-  """Pads rows and keys to whole blocks (padded rows see only the sink, padded keys nothing).
+  """Pads keys to whole blocks (padded keys seen by no row); the rows of a tile past the
+  call's are masked in the kernel (the backward pass pads them: they see only the sink).
 
   Under a device mesh (``jax.set_mesh``, as the trainer runs) the kernel runs per shard
   through ``shard_map``: rows of the batch split over the mesh's data axes and heads over its
@@ -433,16 +458,15 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
   """
   num_rows = q.shape[1]
   tree = visibility.row_nodes_BxTx2 is not None
-  block_q = _query_block(num_rows, by_shape)
-  rows = [_pad_to(visibility.row_limit_BxT, 1, block_q), _pad_to(query_positions, 1, block_q)]
+  rows = [visibility.row_limit_BxT, query_positions]
   if tree:
-    rows += [_pad_to(visibility.row_nodes_BxTx2[..., w], 1, block_q) for w in (0, 1)]
+    rows += [visibility.row_nodes_BxTx2[..., w] for w in (0, 1)]
   key_tensors, keys = _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions)
   if tree:
     keys.append(_pad_to(visibility.key_node_BxS, 1, BLOCK_K, -1))
   ints = tuple(x.astype(jnp.int32) for x in rows + keys)
-  args = (_pad_to(q, 1, block_q), *key_tensors, ints)
-  core = lambda *xs: _flash_core(*xs, alibi, tree, by_shape, num_rows)
+  args = (q, *key_tensors, ints)
+  core = lambda *xs: _flash_core(*xs, alibi, tree, by_shape)
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and mesh.size > 1:
     split_heads = "tensor" in mesh.axis_names and q.shape[2] % mesh.shape["tensor"] == 0
@@ -508,11 +532,12 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, *args, block_q: int = BL
                             *args)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
-def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape, num_rows):
-  """The first ``num_rows`` rows of the output (``q`` has whole tiles of rows)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape):
+  """The output ``B x T x N x H``; ``ints``: the rows' integers (``T`` each), then the keys'
+  (padded to whole key blocks)."""
   return _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree,
-                        by_shape=by_shape, out_rows=num_rows)[0]
+                        by_shape=by_shape)[0]
 
 
 def _key_splits(programs: int, num_blocks: int) -> int:
@@ -522,24 +547,22 @@ def _key_splits(programs: int, num_blocks: int) -> int:
   return max(d for d in range(1, most + 1) if num_blocks % d == 0)
 
 
-def _combine(acc_SxBxTxNxH, max_SxBxTxN, sum_SxBxTxN, dtype, num_rows):
-  """The output of the first ``num_rows`` rows and the lse of all (``B x N x T``) of the
-  splits' online-softmax states. The splits are few (at most the key blocks) and met in
-  order, elementwise: XLA makes it one kernel with the slice, where a reduction over the
-  splits (whose maximum feeds the sums) took two and the slice a third."""
+def _combine(acc_SxBxTxNxH, max_SxBxTxN, sum_SxBxTxN, dtype):
+  """The output and the lse (``B x N x T``) of the splits' online-softmax states. The splits
+  are few (at most the key blocks) and met in order, elementwise: XLA makes it one kernel,
+  where a reduction over the splits (whose maximum feeds the sums) took two."""
   maxes, sums, accs = list(max_SxBxTxN), list(sum_SxBxTxN), list(acc_SxBxTxNxH)
   top_BxTxN = functools.reduce(jnp.maximum, maxes)
   weights = [jnp.exp2(m - top_BxTxN) for m in maxes]
   total_BxTxN = functools.reduce(jnp.add, [w * s for w, s in zip(weights, sums)])
-  out = functools.reduce(jnp.add, [w[:, :num_rows, :, None] * a[:, :num_rows]
-                                   for w, a in zip(weights, accs)])
-  out = out / total_BxTxN[:, :num_rows, :, None]
+  out = functools.reduce(jnp.add, [w[..., None] * a for w, a in zip(weights, accs)])
+  out = out / total_BxTxN[..., None]
   return out.astype(dtype), jnp.transpose(top_BxTxN + jnp.log2(total_BxTxN), (0, 2, 1))
 
 
 def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_state=False,
-                   by_shape=False, out_rows=None):
-  """``(output of the first out_rows rows, lse B x N x T)``, or (``to_state``) the online
+                   by_shape=False):
+  """``(output, lse B x N x T)``, or (``to_state``) the online
   softmax's float32 state ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``. With
   ``by_shape`` the work is cut to the call's shape: query tiles of :func:`_query_block` rows,
   and a grid too small to fill the device (a decoding call at batch 1: one query tile per
@@ -548,9 +571,10 @@ def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_
   batch, num_rows, num_heads, head_dim = q.shape
   num_blocks = k.shape[1] // BLOCK_K
   block_q = _query_block(num_rows, by_shape)
+  tiles = -(-num_rows // block_q)
   splits = 1
   if by_shape and not to_state:
-    splits = _key_splits(batch * num_heads * (num_rows // block_q), num_blocks)
+    splits = _key_splits(batch * num_heads * tiles, num_blocks)
   specs, row_tile, _ = _specs(batch, num_rows, k.shape[1], head_dim, tree, False, splits,
                               block_q)
   float32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
@@ -564,31 +588,35 @@ def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), float32((batch, num_heads, num_rows))]
   kernel = functools.partial(_forward_kernel, num_key_blocks=num_blocks // splits,
                              scale=head_dim ** -0.5, alibi=alibi, tree=tree,
-                             to_state=to_state or splits > 1, splits=splits)
-  outs = _call(kernel, (batch, num_heads, num_rows // block_q * splits),
+                             to_state=to_state or splits > 1, splits=splits, block_q=block_q,
+                             num_rows=num_rows if num_rows % block_q else None)
+  outs = _call(kernel, (batch, num_heads, tiles * splits),
                specs, out_specs, out_shape, q, k, v, sink_key, sink_value, slopes, *ints,
                block_q=block_q)
   if to_state:
     return [x[0] for x in outs]
   if splits > 1:
-    return _combine(*outs, q.dtype, out_rows)
-  return outs[0][:, :out_rows], outs[1]
+    return _combine(*outs, q.dtype)
+  return outs
 
 
-def _flash_fwd(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape, num_rows):
+def _flash_fwd(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape):
   out, lse = _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree,
-                            by_shape=by_shape, out_rows=num_rows)
+                            by_shape=by_shape)
   return out, (q, k, v, sink_key, sink_value, slopes, ints, out, lse)
 
 
-def _flash_bwd(alibi, tree, by_shape, num_rows, residuals, dout):
+def _flash_bwd(alibi, tree, by_shape, residuals, dout):
   q, k, v, sink_key, sink_value, slopes, ints, out, lse = residuals
-  # The padded rows' output gradient is zero (as the slice's transpose pads it), so their
-  # delta is zero whatever their output.
-  out, dout = (_pad_to(x, 1, q.shape[1]) for x in (out, dout))
-  del num_rows  # the rows below are the padded ones, q's
+  call_rows = q.shape[1]
+  block_q = _query_block(call_rows, by_shape)
+  # The backward's kernels take whole tiles of rows: padded rows see only the sink (limit 0)
+  # and get a zero output gradient, so a zero delta and no share of any gradient.
+  row_ints = 4 if tree else 2
+  q, out, dout = (_pad_to(x, 1, block_q) for x in (q, out, dout))
+  ints = tuple(_pad_to(x, 1, block_q) if i < row_ints else x for i, x in enumerate(ints))
+  lse = _pad_to(lse, 2, block_q)
   batch, num_rows, num_heads, head_dim = q.shape
-  block_q = _query_block(num_rows, by_shape)
   num_keys = k.shape[1]
   scale = head_dim ** -0.5
   f32 = lambda x: x.astype(jnp.float32)
@@ -608,6 +636,7 @@ def _flash_bwd(alibi, tree, by_shape, num_rows, residuals, dout):
              row_tile(), jax.ShapeDtypeStruct(q.shape, jnp.float32),
              q, k, v, sink_key, sink_value, slopes, *ints, dout, lse, delta, block_q=block_q)
   dq = (dq + jnp.einsum("bnt,nh->btnh", ds_sink, f32(sink_key)) * scale).astype(q.dtype)
+  dq = dq[:, :call_rows]
 
   lse_all = pl.BlockSpec((None, None, num_rows), lambda b, h, j: (b, h, 0))
   specs, row_tile, key_tile = _specs(batch, num_rows, num_keys, head_dim, tree, True)
