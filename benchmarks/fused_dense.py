@@ -1,7 +1,7 @@
 """A decoding call's dense parts: the fused kernels against XLA's kernels for the same work.
 
   python -m benchmarks fused_dense --config=xlnet_base [--rows=2,16] \
-      [--tilings=32x256x4,16x256x8] [--layouts=kn,nk] [--calls=50] [--cold_bytes=1e8]
+      [--tilings=32x256x4,16x256x8] [--calls=50] [--cold_bytes=1e8]
 
 The parts of a layer that ``models.two_stream.Block.fused`` fuses, at the config's sizes and
 compute dtype: ``qkv`` (LayerNorm, then the query, key and value projections), ``out`` (the
@@ -12,9 +12,7 @@ call on the next of copies of the weights that fill ``--cold_bytes`` (so that th
 memory, not from the L2 cache, as in a decoding call: with one copy the 2-row parts ran about
 twice as fast as inside the model): ``xla`` (the part as jnp ops, as the unfused block writes
 it, which XLA fuses as it can) and ``fused`` with each tiling of ``--tilings``
-(``BNxBKxWARPS``; default: ``fused_dense.tiling``'s alone) and each weight layout of
-``--layouts`` (``kn``: as the parameters, ``K x N``; ``nk``: transposed, a tile's weights whole
-rows in memory).
+(``BNxBKxWARPS``; default: ``fused_dense.tiling``'s alone).
 
 Metrics per (part, rows, variant): ``gpu_us_per_call`` (the kernels' durations summed, from the
 trace), ``kernels_per_call``, ``bytes_per_call`` (the weights, the rows read and written, in
@@ -46,8 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="rows per call")
   parser.add_argument("--tilings", type=cli.list_of(str), default="",
                       help="BNxBKxWARPS each; default: fused_dense.tiling's")
-  parser.add_argument("--layouts", type=cli.list_of(str), default="kn",
-                      help="weight layouts of the fused kernel: kn (as stored), nk (transposed)")
   parser.add_argument("--calls", type=int, default=50, help="profiled calls per variant")
   parser.add_argument("--cold_bytes", type=float, default=1e8,
                       help="weights cycled through, in bytes (past the L2 cache: 50 MB on the "
@@ -129,9 +125,8 @@ def gpu_time(fn: Callable[[int], Any], calls: int) -> tuple[float | None, float 
   return 1e3 * metrics["gpu_ms_per_call"], metrics["kernels_per_call"]
 
 
-def run(config: str = "xlnet_base", rows: list[int] = (2, 16), tilings: list[str] = (),
-        layouts: list[str] = ("kn",), calls: int = 50, cold_bytes: float = 1e8
-        ) -> Iterator[dict]:
+def run(config: str = "xlnet_base", rows: list[int] = (2, 16),
+        tilings: list[str] = (), calls: int = 50, cold_bytes: float = 1e8) -> Iterator[dict]:
   """One ``fused_dense`` record per (part, rows, variant), each yielded once measured."""
   model = common.config_of(config).model
   dtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[model.dtype]
@@ -147,22 +142,17 @@ def run(config: str = "xlnet_base", rows: list[int] = (2, 16), tilings: list[str
                               * (2 if "residual_MxN" in arrays else 1)) * itemsize
       copies = [dict(arrays, kernels=[w + i for w in arrays["kernels"]])
                 for i in range(max(1, math.ceil(cold_bytes / weight_bytes)))]
-      fused = [("fused", t, layout) for layout in layouts
-               for t in [parse_tiling(t) for t in tilings] or [None]]
-      for variant, tiles, layout in [("xla", None, "kn")] + fused:
-        transposed = layout == "nk"
-        impl = unfused if variant == "xla" else functools.partial(
-            fused_dense.dense, tiles=tiles, transposed=transposed)
-        laid = lambda a: dict(a, kernels=[w.T for w in a["kernels"]]) if transposed else a
+      fused = [parse_tiling(t) for t in tilings] or [None]
+      for variant, tiles in [("xla", None)] + [("fused", t) for t in fused]:
+        impl = unfused if variant == "xla" else functools.partial(fused_dense.dense, tiles=tiles)
         fn = jax.jit(lambda a, impl=impl: impl(**keywords(part, a)))
         error = max(float(jnp.abs(g.astype(jnp.float32) - e).max())
-                    for g, e in zip(fn(laid(arrays)), exact))
-        laid_copies = [laid(c) for c in copies]
-        us, kernels = gpu_time(lambda i: fn(laid_copies[i % len(copies)]), calls)
+                    for g, e in zip(fn(arrays), exact))
+        us, kernels = gpu_time(lambda i: fn(copies[i % len(copies)]), calls)
         used = tiles or fused_dense.tiling(arrays["x_MxK"].shape[1], widths)
         yield records.make("fused_dense", {
             "part": part, "rows": num_rows, "variant": variant, "calls": calls,
-            "weight_copies": len(copies), "layout": layout,
+            "weight_copies": len(copies),
             "tiling": None if variant == "xla" else "x".join(map(str, used))}, {
                 "gpu_us_per_call": us, "kernels_per_call": kernels,
                 "bytes_per_call": int(moved),

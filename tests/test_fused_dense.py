@@ -60,15 +60,13 @@ def test_kernel_matches_the_unfused_part(part, rows):
     np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * float(jnp.abs(e).max()))
 
 
-def test_every_tiling_and_layout_gives_the_same_part():
-  """The tiling and the weights' layout change the order of the sums only: 16- and 32-column
-  tiles, chunks of 16 to 128 rows of the weights, weights given as ``K x N`` or ``N x K``."""
+def test_every_tiling_gives_the_same_part():
+  """The tiling changes the order of the sums only: 16- and 32-column tiles, chunks of 16 to
+  128 rows of the weights."""
   args = random_part(0, 3, 128, (64,), True, True, True)
   assert fused_dense.tiling(768, (768,) * 3) == fused_dense.Tiling(32, 256)
-  transposed = dict(args, kernels=[w.T for w in args["kernels"]])
-  outs = [fused_dense.dense(**(transposed if t else args), gelu=True, transposed=t,
-                            tiles=fused_dense.Tiling(n, k))[0]
-          for t in (False, True) for n in (16, 32) for k in (16, 64, 128)]
+  outs = [fused_dense.dense(**args, gelu=True, tiles=fused_dense.Tiling(n, k))[0]
+          for n in (16, 32) for k in (16, 64, 128)]
   for out in outs[1:]:
     np.testing.assert_allclose(out, outs[0], rtol=1e-5, atol=1e-5)
 
@@ -103,14 +101,13 @@ def test_shapes_it_does_not_take_are_refused():
 
 def test_each_part_lowers_to_one_gpu_kernel():
   """Every part is one Triton kernel for the GPU: the query, key and value's launch and the
-  MLP's with LayerNorm, bias, GELU and residual, with weights in either layout."""
+  MLP's with LayerNorm, bias, GELU and residual."""
   x = jnp.ones((2, 64), jnp.bfloat16)
   w = jnp.ones((64, 64), jnp.bfloat16)
   norm = fused_dense.Norm(jnp.ones(64), jnp.zeros(64), 1e-6)
-  parts = [lambda t=t: fused_dense.dense(x, [w, w, w], norm=norm, transposed=t)
-           for t in (False, True)]
-  parts.append(lambda: fused_dense.dense(x, [w], norm=norm, bias_N=jnp.ones(64), gelu=True,
-                                         residual_MxN=x))
+  parts = [lambda: fused_dense.dense(x, [w, w, w], norm=norm),
+           lambda: fused_dense.dense(x, [w], norm=norm, bias_N=jnp.ones(64), gelu=True,
+                                     residual_MxN=x)]
   with mock.patch.object(attention, "interpreted", lambda: False):
     for part in parts:
       text = jax.jit(part).trace().lower(lowering_platforms=("cuda",)).as_text()

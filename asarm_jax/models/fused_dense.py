@@ -81,15 +81,13 @@ def tiling(depth: int, widths: Sequence[int]) -> Tiling:
 
 def dense(x_MxK: Array, kernels: Sequence[Array], *, norm: Norm | None = None,
           bias_N: Array | None = None, gelu: bool = False, residual_MxN: Array | None = None,
-          tiles: Tiling | None = None, transposed: bool = False) -> tuple[Array, ...]:
+          tiles: Tiling | None = None) -> tuple[Array, ...]:
   """``residual + gelu(norm(x) @ w + bias)`` for each ``K x N_i`` weight of ``kernels``:
   ``M x N_i`` arrays in the weights' dtype. ``bias_N``, ``gelu`` and ``residual_MxN`` need a
   single weight; ``x`` is cast to the weights' dtype after the norm, float32 accumulation.
-  ``transposed``: each of ``kernels`` is given as ``N_i x K`` (``w.T``), so that a program's
-  tile is whole rows in memory. ``tiles``: :func:`tiling`'s unless given
-  (``benchmarks/fused_dense.py`` compares them)."""
+  ``tiles``: :func:`tiling`'s unless given (``benchmarks/fused_dense.py`` compares them)."""
   num_rows, depth = x_MxK.shape
-  widths = tuple(w.shape[0 if transposed else 1] for w in kernels)
+  widths = tuple(w.shape[1] for w in kernels)
   if not supports(num_rows, depth, widths):
     raise ValueError(f"fused dense: {num_rows} rows of {depth} onto widths {widths} "
                      f"(at most {MAX_ROWS} rows of at most {MAX_DEPTH}; sizes multiples of 16)")
@@ -115,7 +113,7 @@ def dense(x_MxK: Array, kernels: Sequence[Array], *, norm: Norm | None = None,
       _kernel, num_rows=num_rows, block_m=max(16, 1 << (num_rows - 1).bit_length()),
       block_n=tiles.block_n, block_k=tiles.block_k, tiles=counts,
       epsilon=None if norm is None else norm.epsilon, has_bias=bias_N is not None, gelu=gelu,
-      has_residual=residual_MxN is not None, transposed=transposed)
+      has_residual=residual_MxN is not None)
   return tuple(pl.pallas_call(
       kernel, grid=(sum(counts),), name="fused_dense",
       out_shape=[jax.ShapeDtypeStruct((num_rows, w), dtype) for w in widths],
@@ -124,7 +122,7 @@ def dense(x_MxK: Array, kernels: Sequence[Array], *, norm: Norm | None = None,
 
 def _kernel(*refs, num_rows: int, block_m: int, block_n: int, block_k: int,
             tiles: tuple[int, ...], epsilon: float | None, has_bias: bool, gelu: bool,
-            has_residual: bool, transposed: bool):
+            has_residual: bool):
   """One ``block_m x block_n`` output tile of the weight whose column tiles hold this
   program's (``tiles``: each weight's count, in order). Every chunk of the tile's weights is
   loaded before any is used, so that their reads from memory overlap: one latency a program,
@@ -143,8 +141,7 @@ def _kernel(*refs, num_rows: int, block_m: int, block_n: int, block_k: int,
 
   def tile(w_ref, out_ref, first_column):
     columns = pl.ds(first_column, block_n)
-    w_chunks = [w_ref[columns, chunk] if transposed else w_ref[chunk, columns]
-                for chunk in chunks]
+    w_chunks = [w_ref[chunk, columns] for chunk in chunks]
     # Rows past the call's read as 0 (their statistics finite, their results never stored).
     x_chunks = [plgpu.load(x_ref.at[rows, chunk], mask=rows_ok, other=0).astype(jnp.float32)
                 for chunk in chunks]
@@ -155,8 +152,7 @@ def _kernel(*refs, num_rows: int, block_m: int, block_n: int, block_k: int,
       x_chunks = [(x - mean[:, None]) * (inverse[:, None] * scale_ref[chunk]) + shift_ref[chunk]
                   for x, chunk in zip(x_chunks, chunks)]
     precision = jax.lax.Precision.HIGHEST if w_chunks[0].dtype == jnp.float32 else None
-    contract = (1,) if transposed else (0,)
-    out = sum(jax.lax.dot_general(x.astype(w.dtype), w, (((1,), contract), ((), ())),
+    out = sum(jax.lax.dot_general(x.astype(w.dtype), w, (((1,), (0,)), ((), ())),
                                   precision=precision, preferred_element_type=jnp.float32)
               for x, w in zip(x_chunks, w_chunks))
     if bias_ref is not None:
