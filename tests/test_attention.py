@@ -87,13 +87,17 @@ def test_kernel_skips_no_visible_key():
 
 
 def test_kernels_loop_over_the_run_of_seen_blocks_without_a_branch():
-  """Each kernel loops over the run of blocks some row sees (:func:`attention._run`), with no
-  branch in its loop (Triton then fetches a block ahead: cp.async in the compiled kernel); a
-  block inside the run that no row sees leaves the values and gradients the reference's: here
-  rows see keys of the first and last of three blocks, never the middle one."""
+  """Each kernel loops over two runs of blocks some row sees (:func:`attention._runs`: the
+  first unbroken run, then from the next seen block to the last), with no branch in its loops
+  (Triton then fetches a block ahead: cp.async in the compiled kernel); the values and
+  gradients are the reference's: here rows see keys of the first and last of three blocks,
+  never the middle one."""
   t, f = jnp.bool_(True), jnp.bool_(False)
-  runs = [attention._run(needed) for needed in ([f, f, f], [f, t, f, t, f], [t, f], [f, t])]
-  assert [(int(a), int(b)) for a, b in runs] == [(3, 3), (1, 4), (0, 1), (1, 2)]
+  runs = [attention._runs(needed) for needed in (
+      [f, f, f], [f, t, f, t, f], [t, f], [f, t], [t, t, f, t, f, t])]
+  assert [[(int(a), int(b)) for a, b in run] for run in runs] == [
+      [(3, 3), (3, 3)], [(1, 2), (3, 4)], [(0, 1), (2, 2)], [(1, 2), (2, 2)],
+      [(0, 2), (3, 6)]]
   differentiable, (visibility, qpos, kpos), weights = random_call(1, 70, 192, False)
   block = attention.BLOCK_K
   ranks = np.concatenate([np.arange(block), np.arange(2 * block, 3 * block),

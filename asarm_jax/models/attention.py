@@ -8,7 +8,7 @@ node bitsets. Implementations (``model.attention_impl``):
   derives every score's visibility and its ALiBi term from the per-row and per-key integers, so
   no ``B x T x S`` mask or bias ever exists; key blocks that no row of a query block can see
   are skipped (about half of them under the prefix-LM and causal rules), the loops running
-  over the run of blocks some row sees, without a branch (:func:`_run`). The sink is the
+  over two runs of blocks some row sees, without a branch (:func:`_runs`). The sink is the
   initial state of the online softmax. A call of at most 128 rows gets query tiles of as few
   rows as hold them (16 for a decoding call's one or two, not 64; 128 for a tree call's 72,
   which then reads the keys once, not twice), and a call of too few query tiles to fill the
@@ -232,20 +232,33 @@ def _block_needed(rows: _Rows, key_rank, key_node):
   return needed
 
 
-def _run(needed: list[Array]) -> tuple[Array, Array]:
-  """``(first, stop)``: the run of indices ``[first, stop)`` that holds every index whose
-  ``needed`` (a scalar bool each) is true; empty if none. The kernels loop over the run of key
-  (or query) blocks some row sees: a block inside it that no row sees is computed fully masked,
-  which leaves the online softmax's state and the gradients as they were, bit for bit (its
-  weights are ``exp2(-1e30 - max) = 0``); a loop without a branch lets Triton fetch the next
-  block while one is computed. A decoding call's rank-indexed cache is seen as a prefix, and
-  causal training's keys too."""
+def _runs(needed: list[Array]) -> list[tuple[Array, Array]]:
+  """Two runs of indices ``[start, stop)`` that hold every index whose ``needed`` (a scalar
+  bool each) is true: the first unbroken run of needed indices, and from the next needed one
+  to the last (either may be empty). The kernels loop over the runs of key (or query) blocks
+  some row sees, without a branch, so that Triton fetches the next block while one is
+  computed; a block inside the second run that no row sees is computed fully masked, which
+  leaves the online softmax's state and the gradients as they were, bit for bit (its weights
+  are ``exp2(-1e30 - max) = 0``). A decoding call's cache is seen as two runs: the filled
+  slots from the first, and the slots of the call's own drafts or tree at its end."""
   n = len(needed)
-  first = stop = jnp.int32(n)
+  a0 = a1 = b0 = b1 = jnp.int32(n)
   for j, need in enumerate(needed):
-    first = jnp.where(need & (first == n), jnp.int32(j), first)
-    stop = jnp.where(need, jnp.int32(j + 1), stop)
-  return first, jnp.where(first == n, first, stop)
+    opens = need & (a0 == n)
+    extends = need & (a0 < n) & (a1 == j)
+    later = need & (a0 < n) & (a1 < j)
+    a0 = jnp.where(opens, jnp.int32(j), a0)
+    a1 = jnp.where(opens | extends, jnp.int32(j + 1), a1)
+    b0 = jnp.where(later & (b0 == n), jnp.int32(j), b0)
+    b1 = jnp.where(later, jnp.int32(j + 1), b1)
+  return [(a0, a1), (b0, b1)]
+
+
+def _loop_runs(needed: list[Array], body, carry):
+  """``body(j, carry)`` for each index ``j`` of :func:`_runs` of ``needed``, in order."""
+  for start, stop in _runs(needed):
+    carry = jax.lax.fori_loop(start, stop, body, carry)
+  return carry
 
 
 def _key_blocks_needed(rows: _Rows, key_rank_ref, key_node_ref, start, num_blocks: int):
@@ -354,9 +367,9 @@ def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree, to_state, splits=
     return _online_step(carry, q, k, v_ref[keys, :], rows, key_rank_ref[keys], key_node,
                         key_position_ref[keys], slope, scale)
 
-  first, stop = _run(_key_blocks_needed(rows, key_rank_ref, key_node_ref, start,
-                                        num_key_blocks))
-  acc, m, total = jax.lax.fori_loop(first, stop, body, (acc, m, total))
+  acc, m, total = _loop_runs(
+      _key_blocks_needed(rows, key_rank_ref, key_node_ref, start, num_key_blocks), body,
+      (acc, m, total))
   if to_state:
     for ref, value in zip(outputs, (acc, m, total)):
       _store(ref, value, rows_ok)
@@ -412,8 +425,8 @@ def _dq_kernel(*refs, num_key_blocks, scale, alibi, tree):
     ds = p * (dp - delta[:, None])
     return dq + _dot(ds.astype(k.dtype), k)
 
-  first, stop = _run(_key_blocks_needed(rows, key_rank_ref, key_node_ref, 0, num_key_blocks))
-  dq = jax.lax.fori_loop(first, stop, body, jnp.zeros(q.shape, jnp.float32))
+  dq = _loop_runs(_key_blocks_needed(rows, key_rank_ref, key_node_ref, 0, num_key_blocks),
+                  body, jnp.zeros(q.shape, jnp.float32))
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
@@ -444,10 +457,9 @@ def _dkv_kernel(*refs, num_query_blocks, block_q, scale, alibi, tree):
     ds = p * (dp - delta_ref[rows_slice][:, None])
     return dk + _dot(ds.astype(q.dtype), q, trans_a=True), dv
 
-  first, stop = _run([_block_needed(tile(i)[1], key_rank, key_node)
-                      for i in range(num_query_blocks)])
   zeros = jnp.zeros(k.shape, jnp.float32)
-  dk, dv = jax.lax.fori_loop(first, stop, body, (zeros, zeros))
+  dk, dv = _loop_runs([_block_needed(tile(i)[1], key_rank, key_node)
+                       for i in range(num_query_blocks)], body, (zeros, zeros))
   dk_ref[...] = (dk * scale).astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
