@@ -52,27 +52,6 @@ def test_kernel_matches_reference_values_and_gradients(rows, keys, alibi, tree):
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5 * float(jnp.abs(expected).max()))
 
 
-@pytest.mark.parametrize("rows,keys", [(70, 75), (5, 130)])
-def test_kernel_rotates_the_queries_as_the_reference(rows, keys):
-  """With ``rope_base`` the queries come unrotated: the kernel rotates them as it loads them
-  (RoPE's halves), the backward pass rotates the gradient back. Values and the gradients of
-  q, k, v and the sink equal the reference's, which rotates first (float32)."""
-  differentiable, fixed, weights = random_call(rows + keys + 7, rows, keys, False)
-  loss = lambda impl: lambda *xs: (attention.attend(*xs, *fixed, True, impl, rope_base=100.0)
-                                   * weights).sum()
-  grad = lambda impl: jax.jit(jax.value_and_grad(loss(impl), argnums=range(5)))(*differentiable)
-  for expected, got in zip(jax.tree_util.tree_leaves(grad("xla")),
-                           jax.tree_util.tree_leaves(grad("pallas"))):
-    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5 * float(jnp.abs(expected).max()))
-  rotated = attention.rotary(differentiable[0], fixed[1], 100.0)
-  assert float(jnp.abs(rotated - differentiable[0]).max()) > 0.1  # the rotation is not trivial
-  unrotated = jax.jit(lambda *xs: attention.attend(*xs, *fixed, True, "pallas"))(
-      rotated, *differentiable[1:])
-  np.testing.assert_allclose(jax.jit(lambda *xs: attention.attend(
-      *xs, *fixed, True, "pallas", rope_base=100.0))(*differentiable), unrotated,
-                             rtol=1e-5, atol=1e-5)
-
-
 def test_kernel_skips_no_visible_key():
   """Block skipping is only an optimisation: keys whose ranks every limit reaches lie in the
   last block; rows of the first block see only them (key ranks descending with the slot)."""

@@ -50,29 +50,6 @@ def alibi_slopes(num_heads: int) -> Array:
   return 2.0 ** (-8.0 * (jnp.arange(num_heads, dtype=jnp.float32) + 1) / num_heads)
 
 
-def rope_frequencies(head_dim: int, base: float) -> Array:
-  """RoPE's angular frequencies ``base^(-i / (H/2))``, float32 ``H/2``."""
-  half = head_dim // 2
-  return base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-
-
-def _rotate(x1, x2, positions, frequencies):
-  """The rotate-half RoPE of the halves ``x1, x2`` (``... x H/2``, float32) at ``positions``
-  (``...``, the halves' leading shape): the two rotated halves, float32."""
-  angles = positions[..., None].astype(jnp.float32) * frequencies
-  cos, sin = jnp.cos(angles), jnp.sin(angles)
-  return x1 * cos - x2 * sin, x2 * cos + x1 * sin
-
-
-def rotary(x_BxTxNxH: Array, positions_BxT: Array, base: float) -> Array:
-  """Rotary position embeddings (rotate-half form) at the given true positions."""
-  with jax.named_scope("rotary"):
-    halves = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
-    frequencies = rope_frequencies(x_BxTxNxH.shape[-1], base)
-    rotated = _rotate(*halves, positions_BxT[:, :, None], frequencies)
-    return jnp.concatenate(rotated, axis=-1).astype(x_BxTxNxH.dtype)
-
-
 def alibi_bias(query_positions_BxT: Array, key_positions_BxS: Array, num_heads: int) -> Array:
   """``-slope_h * |p_q - p_k|``, float32 ``B x N x T x S`` (the dense form)."""
   with jax.named_scope("alibi"):  # a scope for profiles (benchmarks/profile_step.py)
@@ -83,29 +60,23 @@ def alibi_bias(query_positions_BxT: Array, key_positions_BxS: Array, num_heads: 
 def attend(q_BxTxNxH: Array, k_BxSxNxH: Array, v_BxSxNxH: Array, sink_key_NxH: Array,
            sink_value_NxH: Array, visibility: masks.Visibility, query_positions_BxT: Array,
            key_positions_BxS: Array, alibi: bool, implementation: str,
-           batch_invariant: bool = False, rope_base: float | None = None) -> Array:
+           batch_invariant: bool = False) -> Array:
   """Attention of ``T`` rows onto ``S`` keys plus the sink, ``B x T x N x H`` (q's dtype).
 
   ``batch_invariant`` (the fused kernel): a row's result never depends on the call's shape.
   Otherwise the kernel cuts its work to the call: query tiles of as few rows as hold it (from
-  16), and a call of few tiles splits its keys among more programs. ``rope_base``: the
-  queries come unrotated and are rotated here at their positions (:func:`rotary`; the keys
-  come rotated): the fused kernel rotates them as it loads them, in float32 as
-  :func:`rotary` does, where XLA took a kernel a layer for it.
+  16), and a call of few tiles splits its keys among more programs.
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {implementation!r}; "
                      f"expected one of {IMPLEMENTATIONS}")
   with jax.named_scope("attend"):
-    if implementation == "pallas" and visibility.tail is None:
-      return _flash(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_key_NxH, sink_value_NxH, visibility,
-                    query_positions_BxT, key_positions_BxS, alibi, not batch_invariant,
-                    rope_base)
-    if rope_base is not None:
-      q_BxTxNxH = rotary(q_BxTxNxH, query_positions_BxT, rope_base)
-    if implementation == "pallas":
+    if implementation == "pallas" and visibility.tail is not None:
       return _flash_tail(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_key_NxH, sink_value_NxH,
                          visibility, query_positions_BxT, key_positions_BxS, alibi)
+    if implementation == "pallas":
+      return _flash(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_key_NxH, sink_value_NxH, visibility,
+                    query_positions_BxT, key_positions_BxS, alibi, not batch_invariant)
     return _dense(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, sink_key_NxH, sink_value_NxH, visibility,
                   query_positions_BxT, key_positions_BxS, alibi, implementation)
 
@@ -282,10 +253,8 @@ def _dot(a, b, trans_a: bool = False, trans_b: bool = False):
 
 
 def _scores(q, k, rows: _Rows, key_position, slope, scale):
-  """Log2-domain scores ``BQ x BK`` (float32), ALiBi included; ``q`` and ``k`` may each be a
-  tuple of parts along the head dimension (RoPE's halves)."""
-  parts = zip(q, k) if isinstance(q, tuple) else [(q, k)]
-  s = sum(_dot(a, b, trans_b=True) for a, b in parts) * (scale * _LOG2E)
+  """Log2-domain scores ``BQ x BK`` (float32), ALiBi included."""
+  s = _dot(q, k, trans_b=True) * (scale * _LOG2E)
   if slope is not None:
     distance = jnp.abs(rows.position[:, None] - key_position[None, :]).astype(jnp.float32)
     s -= (slope * _LOG2E) * distance
@@ -324,48 +293,36 @@ def _online_step(carry, q, k, v, rows: _Rows, key_rank, key_node, key_position, 
 
 
 def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree, to_state, splits=1,
-                    num_rows=None, block_q=BLOCK_Q, rope=False):
+                    num_rows=None, block_q=BLOCK_Q):
   """The online softmax over ``num_key_blocks`` key blocks in slot order, from the sink (max =
   its score, sum = 1, accumulator = its value) to the output and log-sum-exp or, ``to_state``,
   to the state ``(accumulator, max, sum)`` (:func:`_tail_kernel` goes on from it). With
   ``splits``, the grid's last axis runs ``splits`` programs per query tile, the ``s``-th over
   the ``s``-th run of ``num_key_blocks`` blocks (the sink's weight and value in the first
   only), each writing its state. ``num_rows``: the call's rows, if not a multiple of
-  ``block_q`` (a tile's rows past them are masked: no padded copy of the rows exists).
-  ``rope``: the queries come unrotated, and RoPE's frequencies (``H/2``) follow the integer
-  inputs: the queries and keys are used as their two halves (:func:`_rotate`)."""
+  ``block_q`` (a tile's rows past them are masked: no padded copy of the rows exists)."""
   (q_ref, k_ref, v_ref, sink_key_ref, sink_value_ref, slope_ref, limit_ref, position_ref, words,
    key_rank_ref, key_position_ref, key_node_ref, outputs) = _unpack(refs, tree)
   rows_ok = None
   if num_rows is not None:
     rows_ok = (pl.program_id(2) // splits) * block_q + jnp.arange(block_q) < num_rows
   rows = _Rows(limit_ref, position_ref, *words, rows_ok)
-  head_dim = q_ref.shape[-1]
-  parts = [slice(None)]  # along the head dimension: the whole, or RoPE's two halves
-  if rope:
-    frequencies = outputs.pop(0)[...]
-    parts = [pl.ds(0, head_dim // 2), pl.ds(head_dim // 2, head_dim // 2)]
-    halves = [_load(q_ref.at[:, part], rows_ok).astype(jnp.float32) for part in parts]
-    q = tuple(x.astype(q_ref.dtype) for x in _rotate(*halves, rows.position, frequencies))
-  else:
-    q = _load(q_ref, rows_ok)
+  q = _load(q_ref, rows_ok)
   slope = _slope(alibi, slope_ref)
   split = pl.program_id(2) % splits if splits > 1 else 0
-  m = sum(jnp.sum(x.astype(jnp.float32) * sink_key_ref[part].astype(jnp.float32)[None, :], 1)
-          for x, part in zip(q if rope else (q,), parts)) * (scale * _LOG2E)
+  m = jnp.sum(q.astype(jnp.float32) * sink_key_ref[...].astype(jnp.float32)[None, :], 1) * (
+      scale * _LOG2E)
   sink_weight = 1.0 if splits == 1 else (split == 0).astype(jnp.float32)
   total = jnp.full_like(m, sink_weight)
-  acc = jnp.broadcast_to(sink_value_ref[...].astype(jnp.float32)[None, :] * sink_weight,
-                         (block_q, head_dim))
+  acc = jnp.broadcast_to(sink_value_ref[...].astype(jnp.float32)[None, :] * sink_weight, q.shape)
 
   start = split * num_key_blocks
 
   def body(j, carry):
     keys = pl.ds((start + j) * BLOCK_K, BLOCK_K)
     key_node = None if key_node_ref is None else key_node_ref[keys]
-    k = tuple(k_ref[keys, part] for part in parts) if rope else k_ref[keys, :]
-    return _online_step(carry, q, k, v_ref[keys, :], rows, key_rank_ref[keys], key_node,
-                        key_position_ref[keys], slope, scale)
+    return _online_step(carry, q, k_ref[keys, :], v_ref[keys, :], rows, key_rank_ref[keys],
+                        key_node, key_position_ref[keys], slope, scale)
 
   acc, m, total = _loop_runs(
       _key_blocks_needed(rows, key_rank_ref, key_node_ref, start, num_key_blocks), body,
@@ -502,7 +459,7 @@ def _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions):
 
 
 def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_positions, alibi,
-           by_shape, rope_base):
+           by_shape):
   """Pads keys to whole blocks (padded keys seen by no row); the rows of a tile past the
   call's are masked in the kernel (the backward pass pads them: they see only the sink).
 
@@ -520,8 +477,7 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
   if tree:
     keys.append(_pad_to(visibility.key_node_BxS, 1, BLOCK_K, -1))
   ints = tuple(x.astype(jnp.int32) for x in rows + keys)
-  frequencies = None if rope_base is None else rope_frequencies(q.shape[-1], rope_base)
-  args = (q, *key_tensors, ints, frequencies)
+  args = (q, *key_tensors, ints)
   core = lambda *xs: _flash_core(*xs, alibi, tree, by_shape)
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and mesh.size > 1:
@@ -531,7 +487,7 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
     tile, per_row = P(batch, None, heads, None), P(batch, None)
     core = jax.shard_map(core, mesh=mesh, out_specs=tile, check_vma=False,
                          in_specs=(tile, tile, tile) + (P(heads, None),) * 3
-                                  + ((per_row,) * len(ints), P()))
+                                  + ((per_row,) * len(ints),))
   return core(*args)
 
 
@@ -588,13 +544,12 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, *args, block_q: int = BL
                             *args)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
-def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, frequencies, alibi, tree,
-                by_shape):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape):
   """The output ``B x T x N x H``; ``ints``: the rows' integers (``T`` each), then the keys'
-  (padded to whole key blocks); ``frequencies``: RoPE's, to rotate the queries with, or None."""
+  (padded to whole key blocks)."""
   return _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree,
-                        by_shape=by_shape, frequencies=frequencies)[0]
+                        by_shape=by_shape)[0]
 
 
 def _key_splits(programs: int, num_blocks: int) -> int:
@@ -618,7 +573,7 @@ def _combine(acc_SxBxTxNxH, max_SxBxTxN, sum_SxBxTxN, dtype):
 
 
 def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_state=False,
-                   by_shape=False, frequencies=None):
+                   by_shape=False):
   """``(output, lse B x N x T)``, or (``to_state``) the online
   softmax's float32 state ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``. With
   ``by_shape`` the work is cut to the call's shape: query tiles of :func:`_query_block` rows,
@@ -646,12 +601,9 @@ def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_
   kernel = functools.partial(_forward_kernel, num_key_blocks=num_blocks // splits,
                              scale=head_dim ** -0.5, alibi=alibi, tree=tree,
                              to_state=to_state or splits > 1, splits=splits, block_q=block_q,
-                             num_rows=num_rows if num_rows % block_q else None,
-                             rope=frequencies is not None)
-  rope = [] if frequencies is None else [frequencies]
-  specs += [pl.BlockSpec(f.shape, lambda b, h, i: (0,)) for f in rope]
+                             num_rows=num_rows if num_rows % block_q else None)
   outs = _call(kernel, (batch, num_heads, tiles * splits),
-               specs, out_specs, out_shape, q, k, v, sink_key, sink_value, slopes, *ints, *rope,
+               specs, out_specs, out_shape, q, k, v, sink_key, sink_value, slopes, *ints,
                block_q=block_q)
   if to_state:
     return [x[0] for x in outs]
@@ -660,20 +612,14 @@ def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_
   return outs
 
 
-def _flash_fwd(q, k, v, sink_key, sink_value, slopes, ints, frequencies, alibi, tree, by_shape):
+def _flash_fwd(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape):
   out, lse = _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree,
-                            by_shape=by_shape, frequencies=frequencies)
-  return out, (q, k, v, sink_key, sink_value, slopes, ints, frequencies, out, lse)
+                            by_shape=by_shape)
+  return out, (q, k, v, sink_key, sink_value, slopes, ints, out, lse)
 
 
 def _flash_bwd(alibi, tree, by_shape, residuals, dout):
-  q, k, v, sink_key, sink_value, slopes, ints, frequencies, out, lse = residuals
-  query_positions = ints[1]
-  rotate = lambda x, positions: jnp.concatenate(
-      _rotate(*jnp.split(x.astype(jnp.float32), 2, axis=-1), positions[:, :, None],
-              frequencies), axis=-1)
-  if frequencies is not None:  # the kernels below take the rotated queries
-    q = rotate(q, query_positions).astype(q.dtype)
+  q, k, v, sink_key, sink_value, slopes, ints, out, lse = residuals
   call_rows = q.shape[1]
   block_q = _query_block(call_rows, by_shape)
   # The backward's kernels take whole tiles of rows: padded rows see only the sink (limit 0)
@@ -701,10 +647,8 @@ def _flash_bwd(alibi, tree, by_shape, residuals, dout):
              (batch, num_heads, num_rows // block_q), specs + [row_tile(), lse_q, lse_q],
              row_tile(), jax.ShapeDtypeStruct(q.shape, jnp.float32),
              q, k, v, sink_key, sink_value, slopes, *ints, dout, lse, delta, block_q=block_q)
-  dq = (dq + jnp.einsum("bnt,nh->btnh", ds_sink, f32(sink_key)) * scale)[:, :call_rows]
-  if frequencies is not None:  # the rotation's transpose: by the opposite angle
-    dq = rotate(dq, -query_positions)
-  dq = dq.astype(q.dtype)
+  dq = (dq + jnp.einsum("bnt,nh->btnh", ds_sink, f32(sink_key)) * scale).astype(q.dtype)
+  dq = dq[:, :call_rows]
 
   lse_all = pl.BlockSpec((None, None, num_rows), lambda b, h, j: (b, h, 0))
   specs, row_tile, key_tile = _specs(batch, num_rows, num_keys, head_dim, tree, True)
@@ -716,7 +660,7 @@ def _flash_bwd(alibi, tree, by_shape, residuals, dout):
                  q, k, v, sink_key, sink_value, slopes, *ints, dout, lse, delta,
                  block_q=block_q)
   return (dq, dk, dv, d_sink_key.astype(sink_key.dtype), d_sink_value.astype(sink_value.dtype),
-          None, jax.tree_util.tree_map(lambda _: None, ints), None)
+          None, jax.tree_util.tree_map(lambda _: None, ints))
 
 
 _flash_core.defvjp(_flash_fwd, _flash_bwd)

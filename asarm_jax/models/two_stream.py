@@ -93,25 +93,36 @@ class Cache(NamedTuple):
   layers: tuple[LayerCache, ...]
 
 
+def rotary(x_BxTxNxH: Array, positions_BxT: Array, base: float) -> Array:
+  """Applies rotary position embeddings (rotate-half form) at the given true positions."""
+  with jax.named_scope("rotary"):
+    half = x_BxTxNxH.shape[-1] // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # B x T x H/2
+    sin = jnp.sin(angles)[:, :, None, :]
+    cos = jnp.cos(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxTxNxH.dtype)
+
+
 def attend_cached(layer: Layer, q_BxTxNxH: Array, k_BxRxNxH: Array, v_BxRxNxH: Array,
                   sink_key_NxH: Array, sink_value_NxH: Array, positions_BxT: Array,
                   key_positions_BxS: Array, visibility: masks.Visibility,
                   cache: LayerCache | None, cache_slots_BxR: Array | None
                   ) -> tuple[Array, LayerCache | None]:
   """Attention of the ``T`` rows' projections (the first ``R`` rows are content rows, whose
-  keys and values are given): keys rotated here, queries in :func:`attention.attend`, the
-  keys and values written at ``cache_slots_BxR`` and the whole cache attended where there is
-  a cache (``S`` its length), else the ``R`` keys (``S = R``). Returns ``B x T x N x H`` and
-  the cache."""
-  k_BxRxNxH = attention.rotary(k_BxRxNxH, positions_BxT[:, :k_BxRxNxH.shape[1]],
-                               layer.rope_base)
+  keys and values are given): queries and keys rotated, the keys and values written at
+  ``cache_slots_BxR`` and the whole cache attended where there is a cache (``S`` its length),
+  else the ``R`` keys (``S = R``). Returns ``B x T x N x H`` and the cache."""
+  q_BxTxNxH = rotary(q_BxTxNxH, positions_BxT, layer.rope_base)
+  k_BxRxNxH = rotary(k_BxRxNxH, positions_BxT[:, :k_BxRxNxH.shape[1]], layer.rope_base)
   if cache is not None:
     cache = write_layer_cache(cache, k_BxRxNxH, v_BxRxNxH, cache_slots_BxR)
     k_BxRxNxH, v_BxRxNxH = cache
   out_BxTxNxH = attention.attend(
       q_BxTxNxH, k_BxRxNxH, v_BxRxNxH, sink_key_NxH, sink_value_NxH, visibility, positions_BxT,
-      key_positions_BxS, layer.alibi, layer.attention_impl, layer.batch_invariant,
-      layer.rope_base)
+      key_positions_BxS, layer.alibi, layer.attention_impl, layer.batch_invariant)
   return out_BxTxNxH, cache
 
 
