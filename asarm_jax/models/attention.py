@@ -210,8 +210,8 @@ def _runs(needed: list[Array]) -> list[tuple[Array, Array]]:
   some row sees, without a branch, so that Triton fetches the next block while one is
   computed; a block inside the second run that no row sees is computed fully masked, which
   leaves the online softmax's state and the gradients as they were, bit for bit (its weights
-  are ``exp2(-1e30 - max) = 0``). A decoding call's cache is seen as two runs: the filled
-  slots from the first, and the slots of the call's own drafts or tree at its end."""
+  are ``exp2(-1e30 - max) = 0``). A tree call's cache is seen as two runs: the filled slots
+  from the first, and the tree's slots at its end."""
   n = len(needed)
   a0 = a1 = b0 = b1 = jnp.int32(n)
   for j, need in enumerate(needed):
@@ -574,8 +574,8 @@ def _combine(acc_SxBxTxNxH, max_SxBxTxN, sum_SxBxTxN, dtype):
 
 def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_state=False,
                    by_shape=False):
-  """``(output, lse B x N x T)``, or (``to_state``) the online
-  softmax's float32 state ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``. With
+  """``(output, lse B x N x T)``, or (``to_state``) the online softmax's float32 state
+  ``(accumulator B x T x N x H, max B x T x N, sum B x T x N)``. With
   ``by_shape`` the work is cut to the call's shape: query tiles of :func:`_query_block` rows,
   and a grid too small to fill the device (a decoding call at batch 1: one query tile per
   head) runs several programs per query tile over runs of the key blocks and combines their
