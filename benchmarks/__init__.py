@@ -7,8 +7,8 @@ the docs' tables from the committed records. ``docs/benchmarks.md`` says what ea
 """
 
 BENCHMARKS = ("call_cost", "compiled_kernels", "cost_model", "decode_profile", "decoders",
-              "floor_model", "fused_dense", "greedy_agreement", "hf_xlnet", "humaneval", "invariance_probe",
-              "kernel_scopes", "mdlm_comparison",
+              "floor_model", "fused_dense", "greedy_agreement", "hf_xlnet", "humaneval",
+              "invariance_probe", "kernel_scopes", "mdlm_comparison",
               "profile_step", "sampling_speed", "speed_ratios", "task_overhead", "tokens_per_call",
               "trace_summary", "train_throughput", "while_loop_graphs")
 TOOLS = ("experiment", "report")

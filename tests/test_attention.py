@@ -8,7 +8,7 @@ import pytest
 
 from asarm_jax import forward, masks, models, ordering
 from asarm_jax.models import attention
-from tests.helpers import model_config
+from tests.helpers import equations, model_config
 
 
 def random_call(seed, rows, keys, tree, heads=3, dim=16, batch=2):
@@ -90,18 +90,9 @@ def test_kernels_loop_over_the_run_of_seen_blocks_without_a_branch():
   for expected, got in zip(jax.tree_util.tree_leaves(jax.jit(grad("xla"))(*differentiable)),
                            jax.tree_util.tree_leaves(jax.jit(grad("pallas"))(*differentiable))):
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5 * float(jnp.abs(expected).max()))
-  kernels = []
-
-  def find(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "pallas_call":
-        kernels.append(eqn.params["jaxpr"])
-      for value in eqn.params.values():
-        for sub in value if isinstance(value, (tuple, list)) else (value,):
-          if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
-            find(getattr(sub, "jaxpr", sub))
-
-  find(jax.make_jaxpr(grad("pallas"))(*differentiable).jaxpr)
+  kernels = [eqn.params["jaxpr"] for eqn in equations(
+      jax.make_jaxpr(grad("pallas"))(*differentiable).jaxpr, "pallas_call")
+              if eqn.primitive.name == "pallas_call"]
   assert len(kernels) == 3  # forward, dq, dk/dv
   assert all("cond[" not in str(kernel) and "while[" in str(kernel) for kernel in kernels)
 

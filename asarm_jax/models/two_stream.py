@@ -351,8 +351,8 @@ class TwoStreamTransformer(nn.Module):
   attention_impl: str
   # A cached call of at most fused_dense.MAX_ROWS rows (decoding) runs most of each block's dense
   # parts as fused kernels (Block.fused) where the attention kernel runs ("pallas", not
-  # batch-invariant). Off by default: fewer kernels (xlnet_base, sequential at batch 1: 150
-  # against 222) but no faster yet (0.479 against 0.462 ms a call on the H100, 2026-12-06).
+  # batch-invariant). Off by default: fewer kernels (xlnet_base, sequential at batch 1: 139
+  # against 211) but little faster yet (0.434 against 0.446 ms a call on the H100, 2026-12-06).
   fused_decoding: bool
   # Not a config key: decoding sets it (sampling.generate(..., deterministic=True)). Every
   # matmul through the fixed-tiling kernel of models.invariant_matmul and attention through the
