@@ -310,8 +310,7 @@ def _forward_kernel(*refs, num_key_blocks, scale, alibi, tree, to_state, splits=
   q = _load(q_ref, rows_ok)
   slope = _slope(alibi, slope_ref)
   split = pl.program_id(2) % splits if splits > 1 else 0
-  m = jnp.sum(q.astype(jnp.float32) * sink_key_ref[...].astype(jnp.float32)[None, :], 1) * (
-      scale * _LOG2E)
+  m = _sink_scores(q, sink_key_ref[...], scale)
   sink_weight = 1.0 if splits == 1 else (split == 0).astype(jnp.float32)
   total = jnp.full_like(m, sink_weight)
   acc = jnp.broadcast_to(sink_value_ref[...].astype(jnp.float32)[None, :] * sink_weight, q.shape)
@@ -363,13 +362,29 @@ def _tail_kernel(q_ref, k_ref, v_ref, slope_ref, group_row_ref, limit_ref, posit
   out_ref[...] = (acc / total[:, None]).astype(out_ref.dtype)
 
 
+def _sink_scores(q, sink_key, scale):
+  """Log2-domain scores ``BQ`` of the rows against the sink's key (float32)."""
+  return jnp.sum(q.astype(jnp.float32) * sink_key.astype(jnp.float32)[None, :], 1) * (
+      scale * _LOG2E)
+
+
 def _dq_kernel(*refs, num_key_blocks, scale, alibi, tree):
-  (q_ref, k_ref, v_ref, _, _, slope_ref, limit_ref, position_ref, words, key_rank_ref,
-   key_position_ref, key_node_ref, (dout_ref, lse_ref, delta_ref, dq_ref)) = _unpack(refs, tree)
+  """The tile's query gradient, and what the key-gradient kernel and the sink's gradient need
+  of its rows: ``delta = rowsum(dO * O)`` (``BQ``) and the tile's shares of the sink's key and
+  value gradients (``H`` each), from the sink's weight ``exp2(score - lse)``."""
+  (q_ref, k_ref, v_ref, sink_key_ref, sink_value_ref, slope_ref, limit_ref, position_ref, words,
+   key_rank_ref, key_position_ref, key_node_ref,
+   (out_ref, dout_ref, lse_ref, dq_ref, delta_ref, d_sink_key_ref, d_sink_value_ref)) = _unpack(
+       refs, tree)
   rows = _Rows(limit_ref, position_ref, *words)
   q, dout = q_ref[...], dout_ref[...]
-  lse, delta = lse_ref[...], delta_ref[...]
+  lse = lse_ref[...]
   slope = _slope(alibi, slope_ref)
+  f32 = lambda x: x.astype(jnp.float32)
+  delta = jnp.sum(f32(out_ref[...]) * f32(dout), 1)
+  sink_key = f32(sink_key_ref[...])
+  p_sink = jnp.exp2(_sink_scores(q, sink_key, scale) - lse)
+  ds_sink = p_sink * (jnp.sum(f32(dout) * f32(sink_value_ref[...])[None, :], 1) - delta)
 
   def body(j, dq):
     keys = pl.ds(j * BLOCK_K, BLOCK_K)
@@ -384,7 +399,10 @@ def _dq_kernel(*refs, num_key_blocks, scale, alibi, tree):
 
   dq = _loop_runs(_key_blocks_needed(rows, key_rank_ref, key_node_ref, 0, num_key_blocks),
                   body, jnp.zeros(q.shape, jnp.float32))
-  dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
+  dq_ref[...] = ((dq + ds_sink[:, None] * sink_key[None, :]) * scale).astype(dq_ref.dtype)
+  delta_ref[...] = delta
+  d_sink_key_ref[...] = jnp.sum(ds_sink[:, None] * f32(q), 0) * scale
+  d_sink_value_ref[...] = jnp.sum(p_sink[:, None] * f32(dout), 0)
 
 
 def _dkv_kernel(*refs, num_query_blocks, block_q, scale, alibi, tree):
@@ -631,24 +649,22 @@ def _flash_bwd(alibi, tree, by_shape, residuals, dout):
   batch, num_rows, num_heads, head_dim = q.shape
   num_keys = k.shape[1]
   scale = head_dim ** -0.5
-  f32 = lambda x: x.astype(jnp.float32)
-  delta = jnp.einsum("btnh,btnh->bnt", f32(out), f32(dout))  # rowsum(dO * O)
-  # The sink's share (JAX: one key, every row): p_sink and its score's gradient.
-  sink_score = jnp.einsum("btnh,nh->bnt", f32(q), f32(sink_key)) * (scale * _LOG2E)
-  p_sink = jnp.exp2(sink_score - lse)
-  ds_sink = p_sink * (jnp.einsum("btnh,nh->bnt", f32(dout), f32(sink_value)) - delta)
-  d_sink_key = jnp.einsum("bnt,btnh->nh", ds_sink, f32(q)) * scale
-  d_sink_value = jnp.einsum("bnt,btnh->nh", p_sink, f32(dout))
-
   common = dict(scale=scale, alibi=alibi, tree=tree)
-  lse_q = pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i))
+  per_row = pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i))
+  per_tile = pl.BlockSpec((None, None, None, head_dim), lambda b, h, i: (b, h, i, 0))
+  tiles = num_rows // block_q
   specs, row_tile, _ = _specs(batch, num_rows, num_keys, head_dim, tree, False, 1, block_q)
-  dq = _call(functools.partial(_dq_kernel, num_key_blocks=num_keys // BLOCK_K, **common),
-             (batch, num_heads, num_rows // block_q), specs + [row_tile(), lse_q, lse_q],
-             row_tile(), jax.ShapeDtypeStruct(q.shape, jnp.float32),
-             q, k, v, sink_key, sink_value, slopes, *ints, dout, lse, delta, block_q=block_q)
-  dq = (dq + jnp.einsum("bnt,nh->btnh", ds_sink, f32(sink_key)) * scale).astype(q.dtype)
+  float32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  # Per tile: dq; delta = rowsum(dO * O) (B x N x T); the sink's key and value gradients.
+  dq, delta, d_sink_key, d_sink_value = _call(
+      functools.partial(_dq_kernel, num_key_blocks=num_keys // BLOCK_K, **common),
+      (batch, num_heads, tiles), specs + [row_tile(), row_tile(), per_row],
+      [row_tile(), per_row, per_tile, per_tile],
+      [jax.ShapeDtypeStruct(q.shape, q.dtype), float32(batch, num_heads, num_rows),
+       *[float32(batch, num_heads, tiles, head_dim)] * 2],
+      q, k, v, sink_key, sink_value, slopes, *ints, out, dout, lse, block_q=block_q)
   dq = dq[:, :call_rows]
+  d_sink_key, d_sink_value = (x.sum((0, 2)) for x in (d_sink_key, d_sink_value))
 
   lse_all = pl.BlockSpec((None, None, num_rows), lambda b, h, j: (b, h, 0))
   specs, row_tile, key_tile = _specs(batch, num_rows, num_keys, head_dim, tree, True)
