@@ -494,7 +494,7 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
   key_tensors, keys = _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions)
   if tree:
     keys.append(_pad_to(visibility.key_node_BxS, 1, BLOCK_K, -1))
-  ints = tuple(x.astype(jnp.int32) for x in rows + keys)
+  ints = tuple(tuple(x.astype(jnp.int32) for x in group) for group in (rows, keys))
   args = (q, *key_tensors, ints)
   core = lambda *xs: _flash_core(*xs, alibi, tree, by_shape)
   mesh = jax.sharding.get_abstract_mesh()
@@ -505,7 +505,7 @@ def _flash(q, k, v, sink_key, sink_value, visibility, query_positions, key_posit
     tile, per_row = P(batch, None, heads, None), P(batch, None)
     core = jax.shard_map(core, mesh=mesh, out_specs=tile, check_vma=False,
                          in_specs=(tile, tile, tile) + (P(heads, None),) * 3
-                                  + ((per_row,) * len(ints),))
+                                  + (jax.tree_util.tree_map(lambda _: per_row, ints),))
   return core(*args)
 
 
@@ -526,8 +526,8 @@ def _flash_tail(q, k, v, sink_key, sink_value, visibility, query_positions, key_
   q = _pad_to(q, 1, BLOCK_Q)
   key_tensors, keys = _key_inputs(q, k, v, sink_key, sink_value, visibility, key_positions)
   below_base = jnp.minimum(visibility.row_limit_BxT, tail.base_B[:, None])
-  ints = tuple(x.astype(jnp.int32) for x in [_pad_to(below_base, 1, BLOCK_Q),
-                                            _pad_to(query_positions, 1, BLOCK_Q), *keys])
+  rows = [_pad_to(below_base, 1, BLOCK_Q), _pad_to(query_positions, 1, BLOCK_Q)]
+  ints = tuple(tuple(x.astype(jnp.int32) for x in group) for group in (rows, keys))
   state = _flash_forward(q, *key_tensors, ints, alibi, False, to_state=True)
 
   k, v, _, _, slopes = key_tensors
@@ -564,8 +564,8 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, *args, block_q: int = BL
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def _flash_core(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, by_shape):
-  """The output ``B x T x N x H``; ``ints``: the rows' integers (``T`` each), then the keys'
-  (padded to whole key blocks)."""
+  """The output ``B x T x N x H``; ``ints``: the rows' integers (``T`` each) and the keys'
+  (padded to whole key blocks), two tuples."""
   return _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree,
                         by_shape=by_shape)[0]
 
@@ -621,8 +621,8 @@ def _flash_forward(q, k, v, sink_key, sink_value, slopes, ints, alibi, tree, to_
                              to_state=to_state or splits > 1, splits=splits, block_q=block_q,
                              num_rows=num_rows if num_rows % block_q else None)
   outs = _call(kernel, (batch, num_heads, tiles * splits),
-               specs, out_specs, out_shape, q, k, v, sink_key, sink_value, slopes, *ints,
-               block_q=block_q)
+               specs, out_specs, out_shape, q, k, v, sink_key, sink_value, slopes, *ints[0],
+               *ints[1], block_q=block_q)
   if to_state:
     return [x[0] for x in outs]
   if splits > 1:
@@ -642,9 +642,9 @@ def _flash_bwd(alibi, tree, by_shape, residuals, dout):
   block_q = _query_block(call_rows, by_shape)
   # The backward's kernels take whole tiles of rows: padded rows see only the sink (limit 0)
   # and get a zero output gradient, so a zero delta and no share of any gradient.
-  row_ints = 4 if tree else 2
   q, out, dout = (_pad_to(x, 1, block_q) for x in (q, out, dout))
-  ints = tuple(_pad_to(x, 1, block_q) if i < row_ints else x for i, x in enumerate(ints))
+  row_ints, key_ints = ints
+  padded_ints = (*(_pad_to(x, 1, block_q) for x in row_ints), *key_ints)
   lse = _pad_to(lse, 2, block_q)
   batch, num_rows, num_heads, head_dim = q.shape
   num_keys = k.shape[1]
@@ -662,7 +662,8 @@ def _flash_bwd(alibi, tree, by_shape, residuals, dout):
       [row_tile(), per_row, per_tile, per_tile],
       [jax.ShapeDtypeStruct(q.shape, q.dtype), float32(batch, num_heads, num_rows),
        *[float32(batch, num_heads, tiles, head_dim)] * 2],
-      q, k, v, sink_key, sink_value, slopes, *ints, out, dout, lse, block_q=block_q)
+      q, k, v, sink_key, sink_value, slopes, *padded_ints, out, dout, lse,
+      block_q=block_q)
   dq = dq[:, :call_rows]
   d_sink_key, d_sink_value = (x.sum((0, 2)) for x in (d_sink_key, d_sink_value))
 
@@ -673,7 +674,7 @@ def _flash_bwd(alibi, tree, by_shape, residuals, dout):
                  (batch, num_heads, num_keys // BLOCK_K), specs + [row_tile(), lse_all, lse_all],
                  [key_tile(), key_tile()],
                  [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-                 q, k, v, sink_key, sink_value, slopes, *ints, dout, lse, delta,
+                 q, k, v, sink_key, sink_value, slopes, *padded_ints, dout, lse, delta,
                  block_q=block_q)
   return (dq, dk, dv, d_sink_key.astype(sink_key.dtype), d_sink_value.astype(sink_value.dtype),
           None, jax.tree_util.tree_map(lambda _: None, ints))
