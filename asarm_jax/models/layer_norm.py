@@ -24,10 +24,8 @@ Array = jax.Array
 EPSILON = 1e-6  # nn.LayerNorm's
 
 
-def _normalize(x_NxD, mean_Nx1, square_Nx1, scale_D, bias_D, epsilon, dtype):
-  """``nn.LayerNorm``'s variance and normalisation from the rows' means of ``x`` and ``x^2``,
-  in its order of operations (float32); and ``rsqrt(var + eps)``."""
-  var_Nx1 = jnp.maximum(0.0, square_Nx1 - mean_Nx1 * mean_Nx1)
+def _normalize(x_NxD, mean_Nx1, var_Nx1, scale_D, bias_D, epsilon, dtype):
+  """``nn.LayerNorm``'s normalisation, in its order of operations (float32)."""
   inverse_Nx1 = jax.lax.rsqrt(var_Nx1 + epsilon)
   return ((x_NxD - mean_Nx1) * (inverse_Nx1 * scale_D) + bias_D).astype(dtype), inverse_Nx1
 
@@ -41,7 +39,8 @@ def layer_norm(x_BxTxD: Array, scale_D: Array, bias_D: Array, epsilon: float, dt
 def _layer_norm_fwd(x_BxTxD, scale_D, bias_D, epsilon, dtype):
   x_BxTxD32 = x_BxTxD.astype(jnp.float32)
   mean, square = (jnp.mean(v, -1, keepdims=True) for v in (x_BxTxD32, jnp.square(x_BxTxD32)))
-  y, inverse = _normalize(x_BxTxD32, mean, square, scale_D.astype(jnp.float32),
+  var = jnp.maximum(0.0, square - jnp.square(mean))
+  y, inverse = _normalize(x_BxTxD32, mean, var, scale_D.astype(jnp.float32),
                           bias_D.astype(jnp.float32), epsilon, dtype)
   return y, (x_BxTxD, scale_D, bias_D, mean, inverse)
 
@@ -94,5 +93,6 @@ class InvariantLayerNorm(_Norm):
     x_NxD = x_BxTxD.reshape(-1, width).astype(jnp.float32)
     sums_2N = invariant_matmul.row_sum(jnp.concatenate([x_NxD, x_NxD * x_NxD]))
     mean_Nx1, square_Nx1 = jnp.split(sums_2N[:, None] / width, 2)
-    y_NxD, _ = _normalize(x_NxD, mean_Nx1, square_Nx1, scale_D, bias_D, self.epsilon, self.dtype)
+    var_Nx1 = jnp.maximum(0.0, square_Nx1 - mean_Nx1 * mean_Nx1)
+    y_NxD, _ = _normalize(x_NxD, mean_Nx1, var_Nx1, scale_D, bias_D, self.epsilon, self.dtype)
     return y_NxD.reshape(x_BxTxD.shape)
