@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from asarm_jax import masks
-from asarm_jax.models import attention, fused_dense, invariant_matmul, layer_norm
+from asarm_jax.models import attention, fused_dense, invariant_matmul
 
 Array = jnp.ndarray
 
@@ -160,10 +160,30 @@ class Layer:
             and fused_dense.supports(num_rows, width, (width, self.d_ff)))
 
   def norm(self, name: str) -> nn.Module:
-    """A LayerNorm (:mod:`asarm_jax.models.layer_norm`): ``nn.LayerNorm``'s with its backward
-    written out, or with fixed-order statistics when batch-invariant."""
-    module = layer_norm.InvariantLayerNorm if self.batch_invariant else layer_norm.LayerNorm
+    """A LayerNorm: flax's, or with fixed-order statistics when batch-invariant."""
+    module = InvariantLayerNorm if self.batch_invariant else nn.LayerNorm
     return module(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+
+class InvariantLayerNorm(nn.Module):
+  """``nn.LayerNorm``'s parameters and function (float32 statistics, ``var = E[x^2] - E[x]^2``
+  clipped at 0), its row sums by :func:`invariant_matmul.row_sum` (XLA's reductions may round
+  a row differently per shape)."""
+  dtype: Any
+  param_dtype: Any
+  epsilon: float = 1e-6  # nn.LayerNorm's
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array) -> Array:
+    width = x_BxTxD.shape[-1]
+    scale_D = self.param("scale", nn.initializers.ones, (width,), self.param_dtype)
+    bias_D = self.param("bias", nn.initializers.zeros, (width,), self.param_dtype)
+    x_NxD = x_BxTxD.reshape(-1, width).astype(jnp.float32)
+    sums_2N = invariant_matmul.row_sum(jnp.concatenate([x_NxD, x_NxD * x_NxD]))
+    mean_Nx1, square_Nx1 = jnp.split(sums_2N[:, None] / width, 2)
+    var_Nx1 = jnp.maximum(0.0, square_Nx1 - mean_Nx1 * mean_Nx1)
+    y_NxD = (x_NxD - mean_Nx1) * (jax.lax.rsqrt(var_Nx1 + self.epsilon) * scale_D) + bias_D
+    return y_NxD.reshape(x_BxTxD.shape).astype(self.dtype)
 
 
 class Attention(nn.Module):
@@ -274,7 +294,7 @@ class Block(nn.Module):
     attn = params["attention"]
     weight = lambda module, depth=width: module["kernel"].astype(layer.dtype).reshape(depth, -1)
     norm = lambda name: fused_dense.Norm(params[name]["scale"], params[name]["bias"],
-                                         layer_norm.EPSILON)
+                                         nn.LayerNorm.epsilon)
     x_MxD = x_BxTxD.reshape(batch * num_rows, width)
     q_MxD, k_MxD, v_MxD = fused_dense.dense(
         x_MxD, [weight(attn[name]) for name in ("query", "key", "value")],
