@@ -11,8 +11,9 @@ import gc
 import os
 import tempfile
 
-import jax
 import pytest
+
+from asarm_jax.sampling import core
 
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
@@ -22,10 +23,10 @@ os.environ["ASARM_JAX_CACHE_DIR"] = os.path.join(tempfile.gettempdir(),
 
 @pytest.fixture(scope="module", autouse=True)
 def _free_compiled_programs():
-  """After each test module: JAX's caches cleared and its executables freed. A worker runs many
+  """After each test module: the compiled programs forgotten and freed. A worker runs many
   modules, each compiled program holds ~3 memory maps per kernel, and a process past
   ``vm.max_map_count`` (65530 by default) crashes in XLA (a decoding loop is hundreds of
   kernels)."""
   yield
-  jax.clear_caches()
+  core.clear_compiled()
   gc.collect()

@@ -168,7 +168,7 @@ def test_one_trace_per_shape_and_same_rng_same_output(trained, monkeypatch):
   traces = []
   loop = core._loop
   monkeypatch.setattr(core, "_loop", lambda *args: traces.append(1) or loop(*args))
-  core._compiled.cache_clear()
+  core.clear_compiled()
   tokens = np.asarray([[4, 5, 6, 7, 8, 9], [9, 8, 7, 6, 5, 4], [6, 6, 6, 6, 6, 6]], np.int32)
   reverse = np.tile(np.arange(LENGTH)[::-1], (3, 1)).astype(np.float32)
   prompts = [  # (tokens, visible, order, length): prompts, visible counts, orders, lengths differ.

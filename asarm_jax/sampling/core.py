@@ -228,6 +228,15 @@ def _compiled(net: Network, spec: SamplerSpec, use_cache: bool, num_slots: int,
                  compiler_options=None if nested else compiler_options(deterministic, graphs))
 
 
+def clear_compiled() -> None:
+  """Forgets every compiled loop and weight-preparing program, and JAX's own caches, so that
+  their executables are freed (a process that compiles many configurations otherwise keeps up
+  to 64 loops of hundreds of kernels alive); the next call traces again."""
+  _compiled.cache_clear()
+  _prepare_program.cache_clear()
+  jax.clear_caches()
+
+
 def _signature(tree: Any) -> Any:
   """Hashable tree structure, shapes, dtypes and shardings: what decides a compilation."""
   leaves, treedef = jax.tree.flatten(tree)
