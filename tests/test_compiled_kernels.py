@@ -146,7 +146,8 @@ def census_of_demo(spec: str, folder) -> list[dict]:
   """``compiled_kernels`` records of the demo model's loop of ``spec`` at batch 1 and
   :data:`BATCH`."""
   made = compiled_for_the_gpu(folder, f"--specs={spec}", f"--batches=1,{BATCH}")
-  assert sorted(r["settings"]["batch"] for r in made) == [1, BATCH]
+  assert sorted((r["settings"]["spec"], r["settings"]["batch"]) for r in made) == [
+      (spec, 1), (spec, BATCH)]
   return made
 
 
